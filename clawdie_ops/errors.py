@@ -1,0 +1,86 @@
+"""Failures an operator can act on: each names the thing and the next step."""
+from __future__ import annotations
+
+
+class ClawdieError(Exception):
+    """Base: `message` says what failed, `hint` what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  -> {self.hint}" if self.hint else self.message
+
+
+class ConfigError(ClawdieError):
+    """A setting or the installation's .env is missing or wrong."""
+
+
+class EnvFileError(ConfigError):
+    """The installation's .env is missing or unreadable."""
+
+
+class ToolMissing(ClawdieError):
+    """An external program (pg_dump, psql, zfs, syncoid, ...) is not installed."""
+
+
+class ToolTooOld(ClawdieError):
+    """An external program is older than what it has to talk to."""
+
+
+class DatabaseUnreachable(ClawdieError):
+    """PostgreSQL cannot be reached or refuses the credentials."""
+
+
+class DatabaseError(ClawdieError):
+    """A dump, replay or query failed inside PostgreSQL."""
+
+
+class DatasetMissing(ClawdieError):
+    """A ZFS dataset or snapshot does not exist."""
+
+
+class ZfsError(ClawdieError):
+    """A zfs / zpool / syncoid command failed."""
+
+
+class InvalidName(ClawdieError):
+    """A dataset, snapshot or host name that must not reach a shell."""
+
+
+class OutputError(ClawdieError):
+    """The output directory is missing, not writable, or full."""
+
+
+class SourceError(ClawdieError):
+    """An item of the installation (messages.db, groups/, ...) cannot be read."""
+
+
+class ArchiveCorrupt(ClawdieError):
+    """An archive fails verification: checksum, size, truncation, manifest."""
+
+
+class ArchiveUnsafe(ClawdieError):
+    """An archive holds members that could write outside their target."""
+
+
+class RestoreFailed(ClawdieError):
+    """A restore step failed; the message says what was rolled back."""
+
+
+class AgentError(ClawdieError):
+    """The agent's stop / start / status command failed."""
+
+
+class HostError(ClawdieError):
+    """A remote host is unreachable, unknown, or not ready."""
+
+
+class Aborted(ClawdieError):
+    """The operator declined, or confirmation was needed and not given."""
+
+    exit_code = 3

@@ -1,0 +1,54 @@
+"""What the operator sees: progress on a terminal, plain lines otherwise, JSON on request."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+
+
+class Reporter:
+    def __init__(self, as_json: bool = False, verbose: bool = False) -> None:
+        self.as_json = as_json
+        self.verbose = verbose
+        self.err = Console(stderr=True, highlight=False)
+        self.out = Console(highlight=False, soft_wrap=True)
+        # Progress only for a person at a terminal; scripts and cron get the summary alone.
+        self.interactive = self.err.is_terminal and not as_json
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        start = time.monotonic()
+        if self.interactive:
+            with self.err.status(label):
+                yield
+            self.err.print(f"[green]✓[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")
+        else:
+            yield
+        self.timings[label] = round(time.monotonic() - start, 3)
+
+    def note(self, text: str) -> None:
+        """A detail worth telling a person; dropped when not interactive unless verbose."""
+        if self.interactive or self.verbose:
+            self.err.print(text)
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"[yellow]warning:[/] {text}")
+
+    def result(self, data: dict[str, Any], human: Callable[[Console], None]) -> None:
+        if self.as_json:
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        else:
+            human(self.out)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,1 @@
+"""One module per kind of state the installation holds."""

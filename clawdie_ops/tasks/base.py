@@ -1,0 +1,38 @@
+"""Shared plumbing for tasks: settings from the context, errors as one red line."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from invoke import Context, task as invoke_task
+from invoke.exceptions import Exit
+from rich.console import Console
+
+from .. import config
+from ..errors import ClawdieError
+
+
+def settings(c: Context, root: str | None = None, require_env: bool = True) -> config.Settings:
+    return config.load(c.config, root=root, require_env=require_env)
+
+
+def operator_task(*args: Any, **kwargs: Any) -> Callable:
+    """invoke's @task, with ClawdieError turned into `error: ...` and its exit code."""
+
+    def wrap(fn: Callable) -> Any:
+        @functools.wraps(fn)
+        def run(c: Context, *a: Any, **kw: Any) -> Any:
+            try:
+                return fn(c, *a, **kw)
+            except ClawdieError as exc:
+                Console(stderr=True, highlight=False).print(
+                    f"[bold red]error:[/] {exc.message}"
+                    + (f"\n  [yellow]->[/] {exc.hint}" if exc.hint else ""))
+                raise Exit(code=exc.exit_code) from None
+
+        return invoke_task(run, *args, **kwargs)
+
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        fn, args = args[0], ()
+        return wrap(fn)
+    return wrap

