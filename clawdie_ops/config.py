@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "compression": "gzip",
     "hostd_url": "",
     "commands": dict(DEFAULT_COMMANDS),
+    "ssh_config": "",  # ssh config file for Fabric and syncoid; empty: ~/.ssh/config
     "hosts": {},  # migration inventory: name -> {ssh, root, overrides}
 }
 

@@ -36,3 +36,19 @@ def operator_task(*args: Any, **kwargs: Any) -> Callable:
         fn, args = args[0], ()
         return wrap(fn)
     return wrap
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before a destructive step; without a terminal, `--yes` is required."""
+    import sys
+
+    from ..errors import Aborted
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise Aborted(f"{question} (needs confirmation, and there is no terminal to ask)",
+                      "run it again with --yes once you have read the plan (--dry-run)")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise Aborted("stopped: not confirmed", "nothing was changed")
