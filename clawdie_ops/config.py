@@ -29,6 +29,8 @@ DEFAULT_COMMANDS: dict[str, str] = {
     "pg_install_hint": "pkg install postgresql17-client",
     # Taking the backup's snapshot; point this at hostd to go through it instead.
     "snapshot": "{zfs} snapshot -r {parent}@{name}",
+    # The drill's throwaway PostgreSQL cluster runs as this user when clawdie-ops is root.
+    "as_postgres": "su -m postgres -c {cmd}",
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -50,6 +52,12 @@ DEFAULTS: dict[str, Any] = {
     "commands": dict(DEFAULT_COMMANDS),
     "ssh_config": "",  # ssh config file for Fabric and syncoid; empty: ~/.ssh/config
     "hosts": {},  # migration inventory: name -> {ssh, root, overrides}
+    # restore drill: a server for scratch databases (empty host: a throwaway cluster)
+    "drill": {"host": "", "port": "", "user": "", "password": "", "dbname": "postgres",
+              "pg_bin": ""},  # pg_bin: initdb/pg_ctl/psql for the throwaway cluster
+    # doctor: age thresholds (hours) and head room for the next backup
+    "doctor": {"snapshot_warn_hours": 2, "snapshot_fail_hours": 26,
+               "backup_warn_hours": 192, "backup_fail_hours": 360, "space_factor": 2.0},
 }
 
 
@@ -203,12 +211,17 @@ def _db(key: str, env: Mapping[str, str], host: str, port: int) -> DbSpec:
 
 
 def load(config: Any, root: str | os.PathLike[str] | None = None,
-         require_env: bool = True) -> Settings:
-    """Build Settings from an invoke config and the installation found at `root`."""
+         require_env: bool = True, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from an invoke config and the installation found at `root`.
+
+    `env` stands in for the installation's .env (restore: the one an archive brings)."""
     cfg = section(config)
     root_path = resolve_root(root, cfg)
     env_file = root_path / ".env"
-    env = read_env(env_file) if require_env or env_file.exists() else {}
+    if env is not None:
+        env = dict(env)
+    else:
+        env = read_env(env_file) if require_env or env_file.exists() else {}
     home = Path(cfg.get("home") or os.environ.get("HOME") or Path.home()).expanduser()
     port_raw = str(cfg.get("db_port") or env.get("DB_PORT") or 5432)
     if not port_raw.isdigit():

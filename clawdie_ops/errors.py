@@ -68,6 +68,14 @@ class ArchiveUnsafe(ClawdieError):
     """An archive holds members that could write outside their target."""
 
 
+class DumpTooNew(ClawdieError):
+    """A dump was written by a newer pg_dump than the server it should go into."""
+
+
+class DrillFailed(ClawdieError):
+    """A restore drill found a mismatch or could not replay an item."""
+
+
 class RestoreFailed(ClawdieError):
     """A restore step failed; the message says what was rolled back."""
 
