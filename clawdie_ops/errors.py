@@ -52,6 +52,10 @@ class InvalidName(ClawdieError):
     """A dataset, snapshot or host name that must not reach a shell."""
 
 
+class NotManaged(ClawdieError):
+    """A dataset outside the configured jail datasets: refused unless forced."""
+
+
 class OutputError(ClawdieError):
     """The output directory is missing, not writable, or full."""
 
