@@ -6,6 +6,7 @@ renamed only once complete; the spool of dumps is removed either way.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -22,7 +23,7 @@ import psycopg
 from . import __version__, zfs
 from .archive import SUFFIX, ArchiveWriter
 from .config import DbSpec, Settings
-from .errors import OutputError, SourceError
+from .errors import ClawdieError, OutputError, SourceError
 from .manifest import NAME as MANIFEST, Manifest, archive_stem
 from .output import Reporter
 from .sources import files as file_source
@@ -70,9 +71,12 @@ def _output_dir(s: Settings, opts: BackupOptions) -> Path:
     if not out.is_dir():
         raise OutputError(f"output directory does not exist: {out}",
                           "create it, or pass another with --output")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory is not writable: {out}",
-                          "fix its permissions, or pass another with --output")
+    try:  # a real write: access() says yes to root on a read-only mount
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output directory is not writable: {out} ({exc.strerror})",
+                          "fix its permissions or mount, or pass another with --output") from None
     return out
 
 
@@ -196,9 +200,14 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
             writer.add_bytes(MANIFEST, manifest.to_json(), 0o644)
             written = writer.commit()
             writer = None
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()
+        if _out_of_space(exc):
+            detail = exc.message if isinstance(exc, ClawdieError) else str(exc)
+            raise OutputError(f"{plan.archive.parent} ran out of space during the backup: {detail}",
+                              "free space there or pass --output; the partial archive and "
+                              "spool were removed") from None
         raise
     finally:
         shutil.rmtree(spool, ignore_errors=True)
@@ -220,6 +229,15 @@ def _collect(c, s: Settings, plan: BackupPlan, spool: Path) -> dict[str, dict[st
         for item, future in dumps.items():
             entries[item] = future.result()
     return entries
+
+
+_FULL = ("no space left", "disk is full", "quota exceeded", "file too large")
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return isinstance(exc, ClawdieError) and any(m in str(exc).lower() for m in _FULL)
 
 
 def _item_list(files: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ class Reporter:
     def __init__(self, as_json: bool = False, verbose: bool = False) -> None:
         self.as_json = as_json
         self.verbose = verbose
-        self.err = Console(stderr=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
         # Progress only for a person at a terminal; scripts and cron get the summary alone.
         self.interactive = self.err.is_terminal and not as_json

@@ -1,10 +1,11 @@
 """messages.db: copied with SQLite's online backup API, so a live WAL writer is no problem."""
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
-from ..errors import ArchiveCorrupt, SourceError
+from ..errors import ArchiveCorrupt, OutputError, SourceError
 
 
 def backup(src: Path, dest: Path) -> None:
@@ -21,6 +22,10 @@ def backup(src: Path, dest: Path) -> None:
         source.backup(target)  # one step: a single read transaction, a consistent snapshot
         target.execute("PRAGMA journal_mode=DELETE")  # a self-contained file, no -wal beside it
     except sqlite3.Error as exc:
+        if shutil.disk_usage(dest.parent).free < src.stat().st_size:
+            # Some filesystems report a full disk as "disk I/O error": name the real cause.
+            raise OutputError(f"no space left in {dest.parent} for the copy of {src} ({exc})",
+                              "free space there or choose another --output") from None
         raise SourceError(f"backup of {src} failed: {exc}",
                           "run `PRAGMA integrity_check` on it; is the disk healthy?") from None
     finally:

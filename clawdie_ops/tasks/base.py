@@ -25,7 +25,7 @@ def operator_task(*args: Any, **kwargs: Any) -> Callable:
             try:
                 return fn(c, *a, **kw)
             except ClawdieError as exc:
-                Console(stderr=True, highlight=False).print(
+                Console(stderr=True, highlight=False, soft_wrap=True).print(
                     f"[bold red]error:[/] {exc.message}"
                     + (f"\n  [yellow]->[/] {exc.hint}" if exc.hint else ""))
                 raise Exit(code=exc.exit_code) from None

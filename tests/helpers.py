@@ -1,0 +1,75 @@
+"""Small helpers shared by the tests: read archives, compare databases and trees."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import tarfile
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+
+def extract(archive: Path, dest: Path) -> Path:
+    """Extract with Python's own tarfile (an independent reader); return the top folder."""
+    mode = "r:gz" if archive.name.endswith(".gz") else "r:"
+    if archive.name.endswith(".zst"):
+        import subprocess
+        raw = dest / "raw.tar"
+        with open(raw, "wb") as fh:
+            subprocess.run(["zstd", "-d", "-c", str(archive)], stdout=fh, check=True)
+        archive, mode = raw, "r:"
+    with tarfile.open(archive, mode) as tf:
+        tops = {m.name.split("/")[0] for m in tf.getmembers()}
+        assert len(tops) == 1, f"one top folder expected, got {tops}"
+        tf.extractall(dest, filter="data")
+    return dest / tops.pop()
+
+
+def manifest_of(top: Path) -> dict:
+    return json.loads((top / "manifest.json").read_text())
+
+
+def sqlite_rows(path: Path) -> dict[str, list[tuple]]:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+        return {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr)
+                for t in tables}
+    finally:
+        con.close()
+
+
+def pg_rows(conn: psycopg.Connection) -> dict[str, list[tuple]]:
+    """Every user table's rows, sorted, keyed by schema.table."""
+    tables = conn.execute(
+        "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN "
+        "('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
+    out = {}
+    for schema, table in tables:
+        rows = conn.execute(sql.SQL("SELECT * FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table))).fetchall()
+        out[f"{schema}.{table}"] = sorted(rows, key=repr)
+    return out
+
+
+def pg_objects(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Views and functions present, to check the non-table parts of a dump."""
+    views = [r[0] for r in conn.execute(
+        "SELECT viewname FROM pg_views WHERE schemaname = 'public' ORDER BY 1")]
+    funcs = [r[0] for r in conn.execute(
+        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'public' ORDER BY 1")]
+    return {"views": views, "functions": funcs}
+
+
+def tree_digest(top: Path) -> dict[str, str]:
+    return {str(p.relative_to(top)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(top.rglob("*")) if p.is_file()}
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Anything a failed backup could have left: archives, partial files, spool folders."""
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
