@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "hostd_url": "",
     "commands": dict(DEFAULT_COMMANDS),
     "ssh_config": "",  # ssh config file for Fabric and syncoid; empty: ~/.ssh/config
+    "syncoid": "syncoid",  # the syncoid program for `replicate`
     "hosts": {},  # migration inventory: name -> {ssh, root, overrides}
     # restore drill: a server for scratch databases (empty host: a throwaway cluster)
     "drill": {"host": "", "port": "", "user": "", "password": "", "dbname": "postgres",
