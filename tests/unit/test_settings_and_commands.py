@@ -1,0 +1,153 @@
+"""Settings precedence, .env parsing, and command lines built without a server."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from invoke import Config, MockContext, Result
+
+from clawdie_ops import backup, config, zfs
+from clawdie_ops.errors import ConfigError, EnvFileError, InvalidName, ToolMissing, ToolTooOld
+from clawdie_ops.manifest import archive_stem
+from clawdie_ops.sources import postgres as pg
+from tests.rig.content import env_text
+
+TRICKY = "p a$s 'q' \"d\" \\ x:y #z"
+
+
+def make_root(tmp_path: Path, **env: str) -> Path:
+    values = {"ZFS_PREFIX": "clawdie", "WARDEN_DB_IP": "10.0.0.3",
+              "MEMORY_DB_PASSWORD": TRICKY, **env}
+    (tmp_path / ".env").write_text(env_text(values))
+    return tmp_path
+
+
+def load(tmp_path: Path, overrides: dict | None = None, **env: str) -> config.Settings:
+    root = make_root(tmp_path, **env)
+    return config.load(Config(overrides={"clawdie": overrides or {}}), root=root)
+
+
+def test_env_values_with_spaces_quotes_and_dollars_survive(tmp_path):
+    s = load(tmp_path)
+    assert s.memory.password == TRICKY
+
+
+def test_runbook_defaults(tmp_path):
+    s = load(tmp_path)
+    assert s.zfs_pool == "zroot" and s.db_port == 5432 and s.jails == ("db", "git", "cms",
+                                                                         "management")
+    assert s.datasets[0] == "zroot/clawdie/jails/db"
+    assert s.memory.name == "memory_db" and s.skills.name == "skills_db"
+    assert str(s.allowlist).endswith(".config/clawdie-cp/mount-allowlist.json")
+    assert s.command("jail_start", jail="db") == "bastille start clawdie-db"
+    assert s.command("pg_install_hint") == "pkg install postgresql17-client"
+
+
+def test_env_then_config_precedence(tmp_path):
+    s = load(tmp_path, ZFS_POOL="tank", DB_PORT="6543")
+    assert (s.zfs_pool, s.db_port) == ("tank", 6543)
+    s = load(tmp_path, {"zfs_pool": "other", "db_host": "192.0.2.9"}, ZFS_POOL="tank")
+    assert s.zfs_pool == "other" and s.memory.host == "192.0.2.9"
+
+
+def test_db_host_from_subnet(tmp_path):
+    (tmp_path / "x").mkdir()
+    root = tmp_path / "x"
+    (root / ".env").write_text("WARDEN_SUBNET=10.44.0.0/24\n")
+    s = config.load(Config(), root=root)
+    assert s.db_host == "10.44.0.3"
+
+
+def test_missing_env_names_the_file(tmp_path):
+    with pytest.raises(EnvFileError, match=str(tmp_path / ".env")):
+        config.load(Config(), root=tmp_path)
+
+
+def test_root_from_environment(tmp_path, monkeypatch):
+    make_root(tmp_path)
+    monkeypatch.setenv("CLAWDIE_ROOT", str(tmp_path))
+    assert config.load(Config()).root == tmp_path.resolve()
+
+
+def test_command_templates_quote_values(tmp_path):
+    weird = tmp_path / "with space; rm -rf x"
+    weird.mkdir()
+    (weird / ".env").write_text("WARDEN_DB_IP=10.0.0.3\n")
+    s = config.load(Config(overrides={"clawdie": {"commands": {"agent_stop": "cd {root} && stop"}}}),
+                    root=weird)
+    assert s.command("agent_stop") == f"cd '{weird}' && stop"
+    with pytest.raises(ConfigError, match="unknown field"):
+        config.load(Config(overrides={"clawdie": {"commands": {"agent_stop": "x {nope}"}}}),
+                    root=weird).command("agent_stop")
+
+
+def test_pg_dump_line_has_no_password(tmp_path):
+    s = load(tmp_path)
+    line = pg.pg_dump_cmd(s, s.memory, Path("/spool/memory_db.sql"), "00000003-1")
+    assert TRICKY not in line and "password" not in line.replace("--no-password", "")
+    assert "--clean --if-exists" in line and "--snapshot=00000003-1" in line
+
+
+def test_passfile_escapes_and_is_private(tmp_path):
+    s = load(tmp_path)
+    with pg.passfile(s.memory) as env:
+        path = Path(env["PGPASSFILE"])
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        line = path.read_text()
+    assert not path.exists()
+    assert line == "10.0.0.3:5432:memory_db:memory_user:" + TRICKY.replace(
+        "\\", "\\\\").replace(":", "\\:") + "\n"
+
+
+def test_client_version_parsing_and_missing_tool(tmp_path):
+    s = load(tmp_path)
+    c = MockContext(run={"pg_dump --version": Result("pg_dump (PostgreSQL) 15.18 (Debian)\n")})
+    assert pg.client_version(c, s) == (15, "15.18")
+    c = MockContext(run={"pg_dump --version": Result("", stderr="not found", exited=127)})
+    with pytest.raises(ToolMissing, match="pkg install postgresql17-client"):
+        pg.client_version(c, s)
+
+
+def test_old_pg_dump_refused(tmp_path):
+    s = load(tmp_path)
+    server = pg.ServerInfo("16.4", 160004, None, "10.0.0.3:5432")
+    with pytest.raises(ToolTooOld, match="pg_dump 15.18 is older"):
+        pg.check_dump_compatible(s, 15, "15.18", server)
+    pg.check_dump_compatible(s, 17, "17.1", server)  # newer pg_dump dumps older servers
+
+
+def test_archive_name_is_the_runbooks():
+    assert archive_stem(datetime(2026, 3, 16, 11, 30)) == "clawdie-backup-16.mar.2026-1130"
+
+
+@pytest.mark.parametrize("bad", ["", "pool/../x", "pool/a b", "pool;rm", "-rf", "pool//x",
+                                 "pool/$(x)", "/abs"])
+def test_bad_dataset_names_never_reach_a_shell(bad):
+    with pytest.raises(InvalidName):
+        zfs.check_dataset(bad)
+
+
+def test_snapshot_goes_through_the_template(tmp_path):
+    s = load(tmp_path, {"commands": {"snapshot": "hostctl snap {parent} {name}"}})
+    c = MockContext(run={"hostctl snap zroot/clawdie/jails x1": Result("")})
+    zfs.snapshot_recursive(c, s, s.jails_parent, "x1")
+    c.run.assert_called_once()
+
+
+def test_plan_lists_every_step_without_secrets(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    s = load(tmp_path, {"home": str(home), "backup_dir": str(home)})
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "messages.db").write_bytes(b"")
+    c = MockContext(run={"zfs list -H -o name zroot/clawdie/jails": Result("", exited=1)},
+                    repeat=True)
+    plan = backup.make_plan(c, s, backup.BackupOptions(), now=datetime(2026, 3, 16, 11, 30))
+    assert plan.archive == home / "clawdie-backup-16.mar.2026-1130.tar.gz"
+    text = "\n".join(plan.describe(s))
+    assert "zfs snapshot -r zroot/clawdie/jails@clawdie-backup-16.mar.2026-1130" in text
+    assert "memory_db" in text and "skills_db" in text and TRICKY not in text
+    assert "groups/ not found" in text
+    skip = backup.make_plan(c, s, backup.BackupOptions(skip_skills=True, snapshot=False))
+    assert [d.key for d in skip.databases] == ["memory"] and skip.snapshot is None
