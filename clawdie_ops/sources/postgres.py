@@ -112,9 +112,12 @@ def pg_dump_cmd(s: Settings, db: DbSpec, out: Path, snapshot: str | None = None)
     return shlex.join([*args, db.name])
 
 
-def psql_cmd(s: Settings, db: DbSpec, script: Path, single_transaction: bool = True) -> str:
+def psql_cmd(s: Settings, db: DbSpec, script: Path | list[Path],
+             single_transaction: bool = True) -> str:
+    """psql running one or more scripts in order (with --single-transaction: all or nothing)."""
+    scripts = script if isinstance(script, list) else [script]
     args = [s.pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *_conn_args(db),
-            "-d", db.name, "-f", str(script)]
+            "-d", db.name, *[a for f in scripts for a in ("-f", str(f))]]
     if single_transaction:
         args.insert(3, "--single-transaction")
     return shlex.join(args)
