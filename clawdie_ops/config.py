@@ -29,6 +29,13 @@ DEFAULT_COMMANDS: dict[str, str] = {
     "pg_install_hint": "pkg install postgresql17-client",
     # Taking the backup's snapshot; point this at hostd to go through it instead.
     "snapshot": "{zfs} snapshot -r {parent}@{name}",
+    # Schedule handoff during a migration: the scheduled sanoid/syncoid/backup lines of the
+    # user's crontab are commented out with a marker, and later restored. The new host
+    # pauses while it receives (a newer snapshot there blocks the next incremental); the
+    # old host pauses after the cutover, so the two never both act as the live one.
+    "schedule_pause": "crontab -l 2>/dev/null | sed -E "
+                      "'s/^([^#].*(sanoid|syncoid|backup).*)$/#clawdie-paused# \\1/' | crontab -",
+    "schedule_resume": "crontab -l 2>/dev/null | sed -E 's/^#clawdie-paused# //' | crontab -",
     # The drill's throwaway PostgreSQL cluster runs as this user when clawdie-ops is root.
     "as_postgres": "su -m postgres -c {cmd}",
 }

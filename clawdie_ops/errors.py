@@ -92,6 +92,10 @@ class HostError(ClawdieError):
     """A remote host is unreachable, unknown, or not ready."""
 
 
+class MigrationFailed(ClawdieError):
+    """A migration stopped; the message says where, and what was undone on the old host."""
+
+
 class Aborted(ClawdieError):
     """The operator declined, or confirmation was needed and not given."""
 

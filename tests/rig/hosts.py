@@ -34,6 +34,12 @@ def linux_commands(python: str = sys.executable) -> dict[str, str]:
         "jail_stop": "rm -f {home}/.rig-jails/{jail_name}",
         "skills_regen": "echo regenerate skills > {root}/skills-regenerated",
         "pg_install_hint": "apt-get install postgresql-client-15",
+        # A per-host crontab file stands in for root's crontab (all rig hosts share one root).
+        "schedule_pause": "touch {home}/crontab && sed -i -E "
+                          "'s/^([^#].*(sanoid|syncoid|backup).*)$/#clawdie-paused# \\1/' "
+                          "{home}/crontab",
+        "schedule_resume": "touch {home}/crontab && sed -i -E 's/^#clawdie-paused# //' "
+                           "{home}/crontab",
     }
 
 
