@@ -3,7 +3,11 @@ from invoke import Collection
 
 from ..config import DEFAULTS
 from . import backup
+from . import zfs as zfs_tasks
 
 namespace = Collection()
 namespace.add_task(backup.backup)
+for _task in (zfs_tasks.snapshot, zfs_tasks.snapshots, zfs_tasks.rollback, zfs_tasks.sanoid_config,
+              zfs_tasks.replicate):
+    namespace.add_task(_task)
 namespace.configure({"clawdie": DEFAULTS})

@@ -1,0 +1,267 @@
+"""`inv snapshot`, `snapshots`, `rollback`, `sanoid-config`, `replicate`: flags in, summary out."""
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from .. import config, datasets, replication, sanoid, zfs
+from .. import rollback as rb
+from ..errors import ConfigError, DatasetMissing, OutputError
+from ..output import Reporter, human_size
+from .base import confirm, operator_task, settings
+
+ROOT_HELP = "Clawdie checkout whose .env names the pool (default: $CLAWDIE_ROOT, else the cwd)"
+DATASET_HELP = "a jail (db, git, cms, management) or dataset name; repeat it (default: all jails)"
+
+
+def _print_plan(con: Console, lines: list[str], dry_run: bool) -> None:
+    con.print(f"[bold]plan[/]{' (dry run, nothing changed)' if dry_run else ''}:")
+    for line in lines:
+        con.print(f"  {line}", markup=False)
+
+
+def _print_help(task, usage: str, flags: dict[str, str]) -> None:
+    import inspect
+
+    print(f"Usage: clawdie-ops {usage}\n")
+    print("\n".join("  " + line for line in (inspect.getdoc(task.body) or "").splitlines()))
+    print("\nOptions:")
+    for flag, text in flags.items():
+        print(f"  --{flag:<12} {text}")
+
+
+def _table(con: Console, header: list[str], rows: list[list[str]]) -> None:
+    """Aligned columns that never truncate a dataset name (scripts read them too)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        con.out("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip(),
+                highlight=False)
+
+
+def _when(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@operator_task(iterable=["dataset"], help={
+    "dataset": DATASET_HELP + "; other datasets are allowed here",
+    "tag": "first part of the snapshot name, TAG_YYYY-MM-DD_HH:MM:SS (default: clawdie)",
+    "root": ROOT_HELP,
+    "dry-run": "print the zfs command and change nothing",
+    "json": "print the snapshot name and the datasets as JSON",
+})
+def snapshot(c, dataset=None, tag="clawdie", root=None, dry_run=False, json=False):
+    """Snapshot the jail datasets under one name (atomic: `zfs snapshot -r` of their parent)."""
+    out = Reporter(as_json=json)
+    s = settings(c, root)
+    chosen = [jd.dataset for jd in datasets.select(s, dataset, allow_other=True)]
+    name = zfs.manual_name(tag, datetime.now())
+    everything = not dataset
+    missing = [d for d in ([s.jails_parent] if everything else []) + chosen
+               if not zfs.exists(c, s, d)]
+    if missing:
+        raise DatasetMissing(f"ZFS dataset{'s' if len(missing) > 1 else ''} not found: "
+                             f"{', '.join(missing)}",
+                             "check ZFS_POOL / ZFS_PREFIX in .env, clawdie.jails, or --dataset")
+    command = (s.command("snapshot", parent=s.jails_parent, name=name) if everything
+               else zfs.snapshot_cmd(s, chosen, name))
+    result = {"name": name, "snapshots": [f"{d}@{name}" for d in chosen],
+              "recursive_parent": s.jails_parent if everything else None,
+              "command": command, "dry_run": dry_run}
+    if not dry_run:
+        if everything:
+            zfs.snapshot_recursive(c, s, s.jails_parent, name)
+            result["atomic"] = True
+        else:
+            result["atomic"] = zfs.snapshot_each(c, s, chosen, name)
+
+    def human(con: Console) -> None:
+        if dry_run:
+            _print_plan(con, [f"run        {command}"], True)
+            return
+        con.print(f"snapshot @{name} of {', '.join(chosen)}"
+                  f"{'' if result['atomic'] else ' (one at a time: this ZFS cannot do it atomically)'}",
+                  markup=False)
+
+    out.result(result, human)
+
+
+@operator_task(iterable=["dataset"], help={
+    "dataset": DATASET_HELP + "; other datasets are allowed here",
+    "root": ROOT_HELP,
+    "json": "print the snapshots as JSON (creation as epoch seconds, sizes in bytes)",
+})
+def snapshots(c, dataset=None, root=None, json=False):
+    """List the snapshots of the jail datasets, newest first, with creation time and size.
+
+    `used` is what only that snapshot holds; `refer` what the dataset held at it."""
+    out = Reporter(as_json=json)
+    s = settings(c, root)
+    listing = []
+    for jd in datasets.select(s, dataset, allow_other=True):
+        snaps = zfs.snapshots(c, s, jd.dataset)
+        listing.append({"dataset": jd.dataset, "jail": jd.jail, "snapshots": [
+            {"name": x.name, "snapshot": x.full, "creation": x.creation,
+             "created": _when(x.creation), "used": x.used, "referenced": x.referenced}
+            for x in snaps]})
+
+    def human(con: Console) -> None:
+        rows = []
+        for entry in listing:
+            if not entry["snapshots"]:
+                rows.append([entry["dataset"], "(no snapshots)", "", "", ""])
+            rows += [[entry["dataset"], "@" + x["name"], x["created"], human_size(x["used"]),
+                      human_size(x["referenced"])] for x in entry["snapshots"]]
+        _table(con, ["dataset", "snapshot", "created", "used", "refer"], rows)
+
+    out.result({"datasets": listing}, human)
+
+
+ROLLBACK_HELP = {
+    "target": "DATASET@SNAPSHOT to go back to (or JAIL@SNAPSHOT, e.g. db@autosnap_...)",
+    "yes": "do not ask for confirmation (required when not on a terminal)",
+    "force": "allow a dataset outside the configured jail datasets",
+    "root": ROOT_HELP,
+    "dry-run": "print what would be destroyed and every command, and change nothing",
+    "json": "print the plan / result as JSON",
+}
+
+
+@operator_task(help=dict(ROLLBACK_HELP))
+def rollback(c, target, yes=False, force=False, root=None, dry_run=False, json=False):
+    """Roll a jail dataset back to a snapshot: destroys every newer snapshot and change.
+
+    Shows exactly what is destroyed, stops the jail using the dataset first (started again
+    afterwards if it was running), and asks before doing it."""
+    if target in ("-h", "--help"):
+        # invoke hands a positional argument `--help` as its value; answer it anyway.
+        _print_help(rollback, "rollback [--options] DATASET@SNAPSHOT", ROLLBACK_HELP)
+        return
+    out = Reporter(as_json=json)
+    s = settings(c, root)
+    plan = rb.make_plan(c, s, target, force=force)
+    lines = plan.describe(s)
+    if dry_run:
+        out.result({"dry_run": True, "plan": lines, **plan.as_dict()},
+                   lambda con: _print_plan(con, lines, True))
+        return
+    _print_plan(out.err, lines, False)
+    lost = f"{len(plan.destroys)} newer snapshot{'s' if len(plan.destroys) != 1 else ''}"
+    confirm(f"Roll back {plan.dataset} to @{plan.snapshot.name}, destroying {lost} and "
+            "every change since?", yes)
+    result = rb.run(c, s, plan)
+
+    def human(con: Console) -> None:
+        con.print(f"rolled back {plan.dataset} to @{plan.snapshot.name}; destroyed "
+                  f"{len(result['destroyed'])} snapshot(s)"
+                  f"{'; jail ' + plan.jail + ' restarted' if result['jail_restarted'] else ''}",
+                  markup=False)
+
+    out.result(result, human)
+
+
+@operator_task(help={
+    "write": "write the config to this file (or to sanoid.conf in this directory) "
+             "instead of printing it",
+    "yes": "overwrite an existing, different file without asking",
+    "root": ROOT_HELP,
+    "dry-run": "with --write: say what would be written where, and write nothing",
+    "json": "print the config, the datasets with their retention class, and the path written",
+})
+def sanoid_config(c, write=None, yes=False, root=None, dry_run=False, json=False):
+    """sanoid.conf for the jail datasets with the runbook's retention.
+
+    db: 24 hourly, 14 daily, 3 monthly; git, cms, management: 12, 7, 2. Autosnap and
+    autoprune on; sanoid's defaults file stays as the package installed it."""
+    out = Reporter(as_json=json)
+    s = settings(c, root)
+    text = sanoid.render(s)
+    path = None
+    if write:
+        path = Path(write).expanduser()
+        if path.is_dir():
+            path = path / "sanoid.conf"
+        if not path.parent.is_dir():
+            raise OutputError(f"directory does not exist: {path.parent}",
+                              "create it (sanoid reads /etc/sanoid/sanoid.conf by default)")
+        if not dry_run:
+            if path.exists() and path.read_text(errors="replace") != text:
+                confirm(f"{path} exists and differs; replace it?", yes)
+            _write_atomic(path, text)
+    result = {"config": text, "datasets": sanoid.datasets(s),
+              "written": str(path) if path and not dry_run else None, "dry_run": dry_run,
+              "retention": {k: vars(v) for k, v in sanoid.RETENTION.items()}}
+
+    def human(con: Console) -> None:
+        if not write:
+            con.out(text, end="", highlight=False)
+        elif dry_run:
+            _print_plan(con, [f"write      {path} ({len(text)} bytes, mode 0644)"], True)
+        else:
+            con.print(f"sanoid config written: {path}", markup=False)
+
+    out.result(result, human)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".sanoid.conf.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc}", "check the directory's permissions")
+
+
+@operator_task(iterable=["dataset"], help={
+    "to": "target host: an inventory name (clawdie.hosts) or an ssh alias / host name",
+    "dataset": DATASET_HELP,
+    "target-pool": "the target's pool when it differs (default: the inventory's zfs_pool, "
+                   "else this host's)",
+    "target-prefix": "the target's ZFS_PREFIX when it differs (default: likewise)",
+    "compress": "syncoid compression: auto (zstd, else lzop, when both ends have it), "
+                "zstd-fast, lzo, none, ...",
+    "bwlimit": "limit the stream to this many bytes per second (500k, 20m)",
+    "replace-existing": "replace target datasets that share no snapshot with this host "
+                        "(their data is lost; asks unless --yes)",
+    "yes": "do not ask before replacing target datasets",
+    "root": ROOT_HELP,
+    "dry-run": "resolve and probe the target, print every command, change nothing",
+    "json": "print a summary: bytes sent and duration per dataset",
+})
+def replicate(c, to=None, dataset=None, target_pool=None, target_prefix=None, compress="auto",
+              bwlimit=None, replace_existing=False, yes=False, root=None, dry_run=False,
+              json=False):
+    """Replicate the jail datasets to another host with syncoid over SSH.
+
+    Full the first time, incremental after; the jail using a dataset on the target is
+    stopped while it receives. SSH settings come from your ssh config (clawdie.ssh_config)."""
+    if not to:
+        raise ConfigError("replicate needs a target host", "pass --to HOST (an ssh alias)")
+    out = Reporter(as_json=json)
+    s = settings(c, root)
+    cfg = config.section(c.config)
+    plan = replication.make_plan(c, s, cfg, to, dataset, target_pool or "",
+                                 target_prefix or "", compress, bwlimit or "", replace_existing)
+    lines = plan.describe()
+    if dry_run:
+        out.result({"dry_run": True, "plan": lines},
+                   lambda con: _print_plan(con, lines, True))
+        return
+    if any(p.state == "diverged" for p in plan.pairs):
+        _print_plan(out.err, lines, False)
+        confirm(f"Replace the datasets on {to} that share no snapshot with this host?", yes)
+    result = replication.run(c, plan, out)
+
+    def human(con: Console) -> None:
+        _table(con, ["dataset", "target", "mode", "sent", "time"], [
+            [d["source"], f"{to}:{d['target']}", d["mode"],
+             human_size(d["bytes"]) if d["bytes"] is not None else "?",
+             f"{d['duration_s']:.1f}s"] for d in result["datasets"]])
+
+    out.result(result, human)
