@@ -203,11 +203,14 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
     except BaseException as exc:
         if writer is not None:
             writer.abort()
+        kept = f"; snapshot {plan.snapshot} was kept" if snapshots else ""
         if _out_of_space(exc):
             detail = exc.message if isinstance(exc, ClawdieError) else str(exc)
             raise OutputError(f"{plan.archive.parent} ran out of space during the backup: {detail}",
                               "free space there or pass --output; the partial archive and "
-                              "spool were removed") from None
+                              f"spool were removed{kept}") from None
+        if isinstance(exc, ClawdieError) and kept:
+            exc.hint = f"{exc.hint}{kept} (a valid point in time; destroy it if unwanted)"
         raise
     finally:
         shutil.rmtree(spool, ignore_errors=True)
