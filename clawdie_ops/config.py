@@ -37,7 +37,7 @@ DEFAULT_COMMANDS: dict[str, str] = {
                       "'s/^([^#].*(sanoid|syncoid|backup).*)$/#clawdie-paused# \\1/' | crontab -",
     "schedule_resume": "crontab -l 2>/dev/null | sed -E 's/^#clawdie-paused# //' | crontab -",
     # The drill's throwaway PostgreSQL cluster runs as this user when clawdie-ops is root.
-    "as_postgres": "su -m postgres -c {cmd}",
+    "as_postgres": "su -m {user} -c {cmd}",
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -62,7 +62,8 @@ DEFAULTS: dict[str, Any] = {
     "hosts": {},  # migration inventory: name -> {ssh, root, overrides}
     # restore drill: a server for scratch databases (empty host: a throwaway cluster)
     "drill": {"host": "", "port": "", "user": "", "password": "", "dbname": "postgres",
-              "pg_bin": ""},  # pg_bin: initdb/pg_ctl/psql for the throwaway cluster
+              "pg_bin": "",  # initdb/pg_ctl/psql for the throwaway cluster; empty: found
+              "os_user": "postgres"},  # runs the throwaway cluster when clawdie-ops is root
     # doctor: age thresholds (hours) and head room for the next backup
     "doctor": {"snapshot_warn_hours": 2, "snapshot_fail_hours": 26,
                "backup_warn_hours": 192, "backup_fail_hours": 360, "space_factor": 2.0},
