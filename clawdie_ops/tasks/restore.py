@@ -1,0 +1,76 @@
+"""`inv restore`: flags in, plan and summary out; the work is in clawdie_ops.restore."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from .. import restore as action
+from ..output import Reporter
+from .positional import help_requested
+from .base import confirm, operator_task
+from .doctor import print_checks
+
+
+@operator_task(iterable=["only"], help={
+    "archive": "the clawdie-backup-*.tar.gz / .tar.zst archive to restore",
+    "root": "Clawdie checkout to restore into (default: $CLAWDIE_ROOT, else the current "
+            "directory)",
+    "only": "restore only this item (repeat, or comma-separate): env, messages.db, "
+            "memory_db.sql, skills_db.sql, groups/, mount-allowlist.json",
+    "dry-run": "verify the archive, print the plan (every command, every path) and change "
+               "nothing",
+    "yes": "do not ask for confirmation (needed when there is no terminal)",
+    "start": "start the agent at the end (default: when it was running, or on a full restore)",
+    "no-start": "leave the agent stopped at the end",
+    "json": "print a JSON summary (items, connections used, safety copies, doctor) on stdout",
+})
+def restore(c, archive, root=None, only=None, dry_run=False, yes=False, start=False,
+            no_start=False, json=False):
+    """Restore an archive in the runbook's order, keeping the current state to roll back to.
+
+    Verifies the archive first (nothing changes if it fails), then: .env, stop the agent,
+    messages.db, memory_db and skills_db (one transaction each), groups/, the mount
+    allowlist, start the agent, doctor. Any failing step rolls back the steps before it."""
+    if help_requested("restore", archive):
+        return
+    out = Reporter(as_json=json)
+    opts = action.RestoreOptions(only=list(only or []), dry_run=dry_run,
+                                 start_agent=True if start else (False if no_start else None))
+    plan = action.prepare(c, c.config, Path(archive), root, opts, out)
+    lines = plan.describe()
+    if dry_run:
+        data = {"dry_run": True, "archive": str(plan.verified.path), "items": plan.items,
+                "plan": lines,
+                "connections": {t.item: t.report() for t in plan.targets}}
+
+        def show_plan(con: Console) -> None:
+            con.print("[bold]plan[/] (dry run, nothing changed):")
+            for line in lines:
+                con.print(f"  {line}", markup=False)
+        out.result(data, show_plan)
+        return
+    if not json:
+        out.err.print("[bold]plan:[/]")
+        for line in lines:
+            out.err.print(f"  {line}", markup=False)
+    confirm(f"Restore {', '.join(plan.items)} from {plan.verified.path.name} onto "
+            f"{plan.settings.root}?", yes)
+    result = action.execute(c, plan, out)
+
+    def human(con: Console) -> None:
+        con.print(f"restored {', '.join(result['items'])} from {plan.verified.path.name} "
+                  f"into {result['root']} ({result['duration_s']:.1f}s)", markup=False)
+        for item, conn in result["connections"].items():
+            con.print(f"  {item} -> {conn['database']} as {conn['user']} at {conn['address']} "
+                      f"(PostgreSQL {conn['version']}, system identifier "
+                      f"{conn['system_identifier']})", markup=False)
+        con.print(f"  pre-restore state kept in {result['safety']['dir']}"
+                  + (f" and ZFS snapshot {result['safety']['snapshot']}"
+                     if result["safety"]["snapshot"] else ""), markup=False)
+        for note in result["notes"]:
+            con.print(f"  note: {note}", markup=False)
+        con.print("doctor:")
+        print_checks(con, result["doctor"])
+
+    out.result(result, human)
