@@ -38,6 +38,7 @@ class ReplicationPlan:
     local_tools: set[str]
     remote_tools: set[str]
     notes: list[str] = field(default_factory=list)
+    conn: Any = field(default=None, repr=False)  # the Fabric Connection to the target
 
     @property
     def parents(self) -> list[str]:
@@ -141,7 +142,7 @@ def make_plan(c, s: Settings, cfg: Mapping[str, Any], to: str, names: list[str] 
                            options=syncoid.SyncOptions(chosen_compress, bwlimit,
                                                        replace_existing),
                            syncoid_bin=str(cfg.get("syncoid") or "syncoid"), local_tools=local,
-                           remote_tools=remote, notes=notes)
+                           remote_tools=remote, notes=notes, conn=conn)
 
 
 def _remote(conn, to: str, command: str):
@@ -180,8 +181,8 @@ def replicate_one(c, conn, plan: ReplicationPlan, pair: Pair) -> dict[str, Any]:
             "duration_s": duration, "jail_stopped": stopped, "warnings": report.warnings}
 
 
-def run(c, plan: ReplicationPlan, out: Reporter, conn=None) -> dict[str, Any]:
-    conn = conn or ssh.connect(plan.host)
+def run(c, plan: ReplicationPlan, out: Reporter) -> dict[str, Any]:
+    conn = plan.conn or ssh.connect(plan.host)
     ts = plan.target_settings
     start = time.monotonic()
     for parent in plan.parents:

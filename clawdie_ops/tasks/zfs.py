@@ -248,15 +248,19 @@ def replicate(c, to=None, dataset=None, target_pool=None, target_prefix=None, co
     cfg = config.section(c.config)
     plan = replication.make_plan(c, s, cfg, to, dataset, target_pool or "",
                                  target_prefix or "", compress, bwlimit or "", replace_existing)
-    lines = plan.describe()
-    if dry_run:
-        out.result({"dry_run": True, "plan": lines},
-                   lambda con: _print_plan(con, lines, True))
-        return
-    if any(p.state == "diverged" for p in plan.pairs):
-        _print_plan(out.err, lines, False)
-        confirm(f"Replace the datasets on {to} that share no snapshot with this host?", yes)
-    result = replication.run(c, plan, out)
+    try:
+        lines = plan.describe()
+        if dry_run:
+            out.result({"dry_run": True, "plan": lines},
+                       lambda con: _print_plan(con, lines, True))
+            return
+        if any(p.state == "diverged" for p in plan.pairs):
+            _print_plan(out.err, lines, False)
+            confirm(f"Replace the datasets on {to} that share no snapshot with this host?", yes)
+        result = replication.run(c, plan, out)
+    finally:
+        if plan.conn is not None:
+            plan.conn.close()
 
     def human(con: Console) -> None:
         _table(con, ["dataset", "target", "mode", "sent", "time"], [

@@ -1,0 +1,208 @@
+"""`clawdie-ops replicate` over real SSH between two simulated hosts on zfs-fuse."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, cli
+from tests.helpers import tree_digest
+from tests.integration.test_zfs_snapshots import RIG_PATH, configure, zfs_snapshots
+from tests.rig.services import ZFS, sh
+
+JAILS = ("db", "git", "cms", "management")
+
+
+@pytest.fixture
+def target(rig):
+    """The new host: sshd, its own pool, nothing received yet."""
+    h = rig.new_host(ssh=True, datasets=False, populated=False)
+    yield h
+    rig.drop(h)
+
+
+def point_at(source, target, rig) -> None:
+    """The source operator's config: the rig's ssh config file and an inventory entry."""
+    configure(source, ssh_config=str(rig.ssh_config), hosts={
+        target.alias: {"ssh": target.alias, "root": str(target.root),
+                       "overrides": {"home": str(target.home)}}})
+
+
+def digests(h, pool: str | None = None) -> dict[str, dict[str, str]]:
+    out = {}
+    for jail in JAILS:
+        ds = h.dataset(jail) if pool is None else f"{pool}/clawdie/jails/{jail}"
+        out[jail] = tree_digest(h.pool.mount_of(ds))
+    return out
+
+
+def test_replicate_delivers_every_dataset_then_only_the_increment(rig, host, target):
+    tpool = target.pool_name
+    # The db jail "runs" on the target; its stop and start record what the dataset holds.
+    (target.home / ".rig-jails").mkdir()
+    (target.home / ".rig-jails" / "clawdie-db").touch()
+    tdb = f"{tpool}/clawdie/jails/db"
+    probe = f"(zfs list -H -o name -t snapshot -r {tdb} 2>/dev/null | wc -l)"
+    configure(host, ssh_config=str(rig.ssh_config), hosts={target.alias: {
+        "ssh": target.alias, "root": str(target.root), "overrides": {
+            "home": str(target.home), "commands": {
+                "jail_stop": f"rm -f {{home}}/.rig-jails/{{jail_name}} && {probe} > {{home}}/at-stop",
+                "jail_start": f"touch {{home}}/.rig-jails/{{jail_name}} && {probe} > "
+                              "{home}/at-start"}}}})
+
+    plan = cli(host, "replicate", "--to", target.alias, "--target-pool", tpool, "--dry-run",
+               "--json", env=RIG_PATH, check=True)
+    lines = json.loads(plan.stdout)["plan"]
+    assert sum("full (first time)" in line for line in lines) == 4
+    assert any(f"root@{target.address}:{tdb}" in line and "--sshport=2222" in line
+               for line in lines)
+    assert not (target.home / "at-stop").exists()  # the dry run changed nothing there
+
+    res = cli(host, "replicate", "--to", target.alias, "--target-pool", tpool, "--json",
+              env=RIG_PATH, check=True)
+    first = json.loads(res.stdout)
+    assert [d["mode"] for d in first["datasets"]] == ["full"] * 4
+    for d in first["datasets"]:
+        assert d["bytes_method"] == "pv" and d["bytes"] >= 200_000  # data.bin is 200 kB
+        assert d["target"] == f"{tpool}/clawdie/jails/{d['jail']}"
+        assert d["source"] in res.stderr  # progress per dataset
+    assert first["bytes"] == sum(d["bytes"] for d in first["datasets"])
+    assert digests(target, tpool) == digests(host)  # byte for byte
+    # The target's jail was stopped before anything arrived and started once it had.
+    assert (target.home / "at-stop").read_text().strip() == "0"
+    assert int((target.home / "at-start").read_text()) >= 1
+    assert (target.home / ".rig-jails" / "clawdie-db").exists()
+
+    mnt = host.pool.mount_of(host.dataset("db"))
+    (mnt / "increment.bin").write_bytes(os.urandom(64_000))
+    (mnt / "etc" / "rc.conf").write_text("hostname=db2\n")
+    time.sleep(1.1)  # syncoid's snapshot names have one-second resolution
+    second = json.loads(cli(host, "replicate", "--to", target.alias, "--target-pool", tpool,
+                            "--json", env=RIG_PATH, check=True).stdout)
+    by_jail = {d["jail"]: d for d in second["datasets"]}
+    assert {d["mode"] for d in second["datasets"]} == {"incremental"}
+    assert 64_000 <= by_jail["db"]["bytes"] < 64_000 + 40_000  # the new file, little else
+    for jail in ("git", "cms", "management"):
+        assert by_jail[jail]["bytes"] < 20_000  # nothing changed: a few kB of stream
+    assert by_jail["db"]["bytes"] < first["datasets"][0]["bytes"] / 2
+    assert digests(target, tpool) == digests(host)
+    newest = zfs_snapshots(host.dataset("db"))[-1].split("@")[1]
+    assert newest.startswith("syncoid_") and f"{tdb}@{newest}" in zfs_snapshots(tdb)
+
+
+def test_replicate_refuses_an_unknown_host_key(rig, host, target, tmp_path):
+    (tmp_path / "known_hosts").write_text("")
+    config = tmp_path / "ssh_config"
+    config.write_text(rig.ssh_config.read_text().replace(
+        str(rig.known_hosts), str(tmp_path / "known_hosts")))
+    configure(host, ssh_config=str(config))
+    res = cli(host, "replicate", "--to", target.alias, "--target-pool", target.pool_name,
+              "--dry-run", env=RIG_PATH)
+    assert res.returncode == 1 and f"cannot reach {target.alias}" in res.stderr
+    assert "host key" in res.stderr
+    res = cli(host, "replicate", "--to", "nosuch;host", env=RIG_PATH)
+    assert res.returncode == 1 and "not a valid host" in res.stderr
+
+
+def zfs_datasets(pool: str) -> list[str]:
+    return sh(ZFS, "list", "-H", "-o", "name", "-r", pool).stdout.split()
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process, from /proc (no process-name matching)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_replication_killed_midway_completes_when_run_again(rig, host, target):
+    point_at(host, target, rig)
+    tpool = target.pool_name
+    mnt = host.pool.mount_of(host.dataset("db"))
+    (mnt / "big.bin").write_bytes(os.urandom(3_000_000))
+    env = host.proc_env()
+    env.update(RIG_PATH)
+    # 300 kB/s: the db stream takes about ten seconds, long enough to cut it.
+    proc = subprocess.Popen([CLI, "replicate", "--to", target.alias, "--target-pool", tpool,
+                             "--dataset", "db", "--bwlimit", "300k", "--json"], env=env,
+                            cwd=host.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    sshd = target.sshd.proc.pid
+    deadline = time.monotonic() + 30
+    while not any("zfs receive" in cmdline(p) or "zfs recv" in cmdline(p)
+                  for p in descendants(sshd)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the receive never started on the target"
+        time.sleep(0.1)
+    time.sleep(1.5)
+    # Cut the link: kill the target's per-connection sshd processes (the listener stays).
+    for pid in children(sshd):
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert f"replicating {host.dataset('db')} to {target.alias}" in err
+    assert "run the same replicate again" in err
+    tdb = f"{tpool}/clawdie/jails/db"
+    cut_short = tdb not in zfs_datasets(tpool) or \
+        not (target.pool.mount_of(tdb) / "big.bin").exists()
+    assert cut_short, "the first run finished before the link was cut: the test proves nothing"
+
+    again = json.loads(cli(host, "replicate", "--to", target.alias, "--target-pool", tpool,
+                           "--dataset", "db", "--json", env=RIG_PATH, check=True).stdout)
+    assert again["datasets"][0]["bytes"] >= 3_000_000
+    assert tree_digest(target.pool.mount_of(tdb)) == tree_digest(mnt)
+
+
+def test_ssh_options_with_spaces_survive_syncoids_shell(tmp_path):
+    """syncoid pastes `-o VALUE` into a shell string: what ssh then reads is what we meant."""
+    import shlex
+
+    from clawdie_ops import ssh as sshmod, syncoid
+
+    known = tmp_path / "known hosts"  # spaces in the paths
+    key = tmp_path / "id one"
+    key.write_text("")
+    h = sshmod.SshHost("box", "192.0.2.7", "root", 2222, (str(key),),
+                       (("UserKnownHostsFile", f"{known} /etc/other"),
+                        ("StrictHostKeyChecking", "yes")))
+    argv = shlex.split(shlex.join(syncoid.ssh_args(h)))  # what syncoid's @ARGV holds
+    values = {}
+    for arg in argv:
+        flag, _, value = arg.partition("=")
+        values.setdefault(flag, []).append(value)
+    # syncoid 2.1: "-o $_" for each --sshoption, "-p $port", "-i $key", in one shell line.
+    line = "ssh -G " + " ".join("-o " + v for v in values["--sshoption"]) + \
+        f" -p {values['--sshport'][0]} -i {values['--sshkey'][0]} 192.0.2.7"
+    seen = sshmod.parse(subprocess.run(["sh", "-c", line], capture_output=True, text=True,
+                                       check=True).stdout)
+    assert seen["userknownhostsfile"] == [f"{known} /etc/other"]
+    assert seen["port"] == ["2222"] and seen["stricthostkeychecking"] == ["true"]
+    assert str(key) in seen["identityfile"]

@@ -1,0 +1,335 @@
+"""ZFS, sanoid and syncoid command construction, and name validation, without a server."""
+from __future__ import annotations
+
+import configparser
+from datetime import datetime
+
+import pytest
+from invoke import Config, MockContext, Result
+
+from clawdie_ops import config, datasets, replication, rollback, sanoid, ssh, syncoid, zfs
+from clawdie_ops.errors import DatasetMissing, InvalidName, NotManaged, ZfsError
+
+DB = "zroot/clawdie/jails/db"
+GIT = "zroot/clawdie/jails/git"
+BAD_NAMES = ["", "a;b", "-rf", "pool/ds name", "pool/../etc", "pool//x", "$(id)", "pool/`x`",
+             "pool/ds\nrm", "pool/x|y", "/abs", "pool/"]
+
+
+def settings(**over) -> config.Settings:
+    cfg = {"commands": {"jail_status": "jls -j {jail_name} jid"}, **over}
+    return config.load(Config(overrides={"clawdie": cfg}), root="/nonexistent",
+                       env={"ZFS_PREFIX": "clawdie", "WARDEN_DB_IP": "10.0.0.3"})
+
+
+def ok(stdout: str = "", stderr: str = "", exited: int = 0) -> Result:
+    return Result(stdout=stdout, stderr=stderr, exited=exited)
+
+
+# -- names ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_bad_dataset_name_is_a_clear_error_and_never_a_command(bad):
+    c = MockContext(run={})  # any c.run would raise NotImplementedError
+    s = settings()
+    with pytest.raises(InvalidName, match="not a valid"):
+        rollback.make_plan(c, s, f"{bad}@snap")
+    with pytest.raises(InvalidName):
+        zfs.snapshots(c, s, bad)
+    with pytest.raises(InvalidName):
+        zfs.snapshot_each(c, s, [DB, bad], "x")
+    c.run.assert_not_called()
+
+
+@pytest.mark.parametrize("target", ["db", "db@a@b", "db@", "db@a;rm -rf /", "db@-r", "db@a b"])
+def test_bad_snapshot_name_is_refused_before_any_command(target):
+    c = MockContext(run={})
+    with pytest.raises(InvalidName):
+        rollback.make_plan(c, settings(), target)
+    c.run.assert_not_called()
+
+
+@pytest.mark.parametrize("host", ["", "-oProxyCommand=sh", "a b", "h;id", "$(id)", "h`x`"])
+def test_bad_host_is_refused_before_ssh_runs(host):
+    c = MockContext(run={})
+    with pytest.raises(InvalidName, match="host"):
+        ssh.resolve(c, host)
+    c.run.assert_not_called()
+
+
+def test_manual_snapshot_name_refuses_sanoid_and_syncoid_prefixes():
+    when = datetime(2026, 3, 16, 11, 30, 5)
+    assert zfs.manual_name("pre-upgrade", when) == "pre-upgrade_2026-03-16_11:30:05"
+    for tag in ("autosnap", "syncoid_x", "AutoSnap"):
+        with pytest.raises(InvalidName, match="pick another --tag"):
+            zfs.manual_name(tag, when)
+    with pytest.raises(InvalidName):
+        zfs.manual_name("a b", when)
+
+
+def test_jail_shorthand_and_datasets_outside_the_set():
+    s = settings()
+    assert datasets.name_to_dataset(s, "db") == DB
+    assert [j.dataset for j in datasets.select(s, ["git", DB])] == [GIT, DB]
+    with pytest.raises(NotManaged, match="not one of the configured"):
+        datasets.select(s, ["zroot/other"])
+    assert datasets.select(s, ["zroot/other"], allow_other=True)[0].jail is None
+    assert datasets.jail_of(s, DB + "/child") == "db"
+    assert datasets.jail_of(s, "zroot/clawdie/jails/dbx") is None
+
+
+# -- zfs -----------------------------------------------------------------------------------
+
+def test_snapshot_of_several_datasets_is_one_atomic_command_on_openzfs():
+    s = settings()
+    both = f"zfs snapshot {DB}@t1 {GIT}@t1"
+    c = MockContext(run={both: ok()})
+    assert zfs.snapshot_each(c, s, [DB, GIT], "t1") is True
+    assert [call.args[0] for call in c.run.call_args_list] == [both]
+
+
+def test_snapshot_falls_back_to_one_per_dataset_on_old_zfs():
+    s = settings()
+    c = MockContext(run={f"zfs snapshot {DB}@t1 {GIT}@t1": ok(stderr="too many arguments",
+                                                             exited=2),
+                         f"zfs snapshot {DB}@t1": ok(), f"zfs snapshot {GIT}@t1": ok()})
+    assert zfs.snapshot_each(c, s, [DB, GIT], "t1") is False
+    assert [call.args[0] for call in c.run.call_args_list][1:] == [
+        f"zfs snapshot {DB}@t1", f"zfs snapshot {GIT}@t1"]
+
+
+def test_snapshot_failure_names_the_dataset():
+    c = MockContext(run={f"zfs snapshot {DB}@t1": ok(stderr="permission denied", exited=1)})
+    with pytest.raises(ZfsError, match=f"{DB}@t1 failed: permission denied"):
+        zfs.snapshot_each(c, settings(), [DB], "t1")
+
+
+LIST = f"zfs list -H -o name -t snapshot -r -d 1 {DB}"
+
+
+def snapshot_mock(extra: dict | None = None, written: Result | None = None) -> MockContext:
+    names = [f"{DB}@a", f"{DB}@b", f"{DB}@c"]
+    props = "".join(f"{n}\tcreation\t{1000 + i}\n{n}\tused\t{100 * (i + 1)}\n"
+                    f"{n}\treferenced\t{5000 + i}\n" for i, n in enumerate(names))
+    run = {LIST: ok("\n".join(names) + "\n"),
+           f"zfs list -H -o name {DB}": ok(DB + "\n"),
+           "zfs get -Hp -o name,property,value creation,used,referenced " + " ".join(names):
+               ok(props),
+           f"zfs get -Hp -o name,property,value referenced {DB}": ok(f"{DB}\treferenced\t7000\n"),
+           f"zfs get -Hp -o value written@a {DB}":
+               written or ok(stderr="bad property list: invalid property 'written@a'", exited=2),
+           "jls -j clawdie-db jid": ok(exited=1)}
+    run.update(extra or {})
+    return MockContext(run=run)
+
+
+def test_snapshots_newest_first_with_sizes_from_zfs_get_hp():
+    snaps = zfs.snapshots(snapshot_mock(), settings(), DB)
+    assert [x.name for x in snaps] == ["c", "b", "a"]
+    assert (snaps[0].creation, snaps[0].used, snaps[0].referenced) == (1002, 300, 5002)
+
+
+def test_rollback_plan_lists_exactly_the_newer_snapshots_and_their_size():
+    s = settings()
+    plan = rollback.make_plan(snapshot_mock(), s, "db@a")
+    assert [x.full for x in plan.destroys] == [f"{DB}@c", f"{DB}@b"]
+    assert plan.snapshot_bytes == 500
+    assert plan.command == f"zfs rollback -r {DB}@a"
+    assert plan.jail == "db" and not plan.jail_running
+    assert plan.written is None  # old ZFS: no written@, so the plan says what it can
+    text = "\n".join(plan.describe(s))
+    assert "2 newer snapshots" in text and "cannot count bytes written" in text
+    assert "6.8 KiB now, 4.9 KiB at the snapshot (+2.0 KiB)" in text
+
+
+def test_rollback_plan_uses_written_at_where_zfs_has_it():
+    c = snapshot_mock(written=ok("123456\n"))
+    plan = rollback.make_plan(c, settings(), f"{DB}@a")
+    assert plan.written == 123456
+    assert "120.6 KiB written since" in "\n".join(plan.describe(settings()))
+
+
+def test_rollback_refuses_unknown_snapshot_and_foreign_dataset():
+    with pytest.raises(DatasetMissing, match=f"snapshot not found: {DB}@zz"):
+        rollback.make_plan(snapshot_mock(), settings(), "db@zz")
+    c = MockContext(run={})
+    with pytest.raises(NotManaged, match="--force"):
+        rollback.make_plan(c, settings(), "zroot/other@a")
+    c.run.assert_not_called()
+
+
+def test_rollback_of_running_jail_stops_and_restarts_it_even_when_zfs_fails():
+    s = settings(commands={"jail_status": "jls -j {jail_name} jid",
+                           "jail_stop": "bastille stop {jail_name}",
+                           "jail_start": "bastille start {jail_name}"})
+    c = snapshot_mock({"jls -j clawdie-db jid": [ok("7"), ok("7"), ok(exited=1)],
+                       f"zfs rollback -r {DB}@a": ok(stderr="dataset is busy", exited=1),
+                       "bastille stop clawdie-db": ok(), "bastille start clawdie-db": ok()})
+    plan = rollback.make_plan(c, s, "db@a")
+    assert plan.jail_running
+    with pytest.raises(ZfsError, match="rollback to .*dataset is busy"):
+        rollback.run(c, s, plan)
+    issued = [call.args[0] for call in c.run.call_args_list]
+    assert issued.index("bastille stop clawdie-db") < issued.index(f"zfs rollback -r {DB}@a") \
+        < issued.index("bastille start clawdie-db")
+
+
+# -- sanoid --------------------------------------------------------------------------------
+
+def test_sanoid_config_has_the_runbook_retention_per_class():
+    text = sanoid.render(settings())
+    ini = configparser.ConfigParser()
+    ini.read_string(text)
+    assert ini[DB]["use_template"] == "clawdie_db"
+    for jail in ("git", "cms", "management"):
+        assert ini[f"zroot/clawdie/jails/{jail}"]["use_template"] == "clawdie_jail"
+    db, other = ini["template_clawdie_db"], ini["template_clawdie_jail"]
+    assert (db["hourly"], db["daily"], db["monthly"]) == ("24", "14", "3")
+    assert (other["hourly"], other["daily"], other["monthly"]) == ("12", "7", "2")
+    for t in (db, other):
+        assert t["autosnap"] == "yes" and t["autoprune"] == "yes"
+        assert t["weekly"] == t["yearly"] == t["frequently"] == "0"
+
+
+# -- ssh and syncoid -----------------------------------------------------------------------
+
+ALIAS_G = """host newbox
+user root
+hostname 10.1.2.3
+port 2222
+batchmode yes
+identitiesonly yes
+stricthostkeychecking true
+identityfile ~/.ssh/clawdie_ed25519
+userknownhostsfile /etc/clawdie/known hosts /root/.ssh/known_hosts
+serveraliveinterval 0
+"""
+DEFAULT_G = """user root
+hostname 10.1.2.3
+port 22
+batchmode no
+identitiesonly no
+stricthostkeychecking ask
+identityfile ~/.ssh/id_rsa
+identityfile ~/.ssh/id_ed25519
+userknownhostsfile ~/.ssh/known_hosts ~/.ssh/known_hosts2
+serveraliveinterval 0
+"""
+
+
+def resolved_host(tmp_path) -> ssh.SshHost:
+    conf = tmp_path / "ssh_config"
+    conf.write_text("Host newbox\n  HostName 10.1.2.3\n")  # ssh itself is mocked below
+    c = MockContext(run={f"ssh -G -F {conf} newbox": ok(ALIAS_G),
+                         "ssh -G -F /dev/null 10.1.2.3": ok(DEFAULT_G)})
+    return ssh.resolve(c, "newbox", str(conf))
+
+
+def test_ssh_alias_resolves_to_what_the_config_changed(tmp_path):
+    h = resolved_host(tmp_path)
+    assert (h.hostname, h.user, h.port) == ("10.1.2.3", "root", 2222)
+    assert h.identity_files == ("~/.ssh/clawdie_ed25519",) and h.config_file.endswith("config")
+    assert dict(h.options) == {"BatchMode": "yes", "IdentitiesOnly": "yes",
+                               "StrictHostKeyChecking": "true",
+                               "UserKnownHostsFile": "/etc/clawdie/known hosts "
+                                                     "/root/.ssh/known_hosts"}
+
+
+def test_syncoid_command_carries_the_ssh_config_quoted_for_its_shell(tmp_path):
+    h = resolved_host(tmp_path)
+    line = syncoid.command("syncoid", DB, "tank/clawdie/jails/db", h,
+                           syncoid.SyncOptions("zstd-fast", "20m"))
+    assert line == (
+        "syncoid --compress=zstd-fast '--pv-options=-n -b -i 5' --source-bwlimit=20m "
+        "--sshport=2222 '--sshkey='\"'\"'~/.ssh/clawdie_ed25519'\"'\"'' "
+        "--sshoption=IdentitiesOnly=yes --sshoption=BatchMode=yes "
+        "--sshoption=StrictHostKeyChecking=true "
+        "'--sshoption='\"'\"'UserKnownHostsFile=/etc/clawdie/known hosts "
+        "/root/.ssh/known_hosts'\"'\"'' "
+        f"{DB} root@10.1.2.3:tank/clawdie/jails/db 2>&1")
+
+
+def test_syncoid_target_names_the_user_so_root_needs_no_sudo():
+    h = ssh.SshHost("n", "10.0.0.9", "backup", 22)
+    assert syncoid.target_spec(h, DB) == f"backup@10.0.0.9:{DB}"
+    assert syncoid.ssh_args(h) == []
+    with pytest.raises(InvalidName):
+        syncoid.target_spec(h, "x;reboot")
+    with pytest.raises(InvalidName):
+        syncoid.SyncOptions("none", "10m; rm")
+    with pytest.raises(InvalidName):
+        syncoid.SyncOptions("bzip9")
+
+
+def test_compression_only_when_both_ends_have_it():
+    assert syncoid.choose_compress({"zstd", "lzop"}, {"zstd"}) == "zstd-fast"
+    assert syncoid.choose_compress({"zstd", "lzop"}, {"lzop", "pv"}) == "lzo"
+    assert syncoid.choose_compress({"pv"}, {"zstd"}) == "none"
+    assert syncoid.found_tools("/usr/bin/zstd\n/usr/local/bin/pv\n") == {"zstd", "pv"}
+
+
+FIRST_RUN = """\
+WARN: ZFS resume feature not available on source and target machine - sync will continue without resume support.
+INFO: Sending oldest full snapshot zp/c/jails/git@pre_2026 (~ UNKNOWN) to new target filesystem:
+Pseudo-terminal will not be allocated because stdin is not a terminal.
+131072
+275896
+INFO: Updating new target filesystem with incremental zp/c/jails/git@pre_2026 ... syncoid_vm_2026 (~ UNKNOWN):
+2184
+"""
+
+
+def test_syncoid_output_counts_each_transfer_from_pv():
+    report = syncoid.parse_output(FIRST_RUN)
+    assert [(t.kind, t.counted) for t in report.transfers] == [("full", 275896),
+                                                               ("incremental", 2184)]
+    assert (report.kind, report.bytes, report.method) == ("full", 278080, "pv")
+    assert report.warnings and not report.errors
+
+
+def test_syncoid_output_without_pv_falls_back_to_its_estimate():
+    report = syncoid.parse_output(
+        "Sending incremental zp/a@x ... syncoid_2 (~ 12 KB):\n"
+        "CRITICAL ERROR: Target zp/b exists but has no snapshots matching with zp/a!\n"
+        "                target. Cowardly refusing to destroy your existing target.\n")
+    assert (report.kind, report.bytes, report.method) == ("incremental", 12 * 1024, "estimate")
+    assert report.refused_existing and report.errors
+
+
+# -- replication plan ----------------------------------------------------------------------
+
+def test_target_pool_and_inventory_overrides_map_the_dataset_names():
+    s = settings()
+    cfg = {"hosts": {"new": {"ssh": "newbox", "root": "/srv/clawdie",
+                             "overrides": {"zfs_pool": "tank", "home": "/home/c",
+                                           "commands": {"jail_stop": "service jail stop {jail_name}"}}}}}
+    ts, alias = replication.target_settings(s, cfg, "new")
+    assert alias == "newbox" and ts.zfs_pool == "tank" and str(ts.root) == "/srv/clawdie"
+    assert replication.map_dataset(s, ts, DB) == "tank/clawdie/jails/db"
+    assert ts.command("jail_stop", jail="db") == "service jail stop clawdie-db"
+    ts2, alias2 = replication.target_settings(s, cfg, "other")
+    assert alias2 == "other" and replication.map_dataset(s, ts2, DB) == DB
+
+
+def test_replication_refuses_a_target_that_shares_no_snapshot():
+    s = settings()
+    local = MockContext(run={
+        f"zfs list -H -o name {DB}": ok(DB),
+        "ssh -G newbox": ok(ALIAS_G), "ssh -G -F /dev/null 10.1.2.3": ok(DEFAULT_G),
+        syncoid.probe_cmd(): ok("/usr/bin/zstd\n"),
+        LIST: ok(f"{DB}@a\n"),
+        f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@a":
+            ok(f"{DB}@a\tcreation\t1\n")})
+    remote = MockContext(run={
+        syncoid.probe_cmd(): ok("/usr/bin/zstd\n"),
+        f"zfs list -H -o name {DB}": ok(DB),
+        LIST: ok(f"{DB}@other\n"),
+        f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@other":
+            ok(f"{DB}@other\tcreation\t1\n")})
+    with pytest.raises(ZfsError, match="share no snapshot"):
+        replication.make_plan(local, s, {}, "newbox", ["db"], conn=remote)
+    plan = replication.make_plan(local, s, {}, "newbox", ["db"], replace_existing=True,
+                                 conn=remote)
+    assert plan.pairs[0].state == "diverged" and plan.options.force_delete
+    assert "--force-delete" in plan.command(plan.pairs[0])
+    assert plan.options.compress == "zstd-fast"
