@@ -23,3 +23,12 @@ def unit(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "clawdie_ops", "tests", "tasks.py", "noxfile.py")
+
+
+@nox.session
+def zfs(session: nox.Session) -> None:
+    """Snapshots, rollback, sanoid retention and syncoid replication on the rig's real ZFS."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/unit/test_zfs_commands.py",
+                "tests/integration/test_zfs_snapshots.py",
+                "tests/integration/test_zfs_replicate.py", *session.posargs)

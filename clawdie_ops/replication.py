@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+import paramiko
 
 from . import agent, datasets, ssh, syncoid, zfs
 from .config import Settings
@@ -50,11 +53,12 @@ class ReplicationPlan:
     def describe(self) -> list[str]:
         ts = self.target_settings
         h = self.host
-        lines = [f"target     {self.to} = {h.user + '@' if h.user else ''}{h.hostname}:{h.port}"
-                 f"{' (ssh config ' + h.config_file + ')' if h.config_file else ''}",
-                 f"helpers    compression {self.options.compress}; mbuffer "
-                 f"{'both ends' if 'mbuffer' in self.local_tools & self.remote_tools else 'no'}; "
-                 f"pv {'yes (counts the bytes sent)' if 'pv' in self.local_tools else 'no'}"]
+        via = f" (ssh config {h.config_file})" if h.config_file else ""
+        both = "both ends" if "mbuffer" in self.local_tools & self.remote_tools else "no"
+        pv = "yes (counts the bytes sent)" if "pv" in self.local_tools else "no"
+        who = f"{h.user}@" if h.user else ""
+        lines = [f"target     {self.to} = {who}{h.hostname}:{h.port}{via}",
+                 f"helpers    compression {self.options.compress}; mbuffer {both}; pv {pv}"]
         for parent in self.parents:
             lines.append(f"on {self.to:<6} {zfs.cmd(ts, 'create', '-p', parent)}")
         for p in self.pairs:
@@ -148,7 +152,7 @@ def make_plan(c, s: Settings, cfg: Mapping[str, Any], to: str, names: list[str] 
 def _remote(conn, to: str, command: str):
     try:
         return conn.run(command, hide=True, warn=True, in_stream=False)
-    except Exception as exc:  # paramiko / socket errors: name the host, not a traceback
+    except (OSError, paramiko.SSHException) as exc:  # name the host, not a traceback
         raise HostError(f"cannot reach {to} over SSH: {exc}",
                         "check `ssh " + to + " true` with the same ssh config, and its host key"
                         ) from None

@@ -65,7 +65,8 @@ class RollbackPlan:
                          f"({'+' if delta >= 0 else '-'}{human_size(abs(delta))})")
         if self.jail:
             if self.jail_running:
-                lines.append(f"jail       stop {self.jail} first: {s.command('jail_stop', jail=self.jail)}")
+                stop = s.command("jail_stop", jail=self.jail)
+                lines.append(f"jail       stop {self.jail} first: {stop}")
             else:
                 lines.append(f"jail       {self.jail} is not running (left stopped)")
         lines.append(f"run        {self.command}")

@@ -153,7 +153,7 @@ def parse_output(text: str) -> SyncReport:
             report.transfers[-1].counted = int(line)
         elif line.startswith("WARN:"):
             report.warnings.append(line[5:].strip())
-        elif line.startswith("CRITICAL ERROR:") or line.startswith("cannot "):
+        elif line.startswith(("CRITICAL ERROR:", "cannot ")):
             report.errors.append(line)
         if "Cowardly refusing to destroy your existing target" in line:
             report.refused_existing = True

@@ -82,9 +82,8 @@ def snapshot(c, dataset=None, tag="clawdie", root=None, dry_run=False, json=Fals
         if dry_run:
             _print_plan(con, [f"run        {command}"], True)
             return
-        con.print(f"snapshot @{name} of {', '.join(chosen)}"
-                  f"{'' if result['atomic'] else ' (one at a time: this ZFS cannot do it atomically)'}",
-                  markup=False)
+        how = "" if result["atomic"] else " (one at a time: this ZFS cannot do it atomically)"
+        con.print(f"snapshot @{name} of {', '.join(chosen)}{how}", markup=False)
 
     out.result(result, human)
 

@@ -51,7 +51,8 @@ def test_replicate_delivers_every_dataset_then_only_the_increment(rig, host, tar
     configure(host, ssh_config=str(rig.ssh_config), hosts={target.alias: {
         "ssh": target.alias, "root": str(target.root), "overrides": {
             "home": str(target.home), "commands": {
-                "jail_stop": f"rm -f {{home}}/.rig-jails/{{jail_name}} && {probe} > {{home}}/at-stop",
+                "jail_stop": f"rm -f {{home}}/.rig-jails/{{jail_name}} && {probe} > "
+                             "{home}/at-stop",
                 "jail_start": f"touch {{home}}/.rig-jails/{{jail_name}} && {probe} > "
                               "{home}/at-start"}}}})
 
@@ -185,7 +186,8 @@ def test_ssh_options_with_spaces_survive_syncoids_shell(tmp_path):
     """syncoid pastes `-o VALUE` into a shell string: what ssh then reads is what we meant."""
     import shlex
 
-    from clawdie_ops import ssh as sshmod, syncoid
+    from clawdie_ops import ssh as sshmod
+    from clawdie_ops import syncoid
 
     known = tmp_path / "known hosts"  # spaces in the paths
     key = tmp_path / "id one"

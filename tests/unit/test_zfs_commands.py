@@ -7,7 +7,16 @@ from datetime import datetime
 import pytest
 from invoke import Config, MockContext, Result
 
-from clawdie_ops import config, datasets, replication, rollback, sanoid, ssh, syncoid, zfs
+from clawdie_ops import (
+    config,
+    datasets,
+    replication,
+    rollback,
+    sanoid,
+    ssh,
+    syncoid,
+    zfs,
+)
 from clawdie_ops.errors import DatasetMissing, InvalidName, NotManaged, ZfsError
 
 DB = "zroot/clawdie/jails/db"
@@ -301,8 +310,8 @@ def test_syncoid_output_without_pv_falls_back_to_its_estimate():
 def test_target_pool_and_inventory_overrides_map_the_dataset_names():
     s = settings()
     cfg = {"hosts": {"new": {"ssh": "newbox", "root": "/srv/clawdie",
-                             "overrides": {"zfs_pool": "tank", "home": "/home/c",
-                                           "commands": {"jail_stop": "service jail stop {jail_name}"}}}}}
+                             "overrides": {"zfs_pool": "tank", "home": "/home/c", "commands": {
+                                 "jail_stop": "service jail stop {jail_name}"}}}}}
     ts, alias = replication.target_settings(s, cfg, "new")
     assert alias == "newbox" and ts.zfs_pool == "tank" and str(ts.root) == "/srv/clawdie"
     assert replication.map_dataset(s, ts, DB) == "tank/clawdie/jails/db"
