@@ -111,6 +111,16 @@ def find_server_bin(c, s: Settings, explicit: str) -> Path:
     return path
 
 
+def reachable(path: Path, uid: int, gid: int) -> bool:
+    """Can the user (uid, gid) walk down to `path`? (root can; the postgres user may not)."""
+    for d in [path, *path.parents]:
+        st = d.stat()
+        bit = 0o100 if st.st_uid == uid else (0o010 if st.st_gid == gid else 0o001)
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
 class Throwaway:
     """A PostgreSQL cluster in the sandbox: a Unix socket only, trust for its owner, no TCP."""
 
@@ -139,11 +149,10 @@ class Throwaway:
         self.base.mkdir(mode=0o700)
         self.sock.mkdir(mode=0o700)
         if self.as_root:
-            try:
-                pw = pwd.getpwnam(self.os_user)
-            except KeyError:
-                raise ConfigError(f"user {self.os_user!r} does not exist to run the drill's "
-                                  "PostgreSQL", "set clawdie.drill.os_user") from None
+            pw = self.user()
+            if not reachable(self.base.parent, pw.pw_uid, pw.pw_gid):
+                raise ConfigError(f"the {self.os_user} user cannot reach {self.base.parent}",
+                                  "set TMPDIR to a folder it can reach (e.g. /tmp)")
             for d in (self.base, self.sock):
                 os.chown(d, pw.pw_uid, pw.pw_gid)
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", BOOTSTRAP_USER,
@@ -156,6 +165,17 @@ class Throwaway:
                   str(self.base / "server.log"), "-o", opts, "-w", "-t", "60", "start")
         return DbSpec(key="drill", name="postgres", user=BOOTSTRAP_USER, password="",
                       host=str(self.sock), port=self.port)
+
+    def user(self) -> pwd.struct_passwd:
+        return self.user_of(self.os_user)
+
+    @staticmethod
+    def user_of(name: str) -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"user {name!r} does not exist to run the drill's "
+                              "PostgreSQL", "set clawdie.drill.os_user") from None
 
     def stop(self) -> None:
         if self.started and (self.data / "postmaster.pid").exists():
@@ -189,6 +209,7 @@ class Drill:
     sandbox: Path | None = None
     admin: DbSpec | None = None
     cluster: Throwaway | None = None
+    cluster_parent: Path | None = None  # when the sandbox is out of the postgres user's reach
     server: pg.ServerInfo | None = None
     created_dbs: list[str] = field(default_factory=list)
     created_roles: list[str] = field(default_factory=list)
@@ -237,8 +258,17 @@ class Drill:
                                      str(self.cfg.get("pg_bin") or ""))
             self.s = replace(self.s, pg_bin=str(bindir))
             assert self.sandbox is not None
-            self.cluster = Throwaway(self.c, self.s, bindir, self.sandbox / "pg",
-                                     str(self.cfg.get("os_user") or "postgres"))
+            os_user = str(self.cfg.get("os_user") or "postgres")
+            base = self.sandbox / "pg"
+            if os.geteuid() == 0:
+                pw = Throwaway.user_of(os_user)
+                if not reachable(self.sandbox, pw.pw_uid, pw.pw_gid):
+                    # A private TMPDIR (a CI runner's 0700 one): the cluster goes to /tmp.
+                    self.cluster_parent = Path(tempfile.mkdtemp(prefix="clawdie-drill-pg-",
+                                                                dir="/tmp"))
+                    os.chmod(self.cluster_parent, 0o711)
+                    base = self.cluster_parent / "pg"
+            self.cluster = Throwaway(self.c, self.s, bindir, base, os_user)
             self.admin = self.cluster.start()
             with pg.connect(self.admin) as conn:
                 self.server = pg.server_info(conn)
@@ -346,10 +376,11 @@ class Drill:
                 self.cluster.stop()
             except ClawdieError as exc:
                 problems.append(f"throwaway cluster ({exc.message})")
-        if self.sandbox is not None:
-            shutil.rmtree(self.sandbox, ignore_errors=True)
-            if self.sandbox.exists():
-                problems.append(f"sandbox {self.sandbox}")
+        for folder in (self.sandbox, self.cluster_parent):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+                if folder.exists():
+                    problems.append(f"folder {folder}")
         if problems:
             raise DrillFailed(f"cleanup: left behind {'; '.join(problems)}",
                               "remove them by hand")

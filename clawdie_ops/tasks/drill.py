@@ -11,12 +11,12 @@ from .. import config, drill as action
 from ..errors import ConfigError, DrillFailed
 from ..output import Reporter
 from .base import operator_task, settings
-from .positional import help_requested
+from .positional import help_requested, positional_unless
 
 MARK = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
 
 
-@operator_task(positional=["archive"], optional=[], help={
+@operator_task(positional=["archive"], klass=positional_unless("archive", "latest"), help={
     "archive": "the archive to drill (or use --latest DIR)",
     "latest": "drill the newest clawdie-backup-* archive in this directory",
     "json": "print the report as JSON on stdout",
@@ -29,7 +29,7 @@ MARK = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]ski
     "pg-bin": "folder with initdb, pg_ctl and psql for the throwaway cluster "
               "(default: clawdie.drill.pg_bin, else found on this host)",
 })
-def drill(c, archive="", latest=None, json=False, junit=None, pg_host=None, pg_port=None,
+def drill(c, archive=None, latest=None, json=False, junit=None, pg_host=None, pg_port=None,
           pg_user=None, pg_bin=None):
     """Restore an archive into a scratch sandbox and check it against its manifest.
 

@@ -1,0 +1,170 @@
+"""`drill` on the rig: a good archive passes, each kind of bad archive fails naming the item,
+and the drill leaves no scratch database, cluster or folder behind."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests import archive_kit as kit
+from tests.conftest import cli
+from tests.helpers import pg_rows
+from tests.rig.postgres import SUPERPASS
+
+
+def backup(h) -> Path:
+    return Path(json.loads(cli(h, "backup", "--json", check=True).stdout)["archive"])
+
+
+@pytest.fixture(scope="module")
+def source(rig, tmp_path_factory):
+    """A host and its good archive; the drills never touch the host itself."""
+    h = rig.new_host(rows=40)
+    (h.home / "backups").mkdir(exist_ok=True)
+    yield h, backup(h), tmp_path_factory.mktemp("drill-archives")
+    rig.drop(h)
+
+
+def drill(h, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a drill with its own TMPDIR, so that what it leaves there is easy to see."""
+    scratch = tmp / "tmpdir"
+    scratch.mkdir(exist_ok=True)
+    return cli(h, "drill", *args, env={"TMPDIR": str(scratch)})
+
+
+def assert_nothing_left(tmp: Path) -> None:
+    """No sandbox in TMPDIR, no cluster folder in /tmp (where it goes when TMPDIR is private,
+    as pytest's is), no drill cluster still running."""
+    scratch = tmp / "tmpdir"
+    assert list(scratch.iterdir()) == [], list(scratch.iterdir())
+    assert list(Path("/tmp").glob("clawdie-drill-pg-*")) == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "clawdie-drill" not in ps, "a drill cluster is still running"
+
+
+def test_drill_passes_on_a_good_archive(source, tmp_path):
+    h, good, _ = source
+    with h.db_connect("memory") as conn:
+        live = pg_rows(conn)
+    junit = tmp_path / "reports" / "drill.xml"
+    res = drill(h, tmp_path, str(good), "--json", "--junit", str(junit))
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)
+    assert report["ok"] and report["server"]["throwaway"]
+    checks = {c["name"]: c for c in report["checks"]}
+    assert list(checks) == ["verify archive", "postgres server", "extract", "messages.db",
+                            "files", "replay memory_db.sql", "replay skills_db.sql", "cleanup"]
+    assert all(c["status"] == "pass" for c in checks.values())
+    assert all(c["seconds"] >= 0 for c in checks.values())
+    assert "40 rows match" in checks["replay memory_db.sql"]["detail"] or \
+        "rows match" in checks["replay memory_db.sql"]["detail"]
+    assert "integrity ok" in checks["messages.db"]["detail"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("tests") == "8" and suite.get("failures") == "0"
+    assert_nothing_left(tmp_path)
+    with h.db_connect("memory") as conn:  # the live installation is untouched
+        assert pg_rows(conn) == live
+
+
+def test_drill_table_on_a_terminal_less_run(source, tmp_path):
+    h, good, _ = source
+    res = drill(h, tmp_path, str(good))
+    assert res.returncode == 0, res.stderr
+    assert "replay skills_db.sql" in res.stdout and "drill passed" in res.stdout
+
+
+def test_drill_latest_takes_the_newest_archive_of_a_directory(source, tmp_path):
+    h, good, d = source
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    # Names carry the time (day.month.year-HHMM): March 2027 is newer than December 2026.
+    kit.cut_tail(good, shelf / "clawdie-backup-31.dec.2026-2359.tar.gz")
+    shutil.copy(good, shelf / "clawdie-backup-02.mar.2027-0100.tar.gz")
+    kit.cut_tail(good, shelf / "clawdie-backup-01.mar.2027-0100.tar.gz")
+    (shelf / "notes.txt").write_text("not an archive\n")
+    res = drill(h, tmp_path, "--latest", str(shelf), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["archive"].endswith("clawdie-backup-02.mar.2027-0100.tar.gz")
+    res = drill(h, tmp_path, "--latest", str(tmp_path / "empty-does-not-exist"))
+    assert res.returncode == 1 and "backup directory not found" in res.stderr
+
+
+def _corrupt_sqlite(db: bytes) -> bytes:
+    """Page 2's b-tree page type overwritten: integrity_check must notice."""
+    page = int.from_bytes(db[16:18], "big")
+    page = 65536 if page == 1 else page
+    return db[:page] + b"\xff" + db[page + 1:]
+
+
+BAD = {
+    "changed member": (lambda good, d: kit.repack(
+        good, d / "changed.tar.gz",
+        kit.edit_member("groups/main/config.json", lambda b: b + b" "), sign=False),
+        "verify archive", "groups/main/config.json: size"),
+    "cut-off tail": (lambda good, d: kit.cut_tail(good, d / "cut.tar.gz", 0.7),
+                     "verify archive", "cut short in member"),
+    "dot-dot member": (lambda good, d: kit.repack(
+        good, d / "dotdot.tar.gz", kit.add_members(kit.file_member("{top}/../../evil.txt"))),
+        "verify archive", "../../evil.txt"),
+    "symlink member": (lambda good, d: kit.repack(
+        good, d / "symlink.tar.gz",
+        kit.add_members(kit.link_member("{top}/groups/escape", "/etc"))),
+        "verify archive", "groups/escape' is a symbolic link"),
+    "dump that fails to replay": (lambda good, d: kit.repack(
+        good, d / "late-failure.tar.gz", kit.edit_member("skills_db.sql", kit.fail_late)),
+        "replay skills_db.sql", "no_such_table"),
+    "row count differs from the manifest": (lambda good, d: kit.repack(
+        good, d / "rowcount.tar.gz", kit.edit_manifest(
+            lambda m: m["files"]["memory_db.sql"]["tables"].update({"public.users": 11}))),
+        "replay memory_db.sql", "table public.users has 10 rows, manifest says 11"),
+    "damaged messages.db": (lambda good, d: kit.repack(
+        good, d / "sqlite.tar.gz", kit.edit_member("messages.db", _corrupt_sqlite)),
+        "messages.db", "messages.db"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_drill_fails_naming_the_item(source, tmp_path, kind):
+    h, good, d = source
+    build, check, text = BAD[kind]
+    bad = build(good, d)
+    junit = tmp_path / "drill.xml"
+    res = drill(h, tmp_path, str(bad), "--junit", str(junit))
+    assert res.returncode == 1, res.stdout
+    err = " ".join(res.stderr.split())
+    assert "Traceback" not in res.stderr
+    assert f"failed: {check}:" in err and text in err, err
+    suite = ET.parse(junit).getroot().find("testsuite")
+    failed = [tc for tc in suite.findall("testcase") if tc.find("failure") is not None]
+    assert [tc.get("name") for tc in failed] == [check]
+    assert text in failed[0].find("failure").get("message")
+    assert_nothing_left(tmp_path)
+
+
+def test_drill_on_a_given_server_drops_its_scratch_databases(source, tmp_path):
+    h, good, _ = source
+    path = h.home / ".invoke.json"
+    saved = path.read_text()
+    doc = json.loads(saved)
+    doc["clawdie"]["drill"] = {"password": SUPERPASS}
+    path.write_text(json.dumps(doc))
+    try:
+        with h.cluster.connect() as admin:
+            dbs = {r[0] for r in admin.execute("SELECT datname FROM pg_database")}
+            roles = {r[0] for r in admin.execute("SELECT rolname FROM pg_roles")}
+        res = drill(h, tmp_path, str(good), "--json", "--pg-host", h.address,
+                    "--pg-user", "postgres")
+        assert res.returncode == 0, res.stderr
+        report = json.loads(res.stdout)
+        assert report["ok"] and not report["server"]["throwaway"]
+        assert report["server"]["address"] == f"{h.address}:5432"
+        with h.cluster.connect() as admin:
+            assert {r[0] for r in admin.execute("SELECT datname FROM pg_database")} == dbs
+            assert {r[0] for r in admin.execute("SELECT rolname FROM pg_roles")} == roles
+        assert_nothing_left(tmp_path)
+    finally:
+        path.write_text(saved)

@@ -1,0 +1,377 @@
+"""`restore` on the rig: damage an installation, restore it, and find every row and file back;
+a restore that fails midway leaves the installation exactly as it was."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import archive_kit as kit
+from tests.conftest import cli
+from tests.helpers import pg_objects, pg_rows, sqlite_rows, tree_digest
+from tests.rig import content
+from tests.rig.hosts import linux_commands
+from tests.rig.postgres import SUPERPASS, Cluster, pg14_bindir
+
+CACHE = Path("/var/cache/clawdie-ops-tests")  # shared with the backup tests
+
+
+# -- helpers --------------------------------------------------------------------------------
+def set_config(h, **values) -> None:
+    path = h.home / ".invoke.json"
+    doc = json.loads(path.read_text())
+    doc["clawdie"].update(values)
+    path.write_text(json.dumps(doc))
+
+
+def write_env(h, **changes) -> None:
+    h.env.update(changes)
+    (h.root / ".env").write_text(content.env_text(h.env))
+
+
+def start_agent(h) -> None:
+    cmd = linux_commands()["agent_start"].format(root=h.root,
+                                                 pidfile=h.root / "store" / "clawdie.pid")
+    subprocess.run(["sh", "-c", cmd], check=True, timeout=30)
+    assert h.agent_running()
+
+
+def stop_agent(h) -> None:
+    pidfile = h.root / "store" / "clawdie.pid"
+    if not h.agent_running():
+        return
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def backup(h, *args: str) -> Path:
+    res = cli(h, "backup", "--json", *args, check=True)
+    return Path(json.loads(res.stdout)["archive"])
+
+
+def without_tick(rows: dict) -> dict:
+    """messages.db rows without the agent's heartbeat (it writes while it runs)."""
+    out = dict(rows)
+    out["router_state"] = [r for r in rows.get("router_state", []) if r[0] != "agent_tick"]
+    return out
+
+
+def db_state(h, key: str) -> dict:
+    with h.db_connect(key) as conn:
+        return {"rows": pg_rows(conn), "objects": pg_objects(conn)}
+
+
+def files_state(h) -> dict:
+    allow = h.home / ".config" / "clawdie-cp" / "mount-allowlist.json"
+    return {"groups": tree_digest(h.root / "groups") if (h.root / "groups").exists() else {},
+            "env": (h.root / ".env").read_bytes(),
+            "allowlist": allow.read_bytes() if allow.exists() else None}
+
+
+def state(h) -> dict:
+    """Everything restore may touch, as values that compare exactly."""
+    return {"sqlite": without_tick(sqlite_rows(h.root / "store" / "messages.db")),
+            "memory": db_state(h, "memory"), "skills": db_state(h, "skills"),
+            "files": files_state(h)}
+
+
+def work_dirs(h) -> list[str]:
+    base = h.root / ".clawdie-ops"
+    return sorted(p.name for p in base.iterdir()) if base.exists() else []
+
+
+# -- the runbook's restore --------------------------------------------------------------------
+def test_restore_brings_back_a_damaged_installation(host):
+    original = state(host)
+    archive = backup(host)
+
+    with host.db_connect("memory") as conn:
+        conn.execute("DROP TABLE memories CASCADE")
+    with host.db_connect("skills") as conn:
+        conn.execute("DELETE FROM skill_chunks")
+    shutil.rmtree(host.root / "groups")
+    os.truncate(host.root / "store" / "messages.db", 0)
+    (host.home / ".config" / "clawdie-cp" / "mount-allowlist.json").unlink()
+
+    res = cli(host, "restore", str(archive), "--yes", "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["items"] == ["env", "messages.db", "memory_db.sql", "skills_db.sql",
+                               "groups/", "mount-allowlist.json"]
+    # A full restore ends like the runbook: agent started, then doctor.
+    assert host.agent_running()
+    checks = {c["name"]: c["status"] for c in report["doctor"]}
+    assert checks["agent"] == "ok" and checks["database memory_db"] == "ok"
+    conn_used = report["connections"]["memory_db.sql"]
+    assert conn_used["address"] == f"{host.address}:5432"
+    assert conn_used["system_identifier"] and conn_used["version"].startswith("15.")
+    stop_agent(host)
+
+    assert state(host) == original
+    # The pre-restore state is kept, the staging folder is gone.
+    kept = Path(report["safety"]["dir"])
+    assert (kept / "memory_db.sql").is_file() and (kept / "store" / "messages.db").is_file()
+    assert (kept / "env").read_bytes() == original["files"]["env"]
+    assert not (kept.parent / "staging").exists()
+    assert report["safety"]["snapshot"].startswith(host.dataset("db") + "@clawdie-pre-restore-")
+    snaps = subprocess.run(["/usr/sbin/zfs", "list", "-H", "-o", "name", "-t", "snapshot"],
+                           capture_output=True, text=True).stdout.split()
+    assert report["safety"]["snapshot"] in snaps
+    # File modes: the secrets stay private.
+    assert (host.root / ".env").stat().st_mode & 0o777 == 0o600
+
+
+def test_restore_that_fails_midway_rolls_back_and_restarts_the_agent(host, tmp_path):
+    archive = backup(host)
+    broken = kit.repack(archive, tmp_path / "late-failure.tar.gz",
+                        kit.edit_member("skills_db.sql", kit.fail_late))
+    # The installation moves on after the backup: the restore would overwrite all this.
+    with host.db_connect("memory") as conn:
+        conn.execute("INSERT INTO users (handle) VALUES ('after-backup')")
+        conn.execute("CREATE TABLE added_later (x int)")
+        conn.execute("INSERT INTO added_later VALUES (1), (2)")
+    with host.db_connect("skills") as conn:
+        conn.execute("DELETE FROM skill_chunks WHERE id % 2 = 0")
+    (host.root / "groups" / "main" / "CLAUDE.md").write_text("changed after the backup\n")
+    write_env(host, AGENT_NAME="renamed-after-backup")
+    start_agent(host)
+    time.sleep(0.3)
+    before = state(host)
+
+    res = cli(host, "restore", str(broken), "--yes")
+    assert res.returncode == 1, res.stdout + res.stderr
+    err = " ".join(res.stderr.split())
+    assert "restore failed at step 'database skills_db.sql'" in err
+    assert "no_such_table" in err
+    assert "rolled back: memory_db (from its pre-restore dump), messages.db, .env" in err
+    assert "the agent was started again" in err
+    assert "Traceback" not in res.stderr
+
+    assert host.agent_running()
+    stop_agent(host)
+    after = state(host)
+    assert after == before
+    with host.db_connect("memory") as conn:
+        assert conn.execute("SELECT count(*) FROM added_later").fetchone()[0] == 2
+    # Nothing half-done is left: only the kept pre-restore copies.
+    (work,) = work_dirs(host)
+    assert sorted(p.name for p in (host.root / ".clawdie-ops" / work).iterdir()) == ["before"]
+
+
+# -- archives that must be refused before anything changes -------------------------------------
+BAD = {
+    "flipped byte": lambda good, d: kit.flip_byte(good, d / "flipped.tar.gz", 0.5),
+    "changed member": lambda good, d: kit.repack(
+        good, d / "changed.tar.gz",
+        kit.edit_member("groups/main/config.json", lambda b: b.replace(b"main", b"mAin")),
+        sign=False),
+    "cut-off tail": lambda good, d: kit.cut_tail(good, d / "cut.tar.gz", 0.7),
+    "dot-dot member": lambda good, d: kit.repack(
+        good, d / "dotdot.tar.gz", kit.add_members(kit.file_member("{top}/../../evil.txt"))),
+    "symlink member": lambda good, d: kit.repack(
+        good, d / "symlink.tar.gz",
+        kit.add_members(kit.link_member("{top}/groups/main/escape", "/tmp"),
+                        kit.file_member("{top}/groups/main/escape/evil.txt"))),
+    "absolute member": lambda good, d: kit.repack(
+        good, d / "absolute.tar.gz", kit.add_members(kit.file_member("/tmp/evil.txt"))),
+    "duplicate member": lambda good, d: kit.repack(
+        good, d / "duplicate.tar.gz", kit.add_members(kit.file_member("{top}/env", b"X=1\n"))),
+    "device member": lambda good, d: kit.repack(
+        good, d / "device.tar.gz", kit.add_members(kit.device_member("{top}/groups/null"))),
+    "hard link member": lambda good, d: kit.repack(
+        good, d / "hardlink.tar.gz",
+        kit.add_members(kit.link_member("{top}/groups/passwd", "/etc/passwd", hard=True))),
+    "outside the top folder": lambda good, d: kit.repack(
+        good, d / "sibling.tar.gz", kit.add_members(kit.file_member("other/evil.txt"))),
+}
+EXPECT = {"flipped byte": "", "changed member": "groups/main/config.json",
+          "cut-off tail": "", "dot-dot member": "../../evil.txt", "symlink member": "escape",
+          "absolute member": "/tmp/evil.txt", "duplicate member": "appears twice",
+          "device member": "device", "hard link member": "hard link",
+          "outside the top folder": "outside the archive's top folder"}
+
+
+@pytest.fixture(scope="module")
+def victim(rig, tmp_path_factory):
+    """One host and its good archive; every refusal test checks it is left unchanged."""
+    h = rig.new_host(rows=40)
+    (h.home / "backups").mkdir(exist_ok=True)
+    good = backup(h)
+    yield h, good, tmp_path_factory.mktemp("bad")
+    rig.drop(h)
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_archive_is_refused_before_anything_changes(victim, kind):
+    h, good, d = victim
+    bad = BAD[kind](good, d)
+    before = state(h)
+    res = cli(h, "restore", str(bad), "--yes")
+    assert res.returncode == 1, res.stdout
+    err = " ".join(res.stderr.split())
+    assert "Traceback" not in res.stderr
+    assert ("ArchiveUnsafe" not in err) and err.startswith("error:")
+    assert EXPECT[kind] in err, err
+    if kind in ("flipped byte", "cut-off tail"):
+        assert "damaged" in err or "cut short" in err or "fails verification" in err
+    assert state(h) == before
+    assert work_dirs(h) == []
+    assert not Path("/tmp/evil.txt").exists() and not (h.base / "evil.txt").exists()
+    # inspect refuses it the same way, with the same named item.
+    res = cli(h, "inspect", str(bad))
+    assert res.returncode == 1 and EXPECT[kind] in " ".join(res.stderr.split())
+
+
+def test_restore_needs_yes_without_a_terminal(victim):
+    h, good, _ = victim
+    before = state(h)
+    res = cli(h, "restore", str(good))
+    assert res.returncode == 3
+    assert "needs confirmation" in res.stderr and "--yes" in res.stderr
+    assert state(h) == before and work_dirs(h) == []
+
+
+def test_dry_run_prints_every_step_and_changes_nothing(victim):
+    h, good, _ = victim
+    set_config(h, db_admin={"user": "postgres", "password": SUPERPASS})
+    try:
+        before = state(h)
+        res = cli(h, "restore", str(good), "--dry-run")
+        assert res.returncode == 0, res.stderr
+        out = res.stdout
+        for expected in ("psql -X -q --single-transaction -v ON_ERROR_STOP=1",
+                         "pg_dump --clean --if-exists", f"{h.root}/.env",
+                         f"{h.root}/store/messages.db", f"{h.root}/groups/",
+                         "mount-allowlist.json", "zfs snapshot -r", "fake_agent.py",
+                         f"at {h.address}:5432: PostgreSQL 15."):
+            assert expected in out, expected
+        for secret in (content.MEMORY_PASSWORD, content.SKILLS_PASSWORD, SUPERPASS,
+                       h.env["ANTHROPIC_API_KEY"]):
+            assert secret not in out + res.stderr
+        assert state(h) == before and work_dirs(h) == []
+        res = cli(h, "restore", str(good), "--dry-run", "--json", "--only", "groups,env")
+        doc = json.loads(res.stdout)
+        assert doc["dry_run"] and doc["items"] == ["env", "groups/"]
+        assert not any("psql" in line for line in doc["plan"])
+    finally:
+        set_config(h, db_admin={"user": "", "password": ""})
+
+
+def test_only_restores_the_named_items(victim):
+    h, good, _ = victim
+    groups_before = tree_digest(h.root / "groups")
+    (h.root / "groups" / "main" / "CLAUDE.md").write_text("edited\n")
+    with h.db_connect("memory") as conn:
+        conn.execute("INSERT INTO users (handle) VALUES ('stays')")
+    res = cli(h, "restore", str(good), "--yes", "--only", "groups/", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["items"] == ["groups/"]
+    assert tree_digest(h.root / "groups") == groups_before
+    with h.db_connect("memory") as conn:  # untouched
+        assert conn.execute("SELECT count(*) FROM users WHERE handle = 'stays'").fetchone()[0]
+    assert not h.agent_running()  # it was not running and this was not a full restore
+    res = cli(h, "restore", str(good), "--yes", "--only", "nonsense")
+    assert res.returncode == 1 and "--only 'nonsense' is not an item" in res.stderr
+
+
+# -- other hosts, other names, other versions --------------------------------------------------
+def test_restore_onto_a_host_with_other_db_names_and_users(rig, host):
+    """A new host's .env names other databases and users, which do not exist yet: restore
+    creates them with the admin connection and reports the server it used."""
+    archive = backup(host)
+    original = {"memory": db_state(host, "memory"), "skills": db_state(host, "skills"),
+                "sqlite": sqlite_rows(host.root / "store" / "messages.db")}
+    new = rig.new_host(populated=False, datasets=False, with_roles=False)
+    try:
+        env = dict(new.env, MEMORY_DB_NAME="mem store", MEMORY_DB_USER="Mem-Owner",
+                   SKILLS_DB_NAME="skills2", SKILLS_DB_USER="sk2")
+        new.env = env
+        (new.root / "store").mkdir(parents=True)
+        (new.root / ".env").write_text(content.env_text(env))
+        set_config(new, db_admin={"user": "postgres", "password": SUPERPASS})
+        res = cli(new, "restore", str(archive), "--yes", "--json", "--only",
+                  "messages.db,memory_db.sql,skills_db.sql,groups/,mount-allowlist.json")
+        assert res.returncode == 0, res.stderr
+        report = json.loads(res.stdout)
+        mem = report["connections"]["memory_db.sql"]
+        assert mem["database"] == "mem store" and mem["user"] == "Mem-Owner"
+        assert mem["address"] == f"{new.address}:5432"
+        assert mem["created_role"] and mem["created_database"]
+        assert mem["owner_map"] == {"memory_user": "Mem-Owner"}
+        with new.cluster.connect() as admin:
+            ident = admin.execute("SELECT system_identifier::text FROM pg_control_system()"
+                                  ).fetchone()[0]
+        assert mem["system_identifier"] == ident
+        assert not report["agent"]["started"]
+        for key, db, user in (("memory", "mem store", "Mem-Owner"), ("skills", "skills2", "sk2")):
+            pw = content.MEMORY_PASSWORD if key == "memory" else content.SKILLS_PASSWORD
+            with new.cluster.connect(dbname=db, user=user, password=pw) as conn:
+                assert pg_rows(conn) == original[key]["rows"]
+                assert pg_objects(conn) == original[key]["objects"]
+                owners = {r[0] for r in conn.execute(
+                    "SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")}
+                assert owners == {user}
+        assert sqlite_rows(new.root / "store" / "messages.db") == original["sqlite"]
+        assert tree_digest(new.root / "groups") == tree_digest(host.root / "groups")
+    finally:
+        rig.drop(new)
+
+
+def test_connection_details_come_from_the_restored_env(host):
+    """The host's .env is broken (wrong names); the archive's env, restored first, is the one
+    used. An archive without skills_db regenerates it with the runbook's command."""
+    archive = backup(host, "--skip-skills")
+    original = db_state(host, "memory")
+    write_env(host, MEMORY_DB_NAME="no_such_db", MEMORY_DB_USER="nobody")
+    res = cli(host, "restore", str(archive), "--yes", "--json", "--no-start")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["connections"]["memory_db.sql"]["database"] == "memory_db"
+    assert report["regenerated"] == ["skills_db"]
+    assert (host.root / "skills-regenerated").read_text().strip() == "regenerate skills"
+    assert "MEMORY_DB_NAME=memory_db" in (host.root / ".env").read_text()
+    assert db_state(host, "memory") == original
+    assert not host.agent_running()
+
+
+@pytest.fixture
+def pg14(rig, host):
+    """A PostgreSQL 14 server beside the host's own 15, as an older db jail would run."""
+    cluster = Cluster(host.base / "pg14" / "data", f"{rig.net}.249", bindir=pg14_bindir(CACHE))
+    cluster.init()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def test_dump_from_a_newer_pg_dump_is_refused_before_anything_runs(host, pg14):
+    """The .env points at a PostgreSQL 14 server; the dumps come from pg_dump 15."""
+    archive = backup(host)
+    cluster = pg14
+    with cluster.connect() as admin:
+        content.create_databases(admin)
+    write_env(host, WARDEN_DB_IP=cluster.address)
+    before = {"env": (host.root / ".env").read_bytes(),
+              "sqlite": sqlite_rows(host.root / "store" / "messages.db")}
+    res = cli(host, "restore", str(archive), "--yes",
+              "--only", "messages.db,memory_db.sql,skills_db.sql")
+    assert res.returncode == 1
+    err = " ".join(res.stderr.split())
+    assert "memory_db.sql was written by pg_dump 15." in err
+    assert f"newer than the PostgreSQL 14.22 server at {cluster.address}:5432" in err
+    assert "nothing was changed" in err
+    assert work_dirs(host) == []
+    assert (host.root / ".env").read_bytes() == before["env"]
+    assert sqlite_rows(host.root / "store" / "messages.db") == before["sqlite"]
+    with cluster.connect(dbname="memory_db") as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                            ).fetchone()[0] == 0
