@@ -13,6 +13,7 @@ from .. import rollback as rb
 from ..errors import ConfigError, DatasetMissing, OutputError
 from ..output import Reporter, human_size
 from .base import confirm, operator_task, settings
+from .positional import help_requested
 
 ROOT_HELP = "Clawdie checkout whose .env names the pool (default: $CLAWDIE_ROOT, else the cwd)"
 DATASET_HELP = "a jail (db, git, cms, management) or dataset name; repeat it (default: all jails)"
@@ -22,16 +23,6 @@ def _print_plan(con: Console, lines: list[str], dry_run: bool) -> None:
     con.print(f"[bold]plan[/]{' (dry run, nothing changed)' if dry_run else ''}:")
     for line in lines:
         con.print(f"  {line}", markup=False)
-
-
-def _print_help(task, usage: str, flags: dict[str, str]) -> None:
-    import inspect
-
-    print(f"Usage: clawdie-ops {usage}\n")
-    print("\n".join("  " + line for line in (inspect.getdoc(task.body) or "").splitlines()))
-    print("\nOptions:")
-    for flag, text in flags.items():
-        print(f"  --{flag:<12} {text}")
 
 
 def _table(con: Console, header: list[str], rows: list[list[str]]) -> None:
@@ -136,8 +127,8 @@ def rollback(c, target, yes=False, force=False, root=None, dry_run=False, json=F
     Shows exactly what is destroyed, stops the jail using the dataset first (started again
     afterwards if it was running), and asks before doing it."""
     if target in ("-h", "--help"):
-        # invoke hands a positional argument `--help` as its value; answer it anyway.
-        _print_help(rollback, "rollback [--options] DATASET@SNAPSHOT", ROLLBACK_HELP)
+        rollback.help = dict(ROLLBACK_HELP)  # invoke used up the texts parsing this call
+        help_requested("rollback", target)
         return
     out = Reporter(as_json=json)
     s = settings(c, root)
@@ -217,7 +208,8 @@ def _write_atomic(path: Path, text: str) -> None:
         raise OutputError(f"cannot write {path}: {exc}", "check the directory's permissions")
 
 
-@operator_task(iterable=["dataset"], help={
+# Too many flags for one letter each (invoke would hand out `--` itself): long flags only.
+@operator_task(iterable=["dataset"], auto_shortflags=False, help={
     "to": "target host: an inventory name (clawdie.hosts) or an ssh alias / host name",
     "dataset": DATASET_HELP,
     "target-pool": "the target's pool when it differs (default: the inventory's zfs_pool, "

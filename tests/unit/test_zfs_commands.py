@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 from datetime import datetime
 
 import pytest
@@ -342,3 +343,18 @@ def test_replication_refuses_a_target_that_shares_no_snapshot():
     assert plan.pairs[0].state == "diverged" and plan.options.force_delete
     assert "--force-delete" in plan.command(plan.pairs[0])
     assert plan.options.compress == "zstd-fast"
+
+
+@pytest.mark.parametrize("task", ["snapshot", "snapshots", "rollback", "sanoid-config",
+                                  "replicate"])
+def test_every_flag_has_help_text(task):
+    import subprocess
+
+    from tests.conftest import CLI
+
+    res = subprocess.run([CLI, task, "--help"], capture_output=True, text=True, check=True)
+    options = res.stdout.split("Options:")[1].strip().splitlines()
+    flags = [line for line in options if line.lstrip().startswith("-")]
+    described = [line for line in flags
+                 if re.match(r"^\s*(-\w(\s\w+)?, )?--[\w-]+(=\w+)?\s{2,}\S", line)]
+    assert flags and described == flags, res.stdout
