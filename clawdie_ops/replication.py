@@ -17,7 +17,7 @@ import paramiko
 
 from . import agent, datasets, ssh, syncoid, zfs
 from .config import Settings
-from .errors import ConfigError, HostError, ZfsError
+from .errors import ConfigError, DatasetMissing, HostError, ZfsError
 from .output import Reporter, human_size
 
 
@@ -124,7 +124,10 @@ def make_plan(c, s: Settings, cfg: Mapping[str, Any], to: str, names: list[str] 
     if target_prefix:
         ts = dataclasses.replace(ts, zfs_prefix=zfs.check_dataset(target_prefix))
     chosen = datasets.select(s, names)
-    zfs.require(c, s, [jd.dataset for jd in chosen])
+    missing = [jd.dataset for jd in chosen if not zfs.exists(c, s, jd.dataset)]
+    if missing:
+        raise DatasetMissing(f"nothing to replicate: {', '.join(missing)} not found here",
+                             "check ZFS_POOL / ZFS_PREFIX in .env, clawdie.jails, or --dataset")
     host = ssh.resolve(c, alias, str(cfg.get("ssh_config") or ""))
     conn = conn or ssh.connect(host)
     local = syncoid.found_tools(c.run(syncoid.probe_cmd(), hide=True, warn=True,
