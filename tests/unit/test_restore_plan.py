@@ -1,0 +1,203 @@
+"""Restore, drill and doctor decisions without a server: items, masking, dump scanning,
+member safety, archive choice, JUnit, severities."""
+from __future__ import annotations
+
+import os
+import tarfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from invoke import Config, MockContext, Result
+
+from clawdie_ops import config, doctor, drill, restore
+from clawdie_ops.dumpfile import Scanner, scan
+from clawdie_ops.errors import ArchiveUnsafe, ConfigError
+from clawdie_ops.manifest import Manifest
+from clawdie_ops.sources.postgres import ServerInfo
+from clawdie_ops.verify import Member, Verified, check_member
+from tests.rig.content import env_text
+
+DUMP = b'''--
+-- Dumped by pg_dump version 15.18 (Debian 15.18-0+deb12u1)
+SET statement_timeout = 0;
+CREATE TABLE public.users (id integer, handle text);
+ALTER TABLE public.users OWNER TO memory_user;
+ALTER FUNCTION public.f(uid integer) OWNER TO "Odd ""Role""";
+COPY public.users (id, handle) FROM stdin;
+1\tALTER TABLE x OWNER TO memory_user;
+\\.
+GRANT SELECT ON TABLE public.users TO reader;
+REVOKE ALL ON TABLE public.users FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES FOR ROLE memory_user IN SCHEMA public GRANT SELECT ON TABLES TO reader;
+'''
+
+
+def lines(data: bytes) -> list[bytes]:
+    return data.splitlines(keepends=True)
+
+
+def test_scan_finds_the_roles_and_the_pg_dump_version():
+    facts = scan(lines(DUMP))
+    assert facts.roles == {"memory_user", 'Odd "Role"', "reader"}
+    assert facts.pg_dump_major == 15 and facts.pg_dump_version == "15.18"
+
+
+def test_owner_mapping_leaves_table_data_alone():
+    out = b"".join(Scanner({"memory_user": "Mem-Owner"}).map_lines(lines(DUMP)))
+    assert b'ALTER TABLE public.users OWNER TO "Mem-Owner";\n' in out
+    assert b'FOR ROLE "Mem-Owner" IN SCHEMA' in out
+    assert b"1\tALTER TABLE x OWNER TO memory_user;\n" in out  # a row, not a statement
+    assert b'OWNER TO "Odd ""Role""";' in out  # other roles keep their names
+    assert out.count(b"\n") == DUMP.count(b"\n")
+
+
+def test_owner_mapping_ignores_the_rest_of_a_long_line():
+    sc = Scanner({"memory_user": "x"})
+    # The second piece of a line longer than one read looks like a statement: it is not one.
+    assert sc.feed(b"COMMENT ON TABLE t IS 'long ") == b"COMMENT ON TABLE t IS 'long "
+    piece = b"ALTER TABLE y OWNER TO memory_user;\n"
+    assert sc.feed(piece) == piece
+    assert sc.feed(piece) == b'ALTER TABLE y OWNER TO "x";\n'
+
+
+def info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.linkname = kind, link
+    return ti
+
+
+@pytest.mark.parametrize("name,kind,link,why", [
+    ("/etc/passwd", tarfile.REGTYPE, "", "absolute path"),
+    ("top/../../x", tarfile.REGTYPE, "", "'..'"),
+    ("top/./x", tarfile.REGTYPE, "", "'.' path component"),
+    ("top//x", tarfile.REGTYPE, "", "empty"),
+    ("other/x", tarfile.REGTYPE, "", "outside the archive's top folder"),
+    ("top/l", tarfile.SYMTYPE, "/etc", "symbolic link to '/etc' (outside"),
+    ("top/l", tarfile.SYMTYPE, "groups", "clawdie-ops archives hold no links"),
+    ("top/h", tarfile.LNKTYPE, "../x", "hard link"),
+    ("top/d", tarfile.CHRTYPE, "", "device"),
+    ("top/f", tarfile.FIFOTYPE, "", "fifo"),
+    ("top/s", tarfile.GNUTYPE_SPARSE, "", "unsupported type"),
+    ("top/a\\b", tarfile.REGTYPE, "", "backslash"),
+])
+def test_unsafe_members_are_refused(name, kind, link, why):
+    with pytest.raises(ArchiveUnsafe) as exc:
+        check_member(Path("a.tar.gz"), info(name, kind, link), "top")
+    assert why in exc.value.message and "nothing was extracted" in exc.value.message
+
+
+def test_safe_members_pass():
+    assert check_member(Path("a"), info("top", tarfile.DIRTYPE), None) == ("top", "")
+    assert check_member(Path("a"), info("top/groups/main/x y.md"), "top") == \
+        ("top", "groups/main/x y.md")
+
+
+def verified(*names: str, skipped: dict | None = None) -> Verified:
+    files = {n: {"kind": "file", "size": 1, "sha256": "0"} for n in names}
+    items = sorted({"groups/" if n.startswith("groups/") else n for n in names})
+    m = Manifest("a", "t", "h", "0", items=items, files=files, skipped=skipped or {})
+    return Verified(Path("/x/a.tar.gz"), "gzip", "top", m,
+                    {n: Member(n, 1, "0", 0o600) for n in names}, 10)
+
+
+def test_items_follow_the_runbook_order_and_accept_aliases():
+    v = verified("env", "messages.db", "memory_db.sql", "skills_db.sql", "groups/a",
+                 "mount-allowlist.json")
+    items, regen, _ = restore.select_items(v, [])
+    assert items == list(restore.ORDER) and not regen
+    items, _, _ = restore.select_items(v, ["groups", "memory_db,.env"])
+    assert items == ["env", "memory_db.sql", "groups/"]
+    with pytest.raises(ConfigError, match="not an item"):
+        restore.select_items(v, ["photos"])
+
+
+def test_missing_skills_dump_means_regeneration():
+    v = verified("env", "messages.db", "memory_db.sql", skipped={"skills_db.sql": "--skip-skills"})
+    items, regen, notes = restore.select_items(v, [])
+    assert "skills_db.sql" not in items and regen
+    assert any("--skip-skills" in n and "regenerated" in n for n in notes)
+    with pytest.raises(ConfigError, match="holds no groups/"):
+        restore.select_items(v, ["groups/"])
+
+
+def test_plan_shows_every_command_and_masks_every_secret(tmp_path):
+    env = {"WARDEN_DB_IP": "10.0.0.3", "MEMORY_DB_PASSWORD": "mem-secret-1",
+           "SKILLS_DB_PASSWORD": "sk-secret-2", "ANTHROPIC_API_KEY": "sk-ant-XYZ",
+           "ZFS_PREFIX": "clawdie"}
+    (tmp_path / ".env").write_text(env_text(env))
+    cfg = Config(overrides={"clawdie": {
+        "db_admin": {"user": "postgres", "password": "admin-secret-3"},
+        # An operator put the API key into the start command: it must not be printed.
+        "commands": {"agent_start": "cd {root} && ANTHROPIC_API_KEY=sk-ant-XYZ npm start"}}})
+    s = config.load(cfg, root=tmp_path)
+    v = verified("env", "memory_db.sql", "groups/a")
+    server = ServerInfo("15.18", 150018, "7712", "10.0.0.3:5432")
+    target = restore.DbTarget("memory_db.sql", s.memory, "memory_user", server,
+                              {"public.users": 3}, exists=False, create_role=True,
+                              create_db=True, extra_roles=["reader"])
+    plan = restore.RestorePlan(v, s, ["env", "memory_db.sql", "groups/"], tmp_path / "w",
+                               "zroot/clawdie/jails/db@clawdie-pre-restore-1", [target], None,
+                               True, True, [], [],
+                               restore.secrets_of(env, extra=("admin-secret-3",)))
+    plan.steps = restore._steps(plan)
+    text = "\n".join(plan.describe())
+    for secret in ("mem-secret-1", "sk-secret-2", "sk-ant-XYZ", "admin-secret-3"):
+        assert secret not in text
+    assert "ANTHROPIC_API_KEY=*** npm start" in text
+    assert "psql -X -q --single-transaction -v ON_ERROR_STOP=1 -h 10.0.0.3" in text
+    assert "CREATE ROLE \"memory_user\" LOGIN PASSWORD '***'" in text
+    assert 'CREATE ROLE "reader" NOLOGIN; GRANT "reader" TO "memory_user"' in text
+    assert "zfs snapshot -r zroot/clawdie/jails/db@clawdie-pre-restore-1" in text
+    assert f"{tmp_path}/.env <- {tmp_path}/w/staging/env" in text
+    assert "system identifier 7712" in text
+    kinds = [st.kind for st in plan.steps]
+    assert kinds == ["env", "agent-stop", "database", "groups", "agent-start", "doctor"]
+
+
+def test_drill_takes_the_newest_archive_by_the_time_in_its_name(tmp_path):
+    for name in ("clawdie-backup-31.dec.2026-2359.tar.gz", "clawdie-backup-02.jan.2027-0100.tar.zst",
+                 "clawdie-backup-02.jan.2027-0100-2.tar.gz", "clawdie-backup-01.jan.2027-2300.tar.gz",
+                 ".clawdie-backup-03.jan.2027-0100.tar.gz.partial", "other.tar.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    # mtimes say otherwise: an archive copied later keeps its name's time.
+    os.utime(tmp_path / "clawdie-backup-31.dec.2026-2359.tar.gz", (time.time() + 99,) * 2)
+    assert drill.newest_archive(tmp_path).name == "clawdie-backup-02.jan.2027-0100-2.tar.gz"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no clawdie-backup"):
+        drill.newest_archive(tmp_path / "empty")
+
+
+def test_junit_report_names_the_failing_check():
+    result = {"archive": "/b/clawdie-backup-x.tar.gz", "duration_s": 1.5, "checks": [
+        {"name": "verify archive", "item": "a", "status": "pass", "detail": "ok", "seconds": 0.1},
+        {"name": "replay memory_db.sql", "item": "memory_db.sql", "status": "fail",
+         "detail": "memory_db.sql: table public.users has 9 rows, manifest says 10",
+         "seconds": 0.2},
+        {"name": "files", "item": "", "status": "skip", "detail": "earlier", "seconds": 0.0}]}
+    suite = ET.fromstring(drill.junit_xml(result)).find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
+    failure = suite.find("testcase[@name='replay memory_db.sql']/failure")
+    assert "public.users has 9 rows" in failure.get("message")
+
+
+def test_throwaway_cluster_runs_as_the_postgres_user_when_root(tmp_path):
+    s = config.load(Config(), root=tmp_path, require_env=False)
+    c = MockContext(run=Result("", exited=0), repeat=True)
+    t = drill.Throwaway(c, s, Path("/usr/lib/postgresql/15/bin"), tmp_path / "pg", "postgres")
+    t.as_root = True
+    t._run("/usr/lib/postgresql/15/bin/initdb", "-D", str(tmp_path / "pg" / "data"))
+    cmd = c.run.call_args[0][0]
+    assert cmd == (f"su -m postgres -c 'cd {tmp_path}/pg && /usr/lib/postgresql/15/bin/initdb "
+                   f"-D {tmp_path}/pg/data'")
+
+
+def test_doctor_severity_and_ages():
+    assert doctor._by_age(60, 2, 26) == "ok"
+    assert doctor._by_age(3 * 3600, 2, 26) == "warn"
+    assert doctor._by_age(27 * 3600, 2, 26) == "fail"
+    checks = [doctor.Check("a", "ok", ""), doctor.Check("b", "warn", "")]
+    assert doctor.exit_code(checks) == 1 and doctor.worst(checks) == "warn"
+    assert doctor.exit_code(checks + [doctor.Check("c", "fail", "")]) == 2
+    assert doctor.exit_code([]) == 0
