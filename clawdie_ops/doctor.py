@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import agent, zfs
 from .config import DEFAULTS, Settings

@@ -7,13 +7,13 @@ skipped so that row data is never mistaken for a statement.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 _IDENT = rb'("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
 _OWNER = re.compile(rb"^(ALTER .+ OWNER TO )" + _IDENT + rb";\n?$")
 _GRANT = re.compile(rb"^(GRANT .+ TO |REVOKE .+ FROM )" + _IDENT + rb"( WITH GRANT OPTION)?;\n?$")
-_FOR_ROLE = re.compile(rb"^(ALTER DEFAULT PRIVILEGES FOR ROLE )" + _IDENT + rb"( .*)$", re.S)
+_FOR_ROLE = re.compile(rb"^(ALTER DEFAULT PRIVILEGES FOR ROLE )" + _IDENT + rb"( .*)$", re.DOTALL)
 _COPY = re.compile(rb"^COPY .+ FROM stdin;\n?$")
 _VERSION = re.compile(rb"^-- Dumped by pg_dump version (\d+)(?:\.(\d+))?")
 # Roles every server has: never created, never mapped.

@@ -12,16 +12,24 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import agent, config, doctor, pgroles, zfs
 from .config import DbSpec, Settings
 from .dumpfile import Scanner, quote
-from .errors import (ClawdieError, ConfigError, DatabaseError, DatabaseUnreachable, DumpTooNew,
-                     OutputError, RestoreFailed)
+from .errors import (
+    ClawdieError,
+    ConfigError,
+    DatabaseError,
+    DatabaseUnreachable,
+    DumpTooNew,
+    OutputError,
+    RestoreFailed,
+)
 from .output import Reporter
 from .sources import postgres as pg
 from .verify import Verified, extract, verify
@@ -34,7 +42,7 @@ ALIASES = {".env": "env", "messages": "messages.db", "memory_db": "memory_db.sql
            "groups": "groups/", "allowlist": "mount-allowlist.json",
            "mount-allowlist": "mount-allowlist.json"}
 DB_ITEMS = ("memory_db.sql", "skills_db.sql")
-SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|PASS$", re.I)
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|PASS$", re.IGNORECASE)
 WORK = ".clawdie-ops"
 
 
@@ -106,9 +114,9 @@ class RestorePlan:
         return text
 
     def describe(self) -> list[str]:
-        out = [f"verify     {self.verified.path}: {len(self.verified.members)} files match the "
-               f"manifest (format {self.verified.manifest.format}, from "
-               f"{self.verified.manifest.host} at {self.verified.manifest.timestamp})",
+        m = self.verified.manifest
+        out = [(f"verify     {self.verified.path}: {len(self.verified.members)} files match the "
+                f"manifest (format {m.format}, from {m.host} at {m.timestamp})"),
                f"keep       current state in {self.before}/ (kept after the restore)"]
         if self.snapshot:
             ds, name = self.snapshot.split("@")
@@ -192,7 +200,7 @@ def _probe(c, s: Settings, v: Verified, item: str) -> DbTarget:
             db_ok = pgroles.database_exists(conn, db.name)
             have = pgroles.existing_roles(conn, needed)
         if role_ok and db_ok:
-            raise exc  # both exist: the password or pg_hba is wrong, nothing to create
+            raise  # both exist: the password or pg_hba is wrong, nothing to create
         t = DbTarget(item, db, dump_user, info, dict(entry.get("tables", {})), exists=False,
                      create_role=not role_ok, create_db=not db_ok)
     t.role_map = role_map
@@ -286,14 +294,14 @@ def _steps(p: RestorePlan) -> list[Step]:
     s, st = p.settings, p.staging
     steps = []
     if "env" in p.items:
-        steps.append(Step("env", "env", [f"{s.env_file} <- {st}/env (0600); the old one moves "
-                                         f"to {p.before}/env"]))
+        steps.append(Step("env", "env", [
+            f"{s.env_file} <- {st}/env (0600); the old one moves to {p.before}/env"]))
     steps.append(Step("agent-stop", "", [s.command("agent_stop") if p.agent_running
                                          else "(not running)"]))
     if "messages.db" in p.items:
         steps.append(Step("messages", "messages.db", [
-            f"{s.sqlite_path} <- {st}/messages.db; the old one (with -wal, -shm) moves to "
-            f"{p.before}/store/"]))
+            (f"{s.sqlite_path} <- {st}/messages.db; the old one (with -wal, -shm) moves to "
+             f"{p.before}/store/")]))
     for t in p.targets:
         lines = []
         admin = pgroles.admin_spec(s, t.db.host, t.db.port)
@@ -316,16 +324,17 @@ def _steps(p: RestorePlan) -> list[Step]:
         steps.append(Step("regen", "skills_db.sql", [s.command("skills_regen")]))
     if "groups/" in p.items:
         n = len(p.verified.item_members("groups/"))
-        steps.append(Step("groups", "groups/", [f"{s.groups_dir}/ <- {st}/groups/ ({n} files); "
-                                                f"the old one moves to {p.before}/groups/"]))
+        steps.append(Step("groups", "groups/", [
+            (f"{s.groups_dir}/ <- {st}/groups/ ({n} files); the old one moves to "
+             f"{p.before}/groups/")]))
     if "mount-allowlist.json" in p.items:
         steps.append(Step("allowlist", "mount-allowlist.json", [
-            f"{s.allowlist} <- {st}/mount-allowlist.json; the old one moves to "
-            f"{p.before}/mount-allowlist.json"]))
+            (f"{s.allowlist} <- {st}/mount-allowlist.json; the old one moves to "
+             f"{p.before}/mount-allowlist.json")]))
     steps.append(Step("agent-start", "", [s.command("agent_start") if p.start_agent
                                           else "no: it was not running (--start starts it)"]))
-    steps.append(Step("doctor", "", ["agent, databases, pg_dump, datasets, snapshots, backups, "
-                                     "free space"]))
+    steps.append(Step("doctor", "", [
+        "agent, databases, pg_dump, datasets, snapshots, backups, free space"]))
     return steps
 
 
@@ -345,7 +354,7 @@ class _Undo:
             try:
                 action()
                 done.append(what)
-            except Exception as exc:  # keep going: undo as much as possible
+            except Exception as exc:  # noqa: BLE001 -- keep going: undo as much as possible
                 failed.append(f"{what} ({exc})")
         return done, failed
 
@@ -535,7 +544,7 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                 with out.step("start the agent"):
                     agent.start(c, s)
                 undo.push("agent start", lambda: agent.stop(c, s))
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 -- Ctrl-C midway must roll back too
         done, failed = undo.run()
         restarted = ""
         if agent_stopped:

@@ -11,16 +11,18 @@ import hashlib
 import io
 import os
 import tarfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO
 
 from dotenv import dotenv_values
 
 from .archive import CHUNK, ArchiveReader
 from .dumpfile import DumpFacts, Scanner
 from .errors import ArchiveCorrupt, ArchiveUnsafe
-from .manifest import NAME as MANIFEST, Manifest
+from .manifest import NAME as MANIFEST
+from .manifest import Manifest
 
 MAX_MANIFEST = 16 << 20  # a manifest is a few KiB; refuse to hold a huge one in memory
 MAX_ENV = 1 << 20
@@ -113,6 +115,7 @@ class _Pass:
         self.current = ""
         self.manifest_bytes: bytes | None = None
         self.dirs: list[str] = []
+        self.seen_rel: set[str] = set()
 
     def members(self, reader: ArchiveReader) -> Iterator[tuple[str, tarfile.TarInfo, IO[bytes]]]:
         tar = reader.tar
@@ -132,6 +135,7 @@ class _Pass:
                 if info.isdir():
                     self.dirs.append(rel)
                     continue
+                self.seen_rel.add(rel)
                 if not rel:
                     raise _unsafe(self.path, info.name, "is a file where the top folder should be")
                 fh = tar.extractfile(info)
@@ -262,6 +266,27 @@ def verify(path: Path) -> Verified:
                     dumps={n: s.facts for n, s in scanners.items()})
 
 
+def _copy(fh: IO[bytes], out: IO[bytes],
+          transform: Callable[[Iterable[bytes]], Iterator[bytes]] | None) -> tuple[int, str]:
+    """Copy a member, hashing what the archive holds (before any transform)."""
+    sha = hashlib.sha256()
+    size = 0
+
+    def counted(pieces: Iterable[bytes]) -> Iterator[bytes]:
+        nonlocal size
+        for piece in pieces:
+            sha.update(piece)
+            size += len(piece)
+            yield piece
+    if transform is None:
+        for chunk in counted(_chunks(fh)):
+            out.write(chunk)
+    else:
+        for line in transform(counted(_lines(fh))):
+            out.write(line)
+    return size, sha.hexdigest()
+
+
 def _inside(target: Path, rel: str) -> Path:
     dest = (target / rel)
     resolved = Path(os.path.abspath(dest))
@@ -312,27 +337,16 @@ def extract(v: Verified, target: Path, want: Callable[[str], bool],
             out_rel = rename(rel) if rename else rel
             dest = _inside(target, out_rel)
             _mkdirs(target, os.path.dirname(out_rel))
-            sha = hashlib.sha256()
-            size = 0
             mode = 0o600 if rel in ("env",) or rel.endswith(".sql") else (expected.mode & 0o755)
             with _open_new(dest, mode or 0o600) as out:
-                if rel in transform:
-                    def counted(lines: Iterable[bytes]) -> Iterator[bytes]:
-                        nonlocal size
-                        for line in lines:
-                            sha.update(line)
-                            size += len(line)
-                            yield line
-                    for line in transform[rel](counted(_lines(fh))):
-                        out.write(line)
-                else:
-                    for chunk in _chunks(fh):
-                        sha.update(chunk)
-                        size += len(chunk)
-                        out.write(chunk)
+                size, digest = _copy(fh, out, transform.get(rel))
             written.append(dest)
-            if size != expected.size or sha.hexdigest() != expected.sha256:
+            if size != expected.size or digest != expected.sha256:
                 raise ArchiveCorrupt(f"{v.path}: {rel} changed since it was verified",
                                      "was the archive replaced meanwhile? verify it again")
         p.finish(reader)
+    missing = [n for n in v.members if want(n) and n not in p.seen_rel]
+    if missing:
+        raise ArchiveCorrupt(f"{v.path}: {', '.join(missing[:3])} gone since it was verified",
+                             "was the archive replaced meanwhile? verify it again")
     return written

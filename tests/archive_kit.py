@@ -12,8 +12,8 @@ import io
 import json
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 

@@ -9,8 +9,8 @@ from rich.table import Table
 from ..contents import describe
 from ..output import Reporter, human_size
 from ..verify import verify
-from .positional import help_requested
 from .base import operator_task
+from .positional import help_requested
 
 
 @operator_task(help={

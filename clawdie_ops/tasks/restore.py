@@ -7,9 +7,9 @@ from rich.console import Console
 
 from .. import restore as action
 from ..output import Reporter
-from .positional import help_requested
 from .base import confirm, operator_task
 from .doctor import print_checks
+from .positional import help_requested
 
 
 @operator_task(iterable=["only"], help={

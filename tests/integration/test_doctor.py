@@ -7,8 +7,14 @@ import json
 import time
 
 from tests.conftest import cli
-from tests.integration.test_restore import (CACHE, backup, set_config, start_agent, stop_agent,
-                                            write_env)
+from tests.integration.test_restore import (
+    CACHE,
+    backup,
+    set_config,
+    start_agent,
+    stop_agent,
+    write_env,
+)
 from tests.rig.postgres import pg14_bindir
 from tests.rig.services import ZFS, sh, zfs_retry
 

@@ -42,7 +42,8 @@ def assert_nothing_left(tmp: Path) -> None:
     scratch = tmp / "tmpdir"
     assert list(scratch.iterdir()) == [], list(scratch.iterdir())
     assert list(Path("/tmp").glob("clawdie-drill-pg-*")) == []
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
+                        check=True).stdout
     assert "clawdie-drill" not in ps, "a drill cluster is still running"
 
 
@@ -78,7 +79,7 @@ def test_drill_table_on_a_terminal_less_run(source, tmp_path):
 
 
 def test_drill_latest_takes_the_newest_archive_of_a_directory(source, tmp_path):
-    h, good, d = source
+    h, good, _ = source
     shelf = tmp_path / "shelf"
     shelf.mkdir()
     # Names carry the time (day.month.year-HHMM): March 2027 is newer than December 2026.

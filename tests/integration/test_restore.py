@@ -124,7 +124,7 @@ def test_restore_brings_back_a_damaged_installation(host):
     assert not (kept.parent / "staging").exists()
     assert report["safety"]["snapshot"].startswith(host.dataset("db") + "@clawdie-pre-restore-")
     snaps = subprocess.run(["/usr/sbin/zfs", "list", "-H", "-o", "name", "-t", "snapshot"],
-                           capture_output=True, text=True).stdout.split()
+                           capture_output=True, text=True, check=True).stdout.split()
     assert report["safety"]["snapshot"] in snaps
     # File modes: the secrets stay private.
     assert (host.root / ".env").stat().st_mode & 0o777 == 0o600
