@@ -92,6 +92,14 @@ class HostError(ClawdieError):
     """A remote host is unreachable, unknown, or not ready."""
 
 
+class ScheduleError(ClawdieError):
+    """The command that pauses or resumes scheduled backups and snapshots failed."""
+
+
+class RemoteTaskFailed(ClawdieError):
+    """clawdie-ops failed on another host; the message carries that host's error and hint."""
+
+
 class MigrationFailed(ClawdieError):
     """A migration stopped; the message says where, and what was undone on the old host."""
 

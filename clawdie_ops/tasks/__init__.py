@@ -5,6 +5,7 @@ from ..config import DEFAULTS
 from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
+from . import migrate
 
 namespace = Collection()
 namespace.add_task(backup.backup)
@@ -13,4 +14,6 @@ for _task in (zfs_tasks.snapshot, zfs_tasks.snapshots, zfs_tasks.rollback, zfs_t
     namespace.add_task(_task)
 for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspect):
     namespace.add_task(_task)
+namespace.add_task(migrate.migrate)
+namespace.add_task(migrate.migrate_step)
 namespace.configure({"clawdie": DEFAULTS})

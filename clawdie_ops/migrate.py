@@ -1,0 +1,767 @@
+"""`migrate`: move an installation to new hardware by running clawdie-ops on both hosts.
+
+The plan is data: every step names its host and its exact command, and prints in full
+with --dry-run (secrets masked). Running it goes through four phases:
+1. preflight on both hosts, read-only (facts.py gathers, migrate_checks.py decides);
+2. live pre-sync of the jail datasets while the agent still runs (`replicate`);
+3. the downtime window: stop the agent on the old host, final `backup`, final incremental
+   `replicate`, copy the archive (transfer.py: resumed, checksum verified on arrival),
+   start the jails, `restore`, point the .env at the new host's own services, start the
+   agent, `doctor`; downtime is measured from the agent stop to a healthy doctor;
+4. cutover of the schedules and the report.
+Each host runs its own clawdie-ops through a Context (a Fabric Connection, or the
+operator's own Context for this machine), so each host's own config and command templates
+apply, with the inventory's overrides on top. A journal on the operator's machine lets
+the same command continue after an interruption; a failure inside the downtime window
+starts the old host's agent again and changes nothing else there.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, UTC
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable, Mapping
+
+from . import inventory, journal as journal_mod, migrate_checks, remote, transfer
+from .errors import Aborted, ClawdieError, ConfigError, MigrationFailed
+from .inventory import Host
+from .masking import masked
+from .output import Reporter, human_size
+
+PHASES = {
+    "preflight": "1 preflight on both hosts (read-only)",
+    "presync": "2 live pre-sync (the agent keeps running on the old host)",
+    "downtime": "3 downtime window (the agent is stopped)",
+    "cutover": "4 cutover and report",
+}
+DOWNTIME = ("stop-old-agent", "final-backup", "final-sync", "copy-archive", "start-new-jails",
+            "restore", "point-env", "start-new-agent", "doctor")
+CONFIG_PLACEHOLDER = "<tmp>/config.json"
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    phase: str
+    where: str  # "old", "new" or "here" (the operator's machine)
+    command: str
+    why: str
+
+
+@dataclass
+class Options:
+    to: str
+    from_: str | None = None
+    dry_run: bool = False
+    yes: bool = False
+    force: bool = False
+    restart: bool = False
+    accept_new_host_key: bool = False
+    retries: int = 5
+
+
+@dataclass
+class Plan:
+    old: Host
+    new: Host
+    steps: list[Step]
+    configs: dict[str, Any]  # what each host's temporary config file holds (masked)
+    journal: Path
+    notes: list[str] = field(default_factory=list)
+
+    def host(self, where: str) -> Host:
+        return self.old if where == "old" else self.new
+
+    def label(self, where: str) -> str:
+        return "here" if where == "here" else f"{where} {self.host(where).label}"
+
+    def describe(self) -> list[str]:
+        lines = [f"from  {self.old.label}" + ("" if self.old.in_inventory else
+                                                "  (not in clawdie.hosts: its own config)"),
+                 f"to    {self.new.label}" + ("" if self.new.in_inventory else
+                                                "  (not in clawdie.hosts: its own config)")]
+        phase = None
+        for step in self.steps:
+            if step.phase != phase:
+                phase = step.phase
+                lines.append(f"phase {PHASES[phase]}")
+            lines.append(f"  [{step.id}] on {self.label(step.where)}")
+            lines.append(f"      {step.command}")
+            if step.why:
+                lines.append(f"      ({step.why})")
+        for where, content in self.configs.items():
+            lines.append(f"{CONFIG_PLACEHOLDER} on {where} (0600 in a 0700 temp dir, removed "
+                         f"at the end): {content}")
+        lines.append(f"journal {self.journal}")
+        return lines + [f"note  {n}" for n in self.notes]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"from": host_dict(self.old), "to": host_dict(self.new),
+                "steps": [asdict(s) for s in self.steps], "configs": self.configs,
+                "journal": str(self.journal), "notes": self.notes}
+
+
+def host_dict(h: Host) -> dict[str, Any]:
+    return {"name": h.name, "ssh": h.ssh, "root": h.root, "peer_ssh": h.reach_from_peer,
+            "overrides": masked(dict(h.overrides)), "in_inventory": h.in_inventory}
+
+
+def _step_cmd(h: Host, *args: str, config: bool = False) -> str:
+    return remote.tool_command(h, *args, config_file=CONFIG_PLACEHOLDER if config else None)
+
+
+def make_plan(cfg: Mapping[str, Any], opts: Options, home: Path) -> Plan:
+    """Every step, every host, every command: decided before anything connects."""
+    old = inventory.resolve(cfg, opts.from_)
+    new = inventory.resolve(cfg, opts.to)
+    if new.local:
+        raise ConfigError(f"--to {opts.to} is this machine",
+                          "run migrate on the old host or a third machine, with --to the new one")
+    if old.ssh == new.ssh or old.name == new.name:
+        raise ConfigError(f"--from and --to name the same host ({new.label})",
+                          "pass --to the new host")
+    new_cfg = bool(new.settings_overrides())
+    replicate_args = ["replicate", "--to", new.name, "--yes", "--json"]
+    if opts.force:
+        replicate_args.insert(3, "--replace-existing")
+    steps = [
+        Step("connect", "preflight", "here",
+             f"ssh {old.ssh if not old.local else '(local)'} and ssh {new.ssh}: host keys must "
+             "be known" + (" (new keys accepted: --accept-new-host-key)"
+                           if opts.accept_new_host_key else " (an unknown key is refused)"),
+             "via the ssh config " + str(cfg.get("ssh_config") or "~/.ssh/config")),
+        Step("check-old", "preflight", "old",
+             _step_cmd(old, "migrate-step", "check", "--role", "source", "--stdin", "--json"),
+             "versions, space, ZFS, PostgreSQL, data; its overrides arrive on stdin"),
+        Step("check-new", "preflight", "new",
+             _step_cmd(new, "migrate-step", "check", "--role", "target", "--stdin", "--json"),
+             "the same, evaluated with the old .env's database settings (on stdin, never "
+             "argv): the databases the restore would really use"),
+        Step("evaluate", "preflight", "here",
+             "compare: clawdie-ops and PostgreSQL versions, roles, disk space, ZFS pools, "
+             "new host empty, database identity guard", "any failure stops here"),
+        Step("pause-new-schedule", "presync", "new",
+             _step_cmd(new, "migrate-step", "schedule-pause", "--stdin", "--json"),
+             "its clawdie.commands.schedule_pause: sanoid must not snapshot or prune the "
+             "datasets while they are received"),
+        Step("presync", "presync", "old", _step_cmd(old, *replicate_args, config=True),
+             "syncoid of the jail datasets while the agent runs: only the increment is left"),
+        Step("stop-old-agent", "downtime", "old",
+             _step_cmd(old, "migrate-step", "agent-stop", "--stdin", "--json"),
+             "downtime starts"),
+        Step("final-backup", "downtime", "old",
+             _step_cmd(old, "backup", "--json", config=bool(old.settings_overrides())),
+             "snapshot, messages.db, both databases, files"),
+        Step("final-sync", "downtime", "old", _step_cmd(old, *replicate_args, config=True),
+             "the increment since the pre-sync"),
+        Step("copy-archive", "downtime", "here",
+             f"sftp {old.name}:<archive> -> {new.name}:<backup_dir>/<archive>.partial "
+             f"(resumed on a dropped connection, up to {opts.retries} tries), then "
+             + _step_cmd(new, "migrate-step", "checksum", "--path", "<path>", "--stdin",
+                         "--json")
+             + " must match the backup's sha256 before it is renamed", ""),
+        Step("start-new-jails", "downtime", "new",
+             _step_cmd(new, "migrate-step", "jails-start", "--stdin", "--json"),
+             "the db jail's PostgreSQL takes the restore"),
+        Step("restore", "downtime", "new",
+             _step_cmd(new, "restore", "<archive>", "--yes", "--no-start", "--json",
+                       config=new_cfg), "verified first; rolls itself back on failure"),
+        Step("point-env", "downtime", "new",
+             _step_cmd(new, "migrate-step", "env-apply", "--stdin", "--json"),
+             "its db_host/db_port/zfs_pool/zfs_prefix written into the restored .env; the "
+             "database the .env now names must not be the old host's"),
+        Step("start-new-agent", "downtime", "new",
+             _step_cmd(new, "migrate-step", "agent-start", "--stdin", "--json"), ""),
+        Step("doctor", "downtime", "new", _step_cmd(new, "doctor", "--json", config=new_cfg),
+             "healthy (no failed check) ends the downtime"),
+        Step("pause-old-schedule", "cutover", "old",
+             _step_cmd(old, "migrate-step", "schedule-pause", "--stdin", "--json"),
+             "scheduled backups and snapshots stop there: one live host"),
+        Step("resume-new-schedule", "cutover", "new",
+             _step_cmd(new, "migrate-step", "schedule-resume", "--stdin", "--json"), ""),
+    ]
+    configs = {"old": masked({"clawdie": {**old.settings_overrides(), "hosts": {new.name: {
+        "ssh": new.reach_from_peer, "root": "<new root>",
+        "overrides": "<the new host's pool, prefix, home, jails and command templates, "
+                     "from its preflight facts>"}}}})}
+    if new_cfg:
+        configs["new"] = masked({"clawdie": new.settings_overrides()})
+    notes = []
+    for h in (old, new):
+        if not h.in_inventory and not h.local:
+            notes.append(f"{h.name} is not in clawdie.hosts: it runs with its own config only")
+    return Plan(old, new, steps, configs,
+                journal_mod.path_for(home, old.name, new.name), notes)
+
+
+def _summary(facts: dict[str, Any]) -> dict[str, Any]:
+    """What the journal keeps of a host's facts (they are read again on every run)."""
+    return {k: facts.get(k) for k in ("hostname", "tool_version", "root", "backup_dir")}
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+class Migration:
+    """Runs a plan: contexts per host, the journal, the rollback."""
+
+    def __init__(self, c, cfg: Mapping[str, Any], plan: Plan, opts: Options,
+                 out: Reporter) -> None:
+        self.c = c
+        self.cfg = cfg
+        self.plan = plan
+        self.opts = opts
+        self.out = out
+        self.ctx: dict[str, Any] = {}
+        self.facts: dict[str, dict[str, Any]] = {}
+        self.db_env: dict[str, str] = {}  # the old .env's database settings: memory only
+        self.temp_configs: dict[str, str] = {}
+        self.checks: list[migrate_checks.Check] = []
+        self.skipped: list[str] = []
+        self.warnings: list[str] = []
+        self.journal = journal_mod.Journal.open(
+            plan.journal, {"from": [plan.old.name, plan.old.ssh],
+                           "to": [plan.new.name, plan.new.ssh]}, restart=opts.restart)
+        # Preflight runs every time; a run "continues" when later steps were done before.
+        self.resumed = any(self.journal.done(s.id) for s in plan.steps
+                           if s.phase != "preflight")
+        self.actions: dict[str, Callable[[], dict[str, Any]]] = {
+            "connect": self.do_connect, "check-old": self.do_check_old,
+            "check-new": self.do_check_new, "evaluate": self.do_evaluate,
+            "pause-new-schedule": lambda: self.step_tool("new", "schedule-pause"),
+            "presync": self.do_replicate, "stop-old-agent": self.do_stop_old_agent,
+            "final-backup": self.do_backup, "final-sync": self.do_replicate,
+            "copy-archive": self.do_copy, "start-new-jails":
+                lambda: self.step_tool("new", "jails-start"),
+            "restore": self.do_restore, "point-env": self.do_point_env,
+            "start-new-agent": lambda: self.step_tool("new", "agent-start"),
+            "doctor": self.do_doctor,
+            "pause-old-schedule": lambda: self.step_tool("old", "schedule-pause"),
+            "resume-new-schedule": lambda: self.step_tool("new", "schedule-resume"),
+        }
+
+    # -- helpers -------------------------------------------------------------------------
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.plan.steps if s.id == step_id)
+
+    def steps_of(self, phase: str) -> list[Step]:
+        return [s for s in self.plan.steps if s.phase == phase]
+
+    def tool(self, where: str, *args: str, stdin: Any = None, config: bool = False,
+             ok_codes: tuple[int, ...] = (0,)) -> dict[str, Any]:
+        h = self.plan.host(where)
+        cfg_file = self.temp_config(where) if config else None
+        result, _ = remote.run_tool(self.ctx[where], h, *args, stdin=stdin,
+                                    config_file=cfg_file, ok_codes=ok_codes)
+        return result
+
+    def step_tool(self, where: str, action: str, *args: str, **extra: Any) -> dict[str, Any]:
+        h = self.plan.host(where)
+        return self.tool(where, "migrate-step", action, *args, "--stdin", "--json",
+                         stdin={"config": h.settings_overrides(), **extra})
+
+    def temp_config(self, where: str) -> str | None:
+        if where in self.temp_configs:
+            return self.temp_configs[where]
+        data = self.config_content(where)
+        if not data["clawdie"]:
+            return None
+        path = remote.write_temp_config(self.ctx[where], self.plan.host(where), data)
+        self.temp_configs[where] = path
+        return path
+
+    def config_content(self, where: str) -> dict[str, Any]:
+        h = self.plan.host(where)
+        content = h.settings_overrides()
+        if where == "old":
+            # replicate on the old host learns the new host's layout from this entry.
+            nf = self.facts["new"]
+            st = nf["settings"]
+            content["hosts"] = {self.plan.new.name: {
+                "ssh": self.plan.new.reach_from_peer, "root": nf["root"],
+                "overrides": {"home": nf["home"], "zfs_pool": st["zfs_pool"],
+                              "zfs_prefix": st["zfs_prefix"], "jails": st["jails"],
+                              "jail_name": st["jail_name"], "zfs": st["zfs"],
+                              "commands": st["commands"]}}}
+        return {"clawdie": content}
+
+    def run_step(self, step: Step, *, always: bool = False) -> dict[str, Any]:
+        if not always and self.journal.done(step.id):
+            self.skipped.append(step.id)
+            self.out.note(f"[dim]skip {step.id}: done in an earlier run[/]")
+            return self.journal.result(step.id)
+        started = time.monotonic()
+        with self.out.step(f"{step.id}: {self.plan.label(step.where)}"):
+            result = self.actions[step.id]()
+        if not self.opts.dry_run:  # a dry run leaves no trace, not even in the journal
+            self.journal.record(step.id, result, time.monotonic() - started)
+        return result
+
+    # -- phase 1 -------------------------------------------------------------------------
+    def do_connect(self) -> dict[str, Any]:
+        out = {}
+        for where in ("old", "new"):
+            h = self.plan.host(where)
+            if where not in self.ctx:
+                self.ctx[where] = remote.context_for(
+                    self.c, h, self.cfg, accept_new_host_key=self.opts.accept_new_host_key)
+            accepted = remote.accepted_keys(self.ctx[where])
+            if accepted:
+                self.warnings.append(f"accepted and recorded the new host key of {h.label}: "
+                                     f"{', '.join(accepted)}")
+            out[where] = "local" if h.local else "ssh, host key known"
+        return out
+
+    def do_check_old(self) -> dict[str, Any]:
+        facts = self.step_tool("old", "check", "--role", "source", want_db_env=True)
+        self.db_env = dict(facts.pop("db_env", {}) or {})
+        self.facts["old"] = facts
+        return _summary(facts)
+
+    def do_check_new(self) -> dict[str, Any]:
+        facts = self.step_tool("new", "check", "--role", "target", env=self.db_env)
+        facts.pop("db_env", None)
+        self.facts["new"] = facts
+        return _summary(facts)
+
+    def do_evaluate(self) -> dict[str, Any]:
+        ours = bool(self.journal.data.get("touched_new"))
+        self.checks = migrate_checks.evaluate(self.facts["old"], self.facts["new"],
+                                              new_name=self.plan.new.name,
+                                              force=self.opts.force, ours=ours)
+        failed = migrate_checks.failures(self.checks)
+        for ch in self.checks:
+            if ch.status == "warn":
+                self.warnings.append(f"{ch.name}: {ch.detail}")
+        if failed:
+            raise MigrationFailed(
+                "preflight refused the migration: " + "; ".join(
+                    f"{ch.name}: {ch.detail}" for ch in failed),
+                failed[0].fix + "; nothing was changed on either host")
+        return {"checks": [ch.as_dict() for ch in self.checks]}
+
+    def preflight(self) -> None:
+        for step in self.steps_of("preflight"):
+            self.run_step(step, always=True)
+
+    # -- phase 2 and 3 -------------------------------------------------------------------
+    def do_replicate(self) -> dict[str, Any]:
+        self.journal.set("touched_new", True)
+        args = ["replicate", "--to", self.plan.new.name, "--yes", "--json"]
+        if self.opts.force:
+            args.insert(3, "--replace-existing")
+        return self.tool("old", *args, config=True)
+
+    def do_stop_old_agent(self) -> dict[str, Any]:
+        stopped_at = time.time()
+        result = self.step_tool("old", "agent-stop")
+        self.journal.window.update(state="open", agent_stopped_at=stopped_at,
+                                   agent_was_running=bool(result.get("was_running")))
+        self.journal.save()
+        return {**result, "stopped_at": stopped_at}
+
+    def do_backup(self) -> dict[str, Any]:
+        return self.tool("old", "backup", "--json", config=bool(self.plan.old.settings_overrides()))
+
+    def _files(self, where: str) -> transfer.Files:
+        h = self.plan.host(where)
+        if h.local:
+            return transfer.LocalFiles(h.name)
+
+        def connect() -> Any:
+            return remote.context_for(self.c, h, self.cfg,
+                                      accept_new_host_key=self.opts.accept_new_host_key)
+        return transfer.SftpFiles(connect, h.name)
+
+    def do_copy(self) -> dict[str, Any]:
+        backup = self.journal.result("final-backup")
+        src = str(backup["archive"])
+        dest = str(Path(self.facts["new"]["backup_dir"]) / Path(src).name)
+        self.journal.set("touched_new", True)
+        stale = self.journal.data.get("copy_dest")
+        dst_files = self._files("new")
+        if stale and stale != dest:
+            # the partial copy of an archive from a rolled-back window: never to be resumed
+            try:
+                dst_files.remove(stale + ".partial")
+            except (OSError, ClawdieError):
+                pass
+        self.journal.set("copy_dest", dest)
+
+        def verify(path: str) -> tuple[str, int]:
+            if self.plan.new.local:
+                return transfer.local_sha256(path)
+            got = self.step_tool("new", "checksum", "--path", path)
+            return str(got["sha256"]), int(got["size"])
+
+        def retrying(attempt: int, why: str) -> None:
+            self.out.warn(f"copy attempt {attempt} failed ({why}); resuming")
+
+        result = transfer.copy(self._files("old"), src, dst_files, dest,
+                               size=int(backup["size"]), sha256=str(backup["sha256"]),
+                               verify=verify, retries=self.opts.retries, on_retry=retrying)
+        return result.as_dict()
+
+    def do_restore(self) -> dict[str, Any]:
+        archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]
+        return self.tool("new", "restore", archive, "--yes", "--no-start", "--json",
+                         config=bool(self.plan.new.settings_overrides()))
+
+    def do_point_env(self) -> dict[str, Any]:
+        result = self.step_tool("new", "env-apply")
+        old_ids = {db.get("identity") for db in self.facts["old"].get("databases", {}).values()}
+        for key, db in (result.get("databases") or {}).items():
+            if db.get("identity") in old_ids:
+                raise MigrationFailed(
+                    f"after the restore, the new host's .env points {key}_db at "
+                    f"{db.get('host')}:{db.get('port')}, which is the OLD host's PostgreSQL "
+                    f"(system identifier {db.get('identity')})",
+                    f"set clawdie.hosts.{self.plan.new.name}.overrides.db_host to the new "
+                    "host's own PostgreSQL and run the same command again")
+            if not db.get("identity"):
+                raise MigrationFailed(
+                    f"after the restore, the new host cannot reach {key}_db with its .env: "
+                    f"{db.get('error', '?')}", "check the new host's db jail and .env")
+        return result
+
+    def do_doctor(self) -> dict[str, Any]:
+        result = self.tool("new", "doctor", "--json",
+                           config=bool(self.plan.new.settings_overrides()), ok_codes=(0, 1, 2))
+        failed = [ch for ch in result.get("checks", []) if ch.get("status") == "fail"]
+        if failed:
+            raise MigrationFailed(
+                "doctor on the new host failed: " + "; ".join(
+                    f"{ch['name']}: {ch['detail']}" for ch in failed),
+                failed[0].get("fix") or "see `clawdie-ops doctor` on the new host")
+        healthy_at = time.time()
+        self.journal.window.update(healthy_at=healthy_at)
+        self.journal.save()
+        for ch in result.get("checks", []):
+            if ch.get("status") == "warn":
+                self.warnings.append(f"doctor on the new host: {ch['name']}: {ch['detail']}")
+        return {**result, "healthy_at": healthy_at}
+
+    def enter_window(self) -> None:
+        """Decide where the downtime window starts: from the top, or where it was cut."""
+        w = self.journal.window
+        done = [s for s in DOWNTIME if self.journal.done(s)]
+        if not done:
+            return
+        if w.get("state") == "open" and self.journal.done("stop-old-agent"):
+            status = self.step_tool("old", "agent-status")
+            if not status.get("running"):
+                self.journal.note("resumed the downtime window", steps_done=done)
+                self.out.warn("continuing the downtime window of an earlier run (the agent "
+                              "on the old host is still stopped)")
+                return
+            self.out.warn("the agent runs again on the old host since the earlier run: the "
+                          "downtime window starts over")
+        self.journal.forget(list(DOWNTIME))
+        self.journal.window.clear()
+        self.journal.save()
+
+    def downtime(self) -> None:
+        self.enter_window()
+        current = self.step(DOWNTIME[0])
+        try:
+            for step in self.steps_of("downtime"):
+                current = step
+                self.run_step(step)
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - whatever it was,
+            self.rollback(current, exc)                # the old host's agent comes back
+
+    # -- failure -------------------------------------------------------------------------
+    def rollback(self, failed: Step, exc: BaseException) -> None:
+        undone: list[str] = []
+        problems: list[str] = []
+        if self.journal.done("start-new-agent") or failed.id in ("start-new-agent", "doctor"):
+            try:
+                self.step_tool("new", "agent-stop")
+                undone.append("stopped the agent on the new host")
+            except ClawdieError as err:
+                problems.append(f"could not stop the agent on the new host: {err.message}")
+        if self.journal.window.get("agent_was_running"):
+            try:
+                self.step_tool("old", "agent-start")
+                undone.append("started the agent on the old host again")
+            except ClawdieError as err:
+                problems.append(f"COULD NOT start the agent on the old host: {err.message}; "
+                                f"start it by hand there: clawdie-ops migrate-step agent-start")
+        self.journal.window["state"] = "rolled_back"
+        self.journal.save()
+        raise self.failure(failed, exc, undone, problems)
+
+    def failure(self, failed: Step, exc: BaseException, undone: list[str] | None = None,
+                problems: list[str] | None = None) -> MigrationFailed:
+        why = exc.message if isinstance(exc, ClawdieError) else (
+            "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: "
+                                                                      f"{exc}")
+        hint = exc.hint if isinstance(exc, ClawdieError) else ""
+        self.journal.data.update(status="failed", failed_step=failed.id, error=why)
+        self.journal.note("failed", step=failed.id, error=why)
+        report = self.report("failed", failed=failed, error=why, undone=undone or [],
+                             problems=problems or [])
+        in_window = failed.phase == "downtime"
+        old_state = ("the old host's agent runs again and nothing there was changed"
+                     if in_window and not problems else
+                     "nothing was changed on the old host" if not in_window else
+                     "; ".join(problems))
+        err = MigrationFailed(
+            f"migration stopped at '{failed.id}' on {self.plan.label(failed.where)}: {why}; "
+            f"{old_state}",
+            (hint + "; " if hint else "") + "then run the same command again: it continues "
+            "where it stopped")
+        err.report = report  # type: ignore[attr-defined]
+        return err
+
+    def new_holds(self) -> dict[str, Any]:
+        """What the new host holds now, from the journal and a fresh read-only check."""
+        holds: dict[str, Any] = {
+            "datasets_received": self.journal.done("presync") or self.journal.done("final-sync"),
+            "archive": (self.journal.result("copy-archive").get("dest", "").split(":", 1)[-1]
+                        if self.journal.done("copy-archive") else None),
+            "restored": self.journal.done("restore"),
+            "env_pointed": self.journal.done("point-env"),
+            "schedule_paused": self.journal.done("pause-new-schedule")
+            and not self.journal.done("resume-new-schedule"),
+        }
+        if "new" in self.ctx:
+            try:
+                facts = self.step_tool("new", "check", "--role", "target", env=self.db_env)
+                holds["agent_running"] = facts.get("agent_running")
+                holds["datasets"] = {d: i.get("snapshots", [])[:1] for d, i in
+                                     (facts.get("zfs") or {}).get("datasets", {}).items()
+                                     if i.get("exists")}
+                holds["messages_db"] = (facts.get("sqlite") or {}).get("present", False)
+            except ClawdieError as err:
+                holds["unreadable"] = err.message
+        return holds
+
+    # -- report --------------------------------------------------------------------------
+    def report(self, status: str, failed: Step | None = None, error: str = "",
+               undone: list[str] | None = None, problems: list[str] | None = None
+               ) -> dict[str, Any]:
+        j = self.journal
+        w = j.window
+        backup = j.result("final-backup")
+        syncs = [j.result(s) for s in ("presync", "final-sync") if j.done(s)]
+        stopped, healthy = w.get("agent_stopped_at"), w.get("healthy_at")
+        steps = []
+        for s in self.plan.steps:
+            rec = j.steps.get(s.id) or {}
+            state = ("skipped (done earlier)" if s.id in self.skipped else
+                     "done" if rec.get("status") == "done" else
+                     "failed" if failed and s.id == failed.id else "not run")
+            steps.append({"id": s.id, "phase": s.phase, "where": s.where, "status": state,
+                          "seconds": rec.get("seconds")})
+        datasets = {}
+        for sync in syncs:
+            for d in sync.get("datasets", []):
+                entry = datasets.setdefault(d.get("source"), {"target": d.get("target"),
+                                                              "bytes": 0, "sends": []})
+                entry["bytes"] += d.get("bytes") or 0
+                entry["sends"].append(d.get("mode"))
+        data: dict[str, Any] = {
+            "status": status, "from": host_dict(self.plan.old), "to": host_dict(self.plan.new),
+            "resumed": self.resumed, "skipped": self.skipped, "journal": str(self.plan.journal),
+            "downtime_s": round(healthy - stopped, 3) if stopped and healthy else None,
+            "agent_stopped_at": _iso(stopped), "healthy_at": _iso(healthy),
+            "moved": {
+                "items": backup.get("items", []),
+                "archive": {"old": backup.get("archive"), "size": backup.get("size"),
+                            "sha256": backup.get("sha256"),
+                            "new": (j.result("copy-archive").get("dest") or "").split(":", 1)[-1]
+                            or None},
+                "tables": backup.get("tables", {}),
+                "datasets": datasets,
+                "dataset_bytes": sum(d["bytes"] for d in datasets.values()),
+            },
+            "copy": {k: v for k, v in j.result("copy-archive").items()
+                     if k in ("attempts", "resumed_from", "bytes_sent", "seconds",
+                              "already_there", "errors")},
+            "restore": {k: v for k, v in j.result("restore").items()
+                        if k in ("items", "connections", "safety", "duration_s")},
+            "env_changes": j.result("point-env").get("changed", {}),
+            "doctor": j.result("doctor").get("status"),
+            "checks": [ch.as_dict() for ch in self.checks],
+            "steps": steps, "warnings": self.warnings,
+            "rollback": self.rollback_howto(status),
+        }
+        if status == "failed":
+            data.update(stopped_at=failed.id if failed else None,
+                        stopped_on=self.plan.label(failed.where) if failed else None,
+                        error=error, undone=undone or [], problems=problems or [],
+                        old_host={"agent_restarted": "started the agent on the old host again"
+                                  in (undone or []),
+                                  "changed": "nothing (an archive and snapshots were added)"
+                                  if j.done("final-backup") else "nothing"},
+                        new_host=self.new_holds())
+        return data
+
+    def rollback_howto(self, status: str) -> list[str]:
+        old, new = self.plan.old, self.plan.new
+        if status != "done":
+            return [f"the old host {old.label} stays the live one; run the same migrate "
+                    "command again to continue"]
+        return [f"on {new.label}: {new.tool} migrate-step agent-stop",
+                f"on {new.label}: {new.tool} migrate-step schedule-pause",
+                f"on {old.label}: {old.tool} migrate-step schedule-resume",
+                f"on {old.label}: {old.tool} migrate-step agent-start",
+                "the old host's data was not changed: it is live again as it was at the "
+                "agent stop (what the agent wrote on the new host since is not carried back)"]
+
+    # -- the whole run -------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        if self.journal.data.get("status") == "done" and not self.opts.restart:
+            stored = dict(self.journal.data.get("report") or {})
+            stored["note"] = ("this migration was completed earlier; pass --restart to run "
+                              "it again")
+            return stored
+        if self.opts.dry_run:
+            return self.dry_run()
+        if not self.opts.yes and not sys.stdin.isatty():
+            raise Aborted(f"migrate {self.plan.old.name} -> {self.plan.new.name} needs "
+                          "confirmation, and there is no terminal to ask",
+                          "read the plan (--dry-run), then run it again with --yes")
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        self.journal.data["runs"] = self.journal.data.get("runs", 0) + 1
+        self.journal.data["status"] = "running"
+        self.journal.save()
+        current = self.plan.steps[0]
+        try:
+            try:
+                self.preflight()
+            except (ClawdieError, KeyboardInterrupt, OSError) as exc:
+                raise self.failure(self.current_preflight_step(), exc) from None
+            if not self.opts.yes:
+                self.out.err.print("[bold]plan:[/]")
+                for line in self.plan.describe():
+                    self.out.err.print(f"  {line}", markup=False)
+                from .tasks.base import confirm
+                confirm(f"Migrate {self.plan.old.label} to {self.plan.new.label}? The agent "
+                        "stops on the old host during the downtime window", False)
+            for step in self.steps_of("presync"):
+                current = step
+                try:
+                    self.run_step(step)
+                except (ClawdieError, KeyboardInterrupt, OSError) as exc:
+                    raise self.failure(current, exc) from None
+            self.downtime()
+            self.journal.window["state"] = "closed"
+            for step in self.steps_of("cutover"):
+                try:
+                    self.run_step(step)
+                except ClawdieError as exc:
+                    self.warnings.append(f"{step.id} failed: {exc.message}; do it by hand: "
+                                         f"{step.command}")
+            report = self.report("done")
+            self.journal.data.update(status="done", report=masked(report))
+            self.journal.note("done", downtime_s=report["downtime_s"])
+            return report
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.cleanup()
+
+    def current_preflight_step(self) -> Step:
+        for step in self.steps_of("preflight"):
+            if step.id == "connect" and not ("old" in self.ctx and "new" in self.ctx):
+                return step
+            if step.id == "check-old" and "old" not in self.facts:
+                return step
+            if step.id == "check-new" and "new" not in self.facts:
+                return step
+        return self.step("evaluate")
+
+    def dry_run(self) -> dict[str, Any]:
+        """The plan, then the read-only preflight: nothing changes on either host."""
+        data: dict[str, Any] = {"dry_run": True, "plan": self.plan.as_dict(),
+                                "plan_text": self.plan.describe()}
+        try:
+            self.preflight()
+            data["preflight"] = "ok"
+        except (ClawdieError, OSError) as exc:
+            data["preflight"] = exc.message if isinstance(exc, ClawdieError) else str(exc)
+            data["preflight_hint"] = exc.hint if isinstance(exc, ClawdieError) else ""
+        finally:
+            self.cleanup()
+        data["checks"] = [ch.as_dict() for ch in self.checks]
+        data["warnings"] = self.warnings
+        return data
+
+    def cleanup(self) -> None:
+        for where, path in list(self.temp_configs.items()):
+            try:
+                remote.remove_temp_config(self.ctx[where], self.plan.host(where), path)
+            except ClawdieError as exc:
+                self.warnings.append(f"could not remove the temporary config {path} on "
+                                     f"{self.plan.host(where).label}: {exc.message}")
+            self.temp_configs.pop(where, None)
+        for ctx in self.ctx.values():
+            remote.close(ctx)
+        self.ctx.clear()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    # SIGTERM in the downtime window must roll back like Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def run(c, cfg: Mapping[str, Any], opts: Options, out: Reporter, home: Path) -> dict[str, Any]:
+    plan = make_plan(cfg, opts, home)
+    return Migration(c, cfg, plan, opts, out).run()
+
+
+def describe_report(report: dict[str, Any]) -> list[str]:
+    """The report as lines for a person."""
+    lines = []
+    frm, to = report["from"], report["to"]
+    lines.append(f"migration {frm['name']} -> {to['name']}: {report['status']}"
+                 + (" (continued from an earlier run)" if report.get("resumed") else ""))
+    if report.get("note"):
+        lines.append(f"  {report['note']}")
+    if report.get("status") == "failed":
+        lines.append(f"  stopped at: {report.get('stopped_at')} on {report.get('stopped_on')}")
+        lines.append(f"  error: {report.get('error')}")
+        for u in report.get("undone", []):
+            lines.append(f"  undone: {u}")
+        for p in report.get("problems", []):
+            lines.append(f"  PROBLEM: {p}")
+        lines.append(f"  old host: {report.get('old_host', {}).get('changed')} changed")
+        holds = report.get("new_host") or {}
+        lines.append("  new host holds: " + ", ".join(
+            f"{k}={v}" for k, v in holds.items() if k != "datasets") )
+        if holds.get("datasets"):
+            lines.append("  new host datasets: " + ", ".join(
+                f"{d}@{(s or ['-'])[0]}" for d, s in holds["datasets"].items()))
+    for ch in report.get("checks", []):
+        if ch["status"] != "ok":
+            lines.append(f"  {ch['status']}: {ch['name']}: {ch['detail']}")
+    if report.get("downtime_s") is not None:
+        lines.append(f"  downtime: {report['downtime_s']:.1f}s (agent stopped "
+                     f"{report['agent_stopped_at']}, healthy on the new host "
+                     f"{report['healthy_at']})")
+    moved = report.get("moved") or {}
+    if moved.get("items"):
+        arch = moved.get("archive") or {}
+        lines.append(f"  moved: {', '.join(moved['items'])} (archive "
+                     f"{human_size(arch.get('size') or 0)}, sha256 "
+                     f"{str(arch.get('sha256'))[:16]}…)")
+    if moved.get("datasets"):
+        lines.append(f"  datasets: {len(moved['datasets'])} "
+                     f"({human_size(moved.get('dataset_bytes') or 0)} sent)")
+    copy = report.get("copy") or {}
+    if copy.get("attempts", 0) > 1 or copy.get("resumed_from"):
+        lines.append(f"  copy: {copy['attempts']} attempts, resumed from "
+                     f"{', '.join(human_size(n) for n in copy.get('resumed_from', []))}")
+    for w in report.get("warnings", []):
+        lines.append(f"  warning: {w}")
+    if report.get("status") == "done":
+        lines.append("  to roll back:")
+        lines.extend(f"    {r}" for r in report.get("rollback", []))
+    lines.append(f"  journal: {report.get('journal')}")
+    return lines

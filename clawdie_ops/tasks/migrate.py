@@ -1,0 +1,186 @@
+"""`inv migrate` (flags in, report out; the work is in clawdie_ops.migrate) and `migrate-step`,
+the few host-side actions migrate runs on each host through Fabric."""
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .. import agent, config, envfile, facts, inventory, migrate as action, transfer
+from ..errors import ConfigError, MigrationFailed, ScheduleError
+from ..output import Reporter
+from .base import operator_task
+
+
+@operator_task(help={
+    "to": "the new host: a name in clawdie.hosts (ssh alias, root, overrides), or an ssh alias",
+    "from": "the old host (default: this machine); a name in clawdie.hosts or an ssh alias",
+    "dry-run": "print the plan (every host, every command, secrets masked), run the read-only "
+               "preflight on both hosts, and change nothing",
+    "yes": "do not ask for confirmation (needed when there is no terminal)",
+    "force": "migrate even onto a new host that already runs an agent or holds data (it is "
+             "overwritten)",
+    "restart": "forget the journal of an earlier, interrupted run and start from the top",
+    "accept-new-host-key": "trust a host key seen for the first time and record it in "
+                           "known_hosts (default: an unknown key is refused)",
+    "retries": "attempts for the archive copy when the connection drops (default 5)",
+    "json": "print the report (steps, downtime_s, what moved, rollback) as JSON on stdout",
+})
+def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, restart=False,
+            accept_new_host_key=False, retries=5, json=False):
+    """Move the installation to new hardware: pre-sync live, then a short downtime window.
+
+    Preflight on both hosts (read-only), syncoid of the jail datasets while the agent runs,
+    then: stop the agent, final backup, final increment, copy the archive (checksum
+    verified), restore on the new host, start it there, doctor. A failure in that window
+    starts the old host's agent again. Running the same command again continues where an
+    interrupted run stopped."""
+    if not to:
+        raise ConfigError("migrate needs the new host", "pass --to NEWHOST (a name in "
+                          "clawdie.hosts, or an ssh alias)")
+    out = Reporter(as_json=json)
+    cfg = config.section(c.config)
+    s = config.load(c.config, require_env=False)
+    opts = action.Options(to=to, from_=from_, dry_run=dry_run, yes=yes, force=force,
+                          restart=restart, accept_new_host_key=accept_new_host_key,
+                          retries=int(retries))
+    try:
+        report = action.run(c, cfg, opts, out, s.home)
+    except MigrationFailed as exc:
+        report = getattr(exc, "report", None)
+        if report is not None:
+            out.result(report, lambda con: _print(con, action.describe_report(report)))
+        raise
+    if dry_run:
+        def show_plan(con: Console) -> None:
+            con.print("[bold]plan[/] (dry run, nothing changed):")
+            _print(con, [f"  {line}" for line in report["plan_text"]])
+            con.print("[bold]preflight:[/] " + ("ok" if report["preflight"] == "ok" else ""),
+                      end="")
+            if report["preflight"] != "ok":
+                con.print(f"[red]{report['preflight']}[/]", markup=True, highlight=False)
+            else:
+                con.print()
+            for ch in report["checks"]:
+                con.print(f"  {ch['status']:<4} {ch['name']}: {ch['detail']}", markup=False)
+        out.result(report, show_plan)
+        if report["preflight"] != "ok":
+            raise MigrationFailed(f"preflight: {report['preflight']}",
+                                  report.get("preflight_hint") or "")
+        return
+    out.result(report, lambda con: _print(con, action.describe_report(report)))
+
+
+def _print(con: Console, lines: list[str]) -> None:
+    for line in lines:
+        con.print(line, markup=False)
+
+
+# -- the host side ---------------------------------------------------------------------------
+STEP_ACTIONS = ("check", "agent-status", "agent-stop", "agent-start", "jails-start",
+                "schedule-pause", "schedule-resume", "checksum", "env-apply")
+
+
+def _payload(stdin: bool) -> dict[str, Any]:
+    if not stdin:
+        return {}
+    raw = sys.stdin.read()
+    try:
+        data = jsonlib.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise ConfigError(f"migrate-step --stdin: not JSON: {exc}",
+                          "migrate sends {\"config\": {...}}; by hand, leave out --stdin") from None
+    if not isinstance(data, dict):
+        raise ConfigError("migrate-step --stdin: expected a JSON object", "")
+    return data
+
+
+def _schedule(c, s: config.Settings, key: str) -> dict[str, Any]:
+    cmd = s.command(key)
+    res = c.run(cmd, hide=True, warn=True, in_stream=False)
+    if res.exited != 0:
+        raise ScheduleError(f"{key.replace('_', ' ')} failed (exit {res.exited}): "
+                            f"{res.stderr.strip()[-300:]}",
+                            f"check clawdie.commands.{key} on this host: {cmd}")
+    return {"command": cmd}
+
+
+def _env_apply(c, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Write this host's own db/pool settings into the restored .env, and say which servers
+    the .env alone now reaches (the agent reads the .env, not the tool's config)."""
+    s = config.load({"clawdie": cfg})
+    values = {env_key: str(cfg[key]) for key, env_key in envfile.ENV_KEY_OF_SETTING.items()
+              if cfg.get(key)}
+    running = agent.running(c, s)
+    changed = envfile.set_values(s.env_file, values) if values else {}
+    stopped = bool(changed) and running and agent.stop(c, s)  # it read the old values
+    plain = config.load({"clawdie": {**cfg, **{k: "" for k in envfile.ENV_KEY_OF_SETTING}}})
+    dbs = {}
+    for db in plain.databases():
+        probe = facts.probe_database(db)
+        dbs[db.key] = {k: probe.get(k) for k in ("host", "port", "identity", "error")}
+    return {"env_file": str(s.env_file), "changed": changed, "databases": dbs,
+            "agent_stopped": stopped}
+
+
+@operator_task(help={
+    "action": "one of: " + ", ".join(STEP_ACTIONS),
+    "path": "the file for `checksum`",
+    "role": "for `check`: source (the old host) or target (the new host)",
+    "stdin": "read settings overrides as JSON from standard input (how migrate passes a "
+             "host's inventory overrides and secrets: never on the command line)",
+    "json": "print the result as JSON",
+})
+def migrate_step(c, action, path=None, role="target", stdin=False, json=False):
+    """One host-side step of a migration, run by migrate on each host through SSH.
+
+    By hand they undo a migration: agent-stop / agent-start, schedule-pause /
+    schedule-resume; `check` prints what migrate's preflight reads on this host."""
+    if action not in STEP_ACTIONS:
+        raise ConfigError(f"unknown migrate-step action {action!r}",
+                          f"use one of: {', '.join(STEP_ACTIONS)}")
+    data = _payload(stdin)
+    cfg = inventory.apply(config.section(c.config), dict(data.get("config") or {}))
+    s = config.load({"clawdie": cfg}, require_env=False)
+    if action == "check":
+        if role not in ("source", "target"):
+            raise ConfigError(f"--role {role!r}: use source or target", "")
+        env = data.get("env") if role == "target" else None
+        result = facts.gather(c, cfg, role, env=env if env else None,
+                              with_db_env=bool(data.get("want_db_env")))
+    elif action == "agent-status":
+        result = {"running": agent.running(c, s)}
+    elif action == "agent-stop":
+        result = {"was_running": agent.stop(c, s)}
+    elif action == "agent-start":
+        started = not agent.running(c, s)
+        if started:
+            agent.start(c, s)
+        result = {"started": started, "running": True}
+    elif action == "jails-start":
+        started = []
+        for jail in s.jails:
+            if not agent.jail_running(c, s, jail):
+                agent.jail_start(c, s, jail)
+                started.append(jail)
+        result = {"started": started, "jails": list(s.jails)}
+    elif action in ("schedule-pause", "schedule-resume"):
+        result = _schedule(c, s, action.replace("-", "_"))
+    elif action == "checksum":
+        if not path:
+            raise ConfigError("migrate-step checksum needs --path FILE", "")
+        try:
+            digest, size = transfer.local_sha256(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}",
+                              "check the path on this host") from None
+        result = {"path": str(Path(path)), "sha256": digest, "size": size}
+    else:
+        result = _env_apply(c, cfg)
+    out = Reporter(as_json=json)
+    out.result(result, lambda con: con.print(jsonlib.dumps(
+        {k: v for k, v in result.items() if k != "db_env"}, indent=2, default=str),
+        markup=False))

@@ -1,0 +1,97 @@
+"""`migrate --to NEW` on the two-host rig: everything moves, the agent runs on the new host."""
+from __future__ import annotations
+
+import json
+
+from tests.conftest import cli
+from tests.migrate_helpers import (NEW_CRONTAB, OLD_CRONTAB, dataset_state, db_state,
+                                   files_state, journal_path, migrate, snapshots, sqlite_state,
+                                   two_hosts, whole_state, write_inventory)
+from tests.rig.postgres import SUPERPASS
+
+
+def test_dry_run_prints_every_host_and_command_masks_secrets_and_changes_nothing(rig):
+    old, new = two_hosts(rig)
+    write_inventory(rig, old, new, overrides={
+        "db_host": new.address, "zfs_pool": new.pool_name,
+        "db_admin": {"user": "postgres", "password": SUPERPASS}})
+    before = whole_state(old)
+    res = cli(old, "migrate", "--to", new.name, "--dry-run")
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    for step in ("check-old", "check-new", "presync", "stop-old-agent", "final-backup",
+                 "final-sync", "copy-archive", "restore", "point-env", "start-new-agent",
+                 "doctor", "pause-old-schedule", "resume-new-schedule"):
+        assert f"[{step}]" in text
+    assert new.alias in text and "replicate --to" in text and "restore" in text
+    assert "preflight: ok" in text
+    assert SUPERPASS not in text + res.stderr and "***" in text
+    assert old.env["MEMORY_DB_PASSWORD"] not in text + res.stderr
+    # nothing changed on either host, and no journal was written
+    assert old.agent_running() and whole_state(old) == before
+    assert not journal_path(old, new).exists()
+    assert (old.home / "crontab").read_text() == OLD_CRONTAB
+    assert (new.home / "crontab").read_text() == NEW_CRONTAB
+    assert not (new.root / ".env").exists()
+    assert all(not v for v in snapshots(new).values())
+    as_json = cli(old, "migrate", "--to", new.name, "--dry-run", "--json")
+    plan = json.loads(as_json.stdout)
+    assert plan["dry_run"] and plan["preflight"] == "ok"
+    assert [s["where"] for s in plan["plan"]["steps"]].count("new") >= 7
+    assert SUPERPASS not in as_json.stdout
+    rig.drop(old)
+    rig.drop(new)
+
+
+def test_migrate_moves_everything_and_the_agent_runs_on_the_new_host(rig):
+    # The new host has PostgreSQL but not the roles: an admin login creates them.
+    old, new = two_hosts(rig, with_roles=False)
+    write_inventory(rig, old, new, overrides={
+        "db_host": new.address, "zfs_pool": new.pool_name,
+        "db_admin": {"user": "postgres", "password": SUPERPASS}})
+    res, report = migrate(old, new)
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert report["status"] == "done"
+
+    # the agent moved
+    assert new.agent_running() and not old.agent_running()
+    # SQLite, both databases, files and datasets: row for row, byte for byte
+    assert sqlite_state(new) == sqlite_state(old)
+    assert db_state(new) == db_state(old)
+    assert files_state(new, ("WARDEN_DB_IP", "ZFS_POOL")) == \
+        files_state(old, ("WARDEN_DB_IP", "ZFS_POOL"))
+    assert dataset_state(new) == dataset_state(old)
+    old_snaps, new_snaps = snapshots(old), snapshots(new)
+    for jail, names in old_snaps.items():
+        assert names and names <= new_snaps[jail], f"{jail}: snapshot history not received"
+    # the new host's .env names its own PostgreSQL and pool, not the old host's
+    env = (new.root / ".env").read_text()
+    assert f"WARDEN_DB_IP={new.address}" in env and f"ZFS_POOL={new.pool_name}" in env
+    assert report["env_changes"]["WARDEN_DB_IP"] == {"from": old.address, "to": new.address}
+    # schedule handoff: old paused, new active
+    assert (old.home / "crontab").read_text().count("#clawdie-paused# ") == 2
+    assert "#clawdie-paused#" not in (new.home / "crontab").read_text()
+
+    # the report: what moved, the downtime, how to roll back
+    assert report["downtime_s"] > 0 and report["agent_stopped_at"] and report["healthy_at"]
+    assert set(report["moved"]["items"]) >= {"messages.db", "memory_db.sql", "skills_db.sql",
+                                             "env", "groups/"}
+    assert report["moved"]["archive"]["sha256"] and report["moved"]["dataset_bytes"] > 0
+    assert len(report["moved"]["datasets"]) == 4
+    assert report["copy"]["attempts"] == 1
+    assert any("agent-start" in line for line in report["rollback"])
+    assert report["restore"]["connections"]["memory_db.sql"]["created_role"] is True
+    assert SUPERPASS not in res.stdout + res.stderr
+    assert old.env["MEMORY_DB_PASSWORD"] not in res.stdout + res.stderr
+    journal = json.loads(journal_path(old, new).read_text())
+    assert journal["status"] == "done"
+    assert SUPERPASS not in journal_path(old, new).read_text()
+    assert old.env["MEMORY_DB_PASSWORD"] not in journal_path(old, new).read_text()
+
+    # the same command again: nothing to do, nothing touched
+    again = cli(old, "migrate", "--to", new.name, "--yes")
+    assert again.returncode == 0, again.stderr
+    assert "completed earlier" in again.stdout
+    assert new.agent_running() and not old.agent_running()
+    rig.drop(old)
+    rig.drop(new)

@@ -1,0 +1,111 @@
+"""Two-host migration setups on the rig, and the state comparisons the migrate tests make."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from clawdie_ops import agent, config
+from tests.conftest import cli, context_for
+from tests.helpers import pg_rows, sqlite_rows, tree_digest
+from tests.rig.hosts import JAILS, Rig, SimHost
+
+OLD_CRONTAB = ("0 * * * * sanoid --cron\n"
+               "0 2 * * 0 cd /srv/clawdie && clawdie-ops backup --output /mnt/backup\n")
+NEW_CRONTAB = "*/15 * * * * sanoid --cron\n"
+
+
+def two_hosts(rig: Rig, *, with_roles: bool = True) -> tuple[SimHost, SimHost]:
+    """The old host as an operator finds it (populated, agent running, cron active) and a
+    new host with Clawdie cloned but empty: no data, no jail datasets."""
+    old = rig.new_host(ssh=True)
+    new = rig.new_host(ssh=True, populated=False, datasets=False, with_roles=with_roles)
+    new.root.mkdir(parents=True, exist_ok=True)  # runbook step 1: the checkout exists
+    for h, tab in ((old, OLD_CRONTAB), (new, NEW_CRONTAB)):
+        (h.home / "backups").mkdir(exist_ok=True)
+        (h.home / "crontab").write_text(tab)
+    c = context_for(old)
+    agent.start(c, config.load(c.config, root=old.root))
+    assert old.agent_running()
+    return old, new
+
+
+def write_inventory(rig: Rig, old: SimHost, new: SimHost, **entry) -> dict:
+    """The operator (on the old host) lists the new host in ~/.invoke.json's clawdie.hosts."""
+    path = old.home / ".invoke.json"
+    cfg = json.loads(path.read_text())
+    e = {"ssh": new.alias, "overrides": {"db_host": new.address, "zfs_pool": new.pool_name}}
+    e.update(entry)
+    cfg["clawdie"]["ssh_config"] = str(rig.ssh_config)
+    cfg["clawdie"]["hosts"] = {new.name: e}
+    path.write_text(json.dumps(cfg, indent=2))
+    return e
+
+
+def migrate(old: SimHost, new: SimHost, *args: str, timeout: float = 300
+            ) -> tuple[subprocess.CompletedProcess[str], dict | None]:
+    res = cli(old, "migrate", "--to", new.name, "--yes", "--json", *args, timeout=timeout)
+    try:
+        report = json.loads(res.stdout) if res.stdout.strip() else None
+    except ValueError:
+        report = None
+    return res, report
+
+
+def journal_path(old: SimHost, new: SimHost) -> Path:
+    return old.home / ".clawdie-ops" / "migrations" / f"local--to--{new.name}.json"
+
+
+def sqlite_state(h: SimHost) -> dict:
+    rows = sqlite_rows(h.root / "store" / "messages.db")
+    # the running agent ticks this one row; everything else must match
+    rows["router_state"] = [r for r in rows["router_state"] if r[0] != "agent_tick"]
+    return rows
+
+
+def db_state(h: SimHost) -> dict:
+    out = {}
+    for key in ("memory", "skills"):
+        with h.db_connect(key) as conn:
+            out[key] = pg_rows(conn)
+    return out
+
+
+def files_state(h: SimHost, skip_env_keys: tuple[str, ...] = ()) -> dict:
+    env = [line for line in (h.root / ".env").read_text().splitlines()
+           if line.split("=", 1)[0] not in skip_env_keys]
+    allow = h.home / ".config" / "clawdie-cp" / "mount-allowlist.json"
+    return {"env": env, "groups": tree_digest(h.root / "groups"),
+            "allowlist": allow.read_bytes() if allow.exists() else None}
+
+
+def dataset_state(h: SimHost) -> dict:
+    """Each jail dataset's files, by content."""
+    return {j: tree_digest(h.pool.mount_of(h.dataset(j))) for j in JAILS}
+
+
+def snapshots(h: SimHost) -> dict[str, set[str]]:
+    out = {}
+    for j in JAILS:
+        res = subprocess.run(["/usr/sbin/zfs", "list", "-H", "-o", "name", "-t", "snapshot",
+                              "-r", h.dataset(j)], capture_output=True, text=True)
+        out[j] = {n.split("@", 1)[1] for n in res.stdout.split() if "@" in n}
+    return out
+
+
+def whole_state(h: SimHost) -> dict:
+    return {"sqlite": sqlite_state(h), "db": db_state(h), "files": files_state(h),
+            "datasets": dataset_state(h)}
+
+
+def assert_old_intact(old: SimHost, before: dict, snaps_before: dict[str, set[str]]) -> None:
+    """The old host after a failed migration: agent running, nothing changed or deleted."""
+    assert old.agent_running(), "the old host's agent must run again"
+    after = whole_state(old)
+    for part in before:
+        assert after[part] == before[part], f"the old host's {part} changed"
+    snaps = snapshots(old)
+    for j, names in snaps_before.items():
+        assert names <= snaps[j], f"snapshots of {j} were deleted on the old host"
+    tab = (old.home / "crontab").read_text()
+    assert "#clawdie-paused#" not in tab, "the old host's schedule must stay active"
