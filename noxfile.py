@@ -32,3 +32,24 @@ def zfs(session: nox.Session) -> None:
     session.run("pytest", "tests/unit/test_zfs_commands.py",
                 "tests/integration/test_zfs_snapshots.py",
                 "tests/integration/test_zfs_replicate.py", *session.posargs)
+
+
+@nox.session
+def drill(session: nox.Session) -> None:
+    """Restore drill of the newest archive in a backup directory (JUnit: drill-report.xml).
+
+    `nox -s drill -- /mnt/backup [drill flags]` (or CLAWDIE_BACKUP_DIR=/mnt/backup): a scratch
+    sandbox and a throwaway PostgreSQL, never the live installation. Without a directory it
+    runs the drill's own tests on the rig instead (good and bad archives, nothing left behind).
+    """
+    import os
+
+    session.install("-e", ".[test]")
+    args = list(session.posargs)
+    backup_dir = args.pop(0) if args and not args[0].startswith("-") else \
+        os.environ.get("CLAWDIE_BACKUP_DIR", "")
+    if not backup_dir:
+        session.run("pytest", "tests/integration/test_drill.py", *args)
+        return
+    report = os.environ.get("DRILL_REPORT", "drill-report.xml")
+    session.run("clawdie-ops", "drill", "--latest", backup_dir, "--junit", report, *args)
