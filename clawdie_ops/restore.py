@@ -121,13 +121,6 @@ class RestorePlan:
         if self.snapshot:
             ds, name = self.snapshot.split("@")
             out.append(f"snapshot   {self.settings.command('snapshot', parent=ds, name=name)}")
-        for t in self.targets:
-            if t.exists:
-                out.append(f"keep       {pg.pg_dump_cmd(self.settings, t.db, self.before / t.item)}"
-                           "  (PGPASSFILE, 0600)")
-        if self.regen is not None and self.regen_exists:
-            out.append(f"keep       {pg.pg_dump_cmd(self.settings, self.regen, self.before / 'skills_db.sql')}"
-                       "  (PGPASSFILE, 0600)")
         out.append(f"extract    {', '.join(self.items)} -> {self.staging}/ (checked again)")
         for step in self.steps:
             out.extend(f"{step.kind:<10} {line}" for line in step.lines)
@@ -194,7 +187,14 @@ def _probe(c, s: Settings, v: Verified, item: str) -> DbTarget:
             raise DatabaseUnreachable(
                 exc.message, f"{exc.hint}; or set clawdie.db_admin (user, password) so that "
                 "restore creates a missing role and database") from None
-        with pg.connect(admin) as conn:
+        try:
+            admin_conn = pg.connect(admin)
+        except DatabaseUnreachable as admin_exc:
+            raise DatabaseUnreachable(
+                f"{exc.message}; the admin connection failed too: {admin_exc.message}",
+                "check clawdie.db_admin (user, password, dbname) and that the server is up"
+            ) from None
+        with admin_conn as conn:
             info = pg.server_info(conn)
             role_ok = bool(pgroles.existing_roles(conn, {db.user}))
             db_ok = pgroles.database_exists(conn, db.name)
@@ -304,6 +304,8 @@ def _steps(p: RestorePlan) -> list[Step]:
              f"{p.before}/store/")]))
     for t in p.targets:
         lines = []
+        if t.exists:  # taken here, with the agent stopped, so no write is lost on rollback
+            lines.append(f"keep {pg.pg_dump_cmd(s, t.db, p.before / t.item)}  (PGPASSFILE, 0600)")
         admin = pgroles.admin_spec(s, t.db.host, t.db.port)
         who = f"as {admin.user}" if admin else ""
         if t.create_role:
@@ -321,7 +323,9 @@ def _steps(p: RestorePlan) -> list[Step]:
         lines.append(f"check row counts of {len(t.tables)} tables against the manifest")
         steps.append(Step("database", t.item, lines))
     if p.regen is not None:
-        steps.append(Step("regen", "skills_db.sql", [s.command("skills_regen")]))
+        keep = [f"keep {pg.pg_dump_cmd(s, p.regen, p.before / 'skills_db.sql')}  (PGPASSFILE, "
+                "0600)"] if p.regen_exists else []
+        steps.append(Step("regen", "skills_db.sql", [*keep, s.command("skills_regen")]))
     if "groups/" in p.items:
         n = len(p.verified.item_members("groups/"))
         steps.append(Step("groups", "groups/", [
@@ -446,6 +450,8 @@ def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None]) -> None:
 
 def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
     s = p.settings
+    if t.exists:
+        _safety_dump(c, s, t.db, p.before / t.item)
     if t.create_role:
         _admin_do(s, t.db, lambda conn: pgroles.create_login_role(conn, t.db.user, t.db.password))
         undo.push(f"role {t.db.user} (created)",
@@ -477,6 +483,7 @@ def _regen(c, p: RestorePlan, undo: _Undo) -> None:
     s = p.settings
     if p.regen_exists:
         assert p.regen is not None
+        _safety_dump(c, s, p.regen, p.before / "skills_db.sql")
         undo.push(f"{p.regen.name} (from its pre-restore dump)",
                   lambda: _replay_old(c, s, p.regen, p.before))  # type: ignore[arg-type]
     cmd = s.command("skills_regen")
@@ -502,11 +509,6 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
             if p.snapshot:
                 ds, name = p.snapshot.split("@")
                 zfs.snapshot_recursive(c, s, ds, name)
-            for t in p.targets:
-                if t.exists:
-                    _safety_dump(c, s, t.db, p.before / t.item)
-            if p.regen is not None and p.regen_exists:
-                _safety_dump(c, s, p.regen, p.before / "skills_db.sql")
         current = "extract"
         with out.step(f"extract {', '.join(p.items)}"):
             transform = {t.item: Scanner(t.role_map).map_lines for t in p.targets if t.role_map}

@@ -58,6 +58,8 @@ def drill(c, archive=None, latest=None, json=False, junit=None, pg_host=None, pg
         result["junit"] = str(path)
 
     def human(con: Console) -> None:
+        if not con.is_terminal:
+            con.width = max(con.width, 160)  # CI logs: one line per check
         table = Table(title=f"restore drill of {Path(result['archive']).name}",
                       title_justify="left", box=None, pad_edge=False)
         for col in ("check", "result", "seconds", "detail"):

@@ -167,6 +167,28 @@ def test_restore_that_fails_midway_rolls_back_and_restarts_the_agent(host, tmp_p
     assert sorted(p.name for p in (host.root / ".clawdie-ops" / work).iterdir()) == ["before"]
 
 
+def test_restore_whose_last_step_fails_rolls_back_every_item(host):
+    """The agent does not start on the restored installation: every item goes back,
+    both databases from their pre-restore dumps, groups/ and the allowlist too."""
+    archive = backup(host)
+    with host.db_connect("skills") as conn:
+        conn.execute("DELETE FROM skill_chunks")
+    (host.root / "groups" / "new-after-backup").mkdir()
+    (host.root / "groups" / "new-after-backup" / "x.md").write_text("x\n")
+    (host.home / ".config" / "clawdie-cp" / "mount-allowlist.json").write_text("{}\n")
+    before = state(host)
+    cmds = linux_commands()
+    cmds["agent_start"] = "echo 'agent: port 3000 already in use' >&2; exit 1"
+    set_config(host, commands=cmds)
+    res = cli(host, "restore", str(archive), "--yes")
+    assert res.returncode == 1
+    err = " ".join(res.stderr.split())
+    assert "restore failed at step 'agent-start'" in err and "port 3000 already in use" in err
+    assert ("rolled back: mount-allowlist.json, groups/, skills_db (from its pre-restore dump), "
+            "memory_db (from its pre-restore dump), messages.db, .env") in err
+    assert state(host) == before
+
+
 # -- archives that must be refused before anything changes -------------------------------------
 BAD = {
     "flipped byte": lambda good, d: kit.flip_byte(good, d / "flipped.tar.gz", 0.5),
