@@ -35,6 +35,17 @@ def zfs(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """clawdie-ops against the runbook's way on the rig: `nox -s bench -- --scale 1.0 --runs 3`.
+
+    Prints the table, writes every run to bench-results/latest.json and the table to
+    BENCHMARKS.md. Never part of `tests`: timings are measured, not asserted."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "bench.run", "--json", "bench-results/latest.json",
+                "--markdown", "BENCHMARKS.md", *session.posargs)
+
+
+@nox.session
 def drill(session: nox.Session) -> None:
     """Restore drill of the newest archive in a backup directory (JUnit: drill-report.xml).
 

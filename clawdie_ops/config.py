@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "pg_bin": "",  # directory holding pg_dump/psql/pg_restore; empty: PATH
     "zfs": "zfs",
     "backup_dir": "~",
-    "compression": "gzip",
+    "compression": "zstd",  # measured faster and smaller than gzip: BENCHMARKS.md
     "hostd_url": "",
     "commands": dict(DEFAULT_COMMANDS),
     "ssh_config": "",  # ssh config file for Fabric and syncoid; empty: ~/.ssh/config

@@ -16,6 +16,7 @@ def extract(archive: Path, dest: Path) -> Path:
     mode = "r:gz" if archive.name.endswith(".gz") else "r:"
     if archive.name.endswith(".zst"):
         import subprocess
+        dest.mkdir(parents=True, exist_ok=True)
         raw = dest / "raw.tar"
         with open(raw, "wb") as fh:
             subprocess.run(["zstd", "-d", "-c", str(archive)], stdout=fh, check=True)

@@ -21,7 +21,7 @@ def run_backup(h, *args: str) -> dict:
 
 
 def test_backup_writes_runbook_layout_with_mode_0600(host, tmp_path):
-    result = run_backup(host)
+    result = run_backup(host, "--compression", "gzip")  # the runbook's .tar.gz
     archive = Path(result["archive"])
     assert archive.parent == host.home / "backups"
     assert archive.name.startswith("clawdie-backup-") and archive.name.endswith(".tar.gz")
@@ -123,7 +123,7 @@ def test_skip_skills_and_zstd(host, tmp_path):
 def test_snapshots_exist_on_the_pool_after_backup(host):
     result = run_backup(host)
     listed = set(sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot").stdout.split())
-    snap = Path(result["archive"]).name.removesuffix(".tar.gz")
+    snap = Path(result["archive"]).name.removesuffix(".tar.zst")  # zstd: the default
     for jail in ("db", "git", "cms", "management"):
         assert f"{host.dataset(jail)}@{snap}" in listed
         assert f"{host.dataset(jail)}@{snap}" in result["snapshots"]

@@ -144,7 +144,7 @@ def test_plan_lists_every_step_without_secrets(tmp_path):
     c = MockContext(run={"zfs list -H -o name zroot/clawdie/jails": Result("", exited=1)},
                     repeat=True)
     plan = backup.make_plan(c, s, backup.BackupOptions(), now=datetime(2026, 3, 16, 11, 30))
-    assert plan.archive == home / "clawdie-backup-16.mar.2026-1130.tar.gz"
+    assert plan.archive == home / "clawdie-backup-16.mar.2026-1130.tar.zst"  # zstd: default
     text = "\n".join(plan.describe(s))
     assert "zfs snapshot -r zroot/clawdie/jails@clawdie-backup-16.mar.2026-1130" in text
     assert "memory_db" in text and "skills_db" in text and TRICKY not in text

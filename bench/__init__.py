@@ -1,0 +1,1 @@
+"""Benchmarks: clawdie-ops against the runbook\x27s way (`nox -s bench`)."""

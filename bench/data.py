@@ -1,0 +1,216 @@
+"""A realistic installation at any scale, bulk-loaded fast and reproducibly from a seed.
+
+Starts from the rig's installation (tests/rig/content.py: same schemas, roles, views,
+functions) and adds the bulk a Clawdie host gathers over months: chat messages in
+messages.db, memories and skill chunks with 384-dimension REAL[] embeddings in PostgreSQL
+(binary COPY, built with numpy), and photo-like attachments in groups/. Text is made of
+words drawn at random (compresses like chat text, never repeats whole rows, so no codec
+gains from an unrealistically long match window); embeddings are random normal floats
+(incompressible in binary, like real ones); attachments are random bytes (like JPEGs).
+
+Scale 1.0 is about 1 GB of state on disk: messages.db ~250 MB, memory_db ~400 MB,
+skills_db ~300 MB, groups/ ~50 MB. `grow` appends more of the same, for the 4x run.
+"""
+from __future__ import annotations
+
+import random
+import sqlite3
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DIM = 384  # all-MiniLM-L6-v2's size, a common choice for local embeddings
+FLOAT4_OID = 700
+
+# Per 1.0 of scale. Row sizes measured on PostgreSQL 15 / SQLite 3.40 (see `state_bytes`).
+MESSAGES = 700_000
+MEMORIES = 185_000
+SKILLS = 4_000
+CHUNKS = 135_000
+ATTACHMENTS = 100  # ~500 KB each
+ATTACHMENT_BYTES = 500_000
+
+# A small vocabulary with repeats, so common words are common (a crude Zipf).
+_BASE = ("the a to and of I you it is in that for on we this be with have not are do at "
+         "but so what can was my your me if just like will about get up no all one out "
+         "know think time there they when how here need then now good yes make more see "
+         "agent memory task schedule message group chat run back check file please thanks "
+         "tomorrow today meeting deploy server backup restore database jail postgres sqlite "
+         "snapshot remind weather build error log update config token telegram photo link "
+         "project review draft note list order price invoice travel train hotel dinner "
+         "weekend family kids doctor school music movie book coffee lunch gym budget plan").split()
+WORDS: list[str] = ((_BASE[:40] * 3 + _BASE) * 2)[:256]
+
+
+@dataclass(frozen=True)
+class Counts:
+    messages: int
+    memories: int
+    skills: int
+    chunks: int
+    attachments: int
+
+    @classmethod
+    def at(cls, scale: float) -> "Counts":
+        if scale <= 0:
+            return cls(0, 0, 0, 0, 0)
+        return cls(int(MESSAGES * scale), int(MEMORIES * scale), max(1, int(SKILLS * scale)),
+                   int(CHUNKS * scale), max(1, int(ATTACHMENTS * scale)))
+
+
+def _texts(rng: random.Random, n: int, lo: int, hi: int) -> list[str]:
+    """n texts of lo..hi random words (C-speed: bytes index the vocabulary)."""
+    lengths = [rng.randint(lo, hi) for _ in range(n)]
+    pool = rng.randbytes(sum(lengths))
+    out, pos = [], 0
+    for k in lengths:
+        out.append(" ".join(map(WORDS.__getitem__, pool[pos:pos + k])))
+        pos += k
+    return out
+
+
+# -- PostgreSQL: binary COPY --------------------------------------------------------------
+_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_TRAILER = struct.pack("!h", -1)
+
+
+def _embeddings(seed: int, n: int) -> np.ndarray:
+    """n array_send() bodies of float4[DIM], as one (n, bytes) uint8 array."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((n, DIM), dtype=np.float32) / np.float32(DIM ** 0.5)
+    elems = np.empty((n, DIM), dtype=[("len", ">i4"), ("v", ">f4")])
+    elems["len"] = 4
+    elems["v"] = values
+    head = struct.pack("!iiiii", 1, 0, FLOAT4_OID, DIM, 1)
+    body = np.frombuffer(elems.tobytes(), dtype=np.uint8).reshape(n, DIM * 8)
+    return np.hstack([np.frombuffer(head, dtype=np.uint8)[None, :].repeat(n, 0), body])
+
+
+def _field(data: bytes) -> bytes:
+    return struct.pack("!i", len(data)) + data
+
+
+def _copy(conn, table: str, columns: str, rows) -> None:
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as cp:
+            cp.write(_HEADER)
+            buf = []
+            for row in rows:
+                buf.append(row)
+                if len(buf) >= 2000:
+                    cp.write(b"".join(buf))
+                    buf.clear()
+            if buf:
+                cp.write(b"".join(buf))
+            cp.write(_TRAILER)
+
+
+def load_memory(conn, n: int, seed: int, start: int = 0) -> None:
+    """n memories for 10 users: text, embedding, JSONB meta, a small BYTEA."""
+    if n <= 0:
+        return
+    rng = random.Random(f"{seed}-memories-{start}")
+    texts = _texts(rng, n, 20, 90)
+    emb = _embeddings(seed * 1000 + 1 + start, n)
+    blobs = rng.randbytes(64 * n)
+
+    def rows():
+        for i in range(n):
+            meta = b'\x01{"source": "chat", "score": %d, "tags": ["%s", "%s"]}' % (
+                (start + i) % 97, WORDS[i % 256].encode(), WORDS[(i * 7) % 256].encode())
+            yield b"".join((struct.pack("!hii", 5, 4, 1 + (start + i) % 10),
+                            _field(texts[i].encode()), _field(emb[i].tobytes()), _field(meta),
+                            _field(blobs[64 * i:64 * i + 64])))
+    _copy(conn, "memories", "user_id, content, embedding, meta, blob", rows())
+
+
+def load_skills(conn, n_skills: int, n_chunks: int, seed: int, start: int = 0,
+                chunk_start: int = 0) -> None:
+    """Skills (a body and an artifact each) and their embedded chunks."""
+    rng = random.Random(f"{seed}-skills-{start}")
+    if n_skills > 0:
+        bodies = _texts(rng, n_skills, 150, 400)
+        emb = _embeddings(seed * 1000 + 2 + start, n_skills)
+
+        def skills():
+            for i in range(n_skills):
+                yield b"".join((struct.pack("!h", 5), _field(b"bulk-skill-%d" % (start + i)),
+                                _field(bodies[i].encode()), _field(emb[i].tobytes()),
+                                _field(b'\x01{"v": %d}' % i), _field(rng.randbytes(256))))
+        _copy(conn, "skills", "name, body, embedding, meta, artifact", skills())
+    if n_chunks > 0:
+        first, last = conn.execute("SELECT min(id), max(id) FROM skills").fetchone()
+        texts = _texts(rng, n_chunks, 40, 120)
+        emb = _embeddings(seed * 1000 + 3 + chunk_start, n_chunks)
+
+        def chunks():
+            span = last - first + 1
+            for i in range(n_chunks):
+                yield b"".join((struct.pack("!hii", 3, 4, first + (chunk_start + i) % span),
+                                _field(texts[i].encode()), _field(emb[i].tobytes())))
+        _copy(conn, "skill_chunks", "skill_id, chunk, embedding", chunks())
+    conn.execute("ANALYZE")
+
+
+# -- SQLite and files ----------------------------------------------------------------------
+def load_messages(path: Path, n: int, seed: int, start: int = 0) -> None:
+    rng = random.Random(f"{seed}-messages-{start}")
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA synchronous=OFF")
+    batch = 50_000
+    with con:
+        for b in range(0, n, batch):
+            k = min(batch, n - b)
+            texts = _texts(rng, k, 5, 90)
+            con.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?)", [
+                (f"b{start + b + i}", f"{(start + b + i) % 40}@g.us", f"u{(b + i) % 23}",
+                 f"User {(b + i) % 23}", texts[i],
+                 f"2026-{1 + (b + i) % 12:02d}-{1 + (b + i) % 28:02d}T{(b + i) % 24:02d}:"
+                 f"{(b + i) % 60:02d}:{i % 60:02d}Z", (b + i) % 3 == 0) for i in range(k)])
+        con.executemany("INSERT INTO task_run_logs (task_id, run_at, duration_ms, status, result)"
+                        " VALUES (?,?,?,?,?)",
+                        [("t1", f"2026-11-{1 + i % 28:02d}", i % 5000, "ok", t)
+                         for i, t in enumerate(_texts(rng, n // 20, 5, 30))])
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+
+
+def write_attachments(groups: Path, n: int, seed: int, start: int = 0) -> None:
+    rng = random.Random(f"{seed}-attachments-{start}")
+    folders = ["main", "family chat", "work/team alpha"]
+    for i in range(n):
+        d = groups / folders[i % 3] / "attachments"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"photo {start + i:05d}.jpg").write_bytes(rng.randbytes(ATTACHMENT_BYTES))
+
+
+# -- the whole installation -------------------------------------------------------------
+def populate(h, scale: float, seed: int = 7, already: float = 0.0) -> None:
+    """Bring host `h` (a populated rig host) from `already` to `scale` of bulk data."""
+    want, have = Counts.at(scale), Counts.at(already)
+    load_messages(h.root / "store" / "messages.db", want.messages - have.messages, seed,
+                  start=have.messages)
+    with h.db_connect("memory") as conn:
+        load_memory(conn, want.memories - have.memories, seed, start=have.memories)
+    with h.db_connect("skills") as conn:
+        load_skills(conn, want.skills - have.skills, want.chunks - have.chunks, seed,
+                    start=have.skills, chunk_start=have.chunks)
+    write_attachments(h.root / "groups", want.attachments - have.attachments, seed,
+                      start=have.attachments)
+    for key in ("memory", "skills"):
+        with h.db_connect(key) as conn:
+            conn.execute("VACUUM ANALYZE")
+
+
+def state_bytes(h) -> dict[str, int]:
+    """What the installation holds on disk, per item."""
+    sizes = {"messages.db": (h.root / "store" / "messages.db").stat().st_size}
+    for key in ("memory", "skills"):
+        with h.db_connect(key) as conn:
+            sizes[f"{key}_db"] = conn.execute(
+                "SELECT pg_database_size(current_database())").fetchone()[0]
+    sizes["groups/"] = sum(p.stat().st_size for p in (h.root / "groups").rglob("*")
+                           if p.is_file())
+    return sizes

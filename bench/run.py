@@ -1,0 +1,247 @@
+"""`nox -s bench -- [--scale 1.0] [--runs 3]`: build an installation on the rig, race the pairs.
+
+Prints a table, writes every run to a JSON file, and with --markdown rewrites the table
+section of BENCHMARKS.md. Never part of the test suite: timings are not assertions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import data, pairs  # noqa: E402
+from tests.rig.hosts import Rig  # noqa: E402
+
+MiB = 2**20
+PAIRS = ("backup", "restore", "drill", "migrate", "scale")
+TARGETS = {"backup": 3.0, "restore": 2.0, "rss": 150 * MiB, "memory_growth": 1.1,
+           "downtime": 0.25}
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    mem = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo")
+               if line.startswith("MemTotal"))
+
+    def version(*cmd: str) -> str:
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            return (res.stdout or res.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "missing"
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**30, 1),
+            "kernel": platform.release(), "os": platform.freedesktop_os_release().get(
+                "PRETTY_NAME", platform.system()),
+            "postgresql": version("pg_dump", "--version"), "zstd": version("zstd", "--version"),
+            "gzip": version("gzip", "--version"), "pigz": version("pigz", "--version")}
+
+
+def build(rig: Rig, name: str, scale: float, seed: int) -> tuple:
+    started = time.monotonic()
+    h = rig.host(name, rows=200)
+    data.populate(h, scale, seed)
+    sizes = data.state_bytes(h)
+    say(f"host {name}: {sum(sizes.values()) / MiB:.0f} MiB of state "
+        f"({', '.join(f'{k} {v / MiB:.0f}' for k, v in sizes.items())}) "
+        f"built in {time.monotonic() - started:.0f} s")
+    return h, sizes
+
+
+def targets(results: list[dict]) -> list[dict]:
+    """Each target of the issue: the figure measured, the bound, met or not."""
+    by = {r["pair"]: r for r in results}
+    out = []
+
+    def add(what: str, value, bound: str, met: bool) -> None:
+        out.append({"target": what, "measured": value, "bound": bound, "met": bool(met)})
+    if "backup" in by:
+        r = by["backup"]
+        add("backup speed-up over the runbook", f"{r['ratio']}x", ">= 3x",
+            r["ratio"] >= TARGETS["backup"])
+        add("archive size vs the runbook's .tar.gz", f"{r['size_ratio']:.3f}", "<= 1.000",
+            r["size_ratio"] <= 1.0)
+    if "restore" in by:
+        r = by["restore"]
+        add("restore speed-up over the manual restore", f"{r['ratio']}x", ">= 2x",
+            r["ratio"] >= TARGETS["restore"])
+    ours = [(r["pair"], r["b"]["median"]["tree_pss"]) for r in results
+            if r["pair"] in ("backup", "restore")]
+    if "scale" in by:
+        ours.append(("scale", by["scale"]["b"]["median"]["tree_pss"]))
+    if ours:
+        worst = max(v for _, v in ours)
+        add("peak memory of clawdie-ops (process tree, PSS)", f"{worst / MiB:.0f} MiB",
+            "< 150 MiB",
+            worst < TARGETS["rss"])
+    if "scale" in by:
+        g = by["scale"]["memory_growth"]
+        add(f"memory at {by['scale']['factor']:g}x data vs 1x", f"{g:.2f}x", "<= 1.1x",
+            g <= TARGETS["memory_growth"])
+    if "migrate" in by:
+        r = by["migrate"]
+        share = r["b"]["median"]["downtime_s"] / r["a"]["median"]["downtime_s"]
+        add(f"migration downtime vs stop-first ({r['changed']:.0%} changed)", f"{share:.2f}",
+            "<= 0.25", share <= TARGETS["downtime"])
+    return out
+
+
+def table(results: list[dict]) -> list[str]:
+    rows = [("pair", "A", "A median", "B", "B median", "A/B", "B peak PSS (RSS sum)",
+             "B CPU")]
+    for r in results:
+        a, b = r["a"], r["b"]
+        ratio = (f"{r['ratio']:.2f}x" if r.get("ratio") else
+                 f"time x{r['time_growth']}, RSS x{r['memory_growth']}" if r["pair"] == "scale"
+                 else "-")
+        if r["pair"] == "drill":
+            ratio = f"drill = {b['median']['wall_s'] / a['median']['wall_s']:.2f} x restore"
+        rows.append((r["pair"], a["label"], f"{a['median']['wall_s']:.1f} s", b["label"],
+                     f"{b['median']['wall_s']:.1f} s", ratio,
+                     f"{b['median']['tree_pss'] / MiB:.0f} MiB "
+                     f"({b['median']['tree_rss'] / MiB:.0f})",
+                     f"{b['median']['cpu_s']:.1f} s"))
+    return _md(rows)
+
+
+def _md(rows: list[tuple]) -> list[str]:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows[1:]]
+
+
+def markdown(doc: dict) -> str:
+    m = doc["machine"]
+    lines = [f"Measured {doc['finished']} on {m['cpu']}, {m['cores']} cores, "
+             f"{m['memory_gib']} GiB RAM, {m['os']}, kernel {m['kernel']}; {m['postgresql']}, "
+             f"{m['zstd']}, {m['pigz']}.",
+             f"Load average before / after: {doc['load_before']} / {doc['load_after']}. "
+             f"Scale {doc['scale']} ({doc['state_mib']} MiB of state), {doc['runs']} runs per "
+             f"side, medians; total {doc['total_s'] / 60:.1f} min.", ""]
+    lines += table(doc["pairs"]) + [""]
+    lines += _md([("target", "measured", "bound", "met")] + [
+        (t["target"], t["measured"], t["bound"], "yes" if t["met"] else "**no**")
+        for t in doc["targets"]])
+    for note in doc["notes"]:
+        lines.append(f"\n- {note}")
+    return "\n".join(lines) + "\n"
+
+
+def update_markdown(path: Path, text: str) -> None:
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    doc = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    head, rest = doc.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{begin}\n{text}{end}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--scale", type=float, default=1.0, help="1.0 is about 1 GB of state")
+    p.add_argument("--runs", type=int, default=3, help="runs per side (medians are reported)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the generated data")
+    p.add_argument("--pairs", default=",".join(PAIRS),
+                   help=f"comma-separated subset of {','.join(PAIRS)}")
+    p.add_argument("--scale-factor", type=float, default=4.0,
+                   help="the scale pair backs up this many times the data")
+    p.add_argument("--changed", type=float, default=0.01,
+                   help="migrate: share of the data changed between pre-sync and cut-over")
+    p.add_argument("--json", default="bench-results/latest.json", help="where to write every run")
+    p.add_argument("--markdown", default="", help="rewrite the table in this BENCHMARKS.md")
+    p.add_argument("--keep", action="store_true", help="leave the rig running at the end")
+    args = p.parse_args(argv)
+    chosen = [x for x in args.pairs.split(",") if x]
+    unknown = set(chosen) - set(PAIRS)
+    if unknown:
+        p.error(f"unknown pair(s): {', '.join(sorted(unknown))}")
+
+    started = time.monotonic()
+    doc: dict = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "machine": machine(), "scale": args.scale, "runs": args.runs,
+                 "seed": args.seed, "load_before": _load(), "pairs": [], "notes": []}
+    say(f"bench: scale {args.scale}, {args.runs} runs per side, load {doc['load_before']}")
+    work = Path(tempfile.mkdtemp(prefix="clawdie-bench-", dir="/tmp"))
+    work.chmod(0o755)  # PostgreSQL runs as its own user below it
+    rig = Rig(work / "rig")
+    try:
+        h, sizes = build(rig, "one", args.scale, args.seed)
+        doc["state"] = sizes
+        doc["state_mib"] = round(sum(sizes.values()) / MiB)
+        b = pairs.Backups(h, work)
+        if "backup" in chosen:
+            say("pair backup: runbook vs clawdie-ops backup")
+            doc["pairs"].append(pairs.backup_pair(b, args.runs, say))
+        want_restore = {"restore", "drill"} & set(chosen)
+        if want_restore:
+            if not pairs.available("restore"):
+                doc["notes"].append("restore and drill: not measured, `clawdie-ops restore` "
+                                    "has not landed yet")
+            else:
+                if not b.latest:
+                    b.runbook(0)
+                    b.ours(0)
+                drill = "drill" in chosen and pairs.available("drill")
+                if "drill" in chosen and not drill:
+                    doc["notes"].append("drill: not measured, `clawdie-ops drill` has not "
+                                        "landed yet")
+                say("pair restore: manual vs clawdie-ops restore" + (" vs drill" if drill else ""))
+                doc["pairs"].extend(pairs.restore_pair(b, args.runs, drill, work, say))
+        if "migrate" in chosen:
+            if not pairs.available("migrate"):
+                doc["notes"].append("migrate: not measured, `clawdie-ops migrate` has not "
+                                    "landed yet")
+            else:
+                from bench import migration
+                say(f"pair migrate: stop-first vs clawdie-ops migrate ({args.changed:.0%} "
+                    "changed after the pre-sync)")
+                doc["pairs"].append(migration.migrate_pair(rig, h, args, say))
+        if "scale" in chosen:
+            big, big_sizes = build(rig, "four", args.scale * args.scale_factor, args.seed)
+            doc["state_scaled"] = big_sizes
+            say(f"pair scale: clawdie-ops backup at 1x vs {args.scale_factor:g}x")
+            res = pairs.scale_pair(b, pairs.Backups(big, work), max(2, args.runs - 1),
+                                   args.scale_factor, say)
+            res["factor"] = args.scale_factor
+            doc["pairs"].append(res)
+            rig.drop(big)
+    finally:
+        if args.keep:
+            say(f"rig kept under {work}")
+        else:
+            rig.teardown()
+            shutil.rmtree(work, ignore_errors=True)
+    doc["load_after"] = _load()
+    doc["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc["total_s"] = round(time.monotonic() - started, 1)
+    doc["targets"] = targets(doc["pairs"])
+    text = markdown(doc)
+    say("\n" + text)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    say(f"runs written to {args.json}")
+    if args.markdown:
+        update_markdown(Path(args.markdown), text)
+        say(f"table written to {args.markdown}")
+    return 0
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
