@@ -327,7 +327,7 @@ def extract(v: Verified, target: Path, want: Callable[[str], bool],
     written: list[Path] = []
     p = _Pass(v.path)
     with ArchiveReader(v.path) as reader:
-        for rel, info, fh in p.members(reader):
+        for rel, _info, fh in p.members(reader):
             expected = v.members.get(rel)
             if expected is None:
                 raise ArchiveCorrupt(f"{v.path}: member {rel!r} was not there when the archive "

@@ -47,8 +47,13 @@ def assert_nothing_left(tmp: Path) -> None:
     assert "clawdie-drill" not in ps, "a drill cluster is still running"
 
 
-def test_drill_passes_on_a_good_archive(source, tmp_path):
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_drill_passes_on_a_good_archive(source, tmp_path, compression):
     h, good, _ = source
+    if compression == "zstd":
+        good = Path(json.loads(cli(h, "backup", "--json", "--compression", "zstd",
+                                   check=True).stdout)["archive"])
+        assert good.name.endswith(".tar.zst")
     with h.db_connect("memory") as conn:
         live = pg_rows(conn)
     junit = tmp_path / "reports" / "drill.xml"

@@ -157,8 +157,10 @@ def test_plan_shows_every_command_and_masks_every_secret(tmp_path):
 
 
 def test_drill_takes_the_newest_archive_by_the_time_in_its_name(tmp_path):
-    for name in ("clawdie-backup-31.dec.2026-2359.tar.gz", "clawdie-backup-02.jan.2027-0100.tar.zst",
-                 "clawdie-backup-02.jan.2027-0100-2.tar.gz", "clawdie-backup-01.jan.2027-2300.tar.gz",
+    for name in ("clawdie-backup-31.dec.2026-2359.tar.gz",
+                 "clawdie-backup-02.jan.2027-0100.tar.zst",
+                 "clawdie-backup-02.jan.2027-0100-2.tar.gz",
+                 "clawdie-backup-01.jan.2027-2300.tar.gz",
                  ".clawdie-backup-03.jan.2027-0100.tar.gz.partial", "other.tar.gz"):
         (tmp_path / name).write_bytes(b"x")
     # mtimes say otherwise: an archive copied later keeps its name's time.
@@ -201,3 +203,46 @@ def test_doctor_severity_and_ages():
     assert doctor.exit_code(checks) == 1 and doctor.worst(checks) == "warn"
     assert doctor.exit_code(checks + [doctor.Check("c", "fail", "")]) == 2
     assert doctor.exit_code([]) == 0
+
+
+def _tiny_archive(tmp_path: Path) -> Path:
+    """A two-file archive with a manifest, written by Python's tarfile (no rig needed)."""
+    import hashlib
+    import json
+
+    from tests import archive_kit as kit
+    files = {"groups/main/a.md": b"hello\n", "env": b"X=1\n"}
+    members = [(tarfile.TarInfo("top"), None)]
+    members[0][0].type = tarfile.DIRTYPE
+    for name, data in files.items():
+        members.append((tarfile.TarInfo(f"top/{name}"), data))
+    doc = {"format": 1, "agent_name": "a", "timestamp": "t", "items": ["groups/", "env"],
+           "files": {n: {"kind": "file", "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                     for n, d in files.items()}}
+    members.append((tarfile.TarInfo("top/manifest.json"), json.dumps(doc).encode()))
+    return kit.write(tmp_path / "tiny.tar.gz", members)
+
+
+def test_extraction_never_follows_a_link_planted_in_its_target(tmp_path):
+    from clawdie_ops.verify import extract, verify
+    v = verify(_tiny_archive(tmp_path))
+    target = tmp_path / "target"
+    outside = tmp_path / "outside"
+    target.mkdir()
+    outside.mkdir()
+    (target / "groups").symlink_to(outside)
+    with pytest.raises(ArchiveUnsafe, match="not a plain folder"):
+        extract(v, target, lambda n: True)
+    assert list(outside.iterdir()) == []
+
+
+def test_extraction_refuses_a_destination_outside_its_target(tmp_path):
+    from clawdie_ops.verify import extract, verify
+    v = verify(_tiny_archive(tmp_path))
+    (tmp_path / "target").mkdir()
+    with pytest.raises(ArchiveUnsafe, match="outside"):
+        extract(v, tmp_path / "target", lambda n: True, rename=lambda n: f"../{n}")
+    assert not (tmp_path / "env").exists()
+    written = extract(v, tmp_path / "target", lambda n: n == "env")
+    assert written == [tmp_path / "target" / "env"]
+    assert (tmp_path / "target" / "env").stat().st_mode & 0o777 == 0o600
