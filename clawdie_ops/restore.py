@@ -13,7 +13,6 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -272,6 +271,7 @@ def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
     if free < need * 1.1:
         raise OutputError(f"not enough space under {s.root}: {free} bytes free, the restore "
                           f"stages {need} bytes", "free space there first")
+    notes.extend(_differences(current, s, targets, v, "env" in items))
     secrets = secrets_of(v.env, current.env, s.env,
                          extra=(str(s.db_admin.get("password") or ""),))
     plan = RestorePlan(v, s, items, work, snapshot, targets, regen_db, running, start,
@@ -279,6 +279,27 @@ def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
                        dict(config.section(cfg)["doctor"]))
     plan.steps = _steps(plan)
     return plan
+
+
+def _differences(current: Settings, s: Settings, targets: list[DbTarget], v: Verified,
+                 env_restored: bool) -> list[str]:
+    """What an operator should know before confirming: where the databases will go."""
+    notes = []
+    if env_restored and current.env:
+        was = (current.db_host, current.db_port, current.memory.name, current.memory.user)
+        now = (s.db_host, s.db_port, s.memory.name, s.memory.user)
+        if was != now:
+            notes.append(f"the archive's .env sends the databases to {s.memory.name} as "
+                         f"{s.memory.user} at {s.db_host}:{s.db_port}; this host's .env said "
+                         f"{current.memory.name} as {current.memory.user} at "
+                         f"{current.db_host}:{current.db_port} (--only without env keeps "
+                         "this host's)")
+    for t in targets:
+        source = v.manifest.files[t.item].get("system_identifier")
+        if source and t.server.system_identifier and source != t.server.system_identifier:
+            notes.append(f"{t.item} comes from another PostgreSQL server (system identifier "
+                         f"{source}) than {t.server.address} ({t.server.system_identifier})")
+    return notes
 
 
 def _work_dir(root: Path) -> Path:
@@ -480,25 +501,6 @@ def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
                             f"{'; '.join(wrong[:3])}", "the dump and manifest disagree")
 
 
-def _restore_databases(c, p: RestorePlan, undo: _Undo) -> tuple[str, BaseException] | None:
-    """Every database at once: each has its own psql and server backend, so on a machine
-    with two cores or more the restores take the time of the largest, not of the sum
-    (BENCHMARKS.md, restore pair). Waits for all before returning the first failure (item,
-    exception): a rollback must not race a restore that is still running."""
-    # Each its own undo list, joined in plan order: rollback order stays as if sequential.
-    undos = [_Undo() for _ in p.targets]
-    with ThreadPoolExecutor(max_workers=len(p.targets)) as pool:
-        futures = [pool.submit(_restore_database, c, p, t, u) for t, u in zip(p.targets, undos)]
-        wait(futures)
-    for u in undos:
-        undo.actions.extend(u.actions)
-    for t, future in zip(p.targets, futures):
-        exc = future.exception()
-        if exc is not None:
-            return t.item, exc
-    return None
-
-
 def _regen(c, p: RestorePlan, undo: _Undo) -> None:
     s = p.settings
     if p.regen_exists:
@@ -548,15 +550,9 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                 with out.step(f"restore messages.db -> {s.sqlite_path}"):
                     _restore_messages(p, undo)
             elif step.kind == "database":
-                if step.item != p.targets[0].item:
-                    continue  # restored together with the first database step
-                current = "database " + ", ".join(t.item for t in p.targets)
-                with out.step("restore " + ", ".join(
-                        f"{t.item} -> {t.db.name} at {t.server.address}" for t in p.targets)):
-                    failed = _restore_databases(c, p, undo)
-                    if failed:
-                        current = f"database {failed[0]}"
-                        raise failed[1]
+                t = next(x for x in p.targets if x.item == step.item)
+                with out.step(f"restore {t.item} -> {t.db.name} at {t.server.address}"):
+                    _restore_database(c, p, t, undo)
             elif step.kind == "regen":
                 with out.step("regenerate skills_db"):
                     _regen(c, p, undo)

@@ -342,6 +342,8 @@ def test_restore_onto_a_host_with_other_db_names_and_users(rig, host):
             ident = admin.execute("SELECT system_identifier::text FROM pg_control_system()"
                                   ).fetchone()[0]
         assert mem["system_identifier"] == ident
+        assert any(n.startswith("memory_db.sql comes from another PostgreSQL server")
+                   for n in report["notes"])
         assert not report["agent"]["started"]
         for key, db, user in (("memory", "mem store", "Mem-Owner"), ("skills", "skills2", "sk2")):
             pw = content.MEMORY_PASSWORD if key == "memory" else content.SKILLS_PASSWORD
@@ -368,6 +370,7 @@ def test_connection_details_come_from_the_restored_env(host):
     report = json.loads(res.stdout)
     assert report["connections"]["memory_db.sql"]["database"] == "memory_db"
     assert report["regenerated"] == ["skills_db"]
+    assert any("this host's .env said no_such_db as nobody" in n for n in report["notes"])
     assert (host.root / "skills-regenerated").read_text().strip() == "regenerate skills"
     assert "MEMORY_DB_NAME=memory_db" in (host.root / ".env").read_text()
     assert db_state(host, "memory") == original
