@@ -214,3 +214,54 @@ def state_bytes(h) -> dict[str, int]:
     sizes["groups/"] = sum(p.stat().st_size for p in (h.root / "groups").rglob("*")
                            if p.is_file())
     return sizes
+
+
+# -- jail datasets and changes between a sync and a cut-over ------------------------------
+JAIL_BYTES = {"git": 150_000_000, "cms": 100_000_000, "management": 20_000_000,
+              "db": 10_000_000}
+
+
+def fill_datasets(h, scale: float, seed: int) -> None:
+    """Jail filesystem content (git repositories, CMS uploads, logs) for the migration pair.
+
+    On a real host the db jail's dataset also holds PostgreSQL's data directory; on the rig
+    the cluster lives outside the pool, so the databases travel only as dumps."""
+    rng = random.Random(f"{seed}-datasets")
+    for jail, size in JAIL_BYTES.items():
+        mnt = h.pool.mount_of(h.dataset(jail))
+        want = int(size * scale)
+        n = max(1, want // 1_000_000)
+        for i in range(n):
+            body = (_texts(rng, 1, 170_000, 170_000)[0].encode()[:1_000_000]
+                    if jail in ("git", "management") else rng.randbytes(1_000_000))
+            (mnt / f"bulk-{i:04d}.dat").write_bytes(body)
+
+
+def dataset_bytes(h) -> int:
+    from tests.rig.hosts import JAILS
+    return sum(p.stat().st_size for j in JAILS for p in h.pool.mount_of(h.dataset(j)).rglob("*")
+               if p.is_file())
+
+
+def mutate(h, share: float, seed: int) -> None:
+    """Change `share` of the installation the way a running agent does: new messages, new
+    memories and skill chunks, new attachments, new and rewritten jail files."""
+    path = h.root / "store" / "messages.db"
+    con = sqlite3.connect(path)
+    n_msg = con.execute("SELECT count(*) FROM messages").fetchone()[0]
+    con.close()
+    load_messages(path, int(n_msg * share), seed, start=10_000_000 + seed * 100_000)
+    with h.db_connect("memory") as conn:
+        n = conn.execute("SELECT count(*) FROM memories").fetchone()[0]
+        load_memory(conn, max(1, int(n * share)), seed, start=10_000_000 + seed * 100_000)
+    with h.db_connect("skills") as conn:
+        n = conn.execute("SELECT count(*) FROM skill_chunks").fetchone()[0]
+        load_skills(conn, 0, max(1, int(n * share)), seed, chunk_start=seed * 100_000)
+    groups = h.root / "groups"
+    n_att = sum(1 for _ in groups.rglob("photo *"))
+    write_attachments(groups, max(1, int(n_att * share)), seed, start=10_000 + seed * 100)
+    rng = random.Random(f"{seed}-mutate")
+    for jail in ("git", "cms", "management"):
+        mnt = h.pool.mount_of(h.dataset(jail))
+        total = sum(p.stat().st_size for p in mnt.rglob("*") if p.is_file())
+        (mnt / f"changed-{seed}.dat").write_bytes(rng.randbytes(max(1, int(total * share))))

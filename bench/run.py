@@ -160,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="the scale pair backs up this many times the data")
     p.add_argument("--changed", type=float, default=0.01,
                    help="migrate: share of the data changed between pre-sync and cut-over")
+    p.add_argument("--migrate-scale", type=float, default=0.25,
+                   help="the migration pair moves this share of --scale (each run moves "
+                        "everything to a fresh host)")
+    p.add_argument("--migrate-runs", type=int, default=2, help="runs per side of migrate")
     p.add_argument("--json", default="bench-results/latest.json", help="where to write every run")
     p.add_argument("--markdown", default="", help="rewrite the table in this BENCHMARKS.md")
     p.add_argument("--keep", action="store_true", help="leave the rig running at the end")
@@ -208,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import migration
                 say(f"pair migrate: stop-first vs clawdie-ops migrate ({args.changed:.0%} "
                     "changed after the pre-sync)")
-                doc["pairs"].append(migration.migrate_pair(rig, h, args, say))
+                doc["pairs"].append(migration.migrate_pair(rig, args, say))
         if "scale" in chosen:
             big, big_sizes = build(rig, "four", args.scale * args.scale_factor, args.seed)
             doc["state_scaled"] = big_sizes
