@@ -321,6 +321,9 @@ class Migration:
         facts = self.step_tool("old", "check", "--role", "source", want_db_env=True)
         self.db_env = dict(facts.pop("db_env", {}) or {})
         self.facts["old"] = facts
+        if "old_agent_ran" not in self.journal.data and not self.opts.dry_run:
+            # as found before this migration changed anything: what a rollback restores
+            self.journal.set("old_agent_ran", bool(facts.get("agent_running")))
         return _summary(facts)
 
     def do_check_new(self) -> dict[str, Any]:
@@ -360,8 +363,11 @@ class Migration:
     def do_stop_old_agent(self) -> dict[str, Any]:
         stopped_at = time.time()
         result = self.step_tool("old", "agent-stop")
+        # A run killed during the stop finds the agent already stopped: the journal knows
+        # it ran when the migration began.
+        ran = bool(result.get("was_running")) or bool(self.journal.data.get("old_agent_ran"))
         self.journal.window.update(state="open", agent_stopped_at=stopped_at,
-                                   agent_was_running=bool(result.get("was_running")))
+                                   agent_was_running=ran)
         self.journal.save()
         return {**result, "stopped_at": stopped_at}
 
@@ -485,10 +491,13 @@ class Migration:
                 undone.append("stopped the agent on the new host")
             except ClawdieError as err:
                 problems.append(f"could not stop the agent on the new host: {err.message}")
-        if self.journal.window.get("agent_was_running"):
+        ran = self.journal.window.get("agent_was_running",
+                                      self.journal.data.get("old_agent_ran", True))
+        if ran:
             try:
-                self.step_tool("old", "agent-start")
-                undone.append("started the agent on the old host again")
+                started = self.step_tool("old", "agent-start").get("started")
+                undone.append("started the agent on the old host again" if started else
+                              "the agent on the old host was still running")
             except ClawdieError as err:
                 problems.append(f"COULD NOT start the agent on the old host: {err.message}; "
                                 f"start it by hand there: clawdie-ops migrate-step agent-start")
@@ -506,11 +515,13 @@ class Migration:
         self.journal.note("failed", step=failed.id, error=why)
         report = self.report("failed", failed=failed, error=why, undone=undone or [],
                              problems=problems or [])
-        in_window = failed.phase == "downtime"
-        old_state = ("the old host's agent runs again and nothing there was changed"
-                     if in_window and not problems else
-                     "nothing was changed on the old host" if not in_window else
-                     "; ".join(problems))
+        if failed.phase == "downtime":
+            old_state = "; ".join(problems) if problems else \
+                "the old host's agent runs again and nothing there was changed"
+        elif failed.phase == "preflight":
+            old_state = "nothing was changed on either host"
+        else:
+            old_state = "the agent kept running on the old host and nothing there was changed"
         err = MigrationFailed(
             f"migration stopped at '{failed.id}' on {self.plan.label(failed.where)}: {why}; "
             f"{old_state}",
@@ -617,13 +628,13 @@ class Migration:
 
     # -- the whole run -------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        if self.opts.dry_run:
+            return self.dry_run()
         if self.journal.data.get("status") == "done" and not self.opts.restart:
             stored = dict(self.journal.data.get("report") or {})
             stored["note"] = ("this migration was completed earlier; pass --restart to run "
                               "it again")
             return stored
-        if self.opts.dry_run:
-            return self.dry_run()
         if not self.opts.yes and not sys.stdin.isatty():
             raise Aborted(f"migrate {self.plan.old.name} -> {self.plan.new.name} needs "
                           "confirmation, and there is no terminal to ask",
@@ -632,7 +643,6 @@ class Migration:
         self.journal.data["runs"] = self.journal.data.get("runs", 0) + 1
         self.journal.data["status"] = "running"
         self.journal.save()
-        current = self.plan.steps[0]
         try:
             try:
                 self.preflight()
@@ -646,11 +656,10 @@ class Migration:
                 confirm(f"Migrate {self.plan.old.label} to {self.plan.new.label}? The agent "
                         "stops on the old host during the downtime window", False)
             for step in self.steps_of("presync"):
-                current = step
                 try:
                     self.run_step(step)
-                except (ClawdieError, KeyboardInterrupt, OSError) as exc:
-                    raise self.failure(current, exc) from None
+                except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - reported
+                    raise self.failure(step, exc) from None
             self.downtime()
             self.journal.window["state"] = "closed"
             for step in self.steps_of("cutover"):
@@ -733,8 +742,9 @@ def describe_report(report: dict[str, Any]) -> list[str]:
             lines.append(f"  PROBLEM: {p}")
         lines.append(f"  old host: {report.get('old_host', {}).get('changed')} changed")
         holds = report.get("new_host") or {}
-        lines.append("  new host holds: " + ", ".join(
-            f"{k}={v}" for k, v in holds.items() if k != "datasets") )
+        shown = {k: v for k, v in holds.items() if k != "datasets" and v}
+        lines.append("  new host holds: " + (", ".join(f"{k}={v}" for k, v in shown.items())
+                                             or "nothing from this migration"))
         if holds.get("datasets"):
             lines.append("  new host datasets: " + ", ".join(
                 f"{d}@{(s or ['-'])[0]}" for d, s in holds["datasets"].items()))

@@ -15,15 +15,24 @@ OLD_CRONTAB = ("0 * * * * sanoid --cron\n"
 NEW_CRONTAB = "*/15 * * * * sanoid --cron\n"
 
 
-def two_hosts(rig: Rig, *, with_roles: bool = True) -> tuple[SimHost, SimHost]:
+def two_hosts(rig: Rig, *, with_roles: bool = True,
+              jails: tuple[str, ...] | None = None) -> tuple[SimHost, SimHost]:
     """The old host as an operator finds it (populated, agent running, cron active) and a
-    new host with Clawdie cloned but empty: no data, no jail datasets."""
+    new host with Clawdie cloned but empty: no data, no jail datasets.
+
+    `jails` narrows clawdie.jails on both hosts (fewer syncoid runs, for the fault tests
+    whose point is elsewhere)."""
     old = rig.new_host(ssh=True)
     new = rig.new_host(ssh=True, populated=False, datasets=False, with_roles=with_roles)
     new.root.mkdir(parents=True, exist_ok=True)  # runbook step 1: the checkout exists
     for h, tab in ((old, OLD_CRONTAB), (new, NEW_CRONTAB)):
         (h.home / "backups").mkdir(exist_ok=True)
         (h.home / "crontab").write_text(tab)
+        if jails:
+            path = h.home / ".invoke.json"
+            cfg = json.loads(path.read_text())
+            cfg["clawdie"]["jails"] = list(jails)
+            path.write_text(json.dumps(cfg, indent=2))
     c = context_for(old)
     agent.start(c, config.load(c.config, root=old.root))
     assert old.agent_running()

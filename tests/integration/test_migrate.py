@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
-from tests.conftest import cli
+from tests.conftest import CLI, cli
 from tests.migrate_helpers import (NEW_CRONTAB, OLD_CRONTAB, dataset_state, db_state,
                                    files_state, journal_path, migrate, snapshots, sqlite_state,
                                    two_hosts, whole_state, write_inventory)
@@ -93,5 +95,35 @@ def test_migrate_moves_everything_and_the_agent_runs_on_the_new_host(rig):
     assert again.returncode == 0, again.stderr
     assert "completed earlier" in again.stdout
     assert new.agent_running() and not old.agent_running()
+    rig.drop(old)
+    rig.drop(new)
+
+
+def test_migrate_from_a_third_machine_relays_over_ssh_to_both_hosts(rig):
+    """The operator's laptop: neither host is this machine (--from OLD --to NEW)."""
+    old, new = two_hosts(rig)
+    laptop = rig.base / "laptop"
+    laptop.mkdir()
+    (laptop / ".invoke.json").write_text(json.dumps({"clawdie": {
+        "ssh_config": str(rig.ssh_config),
+        "hosts": {
+            # the old host runs replicate itself: it needs the ssh config naming the new one
+            "oldbox": {"ssh": old.alias, "overrides": {"ssh_config": str(rig.ssh_config)}},
+            "newbox": {"ssh": new.alias, "overrides": {"db_host": new.address,
+                                                       "zfs_pool": new.pool_name}}}}}))
+    env = {k: v for k, v in os.environ.items() if k != "CLAWDIE_ROOT"}
+    env["HOME"] = str(laptop)
+    res = subprocess.run([CLI, "migrate", "--from", "oldbox", "--to", "newbox", "--yes",
+                          "--json"], env=env, cwd=laptop, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=300)
+    assert res.returncode == 0, res.stderr + res.stdout
+    report = json.loads(res.stdout)
+    assert report["status"] == "done" and report["downtime_s"] > 0
+    assert new.agent_running() and not old.agent_running()
+    assert sqlite_state(new) == sqlite_state(old)
+    assert db_state(new) == db_state(old)
+    assert dataset_state(new) == dataset_state(old)
+    assert (laptop / ".clawdie-ops" / "migrations" / "oldbox--to--newbox.json").exists()
+    assert not (old.home / ".clawdie-ops").exists()
     rig.drop(old)
     rig.drop(new)
