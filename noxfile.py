@@ -35,6 +35,15 @@ def zfs(session: nox.Session) -> None:
 
 
 @nox.session
+def migrate(session: nox.Session) -> None:
+    """Hardware migration on the two-host rig: end to end, from a third machine, and faults."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/unit/test_migrate_plan.py", "tests/unit/test_migrate_parts.py",
+                "tests/integration/test_migrate.py", "tests/integration/test_migrate_faults.py",
+                *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """clawdie-ops against the runbook's way on the rig: `nox -s bench -- --scale 1.0 --runs 3`.
 
