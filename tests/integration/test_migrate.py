@@ -41,6 +41,10 @@ def test_dry_run_prints_every_host_and_command_masks_secrets_and_changes_nothing
     assert plan["dry_run"] and plan["preflight"] == "ok"
     assert [s["where"] for s in plan["plan"]["steps"]].count("new") >= 7
     assert SUPERPASS not in as_json.stdout
+    # without --yes and without a terminal: refused before anything runs
+    unconfirmed = cli(old, "migrate", "--to", new.name)
+    assert unconfirmed.returncode == 3 and "--yes" in unconfirmed.stderr
+    assert old.agent_running() and not journal_path(old, new).exists()
     rig.drop(old)
     rig.drop(new)
 
