@@ -553,6 +553,15 @@ class Migration:
                 holds["unreadable"] = err.message
         return holds
 
+    def old_agent_running(self) -> bool | None:
+        """Read again, for the report; None when the old host cannot be asked."""
+        if "old" not in self.ctx:
+            return None
+        try:
+            return bool(self.step_tool("old", "agent-status").get("running"))
+        except ClawdieError:
+            return None
+
     # -- report --------------------------------------------------------------------------
     def report(self, status: str, failed: Step | None = None, error: str = "",
                undone: list[str] | None = None, problems: list[str] | None = None
@@ -609,8 +618,11 @@ class Migration:
                         error=error, undone=undone or [], problems=problems or [],
                         old_host={"agent_restarted": "started the agent on the old host again"
                                   in (undone or []),
-                                  "changed": "nothing (an archive and snapshots were added)"
-                                  if j.done("final-backup") else "nothing"},
+                                  "agent_running": self.old_agent_running(),
+                                  "changed": "nothing",
+                                  "added": ([backup.get("archive")] + list(
+                                      backup.get("snapshots") or [])
+                                      if j.done("final-backup") else [])},
                         new_host=self.new_holds())
         return data
 
@@ -740,7 +752,9 @@ def describe_report(report: dict[str, Any]) -> list[str]:
             lines.append(f"  undone: {u}")
         for p in report.get("problems", []):
             lines.append(f"  PROBLEM: {p}")
-        lines.append(f"  old host: {report.get('old_host', {}).get('changed')} changed")
+        oh = report.get("old_host") or {}
+        lines.append("  old host: nothing changed or deleted" + (
+            f"; added: {', '.join(str(a) for a in oh['added'])}" if oh.get("added") else ""))
         holds = report.get("new_host") or {}
         shown = {k: v for k, v in holds.items() if k != "datasets" and v}
         lines.append("  new host holds: " + (", ".join(f"{k}={v}" for k, v in shown.items())

@@ -119,6 +119,7 @@ def test_link_down_for_good_rolls_back_and_the_same_command_then_continues(rig):
         assert "failed after 2 attempts" in res.stderr
         assert "agent runs again" in res.stderr and "continues where it stopped" in res.stderr
         assert report["undone"] == ["started the agent on the old host again"]
+        assert report["old_host"]["agent_running"] is True
         holds = report["new_host"]
         assert holds["datasets_received"] and not holds["restored"] and not holds["archive"]
         assert len(holds["datasets"]) == 4 and holds["agent_running"] is False
@@ -165,6 +166,8 @@ def test_restore_failing_on_the_new_host_rolls_back_and_reports(rig, tmp_path):
     assert report["stopped_at"] == "restore"
     assert "No space left on device" in res.stderr and "restore" in res.stderr
     assert report["undone"] == ["started the agent on the old host again"]
+    assert report["old_host"]["agent_running"] is True
+    assert report["old_host"]["added"][0].endswith((".tar.gz", ".tar.zst"))
     holds = report["new_host"]
     assert holds["archive"] and Path(holds["archive"]).exists()
     assert holds["restored"] is False and holds["agent_running"] is False

@@ -133,7 +133,7 @@ def test_report_for_a_person_says_where_it_stopped_and_what_the_new_host_holds()
     report = {"status": "failed", "from": {"name": "old"}, "to": {"name": "new"},
               "stopped_at": "restore", "stopped_on": "new new (rig-h2)",
               "error": "restore failed", "undone": ["started the agent on the old host again"],
-              "problems": [], "old_host": {"changed": "nothing"},
+              "problems": [], "old_host": {"changed": "nothing", "added": ["/b/a.tar.zst"]},
               "new_host": {"archive": "/b/x.tar.zst", "restored": False,
                            "datasets": {"tank/c/jails/db": ["s1"]}},
               "checks": [], "warnings": [], "journal": "/j.json"}
@@ -141,3 +141,4 @@ def test_report_for_a_person_says_where_it_stopped_and_what_the_new_host_holds()
     assert "stopped at: restore" in text and "undone: started the agent" in text
     assert "new host holds: archive=/b/x.tar.zst" in text
     assert "tank/c/jails/db@s1" in text
+    assert "old host: nothing changed or deleted; added: /b/a.tar.zst" in text
