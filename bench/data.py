@@ -8,8 +8,10 @@ words drawn at random (compresses like chat text, never repeats whole rows, so n
 gains from an unrealistically long match window); embeddings are random normal floats
 (incompressible in binary, like real ones); attachments are random bytes (like JPEGs).
 
-Scale 1.0 is about 1 GB of state on disk: messages.db ~250 MB, memory_db ~400 MB,
-skills_db ~300 MB, groups/ ~50 MB. `grow` appends more of the same, for the 4x run.
+Scale 1.0 is about 1 GB of state as a backup sees it (what it reads and archives:
+messages.db ~120 MB, the two plain SQL dumps ~850 MB, groups/ ~50 MB); PostgreSQL holds
+the same rows in about 350 MB on disk, as an embedding's float text is about 2.5 times its
+binary size.
 """
 from __future__ import annotations
 
@@ -25,10 +27,10 @@ DIM = 384  # all-MiniLM-L6-v2's size, a common choice for local embeddings
 FLOAT4_OID = 700
 
 # Per 1.0 of scale. Row sizes measured on PostgreSQL 15 / SQLite 3.40 (see `state_bytes`).
-MESSAGES = 700_000
-MEMORIES = 185_000
-SKILLS = 4_000
-CHUNKS = 135_000
+MESSAGES = 350_000
+MEMORIES = 92_000
+SKILLS = 2_000
+CHUNKS = 68_000
 ATTACHMENTS = 100  # ~500 KB each
 ATTACHMENT_BYTES = 500_000
 
@@ -53,7 +55,7 @@ class Counts:
     attachments: int
 
     @classmethod
-    def at(cls, scale: float) -> "Counts":
+    def at(cls, scale: float) -> Counts:
         if scale <= 0:
             return cls(0, 0, 0, 0, 0)
         return cls(int(MESSAGES * scale), int(MEMORIES * scale), max(1, int(SKILLS * scale)),

@@ -13,7 +13,9 @@ Three memory figures, because they answer different questions:
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import subprocess
 import threading
 import time
@@ -66,13 +68,29 @@ def _pss(pid: int) -> int:
     return 0
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
+KCMP_VM = 1
+
+
+def same_memory(pid: int, other: int) -> bool:
+    """Whether two processes share one address space: a child between vfork() and exec()
+    (how Python starts programs) shows its parent's whole PSS; counting both would double
+    it. kcmp(2) tells; where it is not available the child is counted (an upper bound)."""
+    if SYS_KCMP is None:
+        return False
+    return _libc.syscall(SYS_KCMP, pid, other, KCMP_VM, 0, 0) == 0
+
+
 def tree_memory(root: int) -> tuple[int, int, dict[str, int]]:
     """(sum of PSS, sum of RSS) over the tree under `root`, and PSS per program name."""
     kids = _children()
-    pss_total, rss_total, todo, parts = 0, 0, [root], {}
+    pss_total, rss_total, todo, parts = 0, 0, [(root, 0)], {}
     while todo:
-        pid = todo.pop()
-        todo.extend(kids.get(pid, ()))
+        pid, parent = todo.pop()
+        todo.extend((k, pid) for k in kids.get(pid, ()))
+        if parent and same_memory(pid, parent):
+            continue
         try:
             with open(f"/proc/{pid}/statm", "rb") as fh:
                 rss = int(fh.read().split()[1]) * PAGE

@@ -47,7 +47,6 @@ def migrate_pair(rig, args, progress) -> dict:
     sizes = data.state_bytes(old)
     progress(f"  old host: {sum(sizes.values()) / 2**20:.0f} MiB of state, "
              f"{data.dataset_bytes(old) / 2**20:.0f} MiB in the jail datasets")
-    downtimes: dict[str, list[float]] = {"stop-first": [], "migrate": []}
     windows: dict[str, dict] = {}  # seconds per step of the last run of each side
     rounds = [0]
 
@@ -84,21 +83,34 @@ def migrate_pair(rig, args, progress) -> dict:
             down = stopped + r.wall_s - tail
         else:
             down = float(report["downtime_s"])
-        downtimes[label].append(down)
         windows[label] = {st["id"]: st.get("seconds") for st in report.get("steps", [])}
         r.wall_s = round(down, 3)  # the figure compared is the downtime
         return r
 
+    failures: list[str] = []
+
+    def attempt(label: str, stop_first: bool) -> Run:
+        """One migration; a failed one is noted and tried again on a fresh new host (the
+        tool's own advice), so one flaky syncoid receive on zfs-fuse does not end the run."""
+        for _ in range(3):
+            try:
+                return run(label, prepare(), stop_first)
+            except RuntimeError as exc:
+                failures.append(f"{label}: {str(exc).strip().splitlines()[-1][:300]}")
+                progress(f"  {label}: failed, trying again on a fresh host ({failures[-1]})")
+        raise RuntimeError(f"{label}: three migrations in a row failed: {failures}")
+
     got = interleave(args.migrate_runs, {
-        "stop-first": lambda i: run("stop-first", prepare(), True),
-        "migrate": lambda i: run("migrate", prepare(), False)}, progress)
+        "stop-first": lambda i: attempt("stop-first", True),
+        "migrate": lambda i: attempt("migrate", False)}, progress)
     res = pair("migrate", "stop-first migration (downtime)", "clawdie-ops migrate (downtime)",
                got["stop-first"], got["migrate"])
     res["changed"] = args.changed
     res["scale"] = scale
-    for side, key in (("a", "stop-first"), ("b", "migrate")):
+    for side in ("a", "b"):
         res[side]["median"]["downtime_s"] = res[side]["median"]["wall_s"]
     res["steps"] = windows
+    res["failed_attempts"] = failures
     res["dataset_bytes"] = data.dataset_bytes(old)
     res["downtime_share"] = round(res["b"]["median"]["wall_s"] / res["a"]["median"]["wall_s"], 3)
     rig.drop(old)

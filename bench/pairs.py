@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .measure import Run, measure
 from . import runbook
@@ -77,6 +77,7 @@ class Backups:
         self.latest: dict[str, Path] = {}
         self.sizes: dict[str, list[int]] = {"runbook": [], "clawdie-ops": []}
         self.steps: list[dict] = []
+        self.content_bytes = 0  # the archive's content, uncompressed (the runbook's du -sb)
 
     def _keep(self, side: str, archive: Path) -> None:
         old = self.latest.get(side)
@@ -89,6 +90,7 @@ class Backups:
         name = f"runbook-{self.h.name}{tag}-{i}-{time.time_ns() % 10**9}"
         run = measure("runbook", runbook.backup_script(self.h, self.out, name, self.pgpass))
         check(run)
+        self.content_bytes = int(run.output.split()[0])
         self._keep("runbook", self.out / f"{name}.tar.gz")
         return run
 
@@ -108,7 +110,8 @@ def backup_pair(b: Backups, runs: int, progress) -> dict:
     return pair("backup", "runbook: snapshot, pg_dump x2 in turn, cp, tar -czf",
                 "clawdie-ops backup", got["runbook"], got["clawdie-ops"],
                 sizes={"a": int(size_a), "b": int(size_b)},
-                size_ratio=round(size_b / size_a, 4), steps=b.steps[-1] if b.steps else {})
+                size_ratio=round(size_b / size_a, 4), steps=b.steps[-1] if b.steps else {},
+                content_bytes=b.content_bytes)
 
 
 def scale_pair(small: Backups, big: Backups, runs: int, factor: float, progress) -> dict:
@@ -135,9 +138,14 @@ def restore_pair(b: Backups, runs: int, with_drill: bool, work: Path, progress) 
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    steps: dict[str, dict] = {}
+
     def ours(i: int) -> Run:
-        return measure("restore", [CLI, "restore", str(our_archive), "--yes", "--json"],
-                       env=b.h.proc_env(), cwd=b.h.root)
+        run = measure("restore", [CLI, "restore", str(our_archive), "--yes", "--json"],
+                      env=b.h.proc_env(), cwd=b.h.root)
+        if run.exit == 0:
+            steps["restore"] = json.loads(run.output[run.output.index("{"):]).get("steps", {})
+        return run
 
     def drill(i: int) -> Run:
         return measure("drill", [CLI, "drill", str(our_archive), "--json"],
@@ -148,7 +156,8 @@ def restore_pair(b: Backups, runs: int, with_drill: bool, work: Path, progress) 
         sides["drill"] = drill
     got = interleave(runs, sides, progress)
     out = [pair("restore", "runbook: tar -xzf, cp, psql < dump x2 in turn",
-                "clawdie-ops restore", got["manual"], got["restore"])]
+                "clawdie-ops restore", got["manual"], got["restore"],
+                steps=steps.get("restore", {}))]
     if with_drill:
         out.append(pair("drill", "clawdie-ops restore", "clawdie-ops drill (scratch restore "
                         "+ verify)", got["restore"], got["drill"]))

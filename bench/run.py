@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +25,7 @@ from tests.rig.hosts import Rig  # noqa: E402
 
 MiB = 2**20
 PAIRS = ("backup", "restore", "drill", "migrate", "scale")
+EXPERIMENTS = ("codecs", "formats")  # not in the default set: see bench/experiments.py
 TARGETS = {"backup": 3.0, "restore": 2.0, "rss": 150 * MiB, "memory_growth": 1.1,
            "downtime": 0.25}
 
@@ -130,15 +131,36 @@ def markdown(doc: dict) -> str:
              f"{m['memory_gib']} GiB RAM, {m['os']}, kernel {m['kernel']}; {m['postgresql']}, "
              f"{m['zstd']}, {m['pigz']}.",
              f"Load average before / after: {doc['load_before']} / {doc['load_after']}. "
-             f"Scale {doc['scale']} ({doc['state_mib']} MiB of state), {doc['runs']} runs per "
-             f"side, medians; total {doc['total_s'] / 60:.1f} min.", ""]
+             f"Scale {doc['scale']}: {_content(doc)}{doc['state_mib']} MiB on disk "
+             f"(messages.db, PostgreSQL, groups/); {doc['runs']} runs per side, medians; "
+             f"the whole run took {doc['total_s'] / 60:.1f} min.", ""]
     lines += table(doc["pairs"]) + [""]
     lines += _md([("target", "measured", "bound", "met")] + [
         (t["target"], t["measured"], t["bound"], "yes" if t["met"] else "**no**")
         for t in doc["targets"]])
+    exp = doc.get("experiments") or {}
+    if "codecs" in exp:
+        size_in = exp["codecs"]["input"]["size"]
+        lines += ["", f"Codecs on the same {size_in / MiB:.0f} MiB backup tar:", ""]
+        lines += _md([("codec", "time", "CPU", "PSS", "size", "ratio")] + [
+            (name, f"{r['wall_s']:.1f} s", f"{r['cpu_s']:.1f} s", f"{r['pss'] / MiB:.0f} MiB",
+             f"{r['size'] / MiB:.1f} MiB", f"{r['size'] / size_in:.3f}")
+            for name, r in exp["codecs"].items() if name != "input"])
+    if "formats" in exp:
+        lines += ["", "memory_db, plain SQL against pg_dump's custom format:", ""]
+        lines += _md([("step", "time", "CPU")] + [
+            (name, f"{r['wall_s']:.1f} s", f"{r['cpu_s']:.1f} s")
+            for name, r in exp["formats"].items() if name != "sizes"])
     for note in doc["notes"]:
         lines.append(f"\n- {note}")
     return "\n".join(lines) + "\n"
+
+
+def _content(doc: dict) -> str:
+    backup = next((r for r in doc["pairs"] if r["pair"] == "backup"), None)
+    if not backup or not backup.get("content_bytes"):
+        return ""
+    return f"{backup['content_bytes'] / MiB:.0f} MiB to back up (the archive's content), "
 
 
 def update_markdown(path: Path, text: str) -> None:
@@ -155,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="runs per side (medians are reported)")
     p.add_argument("--seed", type=int, default=7, help="seed of the generated data")
     p.add_argument("--pairs", default=",".join(PAIRS),
-                   help=f"comma-separated subset of {','.join(PAIRS)}")
+                   help=f"comma-separated subset of {','.join(PAIRS)}, or the side "
+                        f"experiments {','.join(EXPERIMENTS)}")
     p.add_argument("--scale-factor", type=float, default=4.0,
                    help="the scale pair backs up this many times the data")
     p.add_argument("--changed", type=float, default=0.01,
                    help="migrate: share of the data changed between pre-sync and cut-over")
-    p.add_argument("--migrate-scale", type=float, default=0.25,
+    p.add_argument("--migrate-scale", type=float, default=0.5,
                    help="the migration pair moves this share of --scale (each run moves "
                         "everything to a fresh host)")
     p.add_argument("--migrate-runs", type=int, default=2, help="runs per side of migrate")
@@ -169,12 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="leave the rig running at the end")
     args = p.parse_args(argv)
     chosen = [x for x in args.pairs.split(",") if x]
-    unknown = set(chosen) - set(PAIRS)
+    unknown = set(chosen) - set(PAIRS) - set(EXPERIMENTS)
     if unknown:
         p.error(f"unknown pair(s): {', '.join(sorted(unknown))}")
 
     started = time.monotonic()
-    doc: dict = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    doc: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
                  "machine": machine(), "scale": args.scale, "runs": args.runs,
                  "seed": args.seed, "load_before": _load(), "pairs": [], "notes": []}
     say(f"bench: scale {args.scale}, {args.runs} runs per side, load {doc['load_before']}")
@@ -186,9 +209,30 @@ def main(argv: list[str] | None = None) -> int:
         doc["state"] = sizes
         doc["state_mib"] = round(sum(sizes.values()) / MiB)
         b = pairs.Backups(h, work)
+
+        def guard(name: str, fn) -> None:
+            """One pair failing is a note in the report, not the end of the run."""
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 -- report it, measure the rest
+                doc["notes"].append(f"{name}: not measured, it failed: "
+                                    f"{str(exc).strip()[-600:]}")
+                say(f"pair {name} FAILED: {str(exc).strip()[-600:]}")
+            save(doc, args.json)
+
         if "backup" in chosen:
             say("pair backup: runbook vs clawdie-ops backup")
-            doc["pairs"].append(pairs.backup_pair(b, args.runs, say))
+            guard("backup", lambda: doc["pairs"].append(pairs.backup_pair(b, args.runs, say)))
+        if "codecs" in chosen or "formats" in chosen:
+            from bench import experiments
+            if "runbook" not in b.latest:
+                b.runbook(0)
+            doc["experiments"] = {}
+            for name in ("codecs", "formats"):
+                if name in chosen:
+                    say(f"experiment {name}")
+                    guard(name, lambda n=name: doc["experiments"].__setitem__(
+                        n, getattr(experiments, n)(b, work, say)))
         want_restore = {"restore", "drill"} & set(chosen)
         if want_restore:
             if not pairs.available("restore"):
@@ -203,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                     doc["notes"].append("drill: not measured, `clawdie-ops drill` has not "
                                         "landed yet")
                 say("pair restore: manual vs clawdie-ops restore" + (" vs drill" if drill else ""))
-                doc["pairs"].extend(pairs.restore_pair(b, args.runs, drill, work, say))
+                guard("restore", lambda: doc["pairs"].extend(
+                    pairs.restore_pair(b, args.runs, drill, work, say)))
         if "migrate" in chosen:
             if not pairs.available("migrate"):
                 doc["notes"].append("migrate: not measured, `clawdie-ops migrate` has not "
@@ -212,16 +257,19 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import migration
                 say(f"pair migrate: stop-first vs clawdie-ops migrate ({args.changed:.0%} "
                     "changed after the pre-sync)")
-                doc["pairs"].append(migration.migrate_pair(rig, args, say))
+                guard("migrate", lambda: doc["pairs"].append(
+                    migration.migrate_pair(rig, args, say)))
         if "scale" in chosen:
-            big, big_sizes = build(rig, "four", args.scale * args.scale_factor, args.seed)
-            doc["state_scaled"] = big_sizes
-            say(f"pair scale: clawdie-ops backup at 1x vs {args.scale_factor:g}x")
-            res = pairs.scale_pair(b, pairs.Backups(big, work), max(2, args.runs - 1),
-                                   args.scale_factor, say)
-            res["factor"] = args.scale_factor
-            doc["pairs"].append(res)
-            rig.drop(big)
+            def scale() -> None:
+                big, big_sizes = build(rig, "four", args.scale * args.scale_factor, args.seed)
+                doc["state_scaled"] = big_sizes
+                say(f"pair scale: clawdie-ops backup at 1x vs {args.scale_factor:g}x")
+                res = pairs.scale_pair(b, pairs.Backups(big, work), max(2, args.runs - 1),
+                                       args.scale_factor, say)
+                res["factor"] = args.scale_factor
+                doc["pairs"].append(res)
+                rig.drop(big)
+            guard("scale", scale)
     finally:
         if args.keep:
             say(f"rig kept under {work}")
@@ -229,18 +277,23 @@ def main(argv: list[str] | None = None) -> int:
             rig.teardown()
             shutil.rmtree(work, ignore_errors=True)
     doc["load_after"] = _load()
-    doc["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     doc["total_s"] = round(time.monotonic() - started, 1)
     doc["targets"] = targets(doc["pairs"])
     text = markdown(doc)
     say("\n" + text)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    save(doc, args.json)
     say(f"runs written to {args.json}")
     if args.markdown:
         update_markdown(Path(args.markdown), text)
         say(f"table written to {args.markdown}")
     return 0
+
+
+def save(doc: dict, path: str) -> None:
+    """Write what is measured so far: a later failure or interruption loses nothing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _load() -> str:

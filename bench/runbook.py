@@ -45,6 +45,7 @@ def backup_script(h, out_dir: Path, name: str, pgpass: Path, snapshot: bool = Tr
         f"cp {q(str(allowlist(h)))} {q(str(top / 'mount-allowlist.json'))}",
         f"printf '{{\"agent_name\": \"%s\", \"timestamp\": \"%s\"}}\\n' clawdie \"$(date -Is)\""
         f" > {q(str(top / 'manifest.json'))}",
+        f"du -sb {q(str(top))}",  # what the archive holds, uncompressed (for the report)
         f"tar -czf {q(str(out_dir / (name + '.tar.gz')))} -C {q(str(work))} {q(name)}",
         f"rm -rf {q(str(work))}",
     ]

@@ -510,11 +510,12 @@ def _restore_databases(c, p: RestorePlan, undo: _Undo) -> tuple[str, BaseExcepti
     # Each its own undo list, joined in plan order: rollback order stays as if sequential.
     undos = [_Undo() for _ in p.targets]
     with ThreadPoolExecutor(max_workers=len(p.targets)) as pool:
-        futures = [pool.submit(_restore_database, c, p, t, u) for t, u in zip(p.targets, undos)]
+        futures = [pool.submit(_restore_database, c, p, t, u)
+                   for t, u in zip(p.targets, undos, strict=True)]
         wait(futures)
     for u in undos:
         undo.actions.extend(u.actions)
-    for t, future in zip(p.targets, futures):
+    for t, future in zip(p.targets, futures, strict=True):
         exc = future.exception()
         if exc is not None:
             return t.item, exc

@@ -1,0 +1,66 @@
+"""Side experiments behind the defaults (`--pairs codecs,formats`): not races against the runbook.
+
+codecs: the same uncompressed backup tar through gzip -6 (what `tar -czf` uses), pigz and
+zstd at several levels; time, memory and size. formats: memory_db dumped plain (psql
+replays it) and in pg_dump's custom format (pg_restore -j replays it in parallel).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+from .measure import measure
+
+
+def codecs(b, work: Path, progress) -> dict:
+    """Every codec on the same bytes: the runbook archive, decompressed once."""
+    src = b.latest["runbook"]
+    raw = work / "codec-input.tar"
+    measure("gunzip", f"gzip -dc {shlex.quote(str(src))} > {shlex.quote(str(raw))}")
+    cores = os.cpu_count() or 1
+    rows = {}
+    for name, cmd in (("gzip -6", "gzip -6 -c"), (f"pigz -6 -p{cores}", f"pigz -6 -p{cores} -c"),
+                      (f"zstd -1 -T{cores}", f"zstd -q -1 -T{cores} -c"),
+                      (f"zstd -2 -T{cores}", f"zstd -q -2 -T{cores} -c"),
+                      (f"zstd -3 -T{cores}", f"zstd -q -3 -T{cores} -c"),
+                      (f"zstd -6 -T{cores}", f"zstd -q -6 -T{cores} -c")):
+        out = work / "codec-output"
+        run = measure(name, f"{cmd} < {shlex.quote(str(raw))} > {shlex.quote(str(out))}")
+        rows[name] = {"wall_s": run.wall_s, "cpu_s": run.cpu_s, "pss": run.tree_pss,
+                      "size": out.stat().st_size}
+        progress(f"  {name:<14} {run.wall_s:6.2f} s  {out.stat().st_size / 2**20:8.1f} MiB  "
+                 f"PSS {run.tree_pss / 2**20:.0f} MiB")
+        out.unlink()
+    rows["input"] = {"size": raw.stat().st_size}
+    raw.unlink()
+    return rows
+
+
+def formats(b, work: Path, progress) -> dict:
+    """memory_db: plain + psql (single transaction) against custom + pg_restore -j."""
+    h, env = b.h, {**os.environ, "PGPASSFILE": str(b.pgpass)}
+    conn = f"-h {h.address} -U memory_user"
+    plain, custom = work / "memory_db.sql", work / "memory_db.dump"
+    cores = os.cpu_count() or 1
+    steps = {
+        "dump plain": f"pg_dump --clean --if-exists {conn} -f {plain} memory_db",
+        "dump custom -Z0": f"pg_dump -Fc -Z0 --clean --if-exists {conn} -f {custom} memory_db",
+        "restore plain (psql -1)": f"psql -X -q -v ON_ERROR_STOP=1 --single-transaction {conn} "
+                                   f"-d memory_db -f {plain} > /dev/null",
+        f"restore custom (pg_restore -j{cores})": f"pg_restore -j{cores} --clean --if-exists "
+                                                  f"{conn} -d memory_db {custom}",
+        "restore custom (pg_restore -j1)": f"pg_restore --clean --if-exists {conn} -d memory_db "
+                                           f"{custom}",
+    }
+    rows = {}
+    for name, cmd in steps.items():
+        run = measure(name, cmd, env=env)
+        if run.exit:
+            raise RuntimeError(f"{name}: {run.output[-2000:]}")
+        rows[name] = {"wall_s": run.wall_s, "cpu_s": run.cpu_s}
+        progress(f"  {name:<32} {run.wall_s:6.2f} s")
+    rows["sizes"] = {"plain": plain.stat().st_size, "custom": custom.stat().st_size}
+    plain.unlink()
+    custom.unlink()
+    return rows
