@@ -5,24 +5,13 @@ stops the migration before anything changes; a warning is reported and the run g
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from .doctor import Check
 from .output import human_size
 
 # Room to spare on the new host beyond the data itself (the archive plus what it restores).
 SPACE_MARGIN = 1.2
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # ok, warn, fail
-    detail: str
-    fix: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def _version(text: str) -> tuple[int, ...]:
