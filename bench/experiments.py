@@ -1,5 +1,6 @@
 """Side experiments behind the defaults (`--pairs codecs,formats`): not races against the runbook.
 
+floor: the least a restore of clawdie-ops's archive can take on this machine.
 codecs: the same uncompressed backup tar through gzip -6 (what `tar -czf` uses), pigz and
 zstd at several levels; time, memory and size. formats: memory_db dumped plain (psql
 replays it) and in pg_dump's custom format (pg_restore -j replays it in parallel).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 from .measure import measure
@@ -64,3 +66,28 @@ def formats(b, work: Path, progress) -> dict:
     plain.unlink()
     custom.unlink()
     return rows
+
+
+def floor(b, work: Path, progress) -> dict:
+    """The least any restore of this archive can take here: unpack it, then replay both
+    dumps at once (no verification, no pre-restore copies, no checks). What is left of a
+    restore's time beyond this is what its safety costs."""
+    archive = b.latest["clawdie-ops"]
+    h, env = b.h, {**os.environ, "PGPASSFILE": str(b.pgpass)}
+    dest = work / "floor"
+    dest.mkdir(exist_ok=True)
+    unpack = measure("unpack", f"zstd -q -dc {shlex.quote(str(archive))} | "
+                               f"tar -x -C {shlex.quote(str(dest))}")
+    top = next(dest.iterdir())
+    replay = " & ".join(
+        f"psql -X -q -v ON_ERROR_STOP=1 --single-transaction -h {h.address} -U {k}_user "
+        f"-d {k}_db -f {shlex.quote(str(top / f'{k}_db.sql'))} > /dev/null"
+        for k in ("memory", "skills")) + "; wait"
+    both = measure("replay", replay, env=env)
+    if unpack.exit or both.exit:
+        raise RuntimeError(f"floor: {unpack.output[-500:]} {both.output[-1000:]}")
+    out = {"unpack_s": unpack.wall_s, "replay_both_s": both.wall_s,
+           "total_s": round(unpack.wall_s + both.wall_s, 3)}
+    progress(f"  unpack {unpack.wall_s:.1f} s, both dumps replayed at once {both.wall_s:.1f} s")
+    shutil.rmtree(dest, ignore_errors=True)
+    return out

@@ -1,21 +1,26 @@
 """Run one command and measure it: wall time, CPU time, and the peak memory of its process tree.
 
-Three memory figures, because they answer different questions:
+Two memory figures, because they answer different questions:
 - `tree_pss`: the largest sum of PSS (proportional set size, /proc/PID/smaps_rollup) over
   every process in the command's tree at one moment, sampled every 20 ms: what the tree
   really holds, each shared page split among its sharers. This is the figure the targets
   use. The PostgreSQL server's backends are not in the tree: they are the db jail's,
   before and after.
 - `tree_rss`: the same sum with RSS, an upper bound that counts a shared page once per
-  process (a Python process that forks shows twice until the child execs).
-- `max_rss`: the largest single process's peak (`wait4` rusage, which covers every
-  descendant that was waited for), exact but blind to processes running side by side.
+  process that maps it.
+A child between vfork() and exec() shares its parent's address space; it is counted once
+(kcmp(2) tells), not twice.
+
+Not used: `wait4`'s ru_maxrss. A child started with vfork() inherits the high-water mark of
+its parent's address space at exec(), so every run would report the benchmark process's
+own peak (about 1 GB after generating the data).
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import platform
+import signal
 import subprocess
 import threading
 import time
@@ -33,7 +38,6 @@ class Run:
     cpu_s: float
     tree_pss: int  # bytes
     tree_rss: int  # bytes
-    max_rss: int  # bytes
     exit: int
     output: str = ""
     at_peak: dict[str, int] | None = None  # program name -> RSS when the tree peaked
@@ -105,15 +109,30 @@ def tree_memory(root: int) -> tuple[int, int, dict[str, int]]:
     return pss_total, rss_total, parts
 
 
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def measure(label: str, cmd: list[str] | str, *, env: dict[str, str] | None = None,
-            cwd: Path | None = None, log: Path | None = None) -> Run:
-    """Run `cmd` (a list, or a string for bash) to the end, sampling its tree's memory."""
+            cwd: Path | None = None, log: Path | None = None,
+            timeout: float | None = None) -> Run:
+    """Run `cmd` (a list, or a string for bash) to the end, sampling its tree's memory.
+
+    With `timeout`, a run still going after that many seconds has its whole process group
+    killed and reports exit -9 (a hung run is a failure, not a slow sample)."""
     args = ["bash", "-c", cmd] if isinstance(cmd, str) else cmd
     out_path = (log or Path(f"/tmp/clawdie-bench-{os.getpid()}.out"))
     with open(out_path, "w+b") as out:
         started = time.monotonic()
         proc = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=timeout is not None)
+        killer = None
+        if timeout is not None:
+            killer = threading.Timer(timeout, _kill_group, (proc.pid,))
+            killer.start()
         peak: list = [0, 0, {}]
         done = threading.Event()
 
@@ -129,6 +148,8 @@ def measure(label: str, cmd: list[str] | str, *, env: dict[str, str] | None = No
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
+        if killer is not None:
+            killer.cancel()
         done.set()
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -137,4 +158,4 @@ def measure(label: str, cmd: list[str] | str, *, env: dict[str, str] | None = No
     if log is None:
         out_path.unlink(missing_ok=True)
     return Run(label, round(wall, 3), round(usage.ru_utime + usage.ru_stime, 3), peak[0],
-               peak[1], usage.ru_maxrss * 1024, proc.returncode, text, peak[2])
+               peak[1], proc.returncode, text, peak[2])

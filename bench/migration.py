@@ -70,7 +70,7 @@ def migrate_pair(rig, args, progress) -> dict:
             _agent(old, start=False)
         stopped = time.monotonic() - started
         r = measure(label, [CLI, "migrate", "--to", new.name, "--yes", "--json"],
-                    env=old.proc_env(), cwd=old.root)
+                    env=old.proc_env(), cwd=old.root, timeout=args.migrate_timeout)
         rig.drop(new)
         if r.exit != 0:
             raise RuntimeError(f"migrate exited {r.exit}:\n{r.output[-3000:]}")

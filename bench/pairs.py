@@ -30,8 +30,7 @@ def median(runs: list[Run]) -> dict:
     return {"wall_s": round(statistics.median(r.wall_s for r in runs), 3),
             "cpu_s": round(statistics.median(r.cpu_s for r in runs), 3),
             "tree_pss": max(r.tree_pss for r in runs),
-            "tree_rss": max(r.tree_rss for r in runs),
-            "max_rss": max(r.max_rss for r in runs)}
+            "tree_rss": max(r.tree_rss for r in runs)}
 
 
 def check(run: Run) -> Run:

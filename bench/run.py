@@ -25,7 +25,7 @@ from tests.rig.hosts import Rig  # noqa: E402
 
 MiB = 2**20
 PAIRS = ("backup", "restore", "drill", "migrate", "scale")
-EXPERIMENTS = ("codecs", "formats")  # not in the default set: see bench/experiments.py
+EXPERIMENTS = ("codecs", "formats", "floor")  # not in the default set: see bench/experiments.py
 TARGETS = {"backup": 3.0, "restore": 2.0, "rss": 150 * MiB, "memory_growth": 1.1,
            "downtime": 0.25}
 
@@ -110,6 +110,8 @@ def table(results: list[dict]) -> list[str]:
         ratio = (f"{r['ratio']:.2f}x" if r.get("ratio") else
                  f"time x{r['time_growth']}, RSS x{r['memory_growth']}" if r["pair"] == "scale"
                  else "-")
+        if r["pair"] == "migrate":
+            ratio = f"downtime = {r['downtime_share']:.2f} x stop-first"
         if r["pair"] == "drill":
             ratio = f"drill = {b['median']['wall_s'] / a['median']['wall_s']:.2f} x restore"
         rows.append((r["pair"], a["label"], f"{a['median']['wall_s']:.1f} s", b["label"],
@@ -151,6 +153,11 @@ def markdown(doc: dict) -> str:
         lines += _md([("step", "time", "CPU")] + [
             (name, f"{r['wall_s']:.1f} s", f"{r['cpu_s']:.1f} s")
             for name, r in exp["formats"].items() if name != "sizes"])
+    if "floor" in exp:
+        f = exp["floor"]
+        lines += ["", f"Restore floor (the archive unpacked, then both dumps replayed at once, "
+                      f"nothing checked): {f['unpack_s']:.1f} s + {f['replay_both_s']:.1f} s = "
+                      f"{f['total_s']:.1f} s."]
     for note in doc["notes"]:
         lines.append(f"\n- {note}")
     return "\n".join(lines) + "\n"
@@ -186,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--migrate-scale", type=float, default=0.5,
                    help="the migration pair moves this share of --scale (each run moves "
                         "everything to a fresh host)")
-    p.add_argument("--migrate-runs", type=int, default=2, help="runs per side of migrate")
+    p.add_argument("--migrate-runs", type=int, default=3, help="runs per side of migrate")
+    p.add_argument("--migrate-timeout", type=float, default=240,
+                   help="seconds after which a migration run counts as hung: it is killed "
+                        "and tried again on a fresh host")
     p.add_argument("--json", default="bench-results/latest.json", help="where to write every run")
     p.add_argument("--markdown", default="", help="rewrite the table in this BENCHMARKS.md")
     p.add_argument("--keep", action="store_true", help="leave the rig running at the end")
@@ -223,12 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         if "backup" in chosen:
             say("pair backup: runbook vs clawdie-ops backup")
             guard("backup", lambda: doc["pairs"].append(pairs.backup_pair(b, args.runs, say)))
-        if "codecs" in chosen or "formats" in chosen:
+        if set(EXPERIMENTS) & set(chosen):
             from bench import experiments
             if "runbook" not in b.latest:
                 b.runbook(0)
+            if "clawdie-ops" not in b.latest:
+                b.ours(0)
             doc["experiments"] = {}
-            for name in ("codecs", "formats"):
+            for name in EXPERIMENTS:
                 if name in chosen:
                     say(f"experiment {name}")
                     guard(name, lambda n=name: doc["experiments"].__setitem__(
