@@ -9,6 +9,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class Journal:
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
         self.path = path
         self.data = data
+        self.lock = threading.RLock()  # steps may finish in two threads at once
 
     @classmethod
     def open(cls, path: Path, identity: dict[str, Any], restart: bool = False) -> Journal:
@@ -60,9 +62,10 @@ class Journal:
         return self.steps.get(step, {}).get("result") or {}
 
     def record(self, step: str, result: dict[str, Any] | None, seconds: float) -> None:
-        self.steps[step] = {"status": "done", "at": time.time(), "seconds": round(seconds, 3),
-                            "result": masked(result or {})}
-        self.save()
+        with self.lock:
+            self.steps[step] = {"status": "done", "at": time.time(),
+                                "seconds": round(seconds, 3), "result": masked(result or {})}
+            self.save()
 
     def forget(self, steps: list[str]) -> None:
         for step in steps:
@@ -75,23 +78,26 @@ class Journal:
         return self.data["window"]
 
     def note(self, event: str, **details: Any) -> None:
-        self.data["history"].append({"at": time.time(), "event": event, **masked(details)})
-        self.save()
+        with self.lock:
+            self.data["history"].append({"at": time.time(), "event": event, **masked(details)})
+            self.save()
 
     def set(self, key: str, value: Any) -> None:
-        self.data[key] = masked(value)
-        self.save()
+        with self.lock:
+            self.data[key] = masked(value)
+            self.save()
 
     def save(self) -> None:
-        self.data["updated_at"] = time.time()
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".journal.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.data, fh, indent=2, default=str)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with self.lock:
+            self.data["updated_at"] = time.time()
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".journal.", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(self.data, fh, indent=2, default=str)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
@@ -38,8 +40,12 @@ PHASES = {
     "downtime": "3 downtime window (the agent is stopped)",
     "cutover": "4 cutover and report",
 }
-DOWNTIME = ("stop-old-agent", "final-backup", "final-sync", "copy-archive", "start-new-jails",
+DOWNTIME = ("stop-old-agent", "final-sync", "final-backup", "copy-archive", "start-new-jails",
             "restore", "point-env", "start-new-agent", "doctor")
+# final-sync runs alongside these two: ZFS streams on one side, PostgreSQL, SQLite and the
+# archive on the other, so the window is as long as the slower of the two, not their sum.
+# (The datasets themselves go one after the other: parallel receives failed on zfs-fuse.)
+ALONGSIDE_SYNC = ("final-backup", "copy-archive")
 CONFIG_PLACEHOLDER = "<tmp>/config.json"
 
 
@@ -110,6 +116,12 @@ def host_dict(h: Host) -> dict[str, Any]:
             "overrides": masked(dict(h.overrides)), "in_inventory": h.in_inventory}
 
 
+def _replicate_args(new_name: str, force: bool) -> list[str]:
+    # --yes: no terminal there; --replace-existing only when the operator forced
+    return ["replicate", "--to", new_name, *(["--replace-existing"] if force else []),
+            "--yes", "--json"]
+
+
 def _step_cmd(h: Host, *args: str, config: bool = False) -> str:
     return remote.tool_command(h, *args, config_file=CONFIG_PLACEHOLDER if config else None)
 
@@ -125,9 +137,7 @@ def make_plan(cfg: Mapping[str, Any], opts: Options, home: Path) -> Plan:
         raise ConfigError(f"--from and --to name the same host ({new.label})",
                           "pass --to the new host")
     new_cfg = bool(new.settings_overrides())
-    replicate_args = ["replicate", "--to", new.name, "--yes", "--json"]
-    if opts.force:
-        replicate_args.insert(3, "--replace-existing")
+    replicate_args = _replicate_args(new.name, opts.force)
     steps = [
         Step("connect", "preflight", "here",
              f"ssh {old.ssh if not old.local else '(local)'} and ssh {new.ssh}: host keys must "
@@ -153,11 +163,11 @@ def make_plan(cfg: Mapping[str, Any], opts: Options, home: Path) -> Plan:
         Step("stop-old-agent", "downtime", "old",
              _step_cmd(old, "migrate-step", "agent-stop", "--stdin", "--json"),
              "downtime starts"),
+        Step("final-sync", "downtime", "old", _step_cmd(old, *replicate_args, config=True),
+             "the increment since the pre-sync, while final-backup and copy-archive run"),
         Step("final-backup", "downtime", "old",
              _step_cmd(old, "backup", "--json", config=bool(old.settings_overrides())),
              "snapshot, messages.db, both databases, files"),
-        Step("final-sync", "downtime", "old", _step_cmd(old, *replicate_args, config=True),
-             "the increment since the pre-sync"),
         Step("copy-archive", "downtime", "here",
              f"sftp {old.name}:<archive> -> {new.name}:<backup_dir>/<archive>.partial "
              f"(resumed on a dropped connection, up to {opts.retries} tries), then "
@@ -221,6 +231,7 @@ class Migration:
         self.facts: dict[str, dict[str, Any]] = {}
         self.db_env: dict[str, str] = {}  # the old .env's database settings: memory only
         self.temp_configs: dict[str, str] = {}
+        self.lock = threading.RLock()
         self.checks: list[migrate_checks.Check] = []
         self.skipped: list[str] = []
         self.warnings: list[str] = []
@@ -266,14 +277,15 @@ class Migration:
                          stdin={"config": h.settings_overrides(), **extra})
 
     def temp_config(self, where: str) -> str | None:
-        if where in self.temp_configs:
-            return self.temp_configs[where]
-        data = self.config_content(where)
-        if not data["clawdie"]:
-            return None
-        path = remote.write_temp_config(self.ctx[where], self.plan.host(where), data)
-        self.temp_configs[where] = path
-        return path
+        with self.lock:  # steps run in threads in the downtime window
+            if where in self.temp_configs:
+                return self.temp_configs[where]
+            data = self.config_content(where)
+            if not data["clawdie"]:
+                return None
+            path = remote.write_temp_config(self.ctx[where], self.plan.host(where), data)
+            self.temp_configs[where] = path
+            return path
 
     def config_content(self, where: str) -> dict[str, Any]:
         h = self.plan.host(where)
@@ -290,14 +302,20 @@ class Migration:
                               "commands": st["commands"]}}}
         return {"clawdie": content}
 
-    def run_step(self, step: Step, *, always: bool = False) -> dict[str, Any]:
+    def run_step(self, step: Step, *, always: bool = False, quiet: bool = False
+                 ) -> dict[str, Any]:
         if not always and self.journal.done(step.id):
             self.skipped.append(step.id)
             self.out.note(f"[dim]skip {step.id}: done in an earlier run[/]")
             return self.journal.result(step.id)
         started = time.monotonic()
-        with self.out.step(f"{step.id}: {self.plan.label(step.where)}"):
+        label = f"{step.id}: {self.plan.label(step.where)}"
+        if quiet:  # a step in a background thread: one live spinner at a time
             result = self.actions[step.id]()
+            self.out.note(f"[green]✓[/] {label} [dim]({time.monotonic() - started:.1f}s)[/]")
+        else:
+            with self.out.step(label):
+                result = self.actions[step.id]()
         if not self.opts.dry_run:  # a dry run leaves no trace, not even in the journal
             self.journal.record(step.id, result, time.monotonic() - started)
         return result
@@ -355,10 +373,9 @@ class Migration:
     # -- phase 2 and 3 -------------------------------------------------------------------
     def do_replicate(self) -> dict[str, Any]:
         self.journal.set("touched_new", True)
-        args = ["replicate", "--to", self.plan.new.name, "--yes", "--json"]
-        if self.opts.force:
-            args.insert(3, "--replace-existing")
-        return self.tool("old", *args, config=True)
+        return self.tool("old", *_replicate_args(self.plan.new.name, self.opts.force),
+                         config=True)
+
 
     def do_stop_old_agent(self) -> dict[str, Any]:
         stopped_at = time.time()
@@ -389,15 +406,9 @@ class Migration:
         src = str(backup["archive"])
         dest = str(Path(self.facts["new"]["backup_dir"]) / Path(src).name)
         self.journal.set("touched_new", True)
-        stale = self.journal.data.get("copy_dest")
-        dst_files = self._files("new")
-        if stale and stale != dest:
-            # the partial copy of an archive from a rolled-back window: never to be resumed
-            try:
-                dst_files.remove(stale + ".partial")
-            except (OSError, ClawdieError):
-                pass
-        self.journal.set("copy_dest", dest)
+        # partial copies of archives from rolled-back windows are never to be resumed
+        earlier = [d for d in self.journal.data.get("copy_dests") or [] if d != dest]
+        self.journal.set("copy_dests", [*earlier, dest])
 
         def verify(path: str) -> tuple[str, int]:
             if self.plan.new.local:
@@ -408,9 +419,11 @@ class Migration:
         def retrying(attempt: int, why: str) -> None:
             self.out.warn(f"copy attempt {attempt} failed ({why}); resuming")
 
-        result = transfer.copy(self._files("old"), src, dst_files, dest,
+        result = transfer.copy(self._files("old"), src, self._files("new"), dest,
                                size=int(backup["size"]), sha256=str(backup["sha256"]),
-                               verify=verify, retries=self.opts.retries, on_retry=retrying)
+                               verify=verify, retries=self.opts.retries,
+                               discard=tuple(d + ".partial" for d in earlier), on_retry=retrying)
+        self.journal.set("copy_dests", [dest])
         return result.as_dict()
 
     def do_restore(self) -> dict[str, Any]:
@@ -475,9 +488,21 @@ class Migration:
         self.enter_window()
         current = self.step(DOWNTIME[0])
         try:
+            self.run_step(current)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                sync = pool.submit(self.run_step, self.step("final-sync"), quiet=True)
+                try:
+                    for step_id in ALONGSIDE_SYNC:
+                        current = self.step(step_id)
+                        self.run_step(current)
+                finally:
+                    wait([sync])  # never roll back while syncoid still reads the old host
+                current = self.step("final-sync")
+                sync.result()
             for step in self.steps_of("downtime"):
-                current = step
-                self.run_step(step)
+                if step.id not in ("stop-old-agent", "final-sync", *ALONGSIDE_SYNC):
+                    current = step
+                    self.run_step(step)
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - whatever it was,
             self.rollback(current, exc)                # the old host's agent comes back
 

@@ -139,15 +139,20 @@ class CopyResult:
 
 def copy(src: Files, src_path: str, dst: Files, dst_path: str, *, size: int, sha256: str,
          verify: Callable[[str], tuple[str, int]], retries: int = 5, backoff_s: float = 1.0,
-         on_retry: Callable[[int, str], None] | None = None,
+         discard: tuple[str, ...] = (), on_retry: Callable[[int, str], None] | None = None,
          sleep: Callable[[float], None] = time.sleep) -> CopyResult:
-    """Copy, resume on a dropped connection, verify on arrival; raise HostError if it cannot."""
+    """Copy, resume on a dropped connection, verify on arrival; raise HostError if it cannot.
+
+    `discard`: stale files on the destination (partial copies of an older archive) removed
+    first, inside the retried attempts so a flaky link does not leave them behind."""
     started = time.monotonic()
     partial = dst_path + ".partial"
     result = CopyResult(f"{src.label}:{src_path}", f"{dst.label}:{dst_path}", size, sha256)
     for attempt in range(1, max(1, retries) + 1):
         result.attempts = attempt
         try:
+            for stale in discard:
+                dst.remove(stale)
             if attempt == 1 and dst.size(dst_path) == size and verify(dst_path) == (sha256, size):
                 result.already_there = True  # an earlier run got this far
                 break

@@ -240,6 +240,16 @@ def test_copy_gives_up_after_its_retries_and_keeps_the_partial_for_next_time(tmp
     assert Path(str(dest) + ".partial").exists() and not dest.exists()
 
 
+def test_copy_removes_partial_copies_of_older_archives(tmp_path):
+    src, digest = _source(tmp_path, 1000)
+    stale = tmp_path / "older.tar.zst.partial"
+    stale.write_bytes(b"half an older archive")
+    transfer.copy(transfer.LocalFiles(), str(src), transfer.LocalFiles(), str(tmp_path / "a"),
+                  size=1000, sha256=digest, verify=transfer.local_sha256,
+                  discard=(str(stale),))
+    assert not stale.exists() and (tmp_path / "a").read_bytes() == src.read_bytes()
+
+
 def test_copy_already_complete_is_not_sent_again(tmp_path):
     src, digest = _source(tmp_path, 1000)
     dest = tmp_path / "a.copy"

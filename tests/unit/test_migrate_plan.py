@@ -35,8 +35,8 @@ def test_plan_has_the_four_phases_in_order_with_a_host_for_every_step():
     phases = [s.phase for s in p.steps]
     assert phases == sorted(phases, key=list(migrate.PHASES).index)
     ids = [s.id for s in p.steps]
-    assert ids.index("presync") < ids.index("stop-old-agent") < ids.index("final-backup") \
-        < ids.index("final-sync") < ids.index("copy-archive") < ids.index("restore") \
+    assert ids.index("presync") < ids.index("stop-old-agent") < ids.index("final-sync") \
+        < ids.index("final-backup") < ids.index("copy-archive") < ids.index("restore") \
         < ids.index("point-env") < ids.index("start-new-agent") < ids.index("doctor") \
         < ids.index("pause-old-schedule")
     assert [s.id for s in p.steps if s.phase == "downtime"] == list(migrate.DOWNTIME)
