@@ -686,12 +686,7 @@ class Migration:
             except (ClawdieError, KeyboardInterrupt, OSError) as exc:
                 raise self.failure(self.current_preflight_step(), exc) from None
             if not self.opts.yes:
-                self.out.err.print("[bold]plan:[/]")
-                for line in self.plan.describe():
-                    self.out.err.print(f"  {line}", markup=False)
-                from .tasks.base import confirm
-                confirm(f"Migrate {self.plan.old.label} to {self.plan.new.label}? The agent "
-                        "stops on the old host during the downtime window", False)
+                self.ask()
             for step in self.steps_of("presync"):
                 try:
                     self.run_step(step)
@@ -712,6 +707,26 @@ class Migration:
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.cleanup()
+
+    def ask(self) -> None:
+        """The plan and the preflight's verdict, then the question."""
+        from .tasks.base import confirm
+
+        self.out.err.print("[bold]plan:[/]")
+        for line in self.plan.describe():
+            self.out.err.print(f"  {line}", markup=False)
+        ok = sum(1 for ch in self.checks if ch.status == "ok")
+        self.out.err.print(f"[bold]preflight:[/] {ok} checks ok", highlight=False)
+        for ch in self.checks:
+            if ch.status != "ok":
+                self.out.err.print(f"  {ch.status}: {ch.name}: {ch.detail}", markup=False)
+        try:
+            confirm(f"Migrate {self.plan.old.label} to {self.plan.new.label}? The agent "
+                    "stops on the old host during the downtime window", False)
+        except Aborted:
+            self.journal.data["status"] = "not confirmed"
+            self.journal.save()
+            raise
 
     def current_preflight_step(self) -> Step:
         for step in self.steps_of("preflight"):
