@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,10 +137,12 @@ def markdown(doc: dict) -> str:
              f"Scale {doc['scale']}: {_content(doc)}{doc['state_mib']} MiB on disk "
              f"(messages.db, PostgreSQL, groups/); {doc['runs']} runs per side, medians; "
              f"the whole run took {doc['total_s'] / 60:.1f} min.", ""]
-    lines += table(doc["pairs"]) + [""]
-    lines += _md([("target", "measured", "bound", "met")] + [
-        (t["target"], t["measured"], t["bound"], "yes" if t["met"] else "**no**")
-        for t in doc["targets"]])
+    if doc["pairs"]:
+        lines += table(doc["pairs"]) + [""]
+    if doc["targets"]:
+        lines += _md([("target", "measured", "bound", "met")] + [
+            (t["target"], t["measured"], t["bound"], "yes" if t["met"] else "**no**")
+            for t in doc["targets"]])
     exp = doc.get("experiments") or {}
     if "codecs" in exp:
         size_in = exp["codecs"]["input"]["size"]
@@ -211,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                  "machine": machine(), "scale": args.scale, "runs": args.runs,
                  "seed": args.seed, "load_before": _load(), "pairs": [], "notes": []}
     say(f"bench: scale {args.scale}, {args.runs} runs per side, load {doc['load_before']}")
+    # SIGTERM (and SIGINT, which a shell's background job ignores) tear the rig down too.
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     work = Path(tempfile.mkdtemp(prefix="clawdie-bench-", dir="/tmp"))
     work.chmod(0o755)  # PostgreSQL runs as its own user below it
     rig = Rig(work / "rig")

@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 from tests.rig import content
+from tests.rig.hosts import linux_commands
 
 
 def passfile(h, path: Path) -> Path:
@@ -53,17 +54,24 @@ def backup_script(h, out_dir: Path, name: str, pgpass: Path, snapshot: bool = Tr
 
 
 def restore_script(h, archive: Path, name: str, pgpass: Path, work: Path) -> str:
-    """Steps 2-5 of the runbook: extract, .env, messages.db, psql < dump, groups, allowlist."""
+    """Steps 2-6 of the runbook: extract, .env, stop the agent, messages.db, psql < dump,
+    groups, allowlist, start the agent (with the host's own stop/start commands)."""
     q = shlex.quote
     top = work / name
+    cmds = linux_commands()
+    pidfile = q(str(h.root / "store" / "clawdie.pid"))
+    fill = {"root": q(str(h.root)), "pidfile": pidfile}
     return "\n".join([
         "set -euo pipefail", f"export PGPASSFILE={q(str(pgpass))}",
         f"mkdir -p {q(str(work))}", f"tar -xzf {q(str(archive))} -C {q(str(work))}",
         f"cp {q(str(top / 'env'))} {q(str(h.root / '.env'))}",
+        f"if test -f {pidfile} && kill -0 \"$(cat {pidfile})\" 2>/dev/null; then "
+        f"{cmds['agent_stop'].format(**fill)}; fi",
         f"cp {q(str(top / 'messages.db'))} {q(str(h.root / 'store' / 'messages.db'))}",
         *[f"psql -q -h {h.address} -U {key}_user {key}_db < {q(str(top / f'{key}_db.sql'))}"
           " > /dev/null" for key in ("memory", "skills")],
         f"cp -r {q(str(top / 'groups'))}/. {q(str(h.root / 'groups'))}/",
         f"cp {q(str(top / 'mount-allowlist.json'))} {q(str(allowlist(h)))}",
+        f"( {cmds['agent_start'].format(**fill)} )",
         f"rm -rf {q(str(work))}",
     ]) + "\n"
