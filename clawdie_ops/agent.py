@@ -30,7 +30,8 @@ def stop(c, s: Settings) -> bool:
 def start(c, s: Settings) -> None:
     res = _run(c, s, "agent_start")
     if res.exited != 0 or not running(c, s):
-        raise AgentError(f"could not start the agent: {res.stderr.strip() or 'not running after start'}",
+        why = res.stderr.strip() or "not running after start"
+        raise AgentError(f"could not start the agent: {why}",
                          f"start it by hand ({s.command('agent_start')}) and check its log")
 
 

@@ -15,7 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
+from collections.abc import Iterator
 
 from .errors import ArchiveCorrupt, OutputError
 
@@ -211,7 +212,7 @@ class ArchiveReader:
         # verify and extract pass over the archive in about 60% of the time.
         self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|", bufsize=CHUNK)
 
-    def __enter__(self) -> "ArchiveReader":
+    def __enter__(self) -> ArchiveReader:
         return self
 
     def __iter__(self) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ class BackupPlan:
     def describe(self, s: Settings) -> list[str]:
         lines = []
         if self.snapshot:
-            lines.append(f"snapshot   {s.command('snapshot', parent=self.snapshot.split('@')[0], name=self.snapshot.split('@')[1])}"
+            parent, name = self.snapshot.split("@")
+            lines.append(f"snapshot   {s.command('snapshot', parent=parent, name=name)}"
                          f"  (covers {', '.join(self.datasets)})")
         lines.append(f"copy       {s.sqlite_path} via SQLite's online backup API, integrity_check")
         for db in self.databases:
@@ -173,11 +174,12 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
         with out.step(f"write {plan.archive.name}"):
             writer = ArchiveWriter(plan.archive, plan.top, plan.compression)
             manifest = Manifest(agent_name=s.agent_name,
-                                timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
                                 host=socket.gethostname(), tool_version=__version__,
                                 snapshots=snapshots)
-            manifest.files["messages.db"] = {**entries.pop("messages.db"),
-                                             **writer.add_file("messages.db", spool / "messages.db", 0o644)}
+            manifest.files["messages.db"] = {
+                **entries.pop("messages.db"),
+                **writer.add_file("messages.db", spool / "messages.db", 0o644)}
             for db in plan.databases:
                 info = pre.servers[db.key]
                 manifest.files[db.item] = {

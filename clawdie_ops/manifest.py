@@ -48,7 +48,7 @@ class Manifest:
         return json.dumps(doc, indent=2, sort_keys=False).encode() + b"\n"
 
     @classmethod
-    def from_json(cls, data: bytes, origin: str = "manifest.json") -> "Manifest":
+    def from_json(cls, data: bytes, origin: str = "manifest.json") -> Manifest:
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:

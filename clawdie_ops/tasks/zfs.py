@@ -29,7 +29,7 @@ def _table(con: Console, header: list[str], rows: list[list[str]]) -> None:
     """Aligned columns that never truncate a dataset name (scripts read them too)."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        con.out("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip(),
+        con.out("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(),
                 highlight=False)
 
 
@@ -205,7 +205,8 @@ def _write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc}", "check the directory's permissions")
+        raise OutputError(f"cannot write {path}: {exc}",
+                          "check the directory's permissions") from None
 
 
 # Too many flags for one letter each (invoke would hand out `--` itself): long flags only.

@@ -134,7 +134,7 @@ def test_sanoid_with_the_generated_config_creates_and_prunes_per_class(host, tmp
     # More autosnaps than the policy keeps (names dated long ago), and one manual snapshot.
     extra = {"db": (27, 16, 5), "git": (14, 9, 4)}
     for jail, counts in extra.items():
-        for kind, n in zip(("hourly", "daily", "monthly"), counts):
+        for kind, n in zip(("hourly", "daily", "monthly"), counts, strict=True):
             for i in range(n):
                 sh(ZFS, "snapshot", f"{jails[jail]}@autosnap_2025-01-01_00:{i:02d}:00_{kind}")
     sh(ZFS, "snapshot", f"{jails['db']}@clawdie_manual")

@@ -26,7 +26,8 @@ def linux_commands(python: str = sys.executable) -> dict[str, str]:
     agent = f"{python} {FAKE_AGENT}"
     return {
         "agent_start": f"cd {{root}} && (setsid {agent} {{root}} >/dev/null 2>&1 &) && "
-                       "for i in $(seq 50); do test -f {pidfile} && exit 0; sleep 0.1; done; exit 1",
+                       "for i in $(seq 50); do test -f {pidfile} && exit 0; sleep 0.1; done; "
+                       "exit 1",
         "agent_stop": "pid=$(cat {pidfile}) && kill $pid && "
                       "while kill -0 $pid 2>/dev/null; do sleep 0.1; done",
         "jail_status": "test -f {home}/.rig-jails/{jail_name}",

@@ -35,7 +35,7 @@ def ensure_zfs_fuse() -> None:
 
 def zfs_retry(*args: str, attempts: int = 20) -> None:
     """zfs-fuse unmounts asynchronously: `destroy` may say busy; try again after a pause."""
-    for i in range(attempts):
+    for _ in range(attempts):
         res = sh(ZFS, *args, check=False)
         if res.returncode == 0 or "does not exist" in res.stderr:
             return
@@ -122,7 +122,7 @@ Subsystem sftp /usr/lib/openssh/sftp-server
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"sshd on {self.address}:{self.port} did not start: "
-                                       f"{(self.dir / 'sshd.log').read_text()}")
+                                       f"{(self.dir / 'sshd.log').read_text()}") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:

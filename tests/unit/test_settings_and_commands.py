@@ -74,8 +74,8 @@ def test_command_templates_quote_values(tmp_path):
     weird = tmp_path / "with space; rm -rf x"
     weird.mkdir()
     (weird / ".env").write_text("WARDEN_DB_IP=10.0.0.3\n")
-    s = config.load(Config(overrides={"clawdie": {"commands": {"agent_stop": "cd {root} && stop"}}}),
-                    root=weird)
+    cfg = Config(overrides={"clawdie": {"commands": {"agent_stop": "cd {root} && stop"}}})
+    s = config.load(cfg, root=weird)
     assert s.command("agent_stop") == f"cd '{weird}' && stop"
     with pytest.raises(ConfigError, match="unknown field"):
         config.load(Config(overrides={"clawdie": {"commands": {"agent_stop": "x {nope}"}}}),
