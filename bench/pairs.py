@@ -51,8 +51,8 @@ def interleave(runs: int, sides: dict[str, Callable[[int], Run]],
             parts = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(
                 (run.at_peak or {}).items(), key=lambda kv: -kv[1]))
             progress(f"  {name:<11} run {i + 1}/{runs}: {run.wall_s:7.2f} s  "
-                     f"tree PSS {run.tree_pss / 2**20:6.1f} MiB ({parts}; RSS sum "
-                     f"{run.tree_rss / 2**20:.0f})")
+                     f"tree RSS {run.tree_rss / 2**20:6.1f} MiB, PSS "
+                     f"{run.tree_pss / 2**20:.0f} ({parts})")
             out[name].append(run)
     return out
 
@@ -119,7 +119,7 @@ def scale_pair(small: Backups, big: Backups, runs: int, factor: float, progress)
                got["1x"], got[f"{factor:g}x"])
     ma, mb = res["a"]["median"], res["b"]["median"]
     res["time_growth"] = round(mb["wall_s"] / ma["wall_s"], 2)
-    res["memory_growth"] = round(mb["tree_pss"] / ma["tree_pss"], 3)
+    res["memory_growth"] = round(mb["tree_rss"] / ma["tree_rss"], 3)
     res["ratio"] = None  # not a race: the growth figures are the point
     return res
 
