@@ -49,7 +49,7 @@ def bench(session: nox.Session) -> None:
 
     Prints the table, writes every run to bench-results/latest.json and the table to
     BENCHMARKS.md. Never part of `tests`: timings are measured, not asserted."""
-    session.install("-e", ".[bench]")
+    session.install("-e", ".[bench,test]")  # the rig's helpers come from tests/
     session.run("python", "-m", "bench.run", "--json", "bench-results/latest.json",
                 "--markdown", "BENCHMARKS.md", *session.posargs)
 

@@ -292,11 +292,13 @@ def main(argv: list[str] | None = None) -> int:
                 doc["notes"].append("migrate: not measured, `clawdie-ops migrate` has not "
                                     "landed yet")
             else:
-                from bench import migration
                 say(f"pair migrate: stop-first vs clawdie-ops migrate ({args.changed:.0%} "
                     "changed after the pre-sync)")
-                guard("migrate", lambda: doc["pairs"].append(
-                    migration.migrate_pair(rig, args, say)))
+
+                def migrate() -> None:
+                    from bench import migration
+                    doc["pairs"].append(migration.migrate_pair(rig, args, say))
+                guard("migrate", migrate)
         if "scale" in chosen:
             def scale() -> None:
                 big, big_sizes = build(rig, "four", args.scale * args.scale_factor, args.seed)
