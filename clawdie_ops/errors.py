@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived. Not a KeyboardInterrupt: invoke's runner swallows those while a
+    command runs (it forwards them to the command); this one unwinds through it."""
+
+
 class ClawdieError(Exception):
     """Base: `message` says what failed, `hint` what to do about it."""
 

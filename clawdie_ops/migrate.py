@@ -29,7 +29,7 @@ from typing import Any
 from collections.abc import Callable, Mapping
 
 from . import inventory, journal as journal_mod, migrate_checks, remote, transfer
-from .errors import Aborted, ClawdieError, ConfigError, MigrationFailed
+from .errors import Aborted, ClawdieError, ConfigError, MigrationFailed, Terminated
 from .inventory import Host
 from .masking import masked
 from .output import Reporter, human_size
@@ -503,7 +503,7 @@ class Migration:
                 if step.id not in ("stop-old-agent", "final-sync", *ALONGSIDE_SYNC):
                     current = step
                     self.run_step(step)
-        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - whatever it was,
+        except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - whatever it was,
             self.rollback(current, exc)                # the old host's agent comes back
 
     # -- failure -------------------------------------------------------------------------
@@ -532,9 +532,12 @@ class Migration:
 
     def failure(self, failed: Step, exc: BaseException, undone: list[str] | None = None,
                 problems: list[str] | None = None) -> MigrationFailed:
-        why = exc.message if isinstance(exc, ClawdieError) else (
-            "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: "
-                                                                      f"{exc}")
+        if isinstance(exc, ClawdieError):
+            why = exc.message
+        elif isinstance(exc, (KeyboardInterrupt, Terminated)):
+            why = "interrupted"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
         hint = exc.hint if isinstance(exc, ClawdieError) else ""
         self.journal.data.update(status="failed", failed_step=failed.id, error=why)
         self.journal.note("failed", step=failed.id, error=why)
@@ -683,14 +686,14 @@ class Migration:
         try:
             try:
                 self.preflight()
-            except (ClawdieError, KeyboardInterrupt, OSError) as exc:
+            except (ClawdieError, KeyboardInterrupt, Terminated, OSError) as exc:
                 raise self.failure(self.current_preflight_step(), exc) from None
             if not self.opts.yes:
                 self.ask()
             for step in self.steps_of("presync"):
                 try:
                     self.run_step(step)
-                except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - reported
+                except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - reported
                     raise self.failure(step, exc) from None
             self.downtime()
             self.journal.window["state"] = "closed"
@@ -769,7 +772,7 @@ class Migration:
 
 def _interrupt(signum: int, frame: Any) -> None:
     # SIGTERM in the downtime window must roll back like Ctrl-C does.
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def run(c, cfg: Mapping[str, Any], opts: Options, out: Reporter, home: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from .errors import (
     DumpTooNew,
     OutputError,
     RestoreFailed,
+    Terminated,
 )
 from .output import Reporter
 from .sources import postgres as pg
@@ -606,7 +607,7 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                 failed.append(f"agent start ({again.message})")
         shutil.rmtree(p.staging, ignore_errors=True)
         why = exc.message if isinstance(exc, ClawdieError) else (
-            "interrupted" if isinstance(exc, KeyboardInterrupt) else repr(exc))
+            "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
         rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
         msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}"
         if failed:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 from typing import Any
 from collections.abc import Callable
 
@@ -10,7 +12,7 @@ from invoke.exceptions import Exit
 from rich.console import Console
 
 from .. import config
-from ..errors import ClawdieError
+from ..errors import ClawdieError, Terminated
 
 
 def settings(c: Context, root: str | None = None, require_env: bool = True) -> config.Settings:
@@ -23,13 +25,21 @@ def operator_task(*args: Any, **kwargs: Any) -> Callable:
     def wrap(fn: Callable) -> Any:
         @functools.wraps(fn)
         def run(c: Context, *a: Any, **kw: Any) -> Any:
+            # SIGTERM (kill, a CI timeout, systemd) unwinds the task, so every step's
+            # cleanup and rollback runs: no partial archive, no orphaned scratch cluster.
+            previous = _on_sigterm(_interrupt)
             try:
                 return fn(c, *a, **kw)
             except ClawdieError as exc:
-                Console(stderr=True, highlight=False, soft_wrap=True).print(
-                    f"[bold red]error:[/] {exc.message}"
-                    + (f"\n  [yellow]->[/] {exc.hint}" if exc.hint else ""))
+                _red(f"[bold red]error:[/] {exc.message}"
+                     + (f"\n  [yellow]->[/] {exc.hint}" if exc.hint else ""))
                 raise Exit(code=exc.exit_code) from None
+            except (KeyboardInterrupt, Terminated):
+                _red("[bold red]interrupted:[/] stopped; what was under way was cleaned up "
+                     "or rolled back (see above)")
+                raise Exit(code=130) from None
+            finally:
+                _on_sigterm(previous)
 
         return invoke_task(run, *args, **kwargs)
 
@@ -37,6 +47,21 @@ def operator_task(*args: Any, **kwargs: Any) -> Callable:
         fn, args = args[0], ()
         return wrap(fn)
     return wrap
+
+
+def _red(text: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Set the SIGTERM handler (main thread only, where Python allows it); return the old."""
+    if threading.current_thread() is not threading.main_thread() or handler is None:
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from tests import archive_kit as kit
-from tests.conftest import cli
+from tests.conftest import CLI, cli
 from tests.helpers import pg_rows
 from tests.rig.postgres import SUPERPASS
 
@@ -29,22 +31,30 @@ def source(rig, tmp_path_factory):
     rig.drop(h)
 
 
+def drill_traces() -> set[str]:
+    """Drill cluster folders in /tmp and drill processes running, whoever started them."""
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
+                        check=True).stdout.splitlines()
+    return ({str(p) for p in Path("/tmp").glob("clawdie-drill-pg-*")}
+            | {line for line in ps if "clawdie-drill" in line})
+
+
 def drill(h, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a drill with its own TMPDIR, so that what it leaves there is easy to see."""
     scratch = tmp / "tmpdir"
     scratch.mkdir(exist_ok=True)
+    (tmp / "traces-before").write_text("\n".join(sorted(drill_traces())))
     return cli(h, "drill", *args, env={"TMPDIR": str(scratch)})
 
 
 def assert_nothing_left(tmp: Path) -> None:
-    """No sandbox in TMPDIR, no cluster folder in /tmp (where it goes when TMPDIR is private,
-    as pytest's is), no drill cluster still running."""
+    """No sandbox in TMPDIR, no new cluster folder in /tmp (where it goes when TMPDIR is
+    private, as pytest's is), no new drill cluster still running. Traces of other runs on
+    the machine (a benchmark, an earlier session) are not this drill's."""
     scratch = tmp / "tmpdir"
     assert list(scratch.iterdir()) == [], list(scratch.iterdir())
-    assert list(Path("/tmp").glob("clawdie-drill-pg-*")) == []
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
-                        check=True).stdout
-    assert "clawdie-drill" not in ps, "a drill cluster is still running"
+    before = set((tmp / "traces-before").read_text().splitlines())
+    assert drill_traces() - before == set(), "the drill left a cluster or its folder behind"
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
@@ -174,3 +184,26 @@ def test_drill_on_a_given_server_drops_its_scratch_databases(source, tmp_path):
         assert_nothing_left(tmp_path)
     finally:
         path.write_text(saved)
+
+
+def test_drill_stopped_by_sigterm_cleans_up(source, tmp_path):
+    """A CI timeout or `kill` mid-drill: the throwaway cluster is stopped, folders removed."""
+    h, good, _ = source
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    (tmp_path / "traces-before").write_text("\n".join(sorted(drill_traces())))
+    env = h.proc_env()
+    env["TMPDIR"] = str(scratch)
+    proc = subprocess.Popen([CLI, "drill", str(good)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    before = set((tmp_path / "traces-before").read_text().splitlines())
+    deadline = time.monotonic() + 60
+    while not any("postgres" in t for t in drill_traces() - before):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the drill never started its cluster"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert_nothing_left(tmp_path)
