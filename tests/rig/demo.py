@@ -41,10 +41,10 @@ def main() -> int:
 
         step("clawdie-ops backup")
         subprocess.run([CLI, "backup"], env=env, cwd=h.root, check=True)
-        res = subprocess.run([CLI, "backup", "--json", "--compression", "zstd"], env=env,
+        res = subprocess.run([CLI, "backup", "--json", "--compression", "gzip"], env=env,
                              cwd=h.root, check=True, capture_output=True, text=True)
         archive = json.loads(res.stdout)["archive"]
-        print(f"and with --compression zstd --json: {archive}")
+        print(f"and the runbook's .tar.gz with --compression gzip --json: {archive}")
 
         step("what the archive holds: clawdie-ops inspect")
         subprocess.run([CLI, "inspect", archive], env=env, cwd=h.root, check=True)
