@@ -267,3 +267,29 @@ def mutate(h, share: float, seed: int) -> None:
         mnt = h.pool.mount_of(h.dataset(jail))
         total = sum(p.stat().st_size for p in mnt.rglob("*") if p.is_file())
         (mnt / f"changed-{seed}.dat").write_bytes(rng.randbytes(max(1, int(total * share))))
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m bench.data mutate STATE.json`: mutate() on the host the file describes
+    (run by bench/syncoid_hook.py between the pre-sync and the cut-over)."""
+    import json
+
+    from tests.rig.hosts import SimHost
+    from tests.rig.postgres import Cluster
+    from tests.rig.services import Pool
+
+    if len(argv) != 2 or argv[0] != "mutate":
+        print("usage: python -m bench.data mutate STATE.json")
+        return 2
+    st = json.loads(Path(argv[1]).read_text())
+    base = Path(st["base"])
+    h = SimHost(st["name"], st["address"], base, Pool(st["pool"], Path(), Path()),
+                Cluster(base / "pg" / "data", st["address"]))
+    mutate(h, st["share"], st["seed"])
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -3,18 +3,24 @@
 Both move the same installation from an old host to a fresh new host over SSH (the rig's
 two-host setup, as in tests/integration/test_migrate.py), with the same share of the data
 changed since the last replication:
-- A, stop-first: the agent is stopped before anything moves, then the same migration runs,
-  its replication now inside the downtime (downtime: from that stop to the end);
-- B, `clawdie-ops migrate`: pre-sync while the agent runs, then the window; downtime as
-  the tool reports it (agent stop to a healthy doctor on the new host).
+- A, stop-first: the data changes, the agent is stopped before anything moves, then the
+  same migration runs, its replication inside the downtime (downtime: from that stop to
+  the end, less the cut-over steps after the doctor);
+- B, `clawdie-ops migrate`: pre-sync while the agent runs, the data changes right after it
+  (bench/syncoid_hook.py, as the old host's syncoid), then the window; downtime as the
+  tool reports it (agent stop to a healthy doctor on the new host).
 """
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
+from pathlib import Path
 
 from tests.conftest import context_for
 from tests.migrate_helpers import NEW_CRONTAB, OLD_CRONTAB, write_inventory
+from tests.rig.hosts import JAILS
 from tests.rig.postgres import SUPERPASS
 
 from clawdie_ops import agent, config
@@ -22,6 +28,8 @@ from clawdie_ops import agent, config
 from . import data
 from .measure import Run, measure
 from .pairs import CLI, interleave, pair
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _agent(h, start: bool) -> None:
@@ -38,7 +46,7 @@ def _new_host(rig):
     return new
 
 
-def migrate_pair(rig, args, progress) -> dict:
+def migrate_pair(rig, args, work: Path, progress) -> dict:
     scale = args.scale * args.migrate_scale
     old = rig.host("old", rows=200, ssh=True)
     data.populate(old, scale, args.seed)
@@ -50,9 +58,16 @@ def migrate_pair(rig, args, progress) -> dict:
     windows: dict[str, dict] = {}  # seconds per step of the last run of each side
     rounds = [0]
 
-    def prepare():
+    hook = Path(__file__).with_name("syncoid_hook.py")
+    settings = json.loads((old.home / ".invoke.json").read_text())
+    settings["clawdie"]["syncoid"] = str(hook)  # write_inventory keeps it
+    (old.home / ".invoke.json").write_text(json.dumps(settings, indent=2))
+    real_syncoid = shutil.which("syncoid") or "/usr/sbin/syncoid"
+
+    def prepare(stop_first: bool):
         rounds[0] += 1
-        data.mutate(old, args.changed, args.seed + rounds[0])
+        if stop_first:  # no pre-sync to come: the data changed before the migration
+            data.mutate(old, args.changed, args.seed + rounds[0])
         (old.home / "crontab").write_text(OLD_CRONTAB)
         for f in (old.home / "backups").iterdir():
             f.unlink()
@@ -65,12 +80,23 @@ def migrate_pair(rig, args, progress) -> dict:
         return new
 
     def run(label: str, new, stop_first: bool) -> Run:
+        env = {**old.proc_env(), "BENCH_REAL_SYNCOID": real_syncoid}
+        if not stop_first:  # the change lands between the pre-sync and the cut-over
+            state = work / f"mutate-{rounds[0]}.json"
+            state.write_text(json.dumps({
+                "calls": 0, "after": len(JAILS), "python": sys.executable, "repo": str(REPO),
+                "name": old.name, "address": old.address, "base": str(old.base),
+                "pool": old.pool.name, "share": args.changed, "seed": args.seed + rounds[0]}))
+            env["BENCH_MUTATE"] = str(state)
         started = time.monotonic()
         if stop_first:
             _agent(old, start=False)
         stopped = time.monotonic() - started
         r = measure(label, [CLI, "migrate", "--to", new.name, "--yes", "--json"],
-                    env=old.proc_env(), cwd=old.root, timeout=args.migrate_timeout)
+                    env=env, cwd=old.root, timeout=args.migrate_timeout)
+        if not stop_first and not json.loads(state.read_text()).get("done"):
+            raise RuntimeError("the change after the pre-sync was not applied (the syncoid "
+                               "hook did not run as the old host's clawdie.syncoid)")
         rig.drop(new)
         if r.exit != 0:
             raise RuntimeError(f"migrate exited {r.exit}:\n{r.output[-3000:]}")
@@ -94,7 +120,7 @@ def migrate_pair(rig, args, progress) -> dict:
         tool's own advice), so one flaky syncoid receive on zfs-fuse does not end the run."""
         for _ in range(3):
             try:
-                return run(label, prepare(), stop_first)
+                return run(label, prepare(stop_first), stop_first)
             except RuntimeError as exc:
                 failures.append(f"{label}: {str(exc).strip().splitlines()[-1][:300]}")
                 progress(f"  {label}: failed, trying again on a fresh host ({failures[-1]})")

@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 def migrate() -> None:
                     from bench import migration
-                    doc["pairs"].append(migration.migrate_pair(rig, args, say))
+                    doc["pairs"].append(migration.migrate_pair(rig, args, work, say))
                 guard("migrate", migrate)
         if "scale" in chosen:
             def scale() -> None:
