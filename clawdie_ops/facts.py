@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import psycopg
 
-from . import __version__, agent, zfs
+from . import __version__, agent, pgroles, zfs
 from .config import DbSpec, Settings, load
 from .errors import ClawdieError
 from .sources import postgres as pg
@@ -67,13 +67,10 @@ def probe_database(db: DbSpec) -> dict[str, Any]:
 
 
 def probe_admin(s: Settings) -> dict[str, Any]:
-    admin = s.db_admin
-    out: dict[str, Any] = {"configured": bool(admin.get("user")), "login": False}
-    if not out["configured"]:
+    spec = pgroles.admin_spec(s, s.db_host, s.db_port)
+    out: dict[str, Any] = {"configured": spec is not None, "login": False}
+    if spec is None:
         return out
-    spec = DbSpec(key="admin", name=str(admin.get("dbname") or "postgres"),
-                  user=str(admin["user"]), password=str(admin.get("password") or ""),
-                  host=s.db_host, port=s.db_port)
     try:
         with pg.connect(spec) as conn:
             info = pg.server_info(conn)
