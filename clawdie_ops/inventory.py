@@ -11,6 +11,7 @@ It lives in the tool's config, section `clawdie.hosts`:
           root: /home/clawdie/clawdie-ai         # its Clawdie checkout
           peer_ssh: newbox.lan                   # how the other host reaches it (syncoid)
           tool: clawdie-ops                      # clawdie-ops on that host
+          install: {python: python3.11}          # how migrate installs it if missing
           overrides: {zfs_pool: tank, db_host: 10.0.0.3}
 
 A host's overrides reach its own clawdie-ops as configuration (JSON on stdin, or a 0600
@@ -31,7 +32,9 @@ from .errors import ConfigError
 
 LOCAL = "local"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:\[\]-]*$")
-ENTRY_KEYS = {"ssh", "root", "peer_ssh", "tool", "overrides"}
+ENTRY_KEYS = {"ssh", "root", "peer_ssh", "tool", "install", "overrides"}
+# How migrate installs clawdie-ops on a host that lacks it (toolinstall.py).
+INSTALL_KEYS = {"python": str, "dir": str, "pip_args": str, "system_site_packages": bool}
 # Settings that a host may not take from the inventory: they describe the operator's machine.
 NOT_PER_HOST = {"hosts"}
 
@@ -45,6 +48,7 @@ class Host:
     tool: str = "clawdie-ops"
     overrides: Mapping[str, Any] = field(default_factory=dict, repr=False)
     in_inventory: bool = True
+    install: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def local(self) -> bool:
@@ -80,6 +84,22 @@ def _check_name(what: str, value: str, where: str) -> str:
     return value
 
 
+def _install(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
+    raw = entry.get("install") or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}.install must be a mapping",
+                          f"known keys: {', '.join(sorted(INSTALL_KEYS))}")
+    for key, value in raw.items():
+        if key not in INSTALL_KEYS:
+            raise ConfigError(f"{where}.install has an unknown key: {key}",
+                              f"known keys: {', '.join(sorted(INSTALL_KEYS))}")
+        if not isinstance(value, INSTALL_KEYS[key]):
+            raise ConfigError(f"{where}.install.{key} must be a "
+                              f"{'true/false' if INSTALL_KEYS[key] is bool else 'string'}, "
+                              f"not {value!r}", "see the README's 'Migration to new hardware'")
+    return dict(raw)
+
+
 def hosts(cfg: Mapping[str, Any]) -> dict[str, Host]:
     """Every host of `clawdie.hosts`, validated; errors name the key."""
     raw = cfg.get("hosts") or {}
@@ -112,7 +132,8 @@ def hosts(cfg: Mapping[str, Any]) -> dict[str, Host]:
             root=str(entry.get("root") or ""),
             peer_ssh=_check_name("peer_ssh", str(entry["peer_ssh"]), where)
             if entry.get("peer_ssh") else "",
-            tool=str(entry.get("tool") or "clawdie-ops"), overrides=overrides)
+            tool=str(entry.get("tool") or "clawdie-ops"), overrides=overrides,
+            install=_install(entry, where))
     return out
 
 

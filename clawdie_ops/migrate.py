@@ -17,6 +17,8 @@ starts the old host's agent again and changes nothing else there.
 """
 from __future__ import annotations
 
+import dataclasses
+import shlex
 import signal
 import sys
 import threading
@@ -28,7 +30,8 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Mapping
 
-from . import inventory, journal as journal_mod, migrate_checks, remote, transfer
+from . import __version__, inventory, journal as journal_mod, migrate_checks, remote, \
+    toolinstall, transfer
 from .errors import Aborted, ClawdieError, ConfigError, MigrationFailed, Terminated
 from .inventory import Host
 from .masking import masked
@@ -68,6 +71,7 @@ class Options:
     restart: bool = False
     accept_new_host_key: bool = False
     retries: int = 5
+    install: bool = True  # install clawdie-ops where it is missing
 
 
 @dataclass
@@ -126,6 +130,12 @@ def _step_cmd(h: Host, *args: str, config: bool = False) -> str:
     return remote.tool_command(h, *args, config_file=CONFIG_PLACEHOLDER if config else None)
 
 
+def _tools_text(old: Host, new: Host, opts: Options) -> str:
+    parts = [] if old.local else [f"on {old.name}: {toolinstall.plan_text(old, None)}"]
+    parts.append(f"on {new.name}: {toolinstall.plan_text(new, __version__)}")
+    return "; ".join(parts) + ("" if opts.install else " (--no-install: stop instead)")
+
+
 def make_plan(cfg: Mapping[str, Any], opts: Options, home: Path) -> Plan:
     """Every step, every host, every command: decided before anything connects."""
     old = inventory.resolve(cfg, opts.from_)
@@ -136,14 +146,32 @@ def make_plan(cfg: Mapping[str, Any], opts: Options, home: Path) -> Plan:
     if old.ssh == new.ssh or old.name == new.name:
         raise ConfigError(f"--from and --to name the same host ({new.label})",
                           "pass --to the new host")
+    configs = {"old": masked({"clawdie": {**old.settings_overrides(), "hosts": {new.name: {
+        "ssh": new.reach_from_peer, "root": "<new root>",
+        "overrides": "<the new host's pool, prefix, home, jails and command templates, "
+                     "from its preflight facts>"}}}})}
+    if new.settings_overrides():
+        configs["new"] = masked({"clawdie": new.settings_overrides()})
+    notes = []
+    for h in (old, new):
+        if not h.in_inventory and not h.local:
+            notes.append(f"{h.name} is not in clawdie.hosts: it runs with its own config only")
+    return Plan(old, new, make_steps(cfg, old, new, opts), configs,
+                journal_mod.path_for(home, old.name, new.name), notes)
+
+
+def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> list[Step]:
     new_cfg = bool(new.settings_overrides())
     replicate_args = _replicate_args(new.name, opts.force)
-    steps = [
+    return [
         Step("connect", "preflight", "here",
              f"ssh {old.ssh if not old.local else '(local)'} and ssh {new.ssh}: host keys must "
              "be known" + (" (new keys accepted: --accept-new-host-key)"
                            if opts.accept_new_host_key else " (an unknown key is refused)"),
              "via the ssh config " + str(cfg.get("ssh_config") or "~/.ssh/config")),
+        Step("tools", "preflight", "here", _tools_text(old, new, opts),
+             "the new host's restore must read this version's archives; nothing else on the "
+             "host changes"),
         Step("check-old", "preflight", "old",
              _step_cmd(old, "migrate-step", "check", "--role", "source", "--stdin", "--json"),
              "versions, space, ZFS, PostgreSQL, data; its overrides arrive on stdin"),
@@ -194,18 +222,6 @@ def make_plan(cfg: Mapping[str, Any], opts: Options, home: Path) -> Plan:
         Step("resume-new-schedule", "cutover", "new",
              _step_cmd(new, "migrate-step", "schedule-resume", "--stdin", "--json"), ""),
     ]
-    configs = {"old": masked({"clawdie": {**old.settings_overrides(), "hosts": {new.name: {
-        "ssh": new.reach_from_peer, "root": "<new root>",
-        "overrides": "<the new host's pool, prefix, home, jails and command templates, "
-                     "from its preflight facts>"}}}})}
-    if new_cfg:
-        configs["new"] = masked({"clawdie": new.settings_overrides()})
-    notes = []
-    for h in (old, new):
-        if not h.in_inventory and not h.local:
-            notes.append(f"{h.name} is not in clawdie.hosts: it runs with its own config only")
-    return Plan(old, new, steps, configs,
-                journal_mod.path_for(home, old.name, new.name), notes)
 
 
 def _summary(facts: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +250,7 @@ class Migration:
         self.lock = threading.RLock()
         self.checks: list[migrate_checks.Check] = []
         self.skipped: list[str] = []
+        self.started: Step = plan.steps[0]  # the preflight step running, for its failure
         self.warnings: list[str] = []
         self.journal = journal_mod.Journal.open(
             plan.journal, {"from": [plan.old.name, plan.old.ssh],
@@ -242,7 +259,7 @@ class Migration:
         self.resumed = any(self.journal.done(s.id) for s in plan.steps
                            if s.phase != "preflight")
         self.actions: dict[str, Callable[[], dict[str, Any]]] = {
-            "connect": self.do_connect, "check-old": self.do_check_old,
+            "connect": self.do_connect, "tools": self.do_tools, "check-old": self.do_check_old,
             "check-new": self.do_check_new, "evaluate": self.do_evaluate,
             "pause-new-schedule": lambda: self.step_tool("new", "schedule-pause"),
             "presync": self.do_replicate, "stop-old-agent": self.do_stop_old_agent,
@@ -309,6 +326,8 @@ class Migration:
             self.out.note(f"[dim]skip {step.id}: done in an earlier run[/]")
             return self.journal.result(step.id)
         started = time.monotonic()
+        if step.phase == "preflight":
+            self.started = step
         label = f"{step.id}: {self.plan.label(step.where)}"
         if quiet:  # a step in a background thread: one live spinner at a time
             result = self.actions[step.id]()
@@ -334,6 +353,49 @@ class Migration:
                                      f"{', '.join(accepted)}")
             out[where] = "local" if h.local else "ssh, host key known"
         return out
+
+    def do_tools(self) -> dict[str, Any]:
+        """clawdie-ops on each remote host: found, or this version installed there."""
+        out: dict[str, Any] = {}
+        for where, minimum in (("old", None), ("new", __version__)):
+            h = self.plan.host(where)
+            if h.local:
+                out[where] = {"tool": "this clawdie-ops", "version": __version__,
+                              "how": "present"}
+                continue
+            found = toolinstall.find(self.ctx[where], h, minimum)
+            if found.path is None:
+                self._refuse_install(h, found, minimum)
+                found = toolinstall.install(self.ctx[where], h)
+                self.warnings.append(f"installed clawdie-ops {found.version} on {h.label} at "
+                                     f"{found.path}")
+            if found.path != h.tool:
+                self.set_tool(where, found.path)
+            out[where] = found.as_dict()
+        return out
+
+    def _refuse_install(self, h: Host, found: toolinstall.Found, minimum: str | None) -> None:
+        what = (f"clawdie-ops is not installed on {h.label}" if found.how == "missing" else
+                f"{h.label} has clawdie-ops {found.version}, older than this {minimum}")
+        where = toolinstall.settings(h)["dir"]
+        if self.opts.dry_run:
+            raise MigrationFailed(
+                f"{what}: the real run installs clawdie-ops {__version__} there ({where}) "
+                "before its checks", "a dry run changes nothing, so that host's checks wait "
+                f"for the real run (or install clawdie-ops {__version__} there yourself)")
+        if not self.opts.install:
+            raise MigrationFailed(f"{what}, and --no-install was given",
+                                  f"install clawdie-ops {__version__} there, or run again "
+                                  "without --no-install")
+
+    def set_tool(self, where: str, path: str) -> None:
+        """From now on, run `path` as clawdie-ops on that host (the plan shows it too)."""
+        host = dataclasses.replace(self.plan.host(where), tool=shlex.quote(path))
+        if where == "old":
+            self.plan.old = host
+        else:
+            self.plan.new = host
+        self.plan.steps = make_steps(self.cfg, self.plan.old, self.plan.new, self.opts)
 
     def do_check_old(self) -> dict[str, Any]:
         facts = self.step_tool("old", "check", "--role", "source", want_db_env=True)
@@ -732,14 +794,7 @@ class Migration:
             raise
 
     def current_preflight_step(self) -> Step:
-        for step in self.steps_of("preflight"):
-            if step.id == "connect" and not ("old" in self.ctx and "new" in self.ctx):
-                return step
-            if step.id == "check-old" and "old" not in self.facts:
-                return step
-            if step.id == "check-new" and "new" not in self.facts:
-                return step
-        return self.step("evaluate")
+        return self.started if self.started.phase == "preflight" else self.step("evaluate")
 
     def dry_run(self) -> dict[str, Any]:
         """The plan, then the read-only preflight: nothing changes on either host."""

@@ -216,22 +216,39 @@ def run_tool(c: Context, host: Host, task: str, *args: str, stdin: Any = None,
     return result, res.exited
 
 
-def write_temp_config(c: Context, host: Host, data: Mapping[str, Any]) -> str:
-    """A private (0700 dir, 0600 file) JSON config on `host`, written through stdin."""
-    script = ('d=$(mktemp -d "${TMPDIR:-/tmp}/clawdie-ops.XXXXXXXX") && umask 077 && '
-              'cat > "$d/config.json" && printf "%s\\n" "$d/config.json"')
-    res = run(c, host, f"sh -c {shlex.quote(script)}", stdin=json.dumps(data),
-              what="writing a temporary config file")
+_TEMP_DIR = re.compile(r"^/[^\s'\"]*/clawdie-ops\.[A-Za-z0-9]+$")
+
+
+def make_temp_dir(c: Context, host: Host) -> str:
+    """A private (0700) temp dir on `host`, named clawdie-ops.XXXXXXXX."""
+    res = run(c, host, 'mktemp -d "${TMPDIR:-/tmp}/clawdie-ops.XXXXXXXX"',
+              what="making a temporary directory")
     path = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
-    if res.exited != 0 or not _TEMP_CONFIG.match(path):
-        raise HostError(f"could not write a temporary config file on {host.label}: "
+    if res.exited != 0 or not _TEMP_DIR.match(path):
+        raise HostError(f"could not make a temporary directory on {host.label}: "
                         f"{res.stderr.strip() or path!r}",
                         "check that $TMPDIR (or /tmp) is writable there")
     return path
 
 
+def remove_temp_dir(c: Context, host: Host, path: str) -> None:
+    if _TEMP_DIR.match(path):
+        run(c, host, shlex.join(["rm", "-rf", path]), what="removing a temporary directory")
+
+
+def write_temp_config(c: Context, host: Host, data: Mapping[str, Any]) -> str:
+    """A private (0600 file in a 0700 dir) JSON config on `host`, written through stdin."""
+    d = make_temp_dir(c, host)
+    path = f"{d}/config.json"
+    res = run(c, host, f"umask 077 && cat > {shlex.quote(path)}", stdin=json.dumps(data),
+              what="writing a temporary config file")
+    if res.exited != 0:
+        remove_temp_dir(c, host, d)
+        raise HostError(f"could not write a temporary config file on {host.label}: "
+                        f"{res.stderr.strip()}", "check that $TMPDIR (or /tmp) is writable there")
+    return path
+
+
 def remove_temp_config(c: Context, host: Host, path: str) -> None:
-    if not _TEMP_CONFIG.match(path):
-        return
-    run(c, host, shlex.join(["rm", "-rf", str(Path(path).parent)]),
-        what="removing the temporary config file")
+    if _TEMP_CONFIG.match(path):
+        remove_temp_dir(c, host, str(Path(path).parent))

@@ -1,12 +1,14 @@
 """Two-host migration setups on the rig, and the state comparisons the migrate tests make."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from clawdie_ops import agent, config
-from tests.conftest import cli, context_for
+from tests.conftest import REPO, cli, context_for
 from tests.helpers import pg_rows, sqlite_rows, tree_digest
 from tests.rig.hosts import JAILS, Rig, SimHost
 
@@ -15,15 +17,19 @@ OLD_CRONTAB = ("0 * * * * sanoid --cron\n"
 NEW_CRONTAB = "*/15 * * * * sanoid --cron\n"
 
 
-def two_hosts(rig: Rig, *, with_roles: bool = True,
-              jails: tuple[str, ...] | None = None) -> tuple[SimHost, SimHost]:
+WHEELHOUSE = REPO / ".cache" / "wheelhouse"
+
+
+def two_hosts(rig: Rig, *, with_roles: bool = True, jails: tuple[str, ...] | None = None,
+              new_has_tool: bool = True) -> tuple[SimHost, SimHost]:
     """The old host as an operator finds it (populated, agent running, cron active) and a
     new host with Clawdie cloned but empty: no data, no jail datasets.
 
     `jails` narrows clawdie.jails on both hosts (fewer syncoid runs, for the fault tests
-    whose point is elsewhere)."""
+    whose point is elsewhere). `new_has_tool=False`: clawdie-ops is not on the new host."""
     old = rig.new_host(ssh=True)
-    new = rig.new_host(ssh=True, populated=False, datasets=False, with_roles=with_roles)
+    new = rig.new_host(ssh=True, populated=False, datasets=False, with_roles=with_roles,
+                       tool_on_path=new_has_tool)
     new.root.mkdir(parents=True, exist_ok=True)  # runbook step 1: the checkout exists
     for h, tab in ((old, OLD_CRONTAB), (new, NEW_CRONTAB)):
         (h.home / "backups").mkdir(exist_ok=True)
@@ -49,6 +55,22 @@ def write_inventory(rig: Rig, old: SimHost, new: SimHost, **entry) -> dict:
     cfg["clawdie"]["hosts"] = {new.name: e}
     path.write_text(json.dumps(cfg, indent=2))
     return e
+
+
+def install_entry() -> dict:
+    """clawdie.hosts.NAME.install for a rig host without clawdie-ops: the interpreter under
+    the test venv (same version, so the wheels fit) and the dependencies' wheels offline."""
+    reqs = sorted(r for r in importlib.metadata.requires("clawdie-ops") or []
+                  if "extra ==" not in r)
+    marker = WHEELHOUSE / ".requirements"
+    if not marker.exists() or marker.read_text() != "\n".join(reqs):
+        WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+                        "--disable-pip-version-check", "-d", str(WHEELHOUSE), *reqs],
+                       check=True)
+        marker.write_text("\n".join(reqs))
+    python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    return {"python": str(python), "pip_args": f"--no-index --find-links {WHEELHOUSE}"}
 
 
 def migrate(old: SimHost, new: SimHost, *args: str, timeout: float = 300

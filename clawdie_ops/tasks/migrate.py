@@ -27,10 +27,13 @@ from .base import operator_task
     "accept-new-host-key": "trust a host key seen for the first time and record it in "
                            "known_hosts (default: an unknown key is refused)",
     "retries": "attempts for the archive copy when the connection drops (default 5)",
+    "install": "where clawdie-ops is missing on a host (or older on the new host), upload this "
+               "version and pip-install it into its own virtualenv there (default; see "
+               "clawdie.hosts.NAME.install); --no-install stops the preflight instead",
     "json": "print the report (steps, downtime_s, what moved, rollback) as JSON on stdout",
 })
 def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, restart=False,
-            accept_new_host_key=False, retries=5, json=False):
+            accept_new_host_key=False, retries=5, install=True, json=False):
     """Move the installation to new hardware: pre-sync live, then a short downtime window.
 
     Preflight on both hosts (read-only), syncoid of the jail datasets while the agent runs,
@@ -46,7 +49,7 @@ def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, resta
     s = config.load(c.config, require_env=False)
     opts = action.Options(to=to, from_=from_, dry_run=dry_run, yes=yes, force=force,
                           restart=restart, accept_new_host_key=accept_new_host_key,
-                          retries=int(retries))
+                          retries=int(retries), install=bool(install))
     try:
         report = action.run(c, cfg, opts, out, s.home)
     except MigrationFailed as exc:

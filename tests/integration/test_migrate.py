@@ -5,10 +5,11 @@ import json
 import os
 import subprocess
 
+from clawdie_ops import __version__
 from tests.conftest import CLI, cli
 from tests.migrate_helpers import (NEW_CRONTAB, OLD_CRONTAB, dataset_state, db_state,
-                                   files_state, journal_path, migrate, snapshots, sqlite_state,
-                                   two_hosts, whole_state, write_inventory)
+                                   files_state, install_entry, journal_path, migrate, snapshots,
+                                   sqlite_state, two_hosts, whole_state, write_inventory)
 from tests.rig.postgres import SUPERPASS
 
 
@@ -50,14 +51,32 @@ def test_dry_run_prints_every_host_and_command_masks_secrets_and_changes_nothing
 
 
 def test_migrate_moves_everything_and_the_agent_runs_on_the_new_host(rig):
-    # The new host has PostgreSQL but not the roles: an admin login creates them.
-    old, new = two_hosts(rig, with_roles=False)
+    # A fresh new box: PostgreSQL but not the roles (an admin login creates them), and no
+    # clawdie-ops (migrate installs this version there).
+    old, new = two_hosts(rig, with_roles=False, new_has_tool=False)
     write_inventory(rig, old, new, overrides={
         "db_host": new.address, "zfs_pool": new.pool_name,
-        "db_admin": {"user": "postgres", "password": SUPERPASS}})
+        "db_admin": {"user": "postgres", "password": SUPERPASS}}, install=install_entry())
+    venv = new.home / ".local" / "clawdie-ops"
+    dry = cli(old, "migrate", "--to", new.name, "--dry-run")
+    assert dry.returncode != 0
+    assert "clawdie-ops is not installed on" in dry.stdout + dry.stderr
+    assert "the real run installs clawdie-ops" in dry.stdout + dry.stderr
+    assert not venv.exists()
+    refused = cli(old, "migrate", "--to", new.name, "--yes", "--no-install")
+    assert refused.returncode != 0 and "--no-install was given" in refused.stderr
+    assert not venv.exists() and old.agent_running()
+
     res, report = migrate(old, new)
     assert res.returncode == 0, res.stderr + res.stdout
     assert report["status"] == "done"
+    # clawdie-ops was installed in its own virtualenv on the new host, and ran the restore
+    assert f"installed clawdie-ops {__version__} on {new.name}" in " ".join(report["warnings"])
+    version = subprocess.run([venv / "bin" / "clawdie-ops", "--version"], capture_output=True,
+                             text=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    assert version.stdout.strip() == f"clawdie-ops {__version__}"
+    assert report["to"]["name"] == new.name
+    assert any(str(venv / "bin" / "clawdie-ops") in line for line in report["rollback"])
 
     # the agent moved
     assert new.agent_running() and not old.agent_running()

@@ -158,8 +158,12 @@ class Rig:
 
     # -- hosts ----------------------------------------------------------------------
     def host(self, name: str, *, populated: bool = True, datasets: bool = True,
-             rows: int = 200, ssh: bool = False, with_roles: bool | None = None) -> SimHost:
-        """A host with its pool and PostgreSQL; `populated` fills root, databases, datasets."""
+             rows: int = 200, ssh: bool = False, with_roles: bool | None = None,
+             tool_on_path: bool = True) -> SimHost:
+        """A host with its pool and PostgreSQL; `populated` fills root, databases, datasets.
+
+        `tool_on_path=False`: its sshd's PATH lacks the test venv, so a fresh box without
+        clawdie-ops (migrate installs it there)."""
         if name in self.hosts:
             return self.hosts[name]
         self.setup()
@@ -209,12 +213,12 @@ class Rig:
                     (mnt / "data.bin").write_bytes(random.Random(jail).randbytes(200_000))
         (h.home / ".invoke.json").write_text(json.dumps(h.invoke_overrides(), indent=2))
         if ssh:
-            self.start_sshd(h)
+            self.start_sshd(h, tool_on_path=tool_on_path)
         return h
 
-    def start_sshd(self, h: SimHost) -> None:
-        path = f"{RIG_BIN}:{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:" \
-               "/usr/sbin:/usr/bin:/sbin:/bin"
+    def start_sshd(self, h: SimHost, tool_on_path: bool = True) -> None:
+        venv = f"{Path(sys.executable).parent}:" if tool_on_path else ""
+        path = f"{RIG_BIN}:{venv}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         h.sshd = Sshd(h.address, SSH_PORT, h.base / "sshd",
                       {"PATH": path, "HOME": str(h.home), "CLAWDIE_ROOT": str(h.root)},
                       (self.client_key.with_suffix(".pub")).read_text().strip())

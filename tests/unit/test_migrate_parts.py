@@ -289,7 +289,8 @@ def test_run_tool_parses_json_and_names_the_host_on_failure():
 
 
 def test_temporary_config_paths_are_checked_before_rm(tmp_path):
-    c = MockContext(run=Result(stdout="/tmp/clawdie-ops.Ab12Cd34/config.json\n", exited=0))
+    c = MockContext(run=[Result(stdout="/tmp/clawdie-ops.Ab12Cd34\n", exited=0),
+                         Result(exited=0)])
     assert remote.write_temp_config(c, NEW, {"clawdie": {}}) == \
         "/tmp/clawdie-ops.Ab12Cd34/config.json"
     bad = MockContext(run=Result(stdout="/\n", exited=0))
