@@ -6,9 +6,11 @@ skipped so that row data is never mistaken for a statement.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _IDENT = rb'("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
 _OWNER = re.compile(rb"^(ALTER .+ OWNER TO )" + _IDENT + rb";\n?$")
@@ -94,3 +96,15 @@ def scan(lines: Iterable[bytes]) -> DumpFacts:
     for line in lines:
         sc.feed(line)
     return sc.facts
+
+
+def rewrite_owners(path: Path, role_map: dict[str, str], chunk: int = 1 << 20) -> None:
+    """Map role names in a dump file in place (through a 0600 sibling, then renamed)."""
+    tmp = path.with_name(path.name + ".mapped")
+    sc = Scanner(role_map)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(path, "rb") as src, os.fdopen(fd, "wb", buffering=chunk) as out:
+        # Lines longer than `chunk` come in pieces; Scanner knows a piece from a line start.
+        while line := src.readline(chunk):
+            out.write(sc.feed(line))
+    os.replace(tmp, path)

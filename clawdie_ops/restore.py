@@ -1,10 +1,11 @@
 """`restore`: put an archive back onto an installation in the runbook's order, or not at all.
 
-Three phases. `prepare` verifies the archive (read only), reads the .env that will be in
-force after the env step, probes the target servers and builds the plan as data; nothing
-changes. `execute` keeps the current state (files moved aside, pre-restore dumps, a ZFS
-snapshot of the db dataset where there is one), runs the steps, and on any failure undoes
-the steps already done, newest first, and says what it rolled back.
+Three phases. `prepare` verifies the archive while staging it into a private folder (one
+pass; a dry run only reads), reads the .env that will be in force after the env step,
+probes the target servers and builds the plan as data; the installation does not change.
+`execute` keeps the current state (files moved aside, each database renamed aside or
+dumped, a ZFS snapshot of the db dataset where there is one), runs the steps, and on any
+failure undoes the steps already done, newest first, and says what it rolled back.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from . import agent, config, doctor, pgroles, zfs
 from .config import DbSpec, Settings
-from .dumpfile import Scanner, quote
+from .dumpfile import quote, rewrite_owners
 from .errors import (
     ClawdieError,
     ConfigError,
@@ -34,7 +35,7 @@ from .errors import (
 )
 from .output import Reporter
 from .sources import postgres as pg
-from .verify import Verified, extract, verify
+from .verify import Verified, stage, verify
 
 # The runbook's order (steps 2 to 5); the agent is stopped after the env step.
 ORDER = ("env", "messages.db", "memory_db.sql", "skills_db.sql", "groups/",
@@ -69,13 +70,25 @@ class DbTarget:
     create_db: bool = False
     extra_roles: list[str] = field(default_factory=list)  # created NOLOGIN, granted to db.user
     role_map: dict[str, str] = field(default_factory=dict)  # dump owner -> .env user
+    aside_note: str = ""  # why db_admin is set but the copy is a dump
+    # The pre-restore copy: the database renamed to `aside` (with db_admin), else a dump.
+    aside: str | None = None
+    shape: pgroles.DbShape | None = field(default=None, repr=False)
 
     def report(self) -> dict[str, Any]:
         return {"database": self.db.name, "user": self.db.user,
                 "address": self.server.address, "system_identifier": self.server.system_identifier,
                 "version": self.server.version, "created_role": self.create_role,
                 "created_database": self.create_db, "created_roles": self.extra_roles,
-                "owner_map": self.role_map}
+                "owner_map": self.role_map, "kept_as": self.aside}
+
+    def howto(self) -> str:
+        """Where the database as it was is kept, and how to get it back."""
+        a, n = quote(self.aside or ""), quote(self.db.name)
+        return (f"{self.db.name} as it was before the restore is kept as the database "
+                f"{self.aside} at {self.server.address}; to go back, as an admin with the "
+                f"agent stopped: DROP DATABASE {n} WITH (FORCE); ALTER DATABASE {a} RENAME TO "
+                f"{n}; once satisfied: DROP DATABASE {a}")
 
 
 @dataclass
@@ -101,6 +114,7 @@ class RestorePlan:
     secrets: list[str] = field(repr=False, default_factory=list)
     regen_exists: bool = False  # skills_db exists already: keep a pre-restore dump of it
     limits: dict[str, Any] = field(default_factory=dict)  # doctor's thresholds
+    staged: bool = False  # the items are in `staging` already (verified while written)
 
     @property
     def before(self) -> Path:
@@ -119,11 +133,13 @@ class RestorePlan:
         m = self.verified.manifest
         out = [(f"verify     {self.verified.path}: {len(self.verified.members)} files match the "
                 f"manifest (format {m.format}, from {m.host} at {m.timestamp})"),
+               (f"staged     {', '.join(self.items)} in {self.staging}/ (0700), in the same "
+                "pass" if self.staged else
+                f"stage      {', '.join(self.items)} -> {self.staging}/ (0700) while verifying"),
                f"keep       current state in {self.before}/ (kept after the restore)"]
         if self.snapshot:
             ds, name = self.snapshot.split("@")
             out.append(f"snapshot   {self.settings.command('snapshot', parent=ds, name=name)}")
-        out.append(f"extract    {', '.join(self.items)} -> {self.staging}/ (checked again)")
         for step in self.steps:
             out.extend(f"{step.kind:<10} {line}" for line in step.lines)
         out.extend(f"note       {n}" for n in self.notes)
@@ -131,10 +147,8 @@ class RestorePlan:
 
 
 # -- deciding ----------------------------------------------------------------------------
-def select_items(v: Verified, only: list[str]) -> tuple[list[str], bool, list[str]]:
-    """(items to restore in runbook order, whether to regenerate skills, notes)."""
-    present = [i for i in ORDER if v.item_members(i)]
-    notes = []
+def requested(only: list[str]) -> list[str]:
+    """The items --only names, in runbook order (every item without --only)."""
     wanted: list[str] = []
     for raw in only:
         for name in [x.strip() for x in raw.split(",") if x.strip()]:
@@ -144,7 +158,21 @@ def select_items(v: Verified, only: list[str]) -> tuple[list[str], bool, list[st
                                   f"use one of: {', '.join(ORDER)}")
             if item not in wanted:
                 wanted.append(item)
-    selection = [i for i in ORDER if i in wanted] if wanted else list(ORDER)
+    return [i for i in ORDER if i in wanted] if wanted else list(ORDER)
+
+
+def member_filter(items: list[str]) -> Callable[[str], bool]:
+    """Which archive members belong to `items` ("groups/" is every groups/... file)."""
+    wanted = set(items)
+    return lambda n: n in wanted or ("groups/" in wanted and n.startswith("groups/"))
+
+
+def select_items(v: Verified, only: list[str]) -> tuple[list[str], bool, list[str]]:
+    """(items to restore in runbook order, whether to regenerate skills, notes)."""
+    present = [i for i in ORDER if v.item_members(i)]
+    notes = []
+    wanted = requested(only) if only else []
+    selection = wanted or list(ORDER)
     regen = False
     items = []
     for item in selection:
@@ -169,7 +197,7 @@ def secrets_of(*envs: dict[str, str] | None, extra: tuple[str, ...] = ()) -> lis
     return [x for x in found if len(x) >= 3]
 
 
-def _probe(c, s: Settings, v: Verified, item: str) -> DbTarget:
+def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
     """Look at the server a dump goes to; raise before anything changes when it cannot go."""
     db = s.memory if item == "memory_db.sql" else s.skills
     entry = v.manifest.files[item]
@@ -212,6 +240,8 @@ def _probe(c, s: Settings, v: Verified, item: str) -> DbTarget:
                             f"{', '.join(missing)}, which {info.address} lacks",
                             "create them, or set clawdie.db_admin so that restore creates them")
     t.extra_roles = missing
+    if t.exists and admin is not None:
+        _choose_aside(t, admin, stamp)
     dump_version = str(entry.get("pg_dump_version") or (facts.pg_dump_version if facts else "")
                        or "")
     dump_major = int(dump_version.split(".")[0]) if dump_version[:1].isdigit() else None
@@ -224,26 +254,88 @@ def _probe(c, s: Settings, v: Verified, item: str) -> DbTarget:
     return t
 
 
+def _choose_aside(t: DbTarget, admin: DbSpec, stamp: str) -> None:
+    """Keep the database as it is under another name, when the admin may: no dump to take
+    before the restore, none to replay on rollback (BENCHMARKS.md, restore)."""
+    try:
+        with pg.connect(admin) as conn:
+            why = pgroles.why_not_aside(conn, t.db.name)
+            name = pgroles.aside_name(t.db.name, stamp)
+            if why is None and pgroles.database_exists(conn, name):
+                why = f"a database {name} exists already"
+            shape = pgroles.database_shape(conn, t.db.name) if why is None else why
+    except DatabaseUnreachable as exc:
+        shape = f"the admin connection failed: {exc.message}"
+    if isinstance(shape, str):
+        t.aside_note = (f"{t.db.name}: the pre-restore copy is a pg_dump, not the database "
+                        f"renamed aside: {shape}")
+        return
+    t.aside, t.shape = name, shape
+
+
 def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
             out: Reporter | None = None) -> RestorePlan:
-    """Verify and decide everything; nothing on the host changes."""
+    """Verify and decide everything; the installation does not change. Unless a dry run,
+    the archive is staged in the same pass into a private folder below ROOT/.clawdie-ops,
+    which is removed again when anything here fails (and by `discard`)."""
     out = out or Reporter()
-    with out.step(f"verify {archive.name}"):
-        v = verify(archive)
-    items, regen, notes = select_items(v, opts.only)
     current = config.load(cfg, root, require_env=False)
     if not current.root.is_dir():
         raise ConfigError(f"Clawdie root not found: {current.root}",
                           "clone and install Clawdie first (runbook step 1), or pass --root")
+    items = requested(opts.only)
+    work = _work_dir(current.root)
+    if opts.dry_run:
+        with out.step(f"verify {archive.name}"):
+            v = verify(archive)
+        return _decide(c, cfg, root, opts, out, v, current, work)
+    _private_dirs(work)
+    try:
+        with out.step(f"verify {archive.name} while staging it"):
+            v = stage(archive, work / "staging", member_filter(items))
+        plan = _decide(c, cfg, root, opts, out, v, current, work)
+    except BaseException:
+        _remove_work(work)
+        raise
+    plan.staged = True
+    return plan
+
+
+def discard(p: RestorePlan) -> None:
+    """A prepared plan that will not run: remove what prepare staged."""
+    if p.staged:
+        _remove_work(p.work)
+
+
+def _private_dirs(work: Path) -> None:
+    """ROOT/.clawdie-ops/restore-STAMP/staging, each 0700 before any secret lands there."""
+    work.parent.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(work.parent, 0o700)
+    work.mkdir(mode=0o700)
+    (work / "staging").mkdir(mode=0o700)
+
+
+def _remove_work(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.parent.rmdir()  # only when empty: earlier restores' before/ stay
+    except OSError:
+        pass
+
+
+def _decide(c, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter, v: Verified,
+            current: Settings, work: Path) -> RestorePlan:
+    items, regen, notes = select_items(v, opts.only)
     if "env" in items:
         if v.env is None:
-            raise RestoreFailed(f"{archive}: the archived env could not be read", "")
+            raise RestoreFailed(f"{v.path}: the archived env could not be read", "")
         s = config.load(cfg, root, env=v.env)
     else:
         s = config.load(cfg, root)  # the host's own .env must exist then
-    work = _work_dir(s.root)
+    stamp = work.name.removeprefix("restore-")
     with out.step("check the target servers"):
-        targets = [_probe(c, s, v, item) for item in items if item in DB_ITEMS]
+        targets = [_probe(c, s, v, item, stamp) for item in items if item in DB_ITEMS]
+        notes.extend(t.aside_note for t in targets if t.aside_note)
         regen_db = s.skills if regen else None
         regen_exists = False
         if regen_db is not None:
@@ -255,7 +347,7 @@ def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
                 regen_exists = False
         if targets or regen_exists:
             pg.client_version(c, s, "psql")
-        if any(t.exists for t in targets) or regen_exists:
+        if any(t.exists and not t.aside for t in targets) or regen_exists:
             major, version = pg.client_version(c, s, "pg_dump")
             for t in targets:
                 pg.check_dump_compatible(s, major, version, t.server)
@@ -268,11 +360,12 @@ def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
             snapshot = f"{ds}@clawdie-pre-restore-{work.name.removeprefix('restore-')}"
         else:
             notes.append(f"no ZFS snapshot before the restore: dataset {ds} not found")
-    need = sum(v.item_size(i) for i in items)
-    free = shutil.disk_usage(s.root).free
-    if free < need * 1.1:
-        raise OutputError(f"not enough space under {s.root}: {free} bytes free, the restore "
-                          f"stages {need} bytes", "free space there first")
+    if opts.dry_run:  # a real run checks the space member by member while staging
+        need = sum(v.item_size(i) for i in items)
+        free = shutil.disk_usage(s.root).free
+        if free < need * 1.1:
+            raise OutputError(f"not enough space under {s.root}: {free} bytes free, the "
+                              f"restore stages {need} bytes", "free space there first")
     notes.extend(_differences(current, s, targets, v, "env" in items))
     secrets = secrets_of(v.env, current.env, s.env,
                          extra=(str(s.db_admin.get("password") or ""),))
@@ -328,10 +421,16 @@ def _steps(p: RestorePlan) -> list[Step]:
              f"{p.before}/store/")]))
     for t in p.targets:
         lines = []
-        if t.exists:  # taken here, with the agent stopped, so no write is lost on rollback
-            lines.append(f"keep {pg.pg_dump_cmd(s, t.db, p.before / t.item)}  (PGPASSFILE, 0600)")
         admin = pgroles.admin_spec(s, t.db.host, t.db.port)
         who = f"as {admin.user}" if admin else ""
+        if t.aside:  # with the agent stopped, so no write is lost on rollback
+            lines.append(f"keep ALTER DATABASE {quote(t.db.name)} RENAME TO {quote(t.aside)}, "
+                         f"its sessions ended first  ({who})")
+            lines.append(f"CREATE DATABASE {quote(t.db.name)} OWNER "
+                         f"{quote(t.shape.owner if t.shape else t.db.user)}: empty, with the "
+                         f"encoding, locale, privileges and settings it had  ({who})")
+        elif t.exists:  # taken here, with the agent stopped, so no write is lost on rollback
+            lines.append(f"keep {pg.pg_dump_cmd(s, t.db, p.before / t.item)}  (PGPASSFILE, 0600)")
         if t.create_role:
             lines.append(f"CREATE ROLE {quote(t.db.user)} LOGIN PASSWORD '***'  ({who})")
         if t.create_db:
@@ -343,7 +442,8 @@ def _steps(p: RestorePlan) -> list[Step]:
         lines.append(f"into {t.db.name} as {t.db.user} at {t.server.address}: PostgreSQL "
                      f"{t.server.version}, system identifier {t.server.system_identifier}")
         for old, new in t.role_map.items():
-            lines.append(f"objects owned by {old} in the dump are given to {new} (.env user)")
+            lines.append(f"objects owned by {old} in the dump are given to {new} (.env user; "
+                         "the staged dump's OWNER TO lines are rewritten first)")
         lines.append(f"check row counts of {len(t.tables)} tables against the manifest")
         steps.append(Step("database", t.item, lines))
     if p.regen is not None:
@@ -474,7 +574,14 @@ def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None]) -> None:
 
 def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
     s = p.settings
-    if t.exists:
+    if t.aside:
+        assert t.shape is not None
+        _admin_do(s, t.db, lambda conn: pgroles.set_aside(conn, t.db.name, t.aside, t.shape))
+        # Pushed before the replay: a failed replay leaves an empty or half database now.
+        undo.push(f"{t.db.name} (renamed back from {t.aside})",
+                  lambda: _admin_do(s, t.db, lambda conn: pgroles.put_back(
+                      conn, t.db.name, t.aside)))  # type: ignore[arg-type]
+    elif t.exists:
         _safety_dump(c, s, t.db, p.before / t.item)
     if t.create_role:
         _admin_do(s, t.db, lambda conn: pgroles.create_login_role(conn, t.db.user, t.db.password))
@@ -491,7 +598,7 @@ def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
     with pg.passfile(t.db) as env:
         pg.run_checked(c, pg.psql_cmd(s, t.db, p.staging / t.item), env,
                        f"restore of {t.item} into {t.db.name} at {t.server.address}")
-    if t.exists:
+    if t.exists and not t.aside:
         undo.push(f"{t.db.name} (from its pre-restore dump)",
                   lambda: _replay_old(c, s, t.db, p.before))
     with pg.connect(t.db) as conn:
@@ -538,13 +645,28 @@ def _regen(c, p: RestorePlan, undo: _Undo) -> None:
                             f"run it by hand: {cmd}")
 
 
+HOWTO = "databases.txt"
+
+
+def _asides(p: RestorePlan) -> list[DbTarget]:
+    return [t for t in p.targets if t.aside]
+
+
+def _write_howto(p: RestorePlan) -> None:
+    """before/ says where the databases set aside are, as it holds the rest."""
+    if _asides(p):
+        (p.before / HOWTO).write_text("".join(t.howto() + "\n" for t in _asides(p)) + (
+            "(Written before the restore began. If a database named there does not exist, "
+            "the restore never renamed it, or its rollback renamed it back.)\n"))
+
+
 def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
     """Run the plan; on failure roll back and raise RestoreFailed naming what was undone."""
     started = time.monotonic()
     s = p.settings
-    p.before.mkdir(parents=True, mode=0o700)
-    os.chmod(p.work.parent, 0o700)
-    p.staging.mkdir(mode=0o700)
+    assert p.staged, "prepare a plan without dry_run to execute it"
+    p.before.mkdir(mode=0o700)
+    _write_howto(p)
     undo = _Undo()
     agent_stopped = False
     current = "keep the current state"
@@ -553,13 +675,11 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
             if p.snapshot:
                 ds, name = p.snapshot.split("@")
                 zfs.snapshot_recursive(c, s, ds, name)
-        current = "extract"
-        with out.step(f"extract {', '.join(p.items)}"):
-            transform = {t.item: Scanner(t.role_map).map_lines for t in p.targets if t.role_map}
-            wanted = set(p.items)
-            extract(p.verified, p.staging,
-                    lambda n: n in wanted or ("groups/" in wanted and n.startswith("groups/")),
-                    transform)
+        for t in p.targets:
+            if t.role_map:
+                current = f"map owners in {t.item}"
+                with out.step(f"map owners in {t.item}: {t.role_map}"):
+                    rewrite_owners(p.staging / t.item, t.role_map)
         for step in p.steps:
             current = f"{step.kind} {step.item}".strip()
             if step.kind == "env":
@@ -610,11 +730,16 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
             "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
         rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
         msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}"
+        stuck = [t for t in _asides(p)
+                 if any(f.startswith(f"{t.db.name} (renamed back") for f in failed)]
         if failed:
             raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(failed)}",
                                 f"the pre-restore state is in {p.before}"
                                 + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
-                                + ": put those back by hand") from None
+                                + ": put those back by hand"
+                                + "".join(f"; {t.howto()}" for t in stuck)
+                                + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
+        (p.before / HOWTO).unlink(missing_ok=True)  # every database is back in its place
         raise RestoreFailed(msg, f"the installation is as it was before; the pre-restore copies "
                                  f"are kept in {p.before}") from None
     shutil.rmtree(p.staging, ignore_errors=True)
@@ -623,7 +748,9 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
     return {"archive": str(p.verified.path), "root": str(s.root), "items": p.items,
             "regenerated": ["skills_db"] if p.regen is not None else [],
             "connections": {t.item: t.report() for t in p.targets},
-            "safety": {"dir": str(p.before), "snapshot": p.snapshot},
+            "safety": {"dir": str(p.before), "snapshot": p.snapshot,
+                       "databases": {t.item: {"database": t.aside, "address": t.server.address}
+                                     for t in _asides(p)}},
             "agent": {"was_running": p.agent_running, "started": p.start_agent},
             "doctor": [ch.as_dict() for ch in checks],
             "notes": p.notes, "steps": out.timings,

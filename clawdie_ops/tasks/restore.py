@@ -54,8 +54,12 @@ def restore(c, archive, root=None, only=None, dry_run=False, yes=False, start=Fa
         out.err.print("[bold]plan:[/]")
         for line in lines:
             out.err.print(f"  {line}", markup=False)
-    confirm(f"Restore {', '.join(plan.items)} from {plan.verified.path.name} onto "
-            f"{plan.settings.root}?", yes)
+    try:
+        confirm(f"Restore {', '.join(plan.items)} from {plan.verified.path.name} onto "
+                f"{plan.settings.root}?", yes)
+    except BaseException:
+        action.discard(plan)  # the staged copy goes; nothing else was changed
+        raise
     result = action.execute(c, plan, out)
 
     def human(con: Console) -> None:
@@ -68,6 +72,9 @@ def restore(c, archive, root=None, only=None, dry_run=False, yes=False, start=Fa
         con.print(f"  pre-restore state kept in {result['safety']['dir']}"
                   + (f" and ZFS snapshot {result['safety']['snapshot']}"
                      if result["safety"]["snapshot"] else ""), markup=False)
+        for t in plan.targets:
+            if t.aside:
+                con.print(f"  {t.howto()}", markup=False)
         for note in result["notes"]:
             con.print(f"  note: {note}", markup=False)
         con.print("doctor:")

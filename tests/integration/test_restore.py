@@ -198,6 +198,122 @@ def test_restore_whose_last_step_fails_rolls_back_every_item(host):
     assert state(host) == before
 
 
+# -- with db_admin: the pre-restore copy is the database itself, renamed aside ---------------------
+def databases(h) -> dict[str, int]:
+    """Database name -> oid: a database renamed keeps its oid, a new one gets another."""
+    with h.cluster.connect() as admin:
+        return dict(admin.execute("SELECT datname, oid::int FROM pg_database"
+                                  " WHERE NOT datistemplate AND datname <> 'postgres'"))
+
+
+def db_level(h, name: str) -> dict:
+    """What pg_dump without --create leaves out: owner, privileges, settings, comment."""
+    with h.cluster.connect() as admin:
+        row = admin.execute(
+            "SELECT pg_get_userbyid(datdba), datacl::text[], datconnlimit,"
+            " shobj_description(oid, 'pg_database'), pg_encoding_to_char(encoding),"
+            " datcollate FROM pg_database WHERE datname = %s", [name]).fetchone()
+        settings = admin.execute(
+            "SELECT setrole::regrole::text, setconfig FROM pg_db_role_setting s"
+            " JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = %s ORDER BY 1",
+            [name]).fetchall()
+    owner, acl, limit, comment, enc, coll = row
+    return {"owner": owner, "acl": sorted(a.split("/")[0] for a in acl or []), "limit": limit,
+            "comment": comment, "encoding": enc, "collate": coll, "settings": settings}
+
+
+@pytest.fixture
+def admin_host(host):
+    """The host with clawdie.db_admin set, and database-level details a fresh CREATE DATABASE
+    would not have."""
+    set_config(host, db_admin={"user": "postgres", "password": SUPERPASS})
+    with host.cluster.connect() as admin:
+        admin.autocommit = True
+        admin.execute("CREATE ROLE reporter NOLOGIN")
+        admin.execute("REVOKE CONNECT, TEMPORARY ON DATABASE memory_db FROM PUBLIC")
+        admin.execute("GRANT CONNECT ON DATABASE memory_db TO reporter")
+        admin.execute("ALTER DATABASE memory_db SET work_mem = '8MB'")
+        admin.execute('ALTER DATABASE memory_db SET search_path = "$user", public')
+        admin.execute("ALTER ROLE memory_user IN DATABASE memory_db SET statement_timeout = '5min'")
+        admin.execute("ALTER DATABASE memory_db CONNECTION LIMIT 40")
+        admin.execute("COMMENT ON DATABASE memory_db IS 'the agent''s memories'")
+    return host
+
+
+def test_restore_with_db_admin_renames_each_database_aside_instead_of_dumping_it(admin_host):
+    h = admin_host
+    original = state(h)
+    shape = {db: db_level(h, db) for db in ("memory_db", "skills_db")}
+    archive = backup(h)
+    with h.db_connect("memory") as conn:
+        conn.execute("INSERT INTO users (handle) VALUES ('after-backup')")
+    oids = databases(h)
+    # A session left open on the database (an operator's psql): it is ended, not waited for.
+    idle = h.db_connect("memory")
+    try:
+        res = cli(h, "restore", str(archive), "--yes", "--json", "--no-start")
+    finally:
+        idle.close()
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert state(h) == original
+    kept = report["safety"]["databases"]
+    aside = {item: kept[item]["database"] for item in ("memory_db.sql", "skills_db.sql")}
+    assert aside["memory_db.sql"].startswith("memory_db_pre_restore_")
+    assert report["connections"]["memory_db.sql"]["kept_as"] == aside["memory_db.sql"]
+    now = databases(h)
+    # The aside databases are the old ones (same oid), the live ones are new.
+    assert now[aside["memory_db.sql"]] == oids["memory_db"]
+    assert now[aside["skills_db.sql"]] == oids["skills_db"]
+    assert now["memory_db"] != oids["memory_db"]
+    with h.cluster.connect(dbname=aside["memory_db.sql"]) as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE handle = 'after-backup'"
+                            ).fetchone()[0] == 1
+    # Owner, privileges, settings, comment, limit, encoding: as they were.
+    assert {db: db_level(h, db) for db in ("memory_db", "skills_db")} == shape
+    # No dump taken; before/ says where the databases are and how to get them back.
+    before = Path(report["safety"]["dir"])
+    assert not (before / "memory_db.sql").exists()
+    howto = (before / "databases.txt").read_text()
+    assert f'ALTER DATABASE "{aside["memory_db.sql"]}" RENAME TO "memory_db"' in howto
+    assert f'DROP DATABASE "{aside["skills_db.sql"]}"' in howto
+
+
+def test_restore_with_db_admin_that_fails_renames_the_databases_back(admin_host, tmp_path):
+    h = admin_host
+    archive = backup(h)
+    broken = kit.repack(archive, tmp_path / "late-failure.tar.gz",
+                        kit.edit_member("skills_db.sql", kit.fail_late))
+    with h.db_connect("memory") as conn:
+        conn.execute("CREATE TABLE added_later (x int)")
+    with h.db_connect("skills") as conn:
+        conn.execute("DELETE FROM skill_chunks WHERE id % 2 = 0")
+    start_agent(h)
+    before = state(h)
+    shape = {db: db_level(h, db) for db in ("memory_db", "skills_db")}
+    oids = databases(h)
+
+    res = cli(h, "restore", str(broken), "--yes")
+    assert res.returncode == 1, res.stdout + res.stderr
+    err = " ".join(res.stderr.split())
+    assert "restore failed at step 'database skills_db.sql'" in err and "no_such_table" in err
+    done = rolled_back(err)
+    assert {x.split(" (")[0] for x in done} == {"memory_db", "skills_db", "messages.db", ".env"}
+    assert all(x.startswith(f"{db} (renamed back from {db}_pre_restore_")
+               for x in done for db in ("memory_db", "skills_db") if x.startswith(db))
+    assert "the agent was started again" in err and "Traceback" not in res.stderr
+    assert h.agent_running()
+    stop_agent(h)
+    # The very same databases are back under their names; nothing else is left.
+    assert databases(h) == oids
+    assert state(h) == before
+    assert {db: db_level(h, db) for db in ("memory_db", "skills_db")} == shape
+    (work,) = work_dirs(h)
+    assert sorted(p.name for p in (h.root / ".clawdie-ops" / work).iterdir()) == ["before"]
+    assert list((h.root / ".clawdie-ops" / work / "before").glob("*.sql")) == []
+    assert not (h.root / ".clawdie-ops" / work / "before" / "databases.txt").exists()
+
+
 # -- archives that must be refused before anything changes -------------------------------------
 BAD = {
     "flipped byte": lambda good, d: kit.flip_byte(good, d / "flipped.tar.gz", 0.5),
@@ -273,6 +389,9 @@ def test_restore_needs_yes_without_a_terminal(victim):
 
 def test_dry_run_prints_every_step_and_changes_nothing(victim):
     h, good, _ = victim
+    res = cli(h, "restore", str(good), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "pg_dump --clean --if-exists" in res.stdout  # no db_admin: the copy is a dump
     set_config(h, db_admin={"user": "postgres", "password": SUPERPASS})
     try:
         before = state(h)
@@ -280,11 +399,13 @@ def test_dry_run_prints_every_step_and_changes_nothing(victim):
         assert res.returncode == 0, res.stderr
         out = res.stdout
         for expected in ("psql -X -q --single-transaction -v ON_ERROR_STOP=1",
-                         "pg_dump --clean --if-exists", f"{h.root}/.env",
+                         'ALTER DATABASE "memory_db" RENAME TO "memory_db_pre_restore_',
+                         'CREATE DATABASE "skills_db" OWNER "skills_user"', f"{h.root}/.env",
                          f"{h.root}/store/messages.db", f"{h.root}/groups/",
                          "mount-allowlist.json", "zfs snapshot -r", "fake_agent.py",
                          f"at {h.address}:5432: PostgreSQL 15."):
             assert expected in out, expected
+        assert "pg_dump --clean" not in out
         for secret in (content.MEMORY_PASSWORD, content.SKILLS_PASSWORD, SUPERPASS,
                        h.env["ANTHROPIC_API_KEY"]):
             assert secret not in out + res.stderr

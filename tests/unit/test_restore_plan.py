@@ -246,3 +246,79 @@ def test_extraction_refuses_a_destination_outside_its_target(tmp_path):
     written = extract(v, tmp_path / "target", lambda n: n == "env")
     assert written == [tmp_path / "target" / "env"]
     assert (tmp_path / "target" / "env").stat().st_mode & 0o777 == 0o600
+
+
+# -- one pass: verify while staging -------------------------------------------------------------
+def test_staging_writes_the_wanted_members_in_the_verifying_pass(tmp_path):
+    from clawdie_ops.verify import stage
+    target = tmp_path / "staging"
+    target.mkdir(mode=0o700)
+    v = stage(_tiny_archive(tmp_path), target, lambda n: n == "env")
+    assert sorted(v.members) == ["env", "groups/main/a.md"] and v.env == {"X": "1"}
+    assert [p.name for p in target.iterdir()] == ["env"]
+    assert (target / "env").read_bytes() == b"X=1\n"
+    assert (target / "env").stat().st_mode & 0o777 == 0o600
+
+
+def test_staging_a_changed_member_fails_with_its_name(tmp_path):
+    from clawdie_ops.errors import ArchiveCorrupt
+    from clawdie_ops.verify import stage
+    from tests import archive_kit as kit
+    bad = kit.repack(_tiny_archive(tmp_path), tmp_path / "bad.tar.gz",
+                     kit.edit_member("groups/main/a.md", lambda b: b"changed\n"), sign=False)
+    (tmp_path / "staging").mkdir()
+    with pytest.raises(ArchiveCorrupt, match="groups/main/a.md"):
+        stage(bad, tmp_path / "staging", lambda n: True)
+
+
+def test_staging_refuses_to_fill_the_disk(tmp_path, monkeypatch):
+    import shutil as sh
+
+    from clawdie_ops import verify as vf
+    from clawdie_ops.errors import OutputError
+    monkeypatch.setattr(vf.shutil, "disk_usage", lambda p: sh._ntuple_diskusage(100, 99, 1))
+    (tmp_path / "staging").mkdir()
+    with pytest.raises(OutputError, match="not enough space .* to stage"):
+        vf.stage(_tiny_archive(tmp_path), tmp_path / "staging", lambda n: True)
+
+
+def test_owner_mapping_of_a_staged_dump_keeps_its_mode_and_rows(tmp_path):
+    from clawdie_ops.dumpfile import rewrite_owners
+    dump = tmp_path / "memory_db.sql"
+    dump.write_bytes(DUMP)
+    dump.chmod(0o600)
+    rewrite_owners(dump, {"memory_user": "Mem-Owner"})
+    out = dump.read_bytes()
+    assert out == b"".join(Scanner({"memory_user": "Mem-Owner"}).map_lines(lines(DUMP)))
+    assert b"1\tALTER TABLE x OWNER TO memory_user;\n" in out
+    assert dump.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["memory_db.sql"]
+
+
+# -- the pre-restore copy without a dump ----------------------------------------------------------
+def test_aside_names_fit_postgresql_identifiers():
+    from clawdie_ops.pgroles import NAME_MAX, aside_name
+    assert aside_name("memory_db", "20261125-132005") == \
+        "memory_db_pre_restore_20261125-132005"
+    long = aside_name("é" * 40, "20261125-132005-2")
+    assert len(long.encode()) <= NAME_MAX and long.endswith("_pre_restore_20261125-132005-2")
+
+
+def test_plan_renames_a_database_aside_instead_of_dumping_it(tmp_path):
+    from clawdie_ops.pgroles import DbShape
+    (tmp_path / ".env").write_text(env_text({"WARDEN_DB_IP": "10.0.0.3"}))
+    cfg = Config(overrides={"clawdie": {"db_admin": {"user": "postgres", "password": "pw"}}})
+    s = config.load(cfg, root=tmp_path)
+    server = ServerInfo("15.18", 150018, "7712", "10.0.0.3:5432")
+    target = restore.DbTarget("memory_db.sql", s.memory, "memory_user", server, {}, exists=True,
+                              aside="memory_db_pre_restore_1",
+                              shape=DbShape("memory_user", "UTF8", "C", "C", "pg_default", -1))
+    plan = restore.RestorePlan(verified("memory_db.sql"), s, ["memory_db.sql"], tmp_path / "w",
+                               None, [target], None, False, False, [], [])
+    plan.steps = restore._steps(plan)
+    text = "\n".join(plan.describe())
+    assert 'ALTER DATABASE "memory_db" RENAME TO "memory_db_pre_restore_1"' in text
+    assert 'CREATE DATABASE "memory_db" OWNER "memory_user"' in text
+    assert "pg_dump --clean" not in text
+    assert 'ALTER DATABASE "memory_db_pre_restore_1" RENAME TO "memory_db"' in target.howto()
+    assert target.report()["kept_as"] == "memory_db_pre_restore_1"
