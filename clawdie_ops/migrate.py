@@ -38,7 +38,7 @@ from .masking import masked
 from .output import Reporter, human_size
 
 PHASES = {
-    "preflight": "1 preflight on both hosts (read-only)",
+    "preflight": "1 preflight on both hosts (read-only, but for installing clawdie-ops)",
     "presync": "2 live pre-sync (the agent keeps running on the old host)",
     "downtime": "3 downtime window (the agent is stopped)",
     "cutover": "4 cutover and report",
@@ -302,6 +302,9 @@ class Migration:
                 return None
             path = remote.write_temp_config(self.ctx[where], self.plan.host(where), data)
             self.temp_configs[where] = path
+            # in the journal too: a run killed outright leaves it for the next run to remove
+            self.journal.set("temp_configs", {**self.journal.data.get("temp_configs", {}),
+                                              path: self.plan.host(where).name})
             return path
 
     def config_content(self, where: str) -> dict[str, Any]:
@@ -352,7 +355,25 @@ class Migration:
                 self.warnings.append(f"accepted and recorded the new host key of {h.label}: "
                                      f"{', '.join(accepted)}")
             out[where] = "local" if h.local else "ssh, host key known"
+        self.remove_stale_configs()
         return out
+
+    def remove_stale_configs(self) -> None:
+        """Temporary config files of an earlier run that was killed before its cleanup."""
+        stale = dict(self.journal.data.get("temp_configs") or {})
+        for path, name in list(stale.items()):
+            where = next((w for w in ("old", "new") if self.plan.host(w).name == name), None)
+            if where is None or self.opts.dry_run:
+                continue
+            try:
+                remote.remove_temp_config(self.ctx[where], self.plan.host(where), path)
+            except ClawdieError as exc:
+                self.warnings.append(f"could not remove the earlier run's temporary config "
+                                     f"{path} on {self.plan.host(where).label}: {exc.message}")
+                continue
+            stale.pop(path)
+        if stale != (self.journal.data.get("temp_configs") or {}):
+            self.journal.set("temp_configs", stale)
 
     def do_tools(self) -> dict[str, Any]:
         """clawdie-ops on each remote host: found, or this version installed there."""
@@ -819,6 +840,10 @@ class Migration:
             except ClawdieError as exc:
                 self.warnings.append(f"could not remove the temporary config {path} on "
                                      f"{self.plan.host(where).label}: {exc.message}")
+            else:
+                left = dict(self.journal.data.get("temp_configs") or {})
+                if left.pop(path, None) is not None:
+                    self.journal.set("temp_configs", left)
             self.temp_configs.pop(where, None)
         for ctx in self.ctx.values():
             remote.close(ctx)

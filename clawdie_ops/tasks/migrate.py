@@ -36,9 +36,10 @@ def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, resta
             accept_new_host_key=False, retries=5, install=True, json=False):
     """Move the installation to new hardware: pre-sync live, then a short downtime window.
 
-    Preflight on both hosts (read-only), syncoid of the jail datasets while the agent runs,
-    then: stop the agent, final backup, final increment, copy the archive (checksum
-    verified), restore on the new host, start it there, doctor. A failure in that window
+    Preflight on both hosts (read-only; clawdie-ops is installed where missing), syncoid
+    of the jail datasets while the agent runs, then: stop the agent, final backup, final
+    increment, copy the archive (checksum verified), restore on the new host, start it
+    there, doctor. A failure in that window
     starts the old host's agent again. Running the same command again continues where an
     interrupted run stopped."""
     if not to:

@@ -201,6 +201,9 @@ def test_a_killed_run_continues_inside_the_downtime_window(rig):
     first = json.loads(journal.read_text())
     archive = first["steps"]["copy-archive"]["result"]["dest"]
     assert not old.agent_running(), "no rollback happened: the agent is still stopped"
+    # the killed run could not remove its 0600 temporary configs; the journal lists them
+    stale = [Path(p) for p in first["temp_configs"]]
+    assert stale and all(p.exists() for p in stale)
 
     write_inventory(rig, old, new)  # the slow jail start is gone
     res, report = migrate(old, new)
@@ -210,6 +213,8 @@ def test_a_killed_run_continues_inside_the_downtime_window(rig):
         set(report["skipped"])
     assert report["moved"]["archive"]["new"] == archive.split(":", 1)[1]
     assert report["downtime_s"] >= report_gap(first)
+    assert not [p for p in stale if p.exists()], "the next run removes them"
+    assert not json.loads(journal.read_text()).get("temp_configs")
     assert new.agent_running() and not old.agent_running()
     rig.drop(old)
     rig.drop(new)
