@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import agent, config, doctor, pgroles, zfs
+from . import agent, config, doctor, pgaside, pgroles, zfs
 from .config import DbSpec, Settings
 from .dumpfile import quote, rewrite_owners
 from .errors import (
@@ -73,7 +73,7 @@ class DbTarget:
     aside_note: str = ""  # why db_admin is set but the copy is a dump
     # The pre-restore copy: the database renamed to `aside` (with db_admin), else a dump.
     aside: str | None = None
-    shape: pgroles.DbShape | None = field(default=None, repr=False)
+    shape: pgaside.DbShape | None = field(default=None, repr=False)
 
     def report(self) -> dict[str, Any]:
         return {"database": self.db.name, "user": self.db.user,
@@ -259,11 +259,11 @@ def _choose_aside(t: DbTarget, admin: DbSpec, stamp: str) -> None:
     before the restore, none to replay on rollback (BENCHMARKS.md, restore)."""
     try:
         with pg.connect(admin) as conn:
-            why = pgroles.why_not_aside(conn, t.db.name)
-            name = pgroles.aside_name(t.db.name, stamp)
+            why = pgaside.why_not_aside(conn, t.db.name)
+            name = pgaside.aside_name(t.db.name, stamp)
             if why is None and pgroles.database_exists(conn, name):
                 why = f"a database {name} exists already"
-            shape = pgroles.database_shape(conn, t.db.name) if why is None else why
+            shape = pgaside.database_shape(conn, t.db.name) if why is None else why
     except DatabaseUnreachable as exc:
         shape = f"the admin connection failed: {exc.message}"
     if isinstance(shape, str):
@@ -576,10 +576,10 @@ def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
     s = p.settings
     if t.aside:
         assert t.shape is not None
-        _admin_do(s, t.db, lambda conn: pgroles.set_aside(conn, t.db.name, t.aside, t.shape))
+        _admin_do(s, t.db, lambda conn: pgaside.set_aside(conn, t.db.name, t.aside, t.shape))
         # Pushed before the replay: a failed replay leaves an empty or half database now.
         undo.push(f"{t.db.name} (renamed back from {t.aside})",
-                  lambda: _admin_do(s, t.db, lambda conn: pgroles.put_back(
+                  lambda: _admin_do(s, t.db, lambda conn: pgaside.put_back(
                       conn, t.db.name, t.aside)))  # type: ignore[arg-type]
     elif t.exists:
         _safety_dump(c, s, t.db, p.before / t.item)

@@ -297,7 +297,7 @@ def test_owner_mapping_of_a_staged_dump_keeps_its_mode_and_rows(tmp_path):
 
 # -- the pre-restore copy without a dump ----------------------------------------------------------
 def test_aside_names_fit_postgresql_identifiers():
-    from clawdie_ops.pgroles import NAME_MAX, aside_name
+    from clawdie_ops.pgaside import NAME_MAX, aside_name
     assert aside_name("memory_db", "20261125-132005") == \
         "memory_db_pre_restore_20261125-132005"
     long = aside_name("é" * 40, "20261125-132005-2")
@@ -305,7 +305,7 @@ def test_aside_names_fit_postgresql_identifiers():
 
 
 def test_plan_renames_a_database_aside_instead_of_dumping_it(tmp_path):
-    from clawdie_ops.pgroles import DbShape
+    from clawdie_ops.pgaside import DbShape
     (tmp_path / ".env").write_text(env_text({"WARDEN_DB_IP": "10.0.0.3"}))
     cfg = Config(overrides={"clawdie": {"db_admin": {"user": "postgres", "password": "pw"}}})
     s = config.load(cfg, root=tmp_path)
