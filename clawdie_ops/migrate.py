@@ -388,8 +388,6 @@ class Migration:
             if found.path is None:
                 self._refuse_install(h, found, minimum)
                 found = toolinstall.install(self.ctx[where], h)
-                self.warnings.append(f"installed clawdie-ops {found.version} on {h.label} at "
-                                     f"{found.path}")
             if found.path != h.tool:
                 self.set_tool(where, found.path)
             out[where] = found.as_dict()
@@ -718,6 +716,7 @@ class Migration:
             "restore": {k: v for k, v in j.result("restore").items()
                         if k in ("items", "connections", "safety", "duration_s")},
             "env_changes": j.result("point-env").get("changed", {}),
+            "tools": j.result("tools"),
             "doctor": j.result("doctor").get("status"),
             "checks": [ch.as_dict() for ch in self.checks],
             "steps": steps, "warnings": self.warnings,
@@ -888,6 +887,10 @@ def describe_report(report: dict[str, Any]) -> list[str]:
     for ch in report.get("checks", []):
         if ch["status"] != "ok":
             lines.append(f"  {ch['status']}: {ch['name']}: {ch['detail']}")
+    for where, tool in (report.get("tools") or {}).items():
+        if tool.get("how") == "installed":
+            lines.append(f"  installed clawdie-ops {tool['version']} on the {where} host: "
+                         f"{tool['tool']}")
     if report.get("downtime_s") is not None:
         lines.append(f"  downtime: {report['downtime_s']:.1f}s (agent stopped "
                      f"{report['agent_stopped_at']}, healthy on the new host "

@@ -62,12 +62,8 @@ def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, resta
         def show_plan(con: Console) -> None:
             con.print("[bold]plan[/] (dry run, nothing changed):")
             _print(con, [f"  {line}" for line in report["plan_text"]])
-            con.print("[bold]preflight:[/] " + ("ok" if report["preflight"] == "ok" else ""),
-                      end="")
-            if report["preflight"] != "ok":
-                con.print(f"[red]{report['preflight']}[/]", markup=True, highlight=False)
-            else:
-                con.print()
+            con.print("[bold]preflight:[/] " + ("ok" if report["preflight"] == "ok" else
+                                                "[red]stopped (the error below)[/]"))
             for ch in report["checks"]:
                 con.print(f"  {ch['status']:<4} {ch['name']}: {ch['detail']}", markup=False)
         out.result(report, show_plan)

@@ -6,6 +6,7 @@ import os
 import subprocess
 
 from clawdie_ops import __version__
+from clawdie_ops.migrate import describe_report
 from tests.conftest import CLI, cli
 from tests.migrate_helpers import (NEW_CRONTAB, OLD_CRONTAB, dataset_state, db_state,
                                    files_state, install_entry, journal_path, migrate, snapshots,
@@ -71,7 +72,11 @@ def test_migrate_moves_everything_and_the_agent_runs_on_the_new_host(rig):
     assert res.returncode == 0, res.stderr + res.stdout
     assert report["status"] == "done"
     # clawdie-ops was installed in its own virtualenv on the new host, and ran the restore
-    assert f"installed clawdie-ops {__version__} on {new.name}" in " ".join(report["warnings"])
+    assert report["tools"]["new"] == {"tool": str(venv / "bin" / "clawdie-ops"),
+                                      "version": __version__, "how": "installed"}
+    assert report["tools"]["old"]["how"] == "present"
+    assert f"  installed clawdie-ops {__version__} on the new host: {venv}/bin/clawdie-ops" in \
+        describe_report(report)
     version = subprocess.run([venv / "bin" / "clawdie-ops", "--version"], capture_output=True,
                              text=True, check=True, env={"PATH": "/usr/bin:/bin"})
     assert version.stdout.strip() == f"clawdie-ops {__version__}"
