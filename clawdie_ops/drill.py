@@ -28,13 +28,13 @@ import psycopg
 from . import pgroles
 from .archive import sha256_stream
 from .config import DbSpec, Settings
-from .dumpfile import Scanner
+from .dumpfile import rewrite_owners
 from .errors import ClawdieError, ConfigError, DatabaseError, DrillFailed, ToolMissing
 from .manifest import MONTHS
 from .output import Reporter
 from .sources import postgres as pg
 from .sources import sqlite
-from .verify import Verified, extract, verify
+from .verify import Verified, stage
 
 _STEM = re.compile(r"^clawdie-backup-(\d\d)\.([a-z]{3})\.(\d{4})-(\d\d)(\d\d)(?:-(\d+))?"
                    r"\.tar\.(?:gz|zst)$")
@@ -42,6 +42,14 @@ BOOTSTRAP_USER = "clawdie_drill"
 # Where an installation keeps each item, relative to the sandbox.
 LAYOUT = {"env": "root/.env", "messages.db": "root/store/messages.db",
           "mount-allowlist.json": "home/.config/clawdie-cp/mount-allowlist.json"}
+STAGED = "staged"  # below the sandbox: the verifying pass writes here
+
+
+def _layout(name: str) -> str:
+    """Where a member goes below the sandbox, as in an installation."""
+    if name in LAYOUT:
+        return LAYOUT[name]
+    return f"root/{name}" if name.startswith("groups/") else f"dumps/{name}"
 
 
 @dataclass
@@ -285,22 +293,29 @@ class Drill:
                                 "--pg-bin)")
         return f"PostgreSQL {self.server.version} at {self.server.address}, {kind}"
 
+    def verify_and_stage(self, archive: Path) -> Verified:
+        """One pass: every member checked against the manifest and written to the sandbox."""
+        # mkdtemp: private (0700); 0711 lets the postgres user reach its own subfolder.
+        self.sandbox = Path(tempfile.mkdtemp(prefix="clawdie-drill-"))
+        os.chmod(self.sandbox, 0o711)
+        staged = self.sandbox / STAGED
+        staged.mkdir(mode=0o700)
+        return stage(archive, staged, lambda name: True)
+
     def extract_all(self, v: Verified) -> str:
+        """Move the staged members to where an installation keeps them; map dump owners."""
         assert self.sandbox is not None and self.admin is not None
-        transform = {}
+        staged = self.sandbox / STAGED
+        for name in v.members:
+            dest = self.sandbox / _layout(name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged / name, dest)
         for name in v.dumps:
             dump_user = str(v.manifest.files[name].get("user") or "")
             if dump_user and dump_user != self.admin.user:
-                transform[name] = Scanner({dump_user: self.admin.user}).map_lines
-
-        def where(name: str) -> str:
-            if name in LAYOUT:
-                return LAYOUT[name]
-            if name.startswith("groups/"):
-                return f"root/{name}"
-            return f"dumps/{name}"
-        written = extract(v, self.sandbox, lambda n: True, transform, where)
-        return f"{len(written)} files into {self.sandbox}"
+                rewrite_owners(self.sandbox / _layout(name), {dump_user: self.admin.user})
+        shutil.rmtree(staged)
+        return f"{len(v.members)} files into {self.sandbox} (staged while verifying)"
 
     def check_sqlite(self, v: Verified) -> str:
         assert self.sandbox is not None
@@ -406,16 +421,13 @@ def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporte
     d = Drill(c, s, cfg, opts, out)
     planned = ["postgres server", "extract", "messages.db", "files"]
     try:
-        v = d.step("verify archive", archive.name, lambda: verify(archive))
+        v = d.step("verify archive", archive.name, lambda: d.verify_and_stage(archive))
         if v is None:
             for name in planned:
                 d.skip(name, "", "the archive failed verification")
         else:
             d.checks[-1].detail = (f"{len(v.members)} files match the manifest "
                                    f"(format {v.manifest.format}, {v.compression})")
-            # mkdtemp: private (0700); 0711 lets the postgres user reach its own subfolder.
-            d.sandbox = Path(tempfile.mkdtemp(prefix="clawdie-drill-"))
-            os.chmod(d.sandbox, 0o711)
             if v.dumps:
                 d.step("postgres server", "", lambda: d.start_server(v))
             else:
