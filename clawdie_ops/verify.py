@@ -16,7 +16,7 @@ import io
 import os
 import shutil
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -120,7 +120,6 @@ class _Pass:
         self.current = ""
         self.manifest_bytes: bytes | None = None
         self.dirs: list[str] = []
-        self.seen_rel: set[str] = set()
 
     def members(self, reader: ArchiveReader) -> Iterator[tuple[str, tarfile.TarInfo, IO[bytes]]]:
         tar = reader.tar
@@ -140,7 +139,6 @@ class _Pass:
                 if info.isdir():
                     self.dirs.append(rel)
                     continue
-                self.seen_rel.add(rel)
                 if not rel:
                     raise _unsafe(self.path, info.name, "is a file where the top folder should be")
                 fh = tar.extractfile(info)
@@ -325,27 +323,6 @@ def _read(path: Path, staging: _Staging | None) -> Verified:
                     dumps={n: s.facts for n, s in scanners.items()})
 
 
-def _copy(fh: IO[bytes], out: IO[bytes],
-          transform: Callable[[Iterable[bytes]], Iterator[bytes]] | None) -> tuple[int, str]:
-    """Copy a member, hashing what the archive holds (before any transform)."""
-    sha = hashlib.sha256()
-    size = 0
-
-    def counted(pieces: Iterable[bytes]) -> Iterator[bytes]:
-        nonlocal size
-        for piece in pieces:
-            sha.update(piece)
-            size += len(piece)
-            yield piece
-    if transform is None:
-        for chunk in counted(_chunks(fh)):
-            out.write(chunk)
-    else:
-        for line in transform(counted(_lines(fh))):
-            out.write(line)
-    return size, sha.hexdigest()
-
-
 def _inside(target: Path, rel: str) -> Path:
     dest = (target / rel)
     resolved = Path(os.path.abspath(dest))
@@ -370,42 +347,4 @@ def _mkdirs(target: Path, rel_dir: str) -> None:
         except FileExistsError:
             if current.is_symlink() or not current.is_dir():
                 raise ArchiveUnsafe(f"{current} exists and is not a plain folder",
-                                    "extract into an empty folder") from None
-
-
-def extract(v: Verified, target: Path, want: Callable[[str], bool],
-            transform: dict[str, Callable[[Iterable[bytes]], Iterator[bytes]]] | None = None,
-            rename: Callable[[str], str] | None = None) -> list[Path]:
-    """Write the wanted members below `target` (an existing empty folder), checking again.
-
-    `transform[name]` rewrites a member's lines on the way (role names in a dump); the
-    member itself is still hashed and compared with what verification saw. `rename` maps
-    a member name to its path below target. Returns the files written."""
-    target = Path(os.path.abspath(target))
-    transform = transform or {}
-    written: list[Path] = []
-    p = _Pass(v.path)
-    with ArchiveReader(v.path) as reader:
-        for rel, _info, fh in p.members(reader):
-            expected = v.members.get(rel)
-            if expected is None:
-                raise ArchiveCorrupt(f"{v.path}: member {rel!r} was not there when the archive "
-                                     "was verified", "was the archive replaced meanwhile?")
-            if not want(rel):
-                continue
-            out_rel = rename(rel) if rename else rel
-            dest = _inside(target, out_rel)
-            _mkdirs(target, os.path.dirname(out_rel))
-            mode = 0o600 if rel in ("env",) or rel.endswith(".sql") else (expected.mode & 0o755)
-            with _open_new(dest, mode or 0o600) as out:
-                size, digest = _copy(fh, out, transform.get(rel))
-            written.append(dest)
-            if size != expected.size or digest != expected.sha256:
-                raise ArchiveCorrupt(f"{v.path}: {rel} changed since it was verified",
-                                     "was the archive replaced meanwhile? verify it again")
-        p.finish(reader)
-    missing = [n for n in v.members if want(n) and n not in p.seen_rel]
-    if missing:
-        raise ArchiveCorrupt(f"{v.path}: {', '.join(missing[:3])} gone since it was verified",
-                             "was the archive replaced meanwhile? verify it again")
-    return written
+                                    "use an empty folder") from None
