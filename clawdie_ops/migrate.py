@@ -247,6 +247,8 @@ class Migration:
         self.facts: dict[str, dict[str, Any]] = {}
         self.db_env: dict[str, str] = {}  # the old .env's database settings: memory only
         self.temp_configs: dict[str, str] = {}
+        # hosts whose clawdie-ops is known to run: this machine, and what the tools step found
+        self.tool_ready = {w for w in ("old", "new") if plan.host(w).local}
         self.lock = threading.RLock()
         self.checks: list[migrate_checks.Check] = []
         self.skipped: list[str] = []
@@ -383,6 +385,7 @@ class Migration:
             if h.local:
                 out[where] = {"tool": "this clawdie-ops", "version": __version__,
                               "how": "present"}
+                self.tool_ready.add(where)
                 continue
             found = toolinstall.find(self.ctx[where], h, minimum)
             if found.path is None:
@@ -390,6 +393,7 @@ class Migration:
                 found = toolinstall.install(self.ctx[where], h)
             if found.path != h.tool:
                 self.set_tool(where, found.path)
+            self.tool_ready.add(where)
             out[where] = found.as_dict()
         return out
 
@@ -627,6 +631,8 @@ class Migration:
         if failed.phase == "downtime":
             old_state = "; ".join(problems) if problems else \
                 "the old host's agent runs again and nothing there was changed"
+        elif failed.id == "tools":
+            old_state = "nothing else was changed on either host"
         elif failed.phase == "preflight":
             old_state = "nothing was changed on either host"
         else:
@@ -650,7 +656,7 @@ class Migration:
             "schedule_paused": self.journal.done("pause-new-schedule")
             and not self.journal.done("resume-new-schedule"),
         }
-        if "new" in self.ctx:
+        if "new" in self.ctx and "new" in self.tool_ready:
             try:
                 facts = self.step_tool("new", "check", "--role", "target", env=self.db_env)
                 holds["agent_running"] = facts.get("agent_running")
@@ -664,7 +670,7 @@ class Migration:
 
     def old_agent_running(self) -> bool | None:
         """Read again, for the report; None when the old host cannot be asked."""
-        if "old" not in self.ctx:
+        if "old" not in self.ctx or "old" not in self.tool_ready:
             return None
         try:
             return bool(self.step_tool("old", "agent-status").get("running"))

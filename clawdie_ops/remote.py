@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import paramiko
 from fabric import Connection
 from invoke import Context
+from invoke.exceptions import ThreadException
 
 from . import ssh
 from .errors import HostError, RemoteTaskFailed
@@ -145,6 +146,10 @@ def run(c: Context, host: Host, command: str, *, stdin: str | None = None,
                           "in_stream": _Payload(stdin) if stdin is not None else False}
     try:
         res = c.run(command, **kw)
+    except ThreadException:
+        # sending stdin failed: the command ended before it read its input
+        raise HostError(f"{what or 'a command'} on {host.label} ended before it read its "
+                        "input", f"run it by hand there to see why: {command}") from None
     except (TimeoutError, paramiko.SSHException, EOFError, OSError) as exc:
         raise HostError(f"lost the connection to {host.label} during {what or command}: "
                         f"{exc or type(exc).__name__}",

@@ -165,7 +165,8 @@ def _install_error(host: Host, s: dict[str, Any], code: int, stderr: str) -> Hos
                          "install Python's venv module there (Debian: apt-get install "
                          f"python3-venv), or set {entry}.dir to a writable place")
     if code == 23:
-        return HostError(f"pip could not install clawdie-ops into {s['dir']} {where}: {tail}",
+        return HostError(f"pip could not install clawdie-ops into {s['dir']} {where} (the "
+                         f"virtualenv stays, the next run completes it): {tail}",
                          "the host needs its package index for the dependencies (invoke, "
                          "fabric, psycopg, python-dotenv, rich): set "
                          f"{entry}.pip_args (e.g. --no-index --find-links DIR of wheels), or "

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from tests.conftest import CLI, cli
-from tests.migrate_helpers import (assert_old_intact, journal_path, migrate, snapshots,
-                                   two_hosts, whole_state, write_inventory)
+from tests.migrate_helpers import (assert_old_intact, install_entry, journal_path, migrate,
+                                   snapshots, two_hosts, whole_state, write_inventory)
 from tests.rig.postgres import DEBIAN_BIN
 from tests.rig.proxy import through_proxy
 
@@ -35,6 +35,39 @@ def test_unreachable_new_host_stops_at_preflight_and_changes_nothing(rig):
     assert_old_intact(old, before, snaps)
     assert not journal_path(old, new).exists() or \
         json.loads(journal_path(old, new).read_text())["status"] == "failed"
+    rig.drop(old)
+    rig.drop(new)
+
+
+def test_installing_clawdie_ops_on_the_new_host_fails_clearly_and_changes_nothing(rig):
+    old, new = two_hosts(rig, new_has_tool=False, jails=("db",))
+    before, snaps = whole_state(old), snapshots(old)
+    venv = new.home / ".local" / "clawdie-ops"
+    # no such Python there
+    write_inventory(rig, old, new, install={"python": "/nonexistent/python3"})
+    res = cli(old, "migrate", "--to", new.name, "--yes")
+    assert res.returncode != 0
+    assert "stopped at: tools" in res.stdout
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "'/nonexistent/python3' not found there" in res.stderr
+    assert f"clawdie.hosts.{new.name}.install.python" in res.stderr
+    # a Python, but pip cannot reach any index for the dependencies
+    python = install_entry()["python"]
+    write_inventory(rig, old, new, install={"python": python, "pip_args": "--no-index"})
+    res = cli(old, "migrate", "--to", new.name, "--yes")
+    assert res.returncode != 0 and "stopped at: tools" in res.stdout
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "pip could not install clawdie-ops" in res.stderr and "pip_args" in res.stderr
+    assert "the virtualenv stays, the next run completes it" in res.stderr
+    assert "nothing else was changed on either host" in res.stderr
+    # the old host is as it was; the new host holds only the half-made virtualenv, which
+    # the next run completes, and no upload is left in its temp dir
+    assert_old_intact(old, before, snaps)
+    assert not (new.root / ".env").exists() and (venv / "bin" / "python").exists()
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("clawdie-ops.*/*.whl"))
+    write_inventory(rig, old, new, install=install_entry())
+    ok = cli(old, "migrate", "--to", new.name, "--dry-run")
+    assert "clawdie-ops is not installed" in ok.stderr  # a dry run still installs nothing
     rig.drop(old)
     rig.drop(new)
 

@@ -324,3 +324,17 @@ def test_json_summary_is_found_after_stray_output():
     assert remote.parse_json('warning\n{"a": {"b": 1}}\n') == {"a": {"b": 1}}
     assert remote.parse_json("no json") is None
     assert json.loads(json.dumps(remote.parse_json("{}"))) == {}
+
+
+def test_a_command_that_ends_before_reading_its_input_is_a_clear_error():
+    """invoke raises ThreadException when stdin cannot be sent: the command already ended
+    (say, `clawdie-ops: not found`). That is a HostError naming the host, not a crash."""
+    from invoke.exceptions import ThreadException
+
+    class Ended(MockContext):
+        def run(self, command, **kw):
+            raise ThreadException([])
+    with pytest.raises(HostError) as exc:
+        remote.run_tool(Ended(), NEW, "migrate-step", "check", stdin={"config": {}})
+    assert "on newbox (newbox) ended before it read its input" in exc.value.message
+    assert "clawdie-ops migrate-step check" in exc.value.hint
