@@ -11,6 +11,7 @@ from rich.console import Console
 
 from .. import agent, config, envfile, facts, inventory, migrate as action, transfer
 from ..errors import ConfigError, MigrationFailed, ScheduleError
+from ..migrate_report import describe_report
 from ..output import Reporter
 from .base import operator_task
 
@@ -56,7 +57,7 @@ def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, resta
     except MigrationFailed as exc:
         report = getattr(exc, "report", None)
         if report is not None:
-            out.result(report, lambda con: _print(con, action.describe_report(report)))
+            out.result(report, lambda con: _print(con, describe_report(report)))
         raise
     if dry_run:
         def show_plan(con: Console) -> None:
@@ -71,7 +72,7 @@ def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, resta
             raise MigrationFailed(f"preflight: {report['preflight']}",
                                   report.get("preflight_hint") or "")
         return
-    out.result(report, lambda con: _print(con, action.describe_report(report)))
+    out.result(report, lambda con: _print(con, describe_report(report)))
 
 
 def _print(con: Console, lines: list[str]) -> None:

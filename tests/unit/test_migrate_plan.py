@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from clawdie_ops import config, inventory, migrate
+from clawdie_ops import config, inventory, migrate_plan as migrate
+from clawdie_ops.migrate_report import describe_report
 from clawdie_ops.errors import ConfigError
 from clawdie_ops.masking import MASK, is_secret_key, mask_text, masked
 
@@ -137,7 +138,7 @@ def test_report_for_a_person_says_where_it_stopped_and_what_the_new_host_holds()
               "new_host": {"archive": "/b/x.tar.zst", "restored": False,
                            "datasets": {"tank/c/jails/db": ["s1"]}},
               "checks": [], "warnings": [], "journal": "/j.json"}
-    text = "\n".join(migrate.describe_report(report))
+    text = "\n".join(describe_report(report))
     assert "stopped at: restore" in text and "undone: started the agent" in text
     assert "new host holds: archive=/b/x.tar.zst" in text
     assert "tank/c/jails/db@s1" in text
