@@ -250,6 +250,9 @@ Host {h.alias}
         if h.sshd:
             h.sshd.stop()
         h.cluster.stop()
+        # sessions outlive their sshd: a killed test's remote step (a slow jail start)
+        # would otherwise write into the host's folders after they are removed
+        subprocess.run(["pkill", "-f", f"{h.base}/"], check=False)
         zfs_retry("destroy", "-r", f"{h.pool.name}/{PREFIX}")
         h.pool.destroy()
         self.hosts.pop(h.name, None)
