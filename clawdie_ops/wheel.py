@@ -45,8 +45,8 @@ def build(dest: Path) -> Path:
     """Write the wheel into `dest` (a directory); its path."""
     info = f"clawdie_ops-{__version__}.dist-info"
     members: list[tuple[str, bytes]] = []
-    for path in sorted(PACKAGE.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+    for path in sorted(PACKAGE.rglob("*.py")):  # the package is all Python: no stray files
+        if "__pycache__" not in path.parts:
             members.append((f"clawdie_ops/{path.relative_to(PACKAGE).as_posix()}",
                             path.read_bytes()))
     metadata, entry_points = _metadata()
