@@ -51,6 +51,11 @@ def describe_report(report: dict[str, Any]) -> list[str]:
     if moved.get("datasets"):
         lines.append(f"  datasets: {len(moved['datasets'])} "
                      f"({human_size(moved.get('dataset_bytes') or 0)} sent)")
+    kept = ((report.get("restore") or {}).get("safety") or {}).get("databases") or {}
+    for item, db in kept.items():
+        lines.append(f"  new host: its {item.removesuffix('.sql')} from before the restore is "
+                     f"kept as {db['database']} at {db['address']}: drop it once the "
+                     "migration is confirmed")
     copy = report.get("copy") or {}
     if copy.get("attempts", 0) > 1 or copy.get("resumed_from"):
         lines.append(f"  copy: {copy['attempts']} attempts, resumed from "

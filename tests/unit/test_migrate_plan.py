@@ -143,3 +143,14 @@ def test_report_for_a_person_says_where_it_stopped_and_what_the_new_host_holds()
     assert "new host holds: archive=/b/x.tar.zst" in text
     assert "tank/c/jails/db@s1" in text
     assert "old host: nothing changed or deleted; added: /b/a.tar.zst" in text
+
+
+def test_report_for_a_person_names_the_databases_the_new_host_set_aside():
+    report = {"status": "done", "from": {"name": "old"}, "to": {"name": "new"},
+              "restore": {"safety": {"dir": "/r/before", "databases": {
+                  "memory_db.sql": {"database": "memory_db_pre_restore_20261125-150000",
+                                    "address": "10.0.1.3:5432"}}}},
+              "checks": [], "warnings": [], "rollback": [], "journal": "/j.json"}
+    text = "\n".join(describe_report(report))
+    assert ("new host: its memory_db from before the restore is kept as "
+            "memory_db_pre_restore_20261125-150000 at 10.0.1.3:5432") in text
