@@ -27,6 +27,6 @@ def masked(value: Any) -> Any:
 
 def mask_text(text: str, secrets: list[str]) -> str:
     """`text` with every occurrence of each (non-trivial) secret replaced by the mask."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+    for secret in sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text

@@ -176,20 +176,24 @@ class Migration:
 
     def remove_stale_configs(self) -> None:
         """Temporary config files of an earlier run that was killed before its cleanup."""
-        stale = dict(self.journal.data.get("temp_configs") or {})
-        for path, name in list(stale.items()):
+        if self.opts.dry_run:
+            return
+        for path, name in dict(self.journal.data.get("temp_configs") or {}).items():
             where = next((w for w in ("old", "new") if self.plan.host(w).name == name), None)
-            if where is None or self.opts.dry_run:
-                continue
-            try:
-                remote.remove_temp_config(self.ctx[where], self.plan.host(where), path)
-            except ClawdieError as exc:
-                self.warnings.append(f"could not remove the earlier run's temporary config "
-                                     f"{path} on {self.plan.host(where).label}: {exc.message}")
-                continue
-            stale.pop(path)
-        if stale != (self.journal.data.get("temp_configs") or {}):
-            self.journal.set("temp_configs", stale)
+            if where is not None:
+                self.remove_config(where, path, "the earlier run's temporary config")
+
+    def remove_config(self, where: str, path: str, what: str) -> None:
+        """Remove a temporary config file on a host, and its entry in the journal."""
+        try:
+            remote.remove_temp_config(self.ctx[where], self.plan.host(where), path)
+        except ClawdieError as exc:
+            self.warnings.append(f"could not remove {what} {path} on "
+                                 f"{self.plan.host(where).label}: {exc.message}")
+            return
+        left = dict(self.journal.data.get("temp_configs") or {})
+        if left.pop(path, None) is not None:
+            self.journal.set("temp_configs", left)
 
     def do_tools(self) -> dict[str, Any]:
         """clawdie-ops on each remote host: found, or this version installed there."""
@@ -654,15 +658,7 @@ class Migration:
 
     def cleanup(self) -> None:
         for where, path in list(self.temp_configs.items()):
-            try:
-                remote.remove_temp_config(self.ctx[where], self.plan.host(where), path)
-            except ClawdieError as exc:
-                self.warnings.append(f"could not remove the temporary config {path} on "
-                                     f"{self.plan.host(where).label}: {exc.message}")
-            else:
-                left = dict(self.journal.data.get("temp_configs") or {})
-                if left.pop(path, None) is not None:
-                    self.journal.set("temp_configs", left)
+            self.remove_config(where, path, "the temporary config")
             self.temp_configs.pop(where, None)
         for ctx in self.ctx.values():
             remote.close(ctx)

@@ -14,7 +14,8 @@ from .output import human_size
 SPACE_MARGIN = 1.2
 
 
-def _version(text: str) -> tuple[int, ...]:
+def version_tuple(text: str | None) -> tuple[int, ...]:
+    """'0.1.0' -> (0, 1, 0); anything unreadable counts as 0."""
     parts = []
     for piece in str(text).split("."):
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -24,7 +25,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 def tool_versions(old: dict[str, Any], new: dict[str, Any]) -> Check:
     o, n = old.get("tool_version", "?"), new.get("tool_version", "?")
-    if _version(n)[:2] < _version(o)[:2]:
+    if version_tuple(n)[:2] < version_tuple(o)[:2]:
         return Check("clawdie-ops versions", "fail",
                      f"new host has clawdie-ops {n}, older than the old host's {o}: its restore "
                      "may not read the archive",

@@ -31,7 +31,6 @@ from .inventory import Host
 
 CONNECT_TIMEOUT = 15
 KEEPALIVE_S = 15
-_TEMP_CONFIG = re.compile(r"^/[^\s'\"]*/clawdie-ops\.[A-Za-z0-9]+/config\.json$")
 
 
 class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
@@ -255,5 +254,5 @@ def write_temp_config(c: Context, host: Host, data: Mapping[str, Any]) -> str:
 
 
 def remove_temp_config(c: Context, host: Host, path: str) -> None:
-    if _TEMP_CONFIG.match(path):
-        remove_temp_dir(c, host, str(Path(path).parent))
+    if Path(path).name == "config.json":
+        remove_temp_dir(c, host, str(Path(path).parent))  # which checks that it is ours

@@ -33,6 +33,7 @@ from .errors import (
     RestoreFailed,
     Terminated,
 )
+from .masking import mask_text
 from .output import Reporter
 from .sources import postgres as pg
 from .verify import Verified, stage, verify
@@ -125,9 +126,7 @@ class RestorePlan:
         return self.work / "staging"
 
     def mask(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
+        return mask_text(text, self.secrets)
 
     def describe(self) -> list[str]:
         m = self.verified.manifest

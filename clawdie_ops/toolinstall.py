@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, remote, wheel
+from .migrate_checks import version_tuple
 from .errors import HostError
 from .inventory import Host
 
@@ -64,14 +65,6 @@ class Found:
 
 def settings(host: Host) -> dict[str, Any]:
     return {**DEFAULTS, **dict(host.install)}
-
-
-def version_tuple(text: str | None) -> tuple[int, ...]:
-    out = []
-    for piece in str(text or "0").split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
 
 
 def _sh(script: str, *args: str) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import paramiko
 
+from .archive import sha256_stream
 from .errors import ArchiveCorrupt, HostError
 
 CHUNK = 1 << 20
@@ -196,18 +197,9 @@ def copy(src: Files, src_path: str, dst: Files, dst_path: str, *, size: int, sha
 
 
 def local_sha256(path: str) -> tuple[str, int]:
-    import hashlib
-
-    h = hashlib.sha256()
-    n = 0
     with open(path, "rb") as fh:
-        while True:
-            buf = fh.read(CHUNK)
-            if not buf:
-                break
-            h.update(buf)
-            n += len(buf)
-    return h.hexdigest(), n
+        size, digest = sha256_stream(fh)
+    return digest, size
 
 
 def free_bytes(path: Path) -> int:

@@ -10,6 +10,18 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+# pg14 binaries and other downloads, kept between runs (shared by the backup, restore and
+# doctor tests)
+CACHE = Path("/var/cache/clawdie-ops-tests")
+
+
+def set_config(h, **values) -> None:
+    """Change the host's tool config (~/.invoke.json) as an operator would."""
+    path = h.home / ".invoke.json"
+    doc = json.loads(path.read_text())
+    doc["clawdie"].update(values)
+    path.write_text(json.dumps(doc))
+
 
 def extract(archive: Path, dest: Path) -> Path:
     """Extract with Python's own tarfile (an independent reader); return the top folder."""

@@ -7,20 +7,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli
-from tests.helpers import leftovers
+from tests.helpers import CACHE, leftovers, set_config
 from tests.rig import content
 from tests.rig.postgres import pg14_bindir
 from tests.rig.services import ZFS, sh, zfs_retry
-
-CACHE = Path("/var/cache/clawdie-ops-tests")
-
-
-def set_config(h, **values) -> None:
-    """Change the host's tool config (~/.invoke.json) as an operator would."""
-    path = h.home / ".invoke.json"
-    doc = json.loads(path.read_text())
-    doc["clawdie"].update(values)
-    path.write_text(json.dumps(doc))
 
 
 def set_env(h, key: str, value: str) -> None:

@@ -7,14 +7,8 @@ import json
 import time
 
 from tests.conftest import cli
-from tests.integration.test_restore import (
-    CACHE,
-    backup,
-    set_config,
-    start_agent,
-    stop_agent,
-    write_env,
-)
+from tests.helpers import CACHE, set_config
+from tests.integration.test_restore import backup, start_agent, stop_agent, write_env
 from tests.rig.postgres import pg14_bindir
 from tests.rig.services import ZFS, sh, zfs_retry
 

@@ -15,22 +15,12 @@ import pytest
 
 from tests import archive_kit as kit
 from tests.conftest import cli
-from tests.helpers import pg_objects, pg_rows, sqlite_rows, tree_digest
+from tests.helpers import CACHE, pg_objects, pg_rows, set_config, sqlite_rows, tree_digest
 from tests.rig import content
 from tests.rig.hosts import linux_commands
 from tests.rig.postgres import SUPERPASS, Cluster, pg14_bindir
 
-CACHE = Path("/var/cache/clawdie-ops-tests")  # shared with the backup tests
-
-
 # -- helpers --------------------------------------------------------------------------------
-def set_config(h, **values) -> None:
-    path = h.home / ".invoke.json"
-    doc = json.loads(path.read_text())
-    doc["clawdie"].update(values)
-    path.write_text(json.dumps(doc))
-
-
 def write_env(h, **changes) -> None:
     h.env.update(changes)
     (h.root / ".env").write_text(content.env_text(h.env))
