@@ -40,9 +40,8 @@ def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, resta
     Preflight on both hosts (read-only; clawdie-ops is installed where missing), syncoid
     of the jail datasets while the agent runs, then: stop the agent, final backup, final
     increment, copy the archive (checksum verified), restore on the new host, start it
-    there, doctor. A failure in that window
-    starts the old host's agent again. Running the same command again continues where an
-    interrupted run stopped."""
+    there, doctor. A failure in that window starts the old host's agent again. Running the
+    same command again continues where an interrupted run stopped."""
     if not to:
         raise ConfigError("migrate needs the new host", "pass --to NEWHOST (a name in "
                           "clawdie.hosts, or an ssh alias)")
