@@ -9,9 +9,11 @@ from typing import Any
 
 from rich.console import Console
 
-from .. import agent, config, envfile, facts, inventory, migrate as action, transfer
+from ..hosts import agent, facts, transfer
+from ..config import settings as config, envfile, inventory
+from ..actions.migrate import run as action
 from ..errors import ConfigError, MigrationFailed, ScheduleError
-from ..migrate_report import describe_report
+from ..actions.migrate.report import describe_report
 from ..output import Reporter
 from .base import operator_task
 

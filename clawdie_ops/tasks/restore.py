@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import restore as action
+from ..actions.restore import run as action
 from ..output import Reporter
 from .base import confirm, operator_task
 from .doctor import print_checks

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import config, datasets, replication, sanoid, zfs
-from .. import rollback as rb
+from ..config import settings as config
+from ..zfs import datasets, replication, sanoid, commands as zfs
+from ..zfs import rollback as rb
 from ..errors import ConfigError, DatasetMissing, OutputError
 from ..output import Reporter, human_size
 from .base import confirm, operator_task, settings

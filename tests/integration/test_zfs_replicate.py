@@ -186,8 +186,8 @@ def test_ssh_options_with_spaces_survive_syncoids_shell(tmp_path):
     """syncoid pastes `-o VALUE` into a shell string: what ssh then reads is what we meant."""
     import shlex
 
-    from clawdie_ops import ssh as sshmod
-    from clawdie_ops import syncoid
+    from clawdie_ops.hosts import ssh as sshmod
+    from clawdie_ops.zfs import syncoid
 
     known = tmp_path / "known hosts"  # spaces in the paths
     key = tmp_path / "id one"

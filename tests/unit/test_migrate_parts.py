@@ -12,11 +12,13 @@ import paramiko
 import pytest
 from invoke import MockContext, Result
 
-from clawdie_ops import envfile, inventory, migrate_checks as mc, remote, transfer
-from clawdie_ops.config import read_env
+from clawdie_ops.config import envfile, inventory
+from clawdie_ops.actions.migrate import checks as mc
+from clawdie_ops.hosts import remote, transfer
+from clawdie_ops.config.settings import read_env
 from clawdie_ops.errors import ConfigError, HostError, RemoteTaskFailed
-from clawdie_ops.journal import Journal
-from clawdie_ops.masking import MASK
+from clawdie_ops.actions.migrate.journal import Journal
+from clawdie_ops.config.masking import MASK
 
 
 # -- preflight rules -------------------------------------------------------------------------

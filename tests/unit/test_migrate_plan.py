@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from clawdie_ops import config, inventory, migrate_plan as migrate
-from clawdie_ops.migrate_report import describe_report
+from clawdie_ops.config import settings as config, inventory
+from clawdie_ops.actions.migrate import plan as migrate
+from clawdie_ops.actions.migrate.report import describe_report
 from clawdie_ops.errors import ConfigError
-from clawdie_ops.masking import MASK, is_secret_key, mask_text, masked
+from clawdie_ops.config.masking import MASK, is_secret_key, mask_text, masked
 
 ADMIN_PW = "adm1n s3cret 'x'"
 

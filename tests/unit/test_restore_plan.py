@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from clawdie_ops import config, doctor, drill, restore
-from clawdie_ops.dumpfile import Scanner, scan
+from clawdie_ops.config import settings as config
+from clawdie_ops.actions import doctor, drill
+from clawdie_ops.actions.restore import run as restore
+from clawdie_ops.sources.postgres.dumpfile import Scanner, scan
 from clawdie_ops.errors import ArchiveUnsafe, ConfigError
-from clawdie_ops.manifest import Manifest
-from clawdie_ops.sources.postgres import ServerInfo
-from clawdie_ops.verify import Member, Verified, check_member
+from clawdie_ops.archive.manifest import Manifest
+from clawdie_ops.sources.postgres.commands import ServerInfo
+from clawdie_ops.archive.verify import Member, Verified, check_member
 from tests.rig.content import env_text
 
 DUMP = b'''--
@@ -224,7 +226,7 @@ def _tiny_archive(tmp_path: Path) -> Path:
 
 
 def test_staging_never_follows_a_link_planted_in_its_target(tmp_path):
-    from clawdie_ops.verify import stage
+    from clawdie_ops.archive.verify import stage
     target = tmp_path / "target"
     outside = tmp_path / "outside"
     target.mkdir()
@@ -237,7 +239,7 @@ def test_staging_never_follows_a_link_planted_in_its_target(tmp_path):
 
 # -- one pass: verify while staging -------------------------------------------------------------
 def test_staging_writes_the_wanted_members_in_the_verifying_pass(tmp_path):
-    from clawdie_ops.verify import stage
+    from clawdie_ops.archive.verify import stage
     target = tmp_path / "staging"
     target.mkdir(mode=0o700)
     v = stage(_tiny_archive(tmp_path), target, lambda n: n == "env")
@@ -249,7 +251,7 @@ def test_staging_writes_the_wanted_members_in_the_verifying_pass(tmp_path):
 
 def test_staging_a_changed_member_fails_with_its_name(tmp_path):
     from clawdie_ops.errors import ArchiveCorrupt
-    from clawdie_ops.verify import stage
+    from clawdie_ops.archive.verify import stage
     from tests import archive_kit as kit
     bad = kit.repack(_tiny_archive(tmp_path), tmp_path / "bad.tar.gz",
                      kit.edit_member("groups/main/a.md", lambda b: b"changed\n"), sign=False)
@@ -261,7 +263,7 @@ def test_staging_a_changed_member_fails_with_its_name(tmp_path):
 def test_staging_refuses_to_fill_the_disk(tmp_path, monkeypatch):
     import shutil as sh
 
-    from clawdie_ops import verify as vf
+    from clawdie_ops.archive import verify as vf
     from clawdie_ops.errors import OutputError
     monkeypatch.setattr(vf.shutil, "disk_usage", lambda p: sh._ntuple_diskusage(100, 99, 1))
     (tmp_path / "staging").mkdir()
@@ -270,7 +272,7 @@ def test_staging_refuses_to_fill_the_disk(tmp_path, monkeypatch):
 
 
 def test_owner_mapping_of_a_staged_dump_keeps_its_mode_and_rows(tmp_path):
-    from clawdie_ops.dumpfile import rewrite_owners
+    from clawdie_ops.sources.postgres.dumpfile import rewrite_owners
     dump = tmp_path / "memory_db.sql"
     dump.write_bytes(DUMP)
     dump.chmod(0o600)
@@ -284,7 +286,7 @@ def test_owner_mapping_of_a_staged_dump_keeps_its_mode_and_rows(tmp_path):
 
 # -- the pre-restore copy without a dump ----------------------------------------------------------
 def test_aside_names_fit_postgresql_identifiers():
-    from clawdie_ops.pgaside import NAME_MAX, aside_name
+    from clawdie_ops.sources.postgres.aside import NAME_MAX, aside_name
     assert aside_name("memory_db", "20261125-132005") == \
         "memory_db_pre_restore_20261125-132005"
     long = aside_name("é" * 40, "20261125-132005-2")
@@ -292,7 +294,7 @@ def test_aside_names_fit_postgresql_identifiers():
 
 
 def test_plan_renames_a_database_aside_instead_of_dumping_it(tmp_path):
-    from clawdie_ops.pgaside import DbShape
+    from clawdie_ops.sources.postgres.aside import DbShape
     (tmp_path / ".env").write_text(env_text({"WARDEN_DB_IP": "10.0.0.3"}))
     cfg = Config(overrides={"clawdie": {"db_admin": {"user": "postgres", "password": "pw"}}})
     s = config.load(cfg, root=tmp_path)

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from clawdie_ops import backup, config, zfs
+from clawdie_ops.actions import backup
+from clawdie_ops.config import settings as config
+from clawdie_ops.zfs import commands as zfs
 from clawdie_ops.errors import ConfigError, EnvFileError, InvalidName, ToolMissing, ToolTooOld
-from clawdie_ops.manifest import archive_stem
-from clawdie_ops.sources import postgres as pg
+from clawdie_ops.archive.manifest import archive_stem
+from clawdie_ops.sources.postgres import commands as pg
 from tests.rig.content import env_text
 
 TRICKY = "p a$s 'q' \"d\" \\ x:y #z"

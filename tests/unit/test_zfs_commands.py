@@ -8,16 +8,9 @@ from datetime import datetime
 import pytest
 from invoke import Config, MockContext, Result
 
-from clawdie_ops import (
-    config,
-    datasets,
-    replication,
-    rollback,
-    sanoid,
-    ssh,
-    syncoid,
-    zfs,
-)
+from clawdie_ops.config import settings as config
+from clawdie_ops.zfs import datasets, replication, rollback, sanoid, syncoid, commands as zfs
+from clawdie_ops.hosts import ssh
 from clawdie_ops.errors import DatasetMissing, InvalidName, NotManaged, ZfsError
 
 DB = "zroot/clawdie/jails/db"

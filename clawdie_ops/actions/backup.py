@@ -1,0 +1,255 @@
+"""`backup`: snapshot, dump, copy and archive an installation; plan first, act second.
+
+Runs on the host that holds the data (Fabric runs the whole task there for a migration).
+Nothing is left behind on failure: the archive is written under a temporary name and
+renamed only once complete; the spool of dumps is removed either way.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, UTC
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from .. import __version__
+from ..zfs import commands as zfs
+from ..archive.writer import SUFFIX, ArchiveWriter
+from ..config.settings import DbSpec, Settings
+from ..errors import ClawdieError, OutputError, SourceError
+from ..archive.manifest import NAME as MANIFEST, Manifest, archive_stem
+from ..output import Reporter
+from ..sources import files as file_source
+from ..sources.postgres import commands as pg
+from ..sources import sqlite
+
+
+@dataclass
+class BackupOptions:
+    output: Path | None = None
+    skip_skills: bool = False
+    snapshot: bool = True
+    compression: str | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class BackupPlan:
+    archive: Path
+    top: str
+    compression: str
+    snapshot: str | None  # "parent@name", or None with --no-snapshot
+    datasets: list[str]
+    databases: list[DbSpec]
+    files: list[file_source.FileItem]
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self, s: Settings) -> list[str]:
+        lines = []
+        if self.snapshot:
+            parent, name = self.snapshot.split("@")
+            lines.append(f"snapshot   {s.command('snapshot', parent=parent, name=name)}"
+                         f"  (covers {', '.join(self.datasets)})")
+        lines.append(f"copy       {s.sqlite_path} via SQLite's online backup API, integrity_check")
+        for db in self.databases:
+            lines.append(f"dump       {pg.pg_dump_cmd(s, db, Path(db.item), '<exported-snapshot>')}"
+                         "  (PGPASSFILE, 0600)")
+        for item in self.files:
+            lines.append(f"archive    {item.source} -> {item.name}")
+        lines.append(f"write      {self.archive} (mode 0600, via {self.archive.name}.partial)")
+        return lines + [f"note       {n}" for n in self.notes]
+
+
+def _output_dir(s: Settings, opts: BackupOptions) -> Path:
+    out = (opts.output or s.backup_dir).expanduser()
+    if not out.is_dir():
+        raise OutputError(f"output directory does not exist: {out}",
+                          "create it, or pass another with --output")
+    try:  # a real write: access() says yes to root on a read-only mount
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output directory is not writable: {out} ({exc.strerror})",
+                          "fix its permissions or mount, or pass another with --output") from None
+    return out
+
+
+def make_plan(c, s: Settings, opts: BackupOptions, now: datetime | None = None) -> BackupPlan:
+    """Decide everything (names, items, order) without changing anything."""
+    out = _output_dir(s, opts)
+    compression = opts.compression or s.compression
+    when = now or datetime.now()
+    stem = archive_stem(when)
+    suffix = SUFFIX[compression]
+    existing = {p.name for p in out.iterdir()} if out.exists() else set()
+    n = 1
+    taken = set()
+    if opts.snapshot:
+        taken = {snap.name for snap in zfs.snapshots(c, s, s.jails_parent)} \
+            if zfs.exists(c, s, s.jails_parent) else set()
+    name = stem
+    while f"{name}{suffix}" in existing or name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    files, notes = file_source.items(s)
+    return BackupPlan(
+        archive=out / f"{name}{suffix}", top=name, compression=compression,
+        snapshot=f"{s.jails_parent}@{name}" if opts.snapshot else None,
+        datasets=s.datasets if opts.snapshot else [],
+        databases=s.databases(opts.skip_skills), files=files, notes=notes)
+
+
+@dataclass
+class Preflight:
+    pg_dump_version: str
+    servers: dict[str, pg.ServerInfo]
+
+
+def preflight(c, s: Settings, plan: BackupPlan) -> Preflight:
+    """Every check that can fail before anything is written."""
+    if not s.env_file.is_file() or not os.access(s.env_file, os.R_OK):
+        raise SourceError(f".env unreadable: {s.env_file}", "check its owner and mode")
+    if not s.sqlite_path.is_file():
+        raise SourceError(f"messages.db not found: {s.sqlite_path}",
+                          "check --root / CLAWDIE_ROOT points at the Clawdie checkout")
+    if plan.datasets:
+        zfs.require(c, s, [s.jails_parent, *plan.datasets])
+    major, version = pg.client_version(c, s, "pg_dump")
+    servers = {}
+    for db in plan.databases:
+        with pg.connect(db) as conn:
+            info = pg.server_info(conn)
+        pg.check_dump_compatible(s, major, version, info)
+        servers[db.key] = info
+    need = s.sqlite_path.stat().st_size + sum(f.source.stat().st_size for f in plan.files)
+    free = shutil.disk_usage(plan.archive.parent).free
+    if free < need:
+        raise OutputError(f"not enough space in {plan.archive.parent}: {free} bytes free, "
+                          f"the files alone need {need}", "free space or pass --output")
+    return Preflight(version, servers)
+
+
+def dump_database(c, s: Settings, db: DbSpec, dest: Path) -> dict[str, Any]:
+    """pg_dump inside an exported snapshot, so the row counts match the dump exactly."""
+    with pg.connect(db, autocommit=False) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        snap = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        counts = pg.table_counts(conn)
+        with pg.passfile(db) as env:
+            pg.run_checked(c, pg.pg_dump_cmd(s, db, dest, snap), env,
+                           f"pg_dump of {db.name} at {db.host}:{db.port}")
+        conn.rollback()
+    return {"kind": "postgres", "database": db.name, "user": db.user, "tables": counts,
+            "format": "plain"}
+
+
+def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
+    started = time.monotonic()
+    with out.step("plan and preflight"):
+        plan = make_plan(c, s, opts)
+        pre = preflight(c, s, plan)
+    if opts.dry_run:
+        return {"dry_run": True, "archive": str(plan.archive), "plan": plan.describe(s)}
+    for note in plan.notes:
+        out.warn(note)
+    spool = Path(tempfile.mkdtemp(prefix=".clawdie-backup-spool-", dir=plan.archive.parent))
+    writer: ArchiveWriter | None = None
+    snapshots: list[str] = []
+    try:
+        if plan.snapshot:
+            with out.step(f"snapshot {plan.snapshot}"):
+                parent, name = plan.snapshot.split("@")
+                zfs.snapshot_recursive(c, s, parent, name)
+                snapshots = [plan.snapshot] + [f"{d}@{name}" for d in plan.datasets]
+        with out.step("copy messages.db and dump databases"):
+            entries = _collect(c, s, plan, spool)
+        with out.step(f"write {plan.archive.name}"):
+            writer = ArchiveWriter(plan.archive, plan.top, plan.compression)
+            manifest = Manifest(agent_name=s.agent_name,
+                                timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+                                host=socket.gethostname(), tool_version=__version__,
+                                snapshots=snapshots)
+            manifest.files["messages.db"] = {
+                **entries.pop("messages.db"),
+                **writer.add_file("messages.db", spool / "messages.db", 0o644)}
+            for db in plan.databases:
+                info = pre.servers[db.key]
+                manifest.files[db.item] = {
+                    **entries.pop(db.item), **writer.add_file(db.item, spool / db.item, 0o600),
+                    "server_version": info.version, "system_identifier": info.system_identifier,
+                    "pg_dump_version": pre.pg_dump_version}
+            for item in plan.files:
+                mode = 0o600 if item.name == "env" else None
+                try:
+                    manifest.files[item.name] = {"kind": "file",
+                                                 **writer.add_file(item.name, item.source, mode)}
+                except FileNotFoundError:
+                    raise SourceError(f"{item.source} vanished during the backup",
+                                      "run the backup again") from None
+            manifest.items = _item_list(manifest.files)
+            if opts.skip_skills:
+                manifest.skipped["skills_db.sql"] = "--skip-skills"
+            manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
+                                 "servers": {k: v.version for k, v in pre.servers.items()}}
+            writer.add_bytes(MANIFEST, manifest.to_json(), 0o644)
+            written = writer.commit()
+            writer = None
+    except BaseException as exc:
+        if writer is not None:
+            writer.abort()
+        kept = f"; snapshot {plan.snapshot} was kept" if snapshots else ""
+        if _out_of_space(exc):
+            detail = exc.message if isinstance(exc, ClawdieError) else str(exc)
+            raise OutputError(f"{plan.archive.parent} ran out of space during the backup: {detail}",
+                              "free space there or pass --output; the partial archive and "
+                              f"spool were removed{kept}") from None
+        if isinstance(exc, ClawdieError) and kept:
+            exc.hint = f"{exc.hint}{kept} (a valid point in time; destroy it if unwanted)"
+        raise
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return {"archive": str(written.path), "size": written.size, "sha256": written.sha256,
+            "items": manifest.items, "snapshots": snapshots,
+            "duration_s": round(time.monotonic() - started, 3), "steps": out.timings,
+            "tables": {n: f["tables"] for n, f in manifest.files.items() if "tables" in f}}
+
+
+def _collect(c, s: Settings, plan: BackupPlan, spool: Path) -> dict[str, dict[str, Any]]:
+    """The SQLite copy and the dumps, concurrently, into the private spool directory."""
+    with ThreadPoolExecutor(max_workers=1 + len(plan.databases)) as pool:
+        dumps = {db.item: pool.submit(dump_database, c, s, db, spool / db.item)
+                 for db in plan.databases}
+        sqlite.backup(s.sqlite_path, spool / "messages.db")
+        sqlite.check(spool / "messages.db")
+        entries = {"messages.db": {"kind": "sqlite", "integrity": "ok",
+                                   "tables": sqlite.table_counts(spool / "messages.db")}}
+        for item, future in dumps.items():
+            entries[item] = future.result()
+    return entries
+
+
+_FULL = ("no space left", "disk is full", "quota exceeded", "file too large")
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return isinstance(exc, ClawdieError) and any(m in str(exc).lower() for m in _FULL)
+
+
+def _item_list(files: dict[str, Any]) -> list[str]:
+    items = []
+    for name in files:
+        item = "groups/" if name.startswith("groups/") else name
+        if item not in items:
+            items.append(item)
+    return items
