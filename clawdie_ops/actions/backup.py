@@ -28,7 +28,7 @@ from ..errors import ClawdieError, OutputError, SourceError
 from ..archive.manifest import NAME as MANIFEST, Manifest, archive_stem
 from ..output import Reporter
 from ..sources import files as file_source
-from ..sources.postgres import commands as pg
+from ..sources.postgres import commands as pg, extensions
 from ..sources import sqlite
 
 
@@ -122,13 +122,14 @@ def preflight(c, s: Settings, plan: BackupPlan) -> Preflight:
                           "check --root / CLAWDIE_ROOT points at the Clawdie checkout")
     if plan.datasets:
         zfs.require(c, s, [s.jails_parent, *plan.datasets])
-    major, version = pg.client_version(c, s, "pg_dump")
     servers = {}
     for db in plan.databases:
         with pg.connect(db) as conn:
-            info = pg.server_info(conn)
+            servers[db.key] = pg.server_info(conn)
+    newest = max((i.major for i in servers.values()), default=None)
+    major, version = pg.client_version(c, s, "pg_dump", newest)
+    for info in servers.values():
         pg.check_dump_compatible(s, major, version, info)
-        servers[db.key] = info
     need = s.sqlite_path.stat().st_size + sum(f.source.stat().st_size for f in plan.files)
     free = shutil.disk_usage(plan.archive.parent).free
     if free < need:
@@ -144,12 +145,13 @@ def dump_database(c, s: Settings, db: DbSpec, dest: Path) -> dict[str, Any]:
         conn.read_only = True
         snap = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         counts = pg.table_counts(conn)
+        used = extensions.in_database(conn)
         with pg.passfile(db) as env:
             pg.run_checked(c, pg.pg_dump_cmd(s, db, dest, snap), env,
                            f"pg_dump of {db.name} at {db.host}:{db.port}")
         conn.rollback()
     return {"kind": "postgres", "database": db.name, "user": db.user, "tables": counts,
-            "format": "plain"}
+            "extensions": used, "format": "plain"}
 
 
 def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:

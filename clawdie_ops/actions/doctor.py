@@ -102,11 +102,11 @@ def check_databases(s: Settings) -> tuple[list[Check], dict[str, pg.ServerInfo],
 
 
 def check_pg_dump(c, s: Settings, servers: dict[str, pg.ServerInfo]) -> Check:
+    newest = max(servers.values(), key=lambda i: i.major, default=None)
     try:
-        major, version = pg.client_version(c, s, "pg_dump")
+        major, version = pg.client_version(c, s, "pg_dump", newest.major if newest else None)
     except ClawdieError as exc:
         return Check("pg_dump", "fail", exc.message, exc.hint)
-    newest = max(servers.values(), key=lambda i: i.major, default=None)
     if newest is None:
         return Check("pg_dump", "warn", f"pg_dump {version} found; no server reached to "
                                         "compare its version with", "see the database checks")
@@ -114,7 +114,7 @@ def check_pg_dump(c, s: Settings, servers: dict[str, pg.ServerInfo]) -> Check:
         return Check("pg_dump", "fail", f"pg_dump {version} is older than the PostgreSQL "
                                         f"{newest.version} server at {newest.address}",
                      f"install pg_dump {newest.major} or newer "
-                     f"({s.command('pg_install_hint')}) or set clawdie.pg_bin")
+                     f"({pg.install_hint(s, newest.major)}) or set clawdie.pg_bin")
     return Check("pg_dump", "ok", f"pg_dump {version} (server {newest.version})")
 
 

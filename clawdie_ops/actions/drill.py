@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from ..sources.postgres import roles as pgroles
+from ..sources.postgres import extensions, roles as pgroles
 from ..archive.writer import sha256_stream
 from ..config.settings import DbSpec, Settings
 from ..sources.postgres.dumpfile import rewrite_owners
@@ -95,9 +95,12 @@ def newest_archive(directory: Path) -> Path:
 
 # -- the scratch server -------------------------------------------------------------------
 def find_server_bin(c, s: Settings, explicit: str) -> Path:
-    """initdb, pg_ctl and psql of one version: the given folder, PATH, or the newest known."""
+    """initdb, pg_ctl and psql of one version: the given folder, clawdie.pg_bin when it
+    holds a server too (the host's own version), PATH, or the newest known."""
     if explicit:
         path = Path(explicit)
+    elif s.pg_bin and (Path(s.pg_bin) / "initdb").exists():
+        path = Path(s.pg_bin)
     else:
         res = c.run("command -v initdb", hide=True, warn=True, in_stream=False)
         if res.exited == 0 and res.stdout.strip():
@@ -291,6 +294,10 @@ class Drill:
             raise DatabaseError(f"{names} newer than the drill's PostgreSQL "
                                 f"{self.server.version}", "give a newer server (--pg-host or "
                                 "--pg-bin)")
+        _, psql_version = pg.client_version(self.c, self.s, "psql", self.server.major)
+        for n in v.dumps:
+            pg.check_restrict(self.s, n, str(v.manifest.files[n].get("pg_dump_version") or ""),
+                              psql_version, f"({self.s.pg_tool('psql')}) of the drill")
         return f"PostgreSQL {self.server.version} at {self.server.address}, {kind}"
 
     def verify_and_stage(self, archive: Path) -> Verified:
@@ -303,17 +310,13 @@ class Drill:
         return stage(archive, staged, lambda name: True)
 
     def extract_all(self, v: Verified) -> str:
-        """Move the staged members to where an installation keeps them; map dump owners."""
+        """Move the staged members to where an installation keeps them."""
         assert self.sandbox is not None and self.admin is not None
         staged = self.sandbox / STAGED
         for name in v.members:
             dest = self.sandbox / _layout(name)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged / name, dest)
-        for name in v.dumps:
-            dump_user = str(v.manifest.files[name].get("user") or "")
-            if dump_user and dump_user != self.admin.user:
-                rewrite_owners(self.sandbox / _layout(name), {dump_user: self.admin.user})
         shutil.rmtree(staged)
         return f"{len(v.members)} files into {self.sandbox} (staged while verifying)"
 
@@ -346,25 +349,47 @@ class Drill:
         return f"{n} files match their size and sha256"
 
     def replay(self, v: Verified, name: str) -> str:
+        """Replay a dump as a restore on a fresh host would: as the archive's app user (a
+        login role, no superuser) owning the database, the roles the dump names made NOLOGIN
+        and granted to it, its extensions made by the admin first. So the drill fails
+        exactly where such a restore would."""
         assert self.admin is not None and self.sandbox is not None
         key = name.removesuffix("_db.sql")
         scratch = f"clawdie_drill_{self.token}_{key}"
         facts = v.dumps.get(name)
+        entry = v.manifest.files[name]
+        dump_user = str(entry.get("user") or "")
+        # The throwaway cluster is ours: the archive's own role name. A given server may
+        # hold that role already (its production one): a scratch name, owners mapped to it.
+        user = dump_user if self.cluster is not None and dump_user else f"{scratch}_user"
+        db = replace(self.admin, key=key, name=scratch, user=user,
+                     password=secrets.token_urlsafe(18))
+        need = extensions.wanted(entry, facts.extensions if facts else None)
         with pg.connect(self.admin, autocommit=True) as conn:
-            pgroles.create_database(conn, scratch, self.admin.user)
+            why = extensions.unavailable(need, extensions.available(
+                conn, {e["name"] for e in need}))
+            if why:
+                raise DrillFailed(f"{name}: {'; '.join(why)} on the drill's PostgreSQL "
+                                  f"{self.server.version if self.server else ''}".strip(),
+                                  "a restore onto such a server would fail the same way")
+            pgroles.create_login_role(conn, user, db.password)
+            self.created_roles.append(user)
+            pgroles.create_database(conn, scratch, user)
             self.created_dbs.append(scratch)
-            dump_user = str(v.manifest.files[name].get("user") or "")
-            wanted = set(facts.roles if facts else ()) - {dump_user, self.admin.user}
+            wanted = set(facts.roles if facts else ()) - {dump_user, user}
             for role in sorted(wanted - pgroles.existing_roles(conn, wanted)):
-                pgroles.create_nologin_role(conn, role, self.admin.user)
+                pgroles.create_nologin_role(conn, role, user)
                 self.created_roles.append(role)
-        db = replace(self.admin, key=key, name=scratch)
-        cmd = pg.psql_cmd(self.s, db, self.sandbox / "dumps" / name)
-        if db.password:
-            with pg.passfile(db) as env:
-                pg.run_checked(self.c, cmd, env, f"{name}: replay")
-        else:
-            pg.run_checked(self.c, cmd, {}, f"{name}: replay")
+        if need:
+            with pg.connect(replace(self.admin, name=scratch), autocommit=True) as conn:
+                for e in need:
+                    extensions.create(conn, e)
+        dump = self.sandbox / "dumps" / name
+        role_map = {dump_user: user} if dump_user and dump_user != user else {}
+        if role_map or need:
+            rewrite_owners(dump, role_map, skip_extensions=bool(need))
+        with pg.passfile(db) as env:
+            pg.run_checked(self.c, pg.psql_cmd(self.s, db, dump), env, f"{name}: replay")
         with pg.connect(db) as conn:
             got = pg.table_counts(conn)
         expected = v.manifest.files[name].get("tables", {})

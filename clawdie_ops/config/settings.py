@@ -27,7 +27,8 @@ DEFAULT_COMMANDS: dict[str, str] = {
     "jail_start": "bastille start {jail_name}",
     "jail_stop": "bastille stop {jail_name}",
     "skills_regen": "cd {root} && npm run setup -- --step skills-memory",
-    "pg_install_hint": "pkg install postgresql17-client",
+    # {major}: the PostgreSQL server's major version (18 when none is reached)
+    "pg_install_hint": "pkg install postgresql{major}-client",
     # Taking the backup's snapshot; point this at hostd to go through it instead.
     "snapshot": "{zfs} snapshot -r {parent}@{name}",
     # Schedule handoff during a migration: the scheduled sanoid/syncoid/backup lines of the

@@ -41,8 +41,15 @@ def test_backup_writes_runbook_layout_with_mode_0600(host, tmp_path):
     assert m["items"] == ["messages.db", "memory_db.sql", "skills_db.sql", "env", "groups/",
                           "mount-allowlist.json"]
     assert m["tool_version"] and m["host"] and m["timestamp"]
-    assert m["files"]["memory_db.sql"]["server_version"].startswith("15.")
-    assert m["files"]["memory_db.sql"]["pg_dump_version"].startswith("15.")
+    assert m["files"]["memory_db.sql"]["server_version"].startswith("18.")
+    assert m["files"]["memory_db.sql"]["pg_dump_version"].startswith("18.")
+    # Each database's extensions, as its server has them (pgvector in memory_db).
+    with host.db_connect("memory") as conn:
+        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+                               ).fetchone()[0]
+    assert m["files"]["memory_db.sql"]["extensions"] == [
+        {"name": "vector", "version": version, "schema": "public"}]
+    assert m["files"]["skills_db.sql"]["extensions"] == []
     # Every member's size and sha256 are what the manifest says.
     digests = tree_digest(top)
     for name, entry in m["files"].items():

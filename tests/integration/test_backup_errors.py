@@ -32,21 +32,22 @@ def fails(h, *args: str, out: Path | None = None) -> str:
 def test_pg_dump_missing_gives_install_hint(host):
     set_config(host, pg_bin="/nonexistent/pgbin")
     err = fails(host)
-    assert "pg_dump not found" in err and "apt-get install postgresql-client-15" in err
+    assert "pg_dump not found" in err and "apt-get install postgresql-client-18" in err
 
 
 def test_pg_dump_missing_hint_defaults_to_runbook(host):
+    """FreeBSD's client package of the server's major version (18 on this host)."""
     cfg = json.loads((host.home / ".invoke.json").read_text())
     del cfg["clawdie"]["commands"]["pg_install_hint"]
     cfg["clawdie"]["pg_bin"] = "/nonexistent/pgbin"
     (host.home / ".invoke.json").write_text(json.dumps(cfg))
-    assert "pkg install postgresql17-client" in fails(host)
+    assert "pkg install postgresql18-client" in fails(host)
 
 
 def test_pg_dump_older_than_server_is_refused_before_dumping(host):
     set_config(host, pg_bin=str(pg14_bindir(CACHE)))
     err = fails(host)
-    assert "pg_dump 14." in err and "older than the PostgreSQL 15." in err
+    assert "pg_dump 14." in err and "older than the PostgreSQL 18." in err
     assert host.address in err
 
 

@@ -31,7 +31,7 @@ def test_doctor_says_ok_on_a_healthy_host(host):
         assert list(checks) == NAMES
         assert {n: c["status"] for n, c in checks.items()} == {n: "ok" for n in NAMES}, checks
         assert code == 0
-        assert f"at {host.address}:5432 as memory_user (PostgreSQL 15." in \
+        assert f"at {host.address}:5432 as memory_user (PostgreSQL 18." in \
             checks["database memory_db"]["detail"]
         res = cli(host, "doctor")
         assert res.returncode == 0
@@ -59,7 +59,7 @@ def test_doctor_fails_for_each_real_condition(host):
     assert "not running" in checks["agent"]["detail"] and "fake_agent" in checks["agent"]["fix"]
     assert "refused the password" in checks["database skills_db"]["detail"]
     assert "pg_dump 14." in checks["pg_dump"]["detail"]
-    assert "older than the PostgreSQL 15." in checks["pg_dump"]["detail"]
+    assert "older than the PostgreSQL 18." in checks["pg_dump"]["detail"]
     assert host.dataset("git") in checks["jail datasets"]["detail"]
     assert "no snapshot of" in checks["snapshots"]["detail"]
     assert f"no clawdie-backup-* archive in {mnt}" in checks["backups"]["detail"]

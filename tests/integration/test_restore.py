@@ -111,7 +111,7 @@ def test_restore_brings_back_a_damaged_installation(host):
     assert checks["agent"] == "ok" and checks["database memory_db"] == "ok"
     conn_used = report["connections"]["memory_db.sql"]
     assert conn_used["address"] == f"{host.address}:5432"
-    assert conn_used["system_identifier"] and conn_used["version"].startswith("15.")
+    assert conn_used["system_identifier"] and conn_used["version"].startswith("18.")
     stop_agent(host)
 
     assert state(host) == original
@@ -393,7 +393,7 @@ def test_dry_run_prints_every_step_and_changes_nothing(victim):
                          'CREATE DATABASE "skills_db" OWNER "skills_user"', f"{h.root}/.env",
                          f"{h.root}/store/messages.db", f"{h.root}/groups/",
                          "mount-allowlist.json", "zfs snapshot -r", "fake_agent.py",
-                         f"at {h.address}:5432: PostgreSQL 15."):
+                         f"at {h.address}:5432: PostgreSQL 18."):
             assert expected in out, expected
         assert "pg_dump --clean" not in out
         for secret in (content.MEMORY_PASSWORD, content.SKILLS_PASSWORD, SUPERPASS,
@@ -490,7 +490,7 @@ def test_connection_details_come_from_the_restored_env(host):
 
 @pytest.fixture
 def pg14(rig, host):
-    """A PostgreSQL 14 server beside the host's own 15, as an older db jail would run."""
+    """A PostgreSQL 14 server beside the host's own 18, as an older db jail would run."""
     cluster = Cluster(host.base / "pg14" / "data", f"{rig.net}.249", bindir=pg14_bindir(CACHE))
     cluster.init()
     cluster.start()
@@ -499,7 +499,7 @@ def pg14(rig, host):
 
 
 def test_dump_from_a_newer_pg_dump_is_refused_before_anything_runs(host, pg14):
-    """The .env points at a PostgreSQL 14 server; the dumps come from pg_dump 15."""
+    """The .env points at a PostgreSQL 14 server; the dumps come from pg_dump 18."""
     archive = backup(host)
     cluster = pg14
     with cluster.connect() as admin:
@@ -511,7 +511,7 @@ def test_dump_from_a_newer_pg_dump_is_refused_before_anything_runs(host, pg14):
               "--only", "messages.db,memory_db.sql,skills_db.sql")
     assert res.returncode == 1
     err = " ".join(res.stderr.split())
-    assert "memory_db.sql was written by pg_dump 15." in err
+    assert "memory_db.sql was written by pg_dump 18." in err
     assert f"newer than the PostgreSQL 14.22 server at {cluster.address}:5432" in err
     assert "nothing was changed" in err
     assert work_dirs(host) == []

@@ -54,6 +54,14 @@ CREATE FUNCTION skill_search(q text) RETURNS SETOF skills LANGUAGE sql STABLE
 """,
 }
 
+# On PostgreSQL 18 (Clawdie's server) memory_db keeps pgvector embeddings, as Clawdie does:
+# the extension created by the superuser, the table owned by the app user.
+VECTOR_DIM = 1024
+VECTOR_MEMORY_SCHEMA = PG_SCHEMA["memory"].replace(
+    "embedding real[] NOT NULL", f"embedding vector({VECTOR_DIM}) NOT NULL") + """
+CREATE INDEX memories_embedding ON memories USING hnsw (embedding vector_cosine_ops);
+"""
+
 JUNK = ["data/ipc/req-1.json", "data/health/status.json", "data/sessions/s.log", "tmp/x.tmp",
         "node_modules/pkg/index.js", "dist/index.js", "artifacts/skills.db"]
 
@@ -133,18 +141,29 @@ def create_databases(admin: psycopg.Connection, *, memory_db: str = "memory_db",
             sql.Identifier(db), sql.Identifier(user)))
 
 
-def fill_database(conn: psycopg.Connection, key: str, *, rows: int, seed: int = 7) -> None:
-    """Schema and rows for memory_db or skills_db, owned by the connecting role."""
+def create_vector_extension(admin_in_db: psycopg.Connection) -> None:
+    """pgvector in a database, created by the superuser (as Clawdie's setup does)."""
+    admin_in_db.execute("CREATE EXTENSION vector")
+
+
+def fill_database(conn: psycopg.Connection, key: str, *, rows: int, seed: int = 7,
+                  vector: bool = False) -> None:
+    """Schema and rows for memory_db or skills_db, owned by the connecting role; with
+    `vector`, memory_db's embeddings are pgvector columns with an HNSW index."""
     rng = random.Random(f"{seed}-{key}")
-    conn.execute(PG_SCHEMA[key])
+    conn.execute(VECTOR_MEMORY_SCHEMA if vector and key == "memory" else PG_SCHEMA[key])
     with conn.cursor() as cur:
         if key == "memory":
             cur.executemany("INSERT INTO users (handle, profile) VALUES (%s, %s)",
                             [(f"user{i}", json.dumps({"tz": "UTC", "n": i})) for i in range(10)])
+            if vector:
+                embedding, cast = (lambda: str(_embedding(rng, VECTOR_DIM))), "::vector"
+            else:
+                embedding, cast = (lambda: _embedding(rng)), ""
             cur.executemany(
                 "INSERT INTO memories (user_id, content, embedding, meta, blob) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                [(1 + i % 10, f"memory {i}: it's \"quoted\" \\ tab\t", _embedding(rng),
+                f"VALUES (%s, %s, %s{cast}, %s, %s)",
+                [(1 + i % 10, f"memory {i}: it's \"quoted\" \\ tab\t", embedding(),
                   json.dumps({"tags": ["a", "b"], "score": i}), rng.randbytes(64))
                  for i in range(rows)])
         else:

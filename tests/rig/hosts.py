@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import content
-from .postgres import Cluster
+from .postgres import DEFAULT_MAJOR, Cluster, bindir_for
 from .services import ZFS as ZFS_BIN, Pool, Sshd, ensure_zfs_fuse, sh, stale_pools, zfs_retry
 
 RIG_BIN = Path(__file__).parent / "bin"
@@ -34,7 +34,7 @@ def linux_commands(python: str = sys.executable) -> dict[str, str]:
         "jail_start": "mkdir -p {home}/.rig-jails && touch {home}/.rig-jails/{jail_name}",
         "jail_stop": "rm -f {home}/.rig-jails/{jail_name}",
         "skills_regen": "echo regenerate skills > {root}/skills-regenerated",
-        "pg_install_hint": "apt-get install postgresql-client-15",
+        "pg_install_hint": "apt-get install postgresql-client-{major}",
         # A per-host crontab file stands in for root's crontab (all rig hosts share one root).
         "schedule_pause": "touch {home}/crontab && sed -i -E "
                           "'s/^([^#].*(sanoid|syncoid|backup).*)$/#clawdie-paused# \\1/' "
@@ -71,10 +71,21 @@ class SimHost:
     def dataset(self, jail: str) -> str:
         return f"{self.pool.name}/{PREFIX}/jails/{jail}"
 
+    @property
+    def vector(self) -> bool:
+        """memory_db keeps pgvector embeddings (the PostgreSQL 18 hosts, as Clawdie runs)."""
+        return self.cluster.major >= 18
+
     def clawdie_config(self) -> dict:
-        """The tool's config section for this host (what an operator writes in ~/.invoke.yaml)."""
-        return {"root": str(self.root), "home": str(self.home),
-                "commands": linux_commands(), "backup_dir": str(self.home / "backups")}
+        """The tool's config section for this host (what an operator writes in ~/.invoke.yaml).
+
+        pg_bin: the client tools of the host's own server, as a FreeBSD host has the
+        postgresqlNN-client of its db jail's version (Debian's PATH has only 15's)."""
+        cfg = {"root": str(self.root), "home": str(self.home),
+               "commands": linux_commands(), "backup_dir": str(self.home / "backups")}
+        if self.cluster.bindir != bindir_for(15):
+            cfg["pg_bin"] = str(self.cluster.bindir)
+        return cfg
 
     def invoke_overrides(self) -> dict:
         return {"clawdie": self.clawdie_config()}
@@ -159,8 +170,10 @@ class Rig:
     # -- hosts ----------------------------------------------------------------------
     def host(self, name: str, *, populated: bool = True, datasets: bool = True,
              rows: int = 200, ssh: bool = False, with_roles: bool | None = None,
-             tool_on_path: bool = True) -> SimHost:
+             tool_on_path: bool = True, pg: int = DEFAULT_MAJOR) -> SimHost:
         """A host with its pool and PostgreSQL; `populated` fills root, databases, datasets.
+
+        `pg`: the server's major version, 18 (with pgvector in memory_db) or 15.
 
         `tool_on_path=False`: its sshd's PATH lacks the test venv, so a fresh box without
         clawdie-ops (migrate installs it there)."""
@@ -176,7 +189,7 @@ class Rig:
         base.chmod(0o755)
         address = f"{self.net}.{idx}"
         pool = Pool(f"crig{self.tag}{name}", base / "pool.img", base / "mnt")
-        cluster = Cluster(base / "pg" / "data", address)
+        cluster = Cluster(base / "pg" / "data", address, bindir=bindir_for(pg))
         h = SimHost(name, address, base, pool, cluster, rows=rows)
         self.hosts[name] = h
         pool.create()
@@ -196,11 +209,14 @@ class Rig:
         if with_roles if with_roles is not None else populated:
             with cluster.connect() as admin:
                 content.create_databases(admin)
+            if h.vector:
+                with cluster.connect(dbname="memory_db") as admin:
+                    content.create_vector_extension(admin)
         if populated:
             content.write_installation(h.root, h.home, h.env, rows=rows)
             for key in ("memory", "skills"):
                 with h.db_connect(key, autocommit=False) as conn:
-                    content.fill_database(conn, key, rows=rows)
+                    content.fill_database(conn, key, rows=rows, vector=h.vector)
         if datasets:
             sh(ZFS_BIN, "create", "-p", f"{pool.name}/{PREFIX}/jails")
             for jail in JAILS:

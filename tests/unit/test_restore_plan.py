@@ -311,3 +311,21 @@ def test_plan_renames_a_database_aside_instead_of_dumping_it(tmp_path):
     assert "pg_dump --clean" not in text
     assert 'ALTER DATABASE "memory_db_pre_restore_1" RENAME TO "memory_db"' in target.howto()
     assert target.report()["kept_as"] == "memory_db_pre_restore_1"
+
+
+def test_extension_statements_are_read_and_skipped_for_the_app_users_replay():
+    from clawdie_ops.sources.postgres.dumpfile import Scanner
+    dump = [b"DROP EXTENSION IF EXISTS vector;\n",
+            b"CREATE EXTENSION IF NOT EXISTS vector WITH SCHEMA public;\n",
+            b"COMMENT ON EXTENSION vector IS 'vector data type and ivfflat and hnsw';\n",
+            b"CREATE TABLE public.m (e public.vector(3));\n",
+            b"COPY public.m (e) FROM stdin;\n",
+            b"CREATE EXTENSION IF NOT EXISTS not_an_extension;\n",  # row data, not a statement
+            b"\\.\n"]
+    keep = Scanner()
+    assert b"".join(keep.feed(line) for line in dump) == b"".join(dump)
+    assert keep.facts.extensions == {"vector"}
+    skip = Scanner(skip_extensions=True)
+    out = [skip.feed(line) for line in dump]
+    assert all(line.startswith(b"-- ") for line in out[:3])
+    assert out[3:] == dump[3:]

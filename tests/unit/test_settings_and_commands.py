@@ -43,7 +43,9 @@ def test_runbook_defaults(tmp_path):
     assert s.memory.name == "memory_db" and s.skills.name == "skills_db"
     assert str(s.allowlist).endswith(".config/clawdie-cp/mount-allowlist.json")
     assert s.command("jail_start", jail="db") == "bastille start clawdie-db"
-    assert s.command("pg_install_hint") == "pkg install postgresql17-client"
+    # the hint names the client of the server's major version, 18 when none is known
+    assert pg.install_hint(s, 15) == "pkg install postgresql15-client"
+    assert pg.install_hint(s) == "pkg install postgresql18-client"
 
 
 def test_env_then_config_precedence(tmp_path):
@@ -107,15 +109,16 @@ def test_client_version_parsing_and_missing_tool(tmp_path):
     c = MockContext(run={"pg_dump --version": Result("pg_dump (PostgreSQL) 15.18 (Debian)\n")})
     assert pg.client_version(c, s) == (15, "15.18")
     c = MockContext(run={"pg_dump --version": Result("", stderr="not found", exited=127)})
-    with pytest.raises(ToolMissing, match="pkg install postgresql17-client"):
-        pg.client_version(c, s)
+    with pytest.raises(ToolMissing, match="pkg install postgresql16-client"):
+        pg.client_version(c, s, major=16)  # the server's major names the client to install
 
 
 def test_old_pg_dump_refused(tmp_path):
     s = load(tmp_path)
     server = pg.ServerInfo("16.4", 160004, None, "10.0.0.3:5432")
-    with pytest.raises(ToolTooOld, match="pg_dump 15.18 is older"):
+    with pytest.raises(ToolTooOld, match="pg_dump 15.18 is older") as err:
         pg.check_dump_compatible(s, 15, "15.18", server)
+    assert "pkg install postgresql16-client" in err.value.hint
     pg.check_dump_compatible(s, 17, "17.1", server)  # newer pg_dump dumps older servers
 
 
@@ -153,3 +156,18 @@ def test_plan_lists_every_step_without_secrets(tmp_path):
     assert "groups/ not found" in text
     skip = backup.make_plan(c, s, backup.BackupOptions(skip_skills=True, snapshot=False))
     assert [d.key for d in skip.databases] == ["memory"] and skip.snapshot is None
+
+
+def test_restrict_lines_need_a_psql_of_august_2025_or_later(tmp_path):
+    """pg_dump 17.6+/18 writes `\\restrict KEY`; psql older than its minor cannot read it."""
+    s = config.load(Config(overrides={"clawdie": {"root": str(tmp_path)}}), require_env=False)
+    assert pg.knows_restrict("18.0") and pg.knows_restrict("17.6") and pg.knows_restrict("15.14")
+    assert not pg.knows_restrict("17.5") and not pg.knows_restrict("15.13")
+    assert not pg.knows_restrict("12.22") and not pg.knows_restrict("16.9")
+    pg.check_restrict(s, "memory_db.sql", "18.6", "15.18", "on this host")  # reads it
+    pg.check_restrict(s, "memory_db.sql", "17.5", "17.5", "on this host")  # none written
+    with pytest.raises(ToolTooOld) as err:
+        pg.check_restrict(s, "memory_db.sql", "18.6", "17.5", "on newhost")
+    assert "pg_dump 18.6" in err.value.message and "psql 17.5 on newhost" in err.value.message
+    assert "\\restrict" in err.value.message
+    assert "psql 17.6 or newer" in err.value.hint and "postgresql17-client" in err.value.hint

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 from ...hosts import agent
 from ...config import settings as config
 from .. import doctor
-from ...sources.postgres import aside as pgaside, roles as pgroles
+from ...sources.postgres import aside as pgaside, extensions, roles as pgroles
 from ...zfs import commands as zfs
 from ...config.settings import DbSpec, Settings
 from ...sources.postgres.dumpfile import quote, rewrite_owners
@@ -71,13 +71,25 @@ class DbTarget:
     # The pre-restore copy: the database renamed to `aside` (with db_admin), else a dump.
     aside: str | None = None
     shape: pgaside.DbShape | None = field(default=None, repr=False)
+    # The role exists with another password (a host whose install made it): db_admin gives
+    # it the one of the .env in force after the restore, so that .env works.
+    set_password: bool = False
+    # Extensions the dump uses (name, version, schema): all checked on the server; those
+    # the database lacks are made as db_admin before the replay, which skips the dump's
+    # own extension statements.
+    extensions: list[dict[str, str]] = field(default_factory=list)
+    make_extensions: list[dict[str, str]] = field(default_factory=list)
+    extension_notes: dict[str, str] = field(default_factory=dict)  # name -> plan wording
 
     def report(self) -> dict[str, Any]:
         return {"database": self.db.name, "user": self.db.user,
                 "address": self.server.address, "system_identifier": self.server.system_identifier,
                 "version": self.server.version, "created_role": self.create_role,
                 "created_database": self.create_db, "created_roles": self.extra_roles,
-                "owner_map": self.role_map, "kept_as": self.aside}
+                "owner_map": self.role_map, "kept_as": self.aside,
+                "password_set": self.set_password,
+                "extensions": [e["name"] for e in self.extensions],
+                "created_extensions": [e["name"] for e in self.make_extensions]}
 
     def howto(self) -> str:
         """Where the database as it was is kept, and how to get it back."""
@@ -224,10 +236,13 @@ def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
             role_ok = bool(pgroles.existing_roles(conn, {db.user}))
             db_ok = pgroles.database_exists(conn, db.name)
             have = pgroles.existing_roles(conn, needed)
-        if role_ok and db_ok:
-            raise  # both exist: the password or pg_hba is wrong, nothing to create
-        t = DbTarget(item, db, dump_user, info, dict(entry.get("tables", {})), exists=False,
-                     create_role=not role_ok, create_db=not db_ok)
+        if role_ok and db_ok and "refused the password" not in exc.message:
+            raise  # both exist and it is not the password (pg_hba?): nothing to create
+        # Both exist with another password: a host whose install made the role (runbook
+        # step 1). db_admin gives it the password of the .env the restore puts in place.
+        t = DbTarget(item, db, dump_user, info, dict(entry.get("tables", {})),
+                     exists=role_ok and db_ok, create_role=not role_ok, create_db=not db_ok,
+                     set_password=role_ok and db_ok)
     t.role_map = role_map
     missing = sorted(needed - have)
     if missing and admin is None:
@@ -237,6 +252,9 @@ def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
     t.extra_roles = missing
     if t.exists and admin is not None:
         _choose_aside(t, admin, stamp)
+    need = extensions.wanted(entry, facts.extensions if facts else None)
+    if need:
+        _plan_extensions(t, need, admin)
     dump_version = str(entry.get("pg_dump_version") or (facts.pg_dump_version if facts else "")
                        or "")
     dump_major = int(dump_version.split(".")[0]) if dump_version[:1].isdigit() else None
@@ -247,6 +265,47 @@ def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
             f"restore onto PostgreSQL {dump_major} or newer (upgrade the db jail's server); "
             "nothing was changed")
     return t
+
+
+def _plan_extensions(t: DbTarget, need: list[dict[str, str]], admin: DbSpec | None) -> None:
+    """Check on the target server what the dump's extensions need; raise before anything
+    changes when the server lacks one or nobody configured may create it."""
+    t.extensions = need
+    where = f"{t.db.name} at {t.server.address} (PostgreSQL {t.server.version})"
+    looker = admin if admin is not None else t.db
+    with pg.connect(looker) as conn:
+        offer = extensions.available(conn, {e["name"] for e in need})
+        superuser = pgroles.is_superuser(conn) if admin is not None else False
+    why = extensions.unavailable(need, offer)
+    if why:
+        raise DatabaseError(
+            f"{t.item} cannot go into {where}: {'; '.join(why)}",
+            f"install the extension for PostgreSQL {t.server.major} in the db jail (pgvector: "
+            "the package built for that server), then run the restore again; nothing was "
+            "changed")
+    installed: set[str] = set()
+    if t.exists and not t.aside:  # the database stays: what it has stays too
+        spec = replace(admin, name=t.db.name) if t.set_password and admin else t.db
+        with pg.connect(spec) as conn:
+            installed = {e["name"] for e in extensions.in_database(conn)}
+    t.make_extensions = [e for e in need if e["name"] not in installed]
+    t.extension_notes = {e["name"]: extensions.describe(e, offer) for e in need}
+    names = [e["name"] for e in t.make_extensions]
+    if names and admin is None:
+        raise DatabaseError(
+            f"{t.item} needs the extension{'s' * (len(names) > 1)} {', '.join(names)} in "
+            f"{where}, which {t.db.user} may not create (the dump's CREATE EXTENSION needs a "
+            "superuser)",
+            "set clawdie.db_admin to a superuser (restore creates it before the replay), or "
+            f"create it in {t.db.name} as one (CREATE EXTENSION {names[0]}); nothing was "
+            "changed")
+    blocked = extensions.needs_superuser(names, offer) if not superuser else []
+    if blocked and admin is not None:
+        raise DatabaseError(
+            f"clawdie.db_admin ({admin.user}) is not a superuser: it may not create the "
+            f"extension {', '.join(blocked)} (not a trusted extension) in {where}",
+            "set clawdie.db_admin to a superuser (e.g. postgres), or create it there as one "
+            f"(CREATE EXTENSION {blocked[0]}); nothing was changed")
 
 
 def _choose_aside(t: DbTarget, admin: DbSpec, stamp: str) -> None:
@@ -340,10 +399,14 @@ def _decide(c, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter, 
                     regen_exists = True
             except DatabaseUnreachable:
                 regen_exists = False
+        newest = max((t.server.major for t in targets), default=None)
         if targets or regen_exists:
-            pg.client_version(c, s, "psql")
+            _, psql_version = pg.client_version(c, s, "psql", newest)
+            for t in targets:
+                dumped = str(v.manifest.files[t.item].get("pg_dump_version") or "")
+                pg.check_restrict(s, t.item, dumped, psql_version, "on this host")
         if any(t.exists and not t.aside for t in targets) or regen_exists:
-            major, version = pg.client_version(c, s, "pg_dump")
+            major, version = pg.client_version(c, s, "pg_dump", newest)
             for t in targets:
                 pg.check_dump_compatible(s, major, version, t.server)
     running = agent.running(c, s)
@@ -418,6 +481,9 @@ def _steps(p: RestorePlan) -> list[Step]:
         lines = []
         admin = pgroles.admin_spec(s, t.db.host, t.db.port)
         who = f"as {admin.user}" if admin else ""
+        if t.set_password:  # first: the .env's login is what the steps below use
+            lines.append(f"ALTER ROLE {quote(t.db.user)} PASSWORD '***'  ({who}; the "
+                         "password of the restored .env: the role has another one now)")
         if t.aside:  # with the agent stopped, so no write is lost on rollback
             lines.append(f"keep ALTER DATABASE {quote(t.db.name)} RENAME TO {quote(t.aside)}, "
                          f"its sessions ended first  ({who})")
@@ -433,6 +499,15 @@ def _steps(p: RestorePlan) -> list[Step]:
         for r in t.extra_roles:
             lines.append(f"CREATE ROLE {quote(r)} NOLOGIN; GRANT {quote(r)} TO "
                          f"{quote(t.db.user)}  ({who})")
+        for e in t.make_extensions:
+            lines.append(f"CREATE EXTENSION IF NOT EXISTS {quote(e['name'])} WITH SCHEMA "
+                         f"{quote(e.get('schema') or 'public')} in {t.db.name}  ({who}; "
+                         f"{t.extension_notes.get(e['name'], e['name'])})")
+        if t.extensions:
+            present = [e["name"] for e in t.extensions if e not in t.make_extensions]
+            lines.append("the dump's extension statements are skipped (the app user may not "
+                         "make or drop them)" + (f"; {', '.join(present)} present already"
+                                                 if present else ""))
         lines.append(f"{pg.psql_cmd(s, t.db, st / t.item)}  (PGPASSFILE, 0600)")
         lines.append(f"into {t.db.name} as {t.db.user} at {t.server.address}: PostgreSQL "
                      f"{t.server.version}, system identifier {t.server.system_identifier}")
@@ -552,7 +627,9 @@ def _safety_dump(c, s: Settings, db: DbSpec, dest: Path) -> None:
 
 
 def _replay_old(c, s: Settings, db: DbSpec, before: Path) -> None:
-    """Back to the pre-restore dump: drop what the restore made, replay, in one transaction."""
+    """Back to the pre-restore dump: drop what the restore made, replay, in one transaction.
+    The extensions stay in place (the app user may not drop or make them)."""
+    rewrite_owners(before / f"{db.key}_db.sql", {}, skip_extensions=True)
     drop = before / f"{db.key}_db.drop.sql"
     drop.write_text(f"DROP OWNED BY {quote(db.user)};\n")
     with pg.passfile(db) as env:
@@ -560,15 +637,33 @@ def _replay_old(c, s: Settings, db: DbSpec, before: Path) -> None:
                        f"rollback of {db.name} from its pre-restore dump")
 
 
-def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None]) -> None:
+def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None],
+              in_db: bool = False) -> None:
+    """Run `action` on an admin connection (to the admin's database, or with `in_db` to
+    the database `db` itself)."""
     admin = pgroles.admin_spec(s, db.host, db.port)
     assert admin is not None
-    with pg.connect(admin, autocommit=True) as conn:
+    with pg.connect(replace(admin, name=db.name) if in_db else admin, autocommit=True) as conn:
         action(conn)
+
+
+def _set_password(s: Settings, t: DbTarget, undo: _Undo) -> None:
+    """The .env's password for an existing role; the stored hash goes back on rollback."""
+    kept: list[str | None] = []
+
+    def change(conn: Any) -> None:
+        kept.append(pgroles.password_hash(conn, t.db.user))
+        pgroles.set_password(conn, t.db.user, t.db.password)
+    _admin_do(s, t.db, change)
+    if kept and kept[0]:
+        undo.push(f"password of role {t.db.user}", lambda: _admin_do(
+            s, t.db, lambda conn: pgroles.put_back_password(conn, t.db.user, kept[0])))
 
 
 def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
     s = p.settings
+    if t.set_password:
+        _set_password(s, t, undo)
     if t.aside:
         assert t.shape is not None
         _admin_do(s, t.db, lambda conn: pgaside.set_aside(conn, t.db.name, t.aside, t.shape))
@@ -590,6 +685,12 @@ def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
         _admin_do(s, t.db, lambda conn, r=role: pgroles.create_nologin_role(conn, r, t.db.user))
         undo.push(f"role {role} (created)",
                   lambda r=role: _admin_do(s, t.db, lambda conn: pgroles.drop_role(conn, r)))
+    for e in t.make_extensions:
+        _admin_do(s, t.db, lambda conn, e=e: extensions.create(conn, e), in_db=True)
+        if t.exists and not t.aside:  # else the database it is in goes on rollback
+            undo.push(f"extension {e['name']} in {t.db.name} (created)",
+                      lambda n=e["name"]: _admin_do(
+                          s, t.db, lambda conn: extensions.drop(conn, n), in_db=True))
     with pg.passfile(t.db) as env:
         pg.run_checked(c, pg.psql_cmd(s, t.db, p.staging / t.item), env,
                        f"restore of {t.item} into {t.db.name} at {t.server.address}")
@@ -671,10 +772,11 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                 ds, name = p.snapshot.split("@")
                 zfs.snapshot_recursive(c, s, ds, name)
         for t in p.targets:
-            if t.role_map:
+            if t.role_map or t.extensions:
                 current = f"map owners in {t.item}"
                 with out.step(f"map owners in {t.item}: {t.role_map}"):
-                    rewrite_owners(p.staging / t.item, t.role_map)
+                    rewrite_owners(p.staging / t.item, t.role_map,
+                                   skip_extensions=bool(t.extensions))
         for step in p.steps:
             current = f"{step.kind} {step.item}".strip()
             if step.kind == "env":

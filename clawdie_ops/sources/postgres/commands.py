@@ -124,13 +124,53 @@ def psql_cmd(s: Settings, db: DbSpec, script: Path | list[Path],
 
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+CLAWDIE_MAJOR = 18  # the server a Clawdie host runs: the install hint's version when none is known
+# pg_dump writes `\restrict KEY` lines, and psql reads them, from these minor releases on
+# (August 2025, CVE-2025-8714); every 18 does. An older psql stops at the first such line.
+RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
 
 
-def client_version(c, s: Settings, tool: str = "pg_dump") -> tuple[int, str]:
-    """(major, 'major.minor') of pg_dump/psql on the context's host."""
+def install_hint(s: Settings, major: int | None = None) -> str:
+    """How this host installs the PostgreSQL client of a major version (a template)."""
+    return s.command("pg_install_hint", major=major or CLAWDIE_MAJOR)
+
+
+def major_minor(version: str) -> tuple[int, int]:
+    """'15.18' -> (15, 18); '18' -> (18, 0)."""
+    head, _, tail = str(version).partition(".")
+    minor = "".join(ch for ch in tail.split(".")[0] if ch.isdigit())
+    return (int(head) if head.isdigit() else 0), (int(minor) if minor else 0)
+
+
+def knows_restrict(version: str) -> bool:
+    """Does pg_dump/psql of this version write/read `\restrict` lines?"""
+    major, minor = major_minor(version)
+    return major >= 18 or (major in RESTRICT_SINCE and minor >= RESTRICT_SINCE[major])
+
+
+def check_restrict(s: Settings, what: str, dump_version: str, psql_version: str,
+                   where: str) -> None:
+    """Refuse a dump whose `\restrict` lines the psql that would replay it cannot read."""
+    if not knows_restrict(dump_version) or knows_restrict(psql_version):
+        return
+    major = major_minor(psql_version)[0]
+    fix = (f"psql {major}.{RESTRICT_SINCE[major]} or newer" if major in RESTRICT_SINCE
+           else f"psql {CLAWDIE_MAJOR}")
+    raise ToolTooOld(
+        f"{what} was written by pg_dump {dump_version}, which writes \\restrict lines that "
+        f"psql {psql_version} {where} cannot read (psql reads them from the minor releases "
+        "of August 2025 on: 13.22, 14.19, 15.14, 16.10, 17.6, every 18)",
+        f"install {fix} ({install_hint(s, major)}) or set clawdie.pg_bin to a newer client; "
+        "nothing was changed")
+
+
+def client_version(c, s: Settings, tool: str = "pg_dump",
+                   major: int | None = None) -> tuple[int, str]:
+    """(major, 'major.minor') of pg_dump/psql on the context's host; `major`: the server's,
+    for the install hint when the tool is missing."""
     res = c.run(shlex.join([s.pg_tool(tool), "--version"]), hide=True, warn=True)
     if res.exited != 0:
-        hint = s.command("pg_install_hint")
+        hint = install_hint(s, major)
         raise ToolMissing(f"{tool} not found ({s.pg_tool(tool)}): {res.stderr.strip()}",
                           f"install the PostgreSQL client: {hint}")
     m = _VERSION.search(res.stdout)
@@ -147,7 +187,7 @@ def check_dump_compatible(s: Settings, dump_major: int, dump_version: str,
             f"pg_dump {dump_version} is older than the PostgreSQL {server.version} server "
             f"at {server.address}: it would refuse to dump it",
             f"install a pg_dump of version {server.major} or newer "
-            f"(e.g. {s.command('pg_install_hint')}) or set clawdie.pg_bin")
+            f"(e.g. {install_hint(s, server.major)}) or set clawdie.pg_bin")
 
 
 def run_checked(c, cmd: str, env: dict[str, str], what: str) -> None:

@@ -18,6 +18,10 @@ _GRANT = re.compile(rb"^(GRANT .+ TO |REVOKE .+ FROM )" + _IDENT + rb"( WITH GRA
 _FOR_ROLE = re.compile(rb"^(ALTER DEFAULT PRIVILEGES FOR ROLE )" + _IDENT + rb"( .*)$", re.DOTALL)
 _COPY = re.compile(rb"^COPY .+ FROM stdin;\n?$")
 _VERSION = re.compile(rb"^-- Dumped by pg_dump version (\d+)(?:\.(\d+))?")
+# The statements a plain dump makes its extensions with (and drops them, with --clean).
+_EXTENSION = re.compile(rb"^(?:CREATE EXTENSION IF NOT EXISTS |DROP EXTENSION IF EXISTS |"
+                        rb"COMMENT ON EXTENSION )" + _IDENT + rb"(?: WITH SCHEMA " + _IDENT +
+                        rb"|(?: IS '(?:[^'\n]|'')*'))?;\n?$")
 # Roles every server has: never created, never mapped.
 BUILTIN = {"public", "postgres", "pg_database_owner", "current_user", "session_user",
            "current_role"}
@@ -39,17 +43,22 @@ class DumpFacts:
     """What a dump needs from the server it is replayed into."""
 
     roles: set[str] = field(default_factory=set)
+    extensions: set[str] = field(default_factory=set)  # what its CREATE EXTENSION lines make
     pg_dump_major: int | None = None
     pg_dump_version: str | None = None
 
 
 class Scanner:
-    """Fed a dump line by line (bytes); collects DumpFacts and can map role names."""
+    """Fed a dump line by line (bytes); collects DumpFacts, can map role names and skip the
+    dump's extension statements (restore and drill create the extensions beforehand, as
+    db_admin: the app user that replays may neither create nor drop them)."""
 
-    def __init__(self, role_map: dict[str, str] | None = None) -> None:
+    def __init__(self, role_map: dict[str, str] | None = None,
+                 skip_extensions: bool = False) -> None:
         self.facts = DumpFacts()
         self.in_copy = False
         self.role_map = role_map or {}
+        self.skip_extensions = skip_extensions
         self.at_start = True  # False while feeding the rest of a line longer than a read
 
     def _role(self, ident: bytes) -> bytes:
@@ -68,8 +77,18 @@ class Scanner:
             if line.rstrip(b"\n") == b"\\.":
                 self.in_copy = False
             return line
-        if not line.startswith((b"ALTER ", b"GRANT ", b"REVOKE ", b"COPY ", b"-- Dumped by")):
+        if not line.startswith((b"ALTER ", b"GRANT ", b"REVOKE ", b"COPY ", b"-- Dumped by",
+                                b"CREATE EXTENSION ", b"DROP EXTENSION ", b"COMMENT ON EXT")):
             return line
+        if line.startswith((b"CREATE EXTENSION ", b"DROP EXTENSION ", b"COMMENT ON EXT")):
+            m = _EXTENSION.match(line)
+            if m is None:
+                return line
+            if line.startswith(b"CREATE "):
+                self.facts.extensions.add(unquote(m.group(1)))
+            if not self.skip_extensions:
+                return line
+            return b"-- (clawdie-ops: made by db_admin before the replay) " + line
         if _COPY.match(line):
             self.in_copy = True
             return line
@@ -98,10 +117,12 @@ def scan(lines: Iterable[bytes]) -> DumpFacts:
     return sc.facts
 
 
-def rewrite_owners(path: Path, role_map: dict[str, str], chunk: int = 1 << 20) -> None:
-    """Map role names in a dump file in place (through a 0600 sibling, then renamed)."""
+def rewrite_owners(path: Path, role_map: dict[str, str], chunk: int = 1 << 20,
+                   skip_extensions: bool = False) -> None:
+    """Map role names in a dump file in place (through a 0600 sibling, then renamed); with
+    `skip_extensions`, its extension statements become comments."""
     tmp = path.with_name(path.name + ".mapped")
-    sc = Scanner(role_map)
+    sc = Scanner(role_map, skip_extensions)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with open(path, "rb") as src, os.fdopen(fd, "wb", buffering=chunk) as out:
         # Lines longer than `chunk` come in pieces; Scanner knows a piece from a line start.

@@ -41,6 +41,36 @@ def create_login_role(conn: psycopg.Connection, name: str, password: str) -> Non
         sql.Identifier(name), sql.Literal(hashed.decode())), f"create role {name}")
 
 
+def set_password(conn: psycopg.Connection, name: str, password: str) -> None:
+    """Give an existing login role `password` (sent hashed, like create_login_role)."""
+    hashed = conn.pgconn.encrypt_password(password.encode(), name.encode(), b"scram-sha-256")
+    execute(conn, sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+        sql.Identifier(name), sql.Literal(hashed.decode())), f"set the password of role {name}")
+
+
+def password_hash(conn: psycopg.Connection, name: str) -> str | None:
+    """The role's stored password hash, to put back on rollback; None when this login may
+    not read it (pg_authid is for superusers) or the role has none."""
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                               [name]).fetchone()
+    except psycopg.Error:
+        return None
+    return row[0] if row and row[0] else None
+
+
+def put_back_password(conn: psycopg.Connection, name: str, stored: str) -> None:
+    """ALTER ROLE ... PASSWORD with a stored hash: the server keeps it as it is."""
+    execute(conn, sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+        sql.Identifier(name), sql.Literal(stored)), f"put back the password of role {name}")
+
+
+def is_superuser(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
 def create_nologin_role(conn: psycopg.Connection, name: str, member: str | None = None) -> None:
     """A role a dump names (as owner or grantee); `member` may then act as it."""
     execute(conn, sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)),
