@@ -252,9 +252,6 @@ def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
     t.extra_roles = missing
     if t.exists and admin is not None:
         _choose_aside(t, admin, stamp)
-    need = extensions.wanted(entry, facts.extensions if facts else None)
-    if need:
-        _plan_extensions(t, need, admin)
     dump_version = str(entry.get("pg_dump_version") or (facts.pg_dump_version if facts else "")
                        or "")
     dump_major = int(dump_version.split(".")[0]) if dump_version[:1].isdigit() else None
@@ -264,6 +261,9 @@ def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
             f"{info.version} server at {info.address} that should take it",
             f"restore onto PostgreSQL {dump_major} or newer (upgrade the db jail's server); "
             "nothing was changed")
+    need = extensions.wanted(entry, facts.extensions if facts else None)
+    if need:
+        _plan_extensions(t, need, admin)
     return t
 
 
