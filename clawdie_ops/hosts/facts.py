@@ -22,7 +22,7 @@ from ..sources.postgres import roles as pgroles
 from ..zfs import commands as zfs
 from ..config.settings import DbSpec, Settings, load
 from ..errors import ClawdieError
-from ..sources.postgres import commands as pg
+from ..sources.postgres import commands as pg, extensions
 from .transfer import free_bytes
 
 # The .env keys a target needs to know where the restored installation will point.
@@ -54,6 +54,12 @@ def _non_empty_tables(conn: psycopg.Connection) -> int:
                if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0])
 
 
+def _offered(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
+    """Every extension the server could make: its default version, who may make it."""
+    return {n: {"version": a.default_version, "superuser": a.superuser, "trusted": a.trusted}
+            for n, a in extensions.available(conn, None).items()}
+
+
 def probe_database(db: DbSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"host": db.host, "port": db.port, "database": db.name,
                            "user": db.user, "login": False}
@@ -63,7 +69,8 @@ def probe_database(db: DbSpec) -> dict[str, Any]:
             out.update(login=True, version=info.version, version_num=info.version_num,
                        identity=identity(conn, info), non_empty_tables=_non_empty_tables(conn),
                        size=conn.execute("SELECT pg_database_size(current_database())")
-                       .fetchone()[0])
+                       .fetchone()[0], extensions=extensions.in_database(conn),
+                       offered=_offered(conn))
     except (ClawdieError, psycopg.Error) as exc:
         out["error"] = _error(exc)
     return out
@@ -77,11 +84,12 @@ def probe_admin(s: Settings) -> dict[str, Any]:
     try:
         with pg.connect(spec) as conn:
             info = pg.server_info(conn)
-            row = conn.execute("SELECT rolsuper OR rolcreaterole, rolsuper OR rolcreatedb "
-                               "FROM pg_roles WHERE rolname = current_user").fetchone()
+            row = conn.execute("SELECT rolsuper OR rolcreaterole, rolsuper OR rolcreatedb, "
+                               "rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
             out.update(login=True, version=info.version, version_num=info.version_num,
                        identity=identity(conn, info), create_role=bool(row and row[0]),
-                       create_db=bool(row and row[1]))
+                       create_db=bool(row and row[1]), superuser=bool(row and row[2]),
+                       offered=_offered(conn))
     except (ClawdieError, psycopg.Error) as exc:
         out["error"] = _error(exc)
     return out

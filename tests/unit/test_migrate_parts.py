@@ -340,3 +340,59 @@ def test_a_command_that_ends_before_reading_its_input_is_a_clear_error():
         remote.run_tool(Ended(), NEW, "migrate-step", "check", stdin={"config": {}})
     assert "on newbox (newbox) ended before it read its input" in exc.value.message
     assert "clawdie-ops migrate-step check" in exc.value.hint
+
+
+def with_vector(f: dict, *, installed: bool, offered: str | None = "0.8.1",
+                superuser_admin: bool | None = None) -> dict:
+    """Facts with pgvector: used in memory_db (old) or offered by the server (new)."""
+    mem = f["databases"]["memory"]
+    if f["role"] == "source":
+        mem["extensions"] = [{"name": "vector", "version": "0.8.1", "schema": "public"}]
+    else:
+        mem["extensions"] = [{"name": "vector", "version": "0.8.1", "schema": "public"}] \
+            if installed else []
+        mem["offered"] = {"vector": {"version": offered, "superuser": True, "trusted": False}} \
+            if offered else {}
+        if superuser_admin is not None:
+            f["admin"] = {"configured": True, "login": True, "create_role": True,
+                          "create_db": True, "superuser": superuser_admin}
+    return f
+
+
+def test_extensions_on_the_new_host_are_checked_before_anything_changes():
+    old = with_vector(facts("source"), installed=True)
+    ok = by_name(mc.evaluate(old, with_vector(facts("target"), installed=True), new_name="n"))
+    assert ok["extensions of memory_db on new host"].status == "ok"
+    assert "present there" in ok["extensions of memory_db on new host"].detail
+    made = by_name(mc.evaluate(old, with_vector(facts("target"), installed=False,
+                                                superuser_admin=True), new_name="n"))
+    assert made["extensions of memory_db on new host"].status == "ok"
+    assert "made by db_admin before the replay: vector 0.8.1" in \
+        made["extensions of memory_db on new host"].detail
+    for new, words in ((with_vector(facts("target"), installed=False), "no db_admin"),
+                       (with_vector(facts("target"), installed=False, superuser_admin=False),
+                        "not one"),
+                       (with_vector(facts("target"), installed=False, offered=None,
+                                    superuser_admin=True), "not available"),
+                       (with_vector(facts("target"), installed=False, offered="0.5.0",
+                                    superuser_admin=True), "older than the old host's 0.8.1")):
+        ch = by_name(mc.evaluate(old, new, new_name="n"))["extensions of memory_db on new host"]
+        assert ch.status == "fail" and words in ch.detail, ch.detail
+        assert "db_admin" in ch.fix
+
+
+def test_upgrade_is_named_and_restrict_lines_need_a_new_enough_psql():
+    old = facts("source", pg_client={"pg_dump": {"major": 18, "version": "18.6"},
+                                     "psql": {"major": 18, "version": "18.6"}})
+    new = facts("target", pg_client={"pg_dump": {"major": 18, "version": "18.6"},
+                                     "psql": {"major": 18, "version": "18.6"}})
+    for db in new["databases"].values():
+        db.update(version="18.6", version_num=180006)
+    ch = by_name(mc.evaluate(old, new, new_name="n"))
+    assert ch["PostgreSQL versions"].status == "ok"
+    assert "an upgrade from PostgreSQL 15.8 by dump and restore" in \
+        ch["PostgreSQL versions"].detail
+    assert "psql on new host" not in ch
+    new["pg_client"]["psql"] = {"major": 17, "version": "17.5"}
+    ch = by_name(mc.evaluate(old, new, new_name="n"))["psql on new host"]
+    assert ch.status == "fail" and "pg_dump 18.6" in ch.detail and "psql 17.5" in ch.detail

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..doctor import Check
+from ...sources.postgres import commands as pg
 from ...output import human_size
 
 # Room to spare on the new host beyond the data itself (the archive plus what it restores).
@@ -74,14 +75,75 @@ def postgres_versions(old: dict[str, Any], new: dict[str, Any]) -> list[Check]:
                                 f"{new_srv['version']}: moving to an older major version",
                                 "a newer PostgreSQL on the new host is safer"))
         else:
+            upgrade = (f"; an upgrade from PostgreSQL {old_srv['version']} by dump and "
+                       "restore" if old_srv and old_srv["version_num"] // 10000 < new_major
+                       else "")
             checks.append(Check("PostgreSQL versions", "ok",
                                 f"pg_dump {dump['version']} on old, server {new_srv['version']} "
-                                "on new"))
+                                f"on new{upgrade}"))
     psql = (new.get("pg_client") or {}).get("psql") or {}
     if "major" not in psql:
         checks.append(Check("psql on new host", "fail",
                             psql.get("error", "psql not found on the new host"),
                             "install the PostgreSQL client there"))
+    elif "version" in dump and pg.knows_restrict(dump["version"]) and \
+            not pg.knows_restrict(psql["version"]):
+        checks.append(Check(
+            "psql on new host", "fail",
+            f"the old host's pg_dump {dump['version']} writes \\restrict lines that the new "
+            f"host's psql {psql['version']} cannot read (psql reads them from 13.22, 14.19, "
+            "15.14, 16.10, 17.6 and every 18 on)",
+            f"install the newest psql {psql['major']}.x, or the psql of the new server's "
+            "major version, on the new host (or set its clawdie.pg_bin)"))
+    return checks
+
+
+def extensions_on_new(old: dict[str, Any], new: dict[str, Any], new_name: str) -> list[Check]:
+    """The old databases' extensions (pgvector): offered by the new server, and there or
+    creatable by the new host's db_admin before the restore's replay."""
+    checks = []
+    admin = new.get("admin") or {}
+    new_dbs = new.get("databases") or {}
+    offered = dict(admin.get("offered") or {})
+    for db in new_dbs.values():
+        offered.update(db.get("offered") or {})
+    for key, db in (old.get("databases") or {}).items():
+        used = db.get("extensions") or []
+        if not used:
+            continue
+        target = new_dbs.get(key) or {}
+        there = {e["name"] for e in target.get("extensions") or []} if target.get("login") \
+            and not target.get("non_empty_tables") else set()
+        problems, made = [], []
+        for e in used:
+            have = offered.get(e["name"])
+            if have is None:
+                problems.append(f"{e['name']} is not available on the new server")
+            elif version_tuple(have["version"]) < version_tuple(e["version"]):
+                problems.append(f"{e['name']} is {have['version']} there, older than the old "
+                                f"host's {e['version']}")
+            elif e["name"] not in there:
+                if not admin.get("login"):
+                    problems.append(f"{e['name']} must be created in {db['database']} there and "
+                                    "no db_admin is configured to do it")
+                elif have.get("superuser") and not have.get("trusted") and \
+                        not admin.get("superuser"):
+                    problems.append(f"{e['name']} needs a superuser to create it and the new "
+                                    "host's db_admin is not one")
+                else:
+                    made.append(f"{e['name']} {have['version']}")
+        names = ", ".join(f"{e['name']} {e['version']}" for e in used)
+        if problems:
+            checks.append(Check(f"extensions of {key}_db on new host", "fail",
+                                f"{names} on the old host: {'; '.join(problems)}",
+                                "install the extension for the new host's PostgreSQL in its db "
+                                f"jail, and set clawdie.hosts.{new_name}.overrides.db_admin to "
+                                "a superuser"))
+        else:
+            checks.append(Check(f"extensions of {key}_db on new host", "ok",
+                                f"{names}: " + (f"made by db_admin before the replay: "
+                                                f"{', '.join(made)}" if made else
+                                                "present there")))
     return checks
 
 
@@ -283,6 +345,7 @@ def evaluate(old: dict[str, Any], new: dict[str, Any], *, new_name: str, force: 
     checks.append(tool_versions(old, new))
     checks += postgres_versions(old, new)
     checks += databases_on_new(new, new_name)
+    checks += extensions_on_new(old, new, new_name)
     checks.append(identity_guard(old, new, new_name))
     checks += zfs_ready(old, new, new_name)
     checks += space(old, new)

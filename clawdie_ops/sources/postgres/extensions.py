@@ -40,14 +40,15 @@ class Available:
     trusted: bool  # ... unless it is trusted (then a database owner with CREATE may)
 
 
-def available(conn: psycopg.Connection, names: set[str]) -> dict[str, Available]:
-    if not names:
+def available(conn: psycopg.Connection, names: set[str] | None) -> dict[str, Available]:
+    """What the server offers of `names` (None: of every extension it has)."""
+    if names is not None and not names:
         return {}
-    rows = conn.execute(
-        "SELECT a.name, a.default_version, v.superuser, v.trusted"
-        " FROM pg_available_extensions a JOIN pg_available_extension_versions v"
-        " ON v.name = a.name AND v.version = a.default_version WHERE a.name = ANY(%s)",
-        [sorted(names)]).fetchall()
+    query = ("SELECT a.name, a.default_version, v.superuser, v.trusted"
+             " FROM pg_available_extensions a JOIN pg_available_extension_versions v"
+             " ON v.name = a.name AND v.version = a.default_version")
+    rows = conn.execute(query + (" WHERE a.name = ANY(%s)" if names is not None else ""),
+                        [sorted(names)] if names is not None else None).fetchall()
     return {r[0]: Available(r[0], r[1], bool(r[2]), bool(r[3])) for r in rows}
 
 
