@@ -520,3 +520,95 @@ def test_dump_from_a_newer_pg_dump_is_refused_before_anything_runs(host, pg14):
     with cluster.connect(dbname="memory_db") as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
                             ).fetchone()[0] == 0
+
+
+# -- a host prepared by the runbook's step 1, PostgreSQL 18 with pgvector ----------------------
+def prepared_host(rig):
+    """A new host as its install leaves it: the roles made with that host's own passwords,
+    empty databases, memory_db without pgvector yet; its .env (as the migration's point-env
+    step leaves it: this host's addresses) holds the archive's database passwords."""
+    new = rig.new_host(populated=False, datasets=False, with_roles=False)
+    with new.cluster.connect() as admin:
+        admin.execute("CREATE ROLE memory_user LOGIN PASSWORD 'the new host''s own'")
+        admin.execute("CREATE ROLE skills_user LOGIN PASSWORD 'another of its own'")
+        admin.execute("CREATE DATABASE memory_db OWNER memory_user")
+        admin.execute("CREATE DATABASE skills_db OWNER skills_user")
+        admin.execute("CREATE ROLE helper LOGIN CREATEROLE CREATEDB PASSWORD 'helper pw'")
+    (new.root / "store").mkdir(parents=True)
+    (new.root / ".env").write_text(content.env_text(new.env))
+    return new
+
+
+def test_restore_onto_a_prepared_host_sets_the_archives_passwords_and_makes_pgvector(rig, host):
+    archive = backup(host)
+    original = {k: db_state(host, k) for k in ("memory", "skills")}
+    new = prepared_host(rig)
+    try:
+        only = ("--only", "messages.db,memory_db.sql,skills_db.sql")
+        # Without db_admin: the role's password differs and nothing may change it.
+        res = cli(new, "restore", str(archive), "--yes", *only)
+        assert res.returncode == 1 and "Traceback" not in res.stderr
+        assert "refused the password" in res.stderr and "db_admin" in res.stderr
+        # A db_admin that is no superuser: may set passwords, may not make pgvector.
+        set_config(new, db_admin={"user": "helper", "password": "helper pw"})
+        res = cli(new, "restore", str(archive), "--yes", *only)
+        err = " ".join(res.stderr.split())
+        assert res.returncode == 1, res.stdout
+        assert "clawdie.db_admin (helper) is not a superuser" in err
+        assert "extension vector" in err and "nothing was changed" in err
+        assert work_dirs(new) == [] and not (new.root / "store" / "messages.db").exists()
+        with new.cluster.connect(dbname="memory_db") as conn:
+            assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'vector'"
+                                ).fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                                ).fetchone()[0] == 0
+
+        set_config(new, db_admin={"user": "postgres", "password": SUPERPASS})
+        dry = cli(new, "restore", str(archive), "--dry-run", *only)
+        assert dry.returncode == 0, dry.stderr
+        assert "ALTER ROLE \"memory_user\" PASSWORD '***'" in dry.stdout
+        assert 'CREATE EXTENSION IF NOT EXISTS "vector" WITH SCHEMA "public" in memory_db' \
+            in dry.stdout
+        res = cli(new, "restore", str(archive), "--yes", "--json", *only)
+        assert res.returncode == 0, res.stderr
+        report = json.loads(res.stdout)
+        mem = report["connections"]["memory_db.sql"]
+        assert mem["password_set"] and mem["created_extensions"] == ["vector"]
+        assert report["connections"]["skills_db.sql"]["extensions"] == []
+        for secret in (content.MEMORY_PASSWORD, content.SKILLS_PASSWORD, SUPERPASS):
+            assert secret not in res.stdout + res.stderr + dry.stdout + dry.stderr
+        # The restored .env's passwords log in; every row is back, vectors by their text.
+        for key in ("memory", "skills"):
+            assert db_state(new, key) == original[key]
+        with new.cluster.connect(dbname="memory_db") as conn:
+            assert conn.execute("SELECT pg_get_userbyid(extowner) FROM pg_extension"
+                                " WHERE extname = 'vector'").fetchone()[0] == "postgres"
+            assert {r[0] for r in conn.execute("SELECT tableowner FROM pg_tables"
+                                               " WHERE schemaname = 'public'")} == {"memory_user"}
+            assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname ="
+                                " 'memories_embedding'").fetchone()[0].endswith(
+                "USING hnsw (embedding vector_cosine_ops)")
+    finally:
+        rig.drop(new)
+
+
+def test_restore_and_drill_both_refuse_a_dump_only_a_superuser_could_replay(host, tmp_path):
+    """The drill replays as the archive's app user, as restore does: a dump statement that
+    needs a superuser fails both (the drill used to pass it, replaying as superuser)."""
+    archive = backup(host)
+    needs_super = kit.repack(archive, tmp_path / "superuser-only.tar.gz", kit.edit_member(
+        "memory_db.sql", lambda b: b.replace(b"SET row_security = off;\n",
+                                             b"SET row_security = off;\n"
+                                             b"SET session_replication_role = replica;\n", 1)))
+    before = state(host)
+    drill = cli(host, "drill", str(needs_super), "--json", env={"TMPDIR": str(tmp_path)})
+    assert drill.returncode != 0, drill.stdout
+    checks = {c["name"]: c for c in json.loads(drill.stdout)["checks"]}
+    assert checks["replay memory_db.sql"]["status"] == "fail"
+    assert "session_replication_role" in checks["replay memory_db.sql"]["detail"]
+    assert checks["replay skills_db.sql"]["status"] == "pass"
+    assert checks["cleanup"]["status"] == "pass"
+    res = cli(host, "restore", str(needs_super), "--yes", "--no-start")
+    assert res.returncode == 1 and "session_replication_role" in res.stderr
+    assert "rolled back" in res.stderr
+    assert state(host) == before
