@@ -71,7 +71,9 @@ def install_entry() -> dict:
                        check=True)
         marker.write_text("\n".join(reqs))
     python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    return {"python": str(python), "pip_args": f"--no-index --find-links {WHEELHOUSE}"}
+    # not the system's site-packages (FreeBSD's default): the rig's wheels are the whole set
+    return {"python": str(python), "pip_args": f"--no-index --find-links {WHEELHOUSE}",
+            "system_site_packages": False}
 
 
 def migrate(old: SimHost, new: SimHost, *args: str, timeout: float = 300

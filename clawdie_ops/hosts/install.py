@@ -12,6 +12,11 @@ the host changes. The inventory's `install` entry says how, per host:
         pip_args: --no-index --find-links /srv/wheels   # e.g. a host without the index
         system_site_packages: true         # take dependencies installed by pkg/apt
 
+The defaults are FreeBSD's: `pkg install python311` gives `python3.11` (no `python3`), and
+pip cannot build cryptography there (PyPI has no FreeBSD wheels), so the virtualenv sees
+the dependencies pkg installed (py311-fabric, py311-psycopg, ...) and pip fetches only
+what is missing.
+
 pip_args go to pip inside a 0600 requirements file, never on its command line (an index
 URL may carry a password).
 """
@@ -30,8 +35,8 @@ from ..actions.migrate.checks import version_tuple
 from ..errors import HostError
 from ..config.inventory import Host
 
-DEFAULTS = {"python": "python3", "dir": "~/.local/clawdie-ops", "pip_args": "",
-            "system_site_packages": False}
+DEFAULTS = {"python": "python3.11", "dir": "~/.local/clawdie-ops", "pip_args": "",
+            "system_site_packages": True}
 TIMEOUT_S = 900
 _VERSION = re.compile(r"^clawdie-ops\s+(\S+)\s*$", re.MULTILINE)
 
@@ -148,8 +153,8 @@ def _install_error(host: Host, s: dict[str, Any], code: int, stderr: str) -> Hos
     where = f"on {host.label}"
     if code == 20:
         return HostError(f"cannot install clawdie-ops {where}: {s['python']!r} not found there",
-                         f"install Python 3.11 or newer there (FreeBSD: pkg install python311) "
-                         f"and set {entry}.python to it")
+                         "install Python 3.11 there (FreeBSD: pkg install python311), or set "
+                         f"{entry}.python to the Python 3.11+ it has")
     if code == 21:
         return HostError(f"cannot install clawdie-ops {where}: {s['python']} is {tail or 'old'}, "
                          "and clawdie-ops needs Python 3.11 or newer",
@@ -161,10 +166,10 @@ def _install_error(host: Host, s: dict[str, Any], code: int, stderr: str) -> Hos
     if code == 23:
         return HostError(f"pip could not install clawdie-ops into {s['dir']} {where} (the "
                          f"virtualenv stays, the next run completes it): {tail}",
-                         "the host needs its package index for the dependencies (invoke, "
-                         "fabric, psycopg, python-dotenv, rich): set "
-                         f"{entry}.pip_args (e.g. --no-index --find-links DIR of wheels), or "
-                         f"install them with the system's packages and set "
-                         f"{entry}.system_site_packages: true")
+                         "install the dependencies with the system's packages (FreeBSD: pkg "
+                         "install py311-fabric py311-psycopg py311-rich py311-python-dotenv; "
+                         "pip cannot build cryptography there) and keep "
+                         f"{entry}.system_site_packages true, or set {entry}.pip_args (e.g. "
+                         "--no-index --find-links DIR of wheels)")
     return HostError(f"installing clawdie-ops {where} failed (exit {code}): {tail}",
                      f"run `{s['dir']}/bin/clawdie-ops --version` there to see why")

@@ -117,3 +117,15 @@ def test_inventory_validates_the_install_entry():
         inventory.hosts({"hosts": {"nb": {"install": {"pyhton": "x"}}}})
     with pytest.raises(ConfigError, match="system_site_packages must be a true/false"):
         inventory.hosts({"hosts": {"nb": {"install": {"system_site_packages": "yes"}}}})
+
+
+def test_install_defaults_are_freebsds_python311_with_pkgs_dependencies():
+    """`pkg install python311` gives python3.11 and no python3; pip cannot build
+    cryptography there, so the virtualenv takes pkg's py311-* packages."""
+    bare = Host(name="b", ssh="b")
+    assert toolinstall.settings(bare)["python"] == "python3.11"
+    assert toolinstall.settings(bare)["system_site_packages"] is True
+    text = toolinstall.plan_text(bare, None)
+    assert "python3.11 -m venv --system-site-packages" in text
+    plain = Host(name="p", ssh="p", install={"python": "python3", "system_site_packages": False})
+    assert "python3 -m venv, pip install" in toolinstall.plan_text(plain, None)
