@@ -22,7 +22,9 @@ from ..errors import ConfigError, EnvFileError
 DEFAULT_COMMANDS: dict[str, str] = {
     "agent_status": "test -f {pidfile} && kill -0 \"$(cat {pidfile})\"",
     "agent_stop": "cd {root} && npm stop",
-    "agent_start": "cd {root} && npm start",
+    # `npm start` may stay in the foreground: daemon(8) detaches it (or name an rc.d
+    # service: `service clawdie start`); the start must return (agent_start_timeout).
+    "agent_start": "cd {root} && daemon -f npm start",
     "jail_status": "jls -j {jail_name} jid",
     "jail_start": "bastille start {jail_name}",
     "jail_stop": "bastille stop {jail_name}",
@@ -59,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "compression": "zstd",  # measured faster and smaller than gzip: BENCHMARKS.md
     "hostd_url": "",
     "commands": dict(DEFAULT_COMMANDS),
+    # seconds for agent_start to return and the agent to run (its status command says so)
+    "agent_start_timeout": 120,
     "ssh_config": "",  # ssh config file for Fabric and syncoid; empty: ~/.ssh/config
     "syncoid": "syncoid",  # the syncoid program for `replicate`
     "hosts": {},  # migration inventory: name -> {ssh, root, overrides}
@@ -114,6 +118,7 @@ class Settings:
     compression: str
     hostd_url: str
     commands: Mapping[str, str]
+    agent_start_timeout: float = 120
 
     @property
     def env_file(self) -> Path:
@@ -259,4 +264,16 @@ def load(config: Any, root: str | os.PathLike[str] | None = None,
         db_admin=dict(cfg["db_admin"]), pg_bin=str(cfg.get("pg_bin") or ""),
         backup_dir=Path(backup_dir), compression=compression,
         hostd_url=str(cfg.get("hostd_url") or ""), commands=dict(cfg["commands"]),
+        agent_start_timeout=_seconds(cfg, "agent_start_timeout"),
     )
+
+
+def _seconds(cfg: Mapping[str, Any], key: str) -> float:
+    try:
+        value = float(cfg.get(key) or DEFAULTS[key])
+    except (TypeError, ValueError):
+        value = -1
+    if value <= 0:
+        raise ConfigError(f"clawdie.{key} {cfg.get(key)!r} is not a number of seconds",
+                          f"set clawdie.{key} to e.g. {DEFAULTS[key]}")
+    return value

@@ -4,6 +4,10 @@ Every function takes an invoke Context, so a Fabric Connection runs it on anothe
 """
 from __future__ import annotations
 
+import time
+
+from invoke.exceptions import CommandTimedOut
+
 from ..config.settings import Settings
 from ..errors import AgentError
 
@@ -28,9 +32,22 @@ def stop(c, s: Settings) -> bool:
 
 
 def start(c, s: Settings) -> None:
-    res = _run(c, s, "agent_start")
+    """Start the agent: the command must return (a detached start) and the agent run, both
+    within clawdie.agent_start_timeout seconds."""
+    limit = s.agent_start_timeout
+    deadline = time.monotonic() + limit
+    try:
+        res = c.run(s.command("agent_start"), hide=True, warn=True, in_stream=False,
+                    timeout=max(1, int(limit)))
+    except CommandTimedOut:
+        raise AgentError(
+            f"the agent's start command did not return within {limit:g} s: it runs the agent "
+            "in the foreground", "detach it (FreeBSD: daemon -f npm start, or an rc.d "
+            f"service) in clawdie.commands.agent_start: {s.command('agent_start')}") from None
+    while res.exited == 0 and not running(c, s) and time.monotonic() < deadline:
+        time.sleep(0.5)  # a detached start returns before the agent writes its pidfile
     if res.exited != 0 or not running(c, s):
-        why = res.stderr.strip() or "not running after start"
+        why = res.stderr.strip() or f"not running {limit:g} s after its start"
         raise AgentError(f"could not start the agent: {why}",
                          f"start it by hand ({s.command('agent_start')}) and check its log")
 
