@@ -390,7 +390,7 @@ def test_upgrade_is_named_and_restrict_lines_need_a_new_enough_psql():
         db.update(version="18.6", version_num=180006)
     ch = by_name(mc.evaluate(old, new, new_name="n"))
     assert ch["PostgreSQL versions"].status == "ok"
-    assert "an upgrade from PostgreSQL 15.8 by dump and restore" in \
+    assert "an upgrade from PostgreSQL 15.8 to 18.6 by dump and restore" in \
         ch["PostgreSQL versions"].detail
     assert "psql on new host" not in ch
     new["pg_client"]["psql"] = {"major": 17, "version": "17.5"}

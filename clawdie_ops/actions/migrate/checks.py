@@ -46,6 +46,16 @@ def _server(facts: dict[str, Any]) -> dict[str, Any] | None:
     return admin if admin.get("login") else None
 
 
+def upgrade(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """'an upgrade from PostgreSQL 15.18 to 18.6 ...' when the new server's major is newer."""
+    old_srv, new_srv = _server(old), _server(new)
+    if not old_srv or not new_srv or \
+            old_srv["version_num"] // 10000 >= new_srv["version_num"] // 10000:
+        return None
+    return (f"an upgrade from PostgreSQL {old_srv['version']} to {new_srv['version']} by dump "
+            "and restore (the restore step replays the old host's dumps into the new server)")
+
+
 def postgres_versions(old: dict[str, Any], new: dict[str, Any]) -> list[Check]:
     checks = []
     dump = (old.get("pg_client") or {}).get("pg_dump") or {}
@@ -75,12 +85,10 @@ def postgres_versions(old: dict[str, Any], new: dict[str, Any]) -> list[Check]:
                                 f"{new_srv['version']}: moving to an older major version",
                                 "a newer PostgreSQL on the new host is safer"))
         else:
-            upgrade = (f"; an upgrade from PostgreSQL {old_srv['version']} by dump and "
-                       "restore" if old_srv and old_srv["version_num"] // 10000 < new_major
-                       else "")
+            up = upgrade(old, new)
             checks.append(Check("PostgreSQL versions", "ok",
                                 f"pg_dump {dump['version']} on old, server {new_srv['version']} "
-                                f"on new{upgrade}"))
+                                "on new" + (f"; {up}" if up else "")))
     psql = (new.get("pg_client") or {}).get("psql") or {}
     if "major" not in psql:
         checks.append(Check("psql on new host", "fail",
@@ -164,7 +172,8 @@ def databases_on_new(new: dict[str, Any], new_name: str) -> list[Check]:
         elif admin.get("login") and admin.get("create_role"):
             checks.append(Check(f"{key}_db on new host", "ok",
                                 f"{where} cannot log in yet ({db.get('error', '?')}); the "
-                                "admin connection can create the role"))
+                                "admin connection can create the role (or, where it exists "
+                                "with another password, give it the .env's)"))
         else:
             why = admin.get("error") or ("db_admin is not configured" if not
                                          admin.get("configured") else "it may not create roles")

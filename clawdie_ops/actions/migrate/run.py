@@ -261,6 +261,9 @@ class Migration:
                                               new_name=self.plan.new.name,
                                               force=self.opts.force, ours=ours)
         failed = migrate_checks.failures(self.checks)
+        up = migrate_checks.upgrade(self.facts["old"], self.facts["new"])
+        if up and f"PostgreSQL: {up}" not in self.plan.notes:
+            self.plan.notes.append(f"PostgreSQL: {up}")
         for ch in self.checks:
             if ch.status == "warn":
                 self.warnings.append(f"{ch.name}: {ch.detail}")
@@ -654,6 +657,8 @@ class Migration:
             data["preflight_hint"] = exc.hint if isinstance(exc, ClawdieError) else ""
         finally:
             self.cleanup()
+        data["plan_text"] = self.plan.describe()  # with what the preflight learned (notes)
+        data["plan"] = self.plan.as_dict()
         data["checks"] = [ch.as_dict() for ch in self.checks]
         data["warnings"] = self.warnings
         return data
