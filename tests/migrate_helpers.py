@@ -11,7 +11,9 @@ from clawdie_ops.hosts import agent
 from clawdie_ops.config import settings as config
 from tests.conftest import REPO, cli, context_for
 from tests.helpers import pg_rows, sqlite_rows, tree_digest
+from tests.rig import content
 from tests.rig.hosts import JAILS, Rig, SimHost
+from tests.rig.postgres import DEFAULT_MAJOR
 
 OLD_CRONTAB = ("0 * * * * sanoid --cron\n"
                "0 2 * * 0 cd /srv/clawdie && clawdie-ops backup --output /mnt/backup\n")
@@ -22,15 +24,25 @@ WHEELHOUSE = REPO / ".cache" / "wheelhouse"
 
 
 def two_hosts(rig: Rig, *, with_roles: bool = True, jails: tuple[str, ...] | None = None,
-              new_has_tool: bool = True) -> tuple[SimHost, SimHost]:
+              new_has_tool: bool = True, old_pg: int = DEFAULT_MAJOR,
+              prepared: bool = False) -> tuple[SimHost, SimHost]:
     """The old host as an operator finds it (populated, agent running, cron active) and a
     new host with Clawdie cloned but empty: no data, no jail datasets.
 
     `jails` narrows clawdie.jails on both hosts (fewer syncoid runs, for the fault tests
-    whose point is elsewhere). `new_has_tool=False`: clawdie-ops is not on the new host."""
-    old = rig.new_host(ssh=True)
-    new = rig.new_host(ssh=True, populated=False, datasets=False, with_roles=with_roles,
-                       tool_on_path=new_has_tool)
+    whose point is elsewhere). `new_has_tool=False`: clawdie-ops is not on the new host.
+    `old_pg`: the old host's PostgreSQL major (the new one runs 18). `prepared`: the new
+    host's install made the roles with its own passwords, empty databases and pgvector."""
+    old = rig.new_host(ssh=True, pg=old_pg)
+    new = rig.new_host(ssh=True, populated=False, datasets=False,
+                       with_roles=with_roles and not prepared, tool_on_path=new_has_tool)
+    if prepared:
+        with new.cluster.connect() as admin:
+            for key in ("memory", "skills"):
+                admin.execute(f"CREATE ROLE {key}_user LOGIN PASSWORD 'its own {key} pw'")
+                admin.execute(f"CREATE DATABASE {key}_db OWNER {key}_user")
+        with new.cluster.connect(dbname="memory_db") as admin:
+            content.create_vector_extension(admin)
     new.root.mkdir(parents=True, exist_ok=True)  # runbook step 1: the checkout exists
     for h, tab in ((old, OLD_CRONTAB), (new, NEW_CRONTAB)):
         (h.home / "backups").mkdir(exist_ok=True)

@@ -155,3 +155,35 @@ def test_migrate_from_a_third_machine_relays_over_ssh_to_both_hosts(rig):
     assert not (old.home / ".clawdie-ops").exists()
     rig.drop(old)
     rig.drop(new)
+
+
+def test_migrate_from_postgresql_15_onto_a_host_prepared_on_18_upgrades_it(rig):
+    """The runbook's step 1 on the new host: PostgreSQL 18 with pgvector, the roles made by
+    its install with that host's own passwords, empty databases. No --force: the restore in
+    the window gives the roles the archive's passwords (as db_admin), so the restored .env
+    works; the old host's PostgreSQL 15 data arrives row for row in 18."""
+    old, new = two_hosts(rig, old_pg=15, prepared=True, jails=("db",))
+    assert (old.cluster.major, new.cluster.major) == (15, 18)
+    write_inventory(rig, old, new, overrides={
+        "db_host": new.address, "zfs_pool": new.pool_name,
+        "db_admin": {"user": "postgres", "password": SUPERPASS}})
+    dry = cli(old, "migrate", "--to", new.name, "--dry-run", "--json")
+    plan = json.loads(dry.stdout)
+    assert plan["preflight"] == "ok", dry.stdout + dry.stderr
+    assert any("an upgrade from PostgreSQL 15." in n and "to 18." in n
+               for n in plan["plan"]["notes"])
+
+    res, report = migrate(old, new)
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert report["status"] == "done"
+    versions = next(c for c in report["checks"] if c["name"] == "PostgreSQL versions")
+    assert "an upgrade from PostgreSQL 15." in versions["detail"]
+    mem = report["restore"]["connections"]["memory_db.sql"]
+    assert mem["version"].startswith("18.") and mem["password_set"]
+    assert db_state(new) == db_state(old)  # logs in with the restored .env's passwords
+    assert sqlite_state(new) == sqlite_state(old)
+    assert new.agent_running() and not old.agent_running()
+    assert SUPERPASS not in res.stdout + res.stderr
+    assert old.env["MEMORY_DB_PASSWORD"] not in res.stdout + res.stderr
+    rig.drop(old)
+    rig.drop(new)
