@@ -12,7 +12,6 @@ from pathlib import Path
 from tests.conftest import CLI, cli
 from tests.migrate_helpers import (assert_old_intact, install_entry, journal_path, migrate,
                                    snapshots, two_hosts, whole_state, write_inventory)
-from tests.rig.postgres import DEBIAN_BIN
 from tests.rig.proxy import through_proxy
 
 
@@ -171,18 +170,19 @@ def test_link_down_for_good_rolls_back_and_the_same_command_then_continues(rig):
     rig.drop(new)
 
 
-def _failing_psql(tmp: Path) -> Path:
-    """pg tools whose psql fails replaying skills_db from the restore's staging copy."""
+def _failing_psql(tmp: Path, real: Path) -> Path:
+    """pg tools (those in `real`) whose psql fails replaying skills_db from the restore's
+    staging copy."""
     bindir = tmp / "pgbin-failing"
     bindir.mkdir()
     for tool in ("pg_dump", "pg_restore"):
-        (bindir / tool).symlink_to(DEBIAN_BIN / tool)
+        (bindir / tool).symlink_to(real / tool)
     psql = bindir / "psql"
     psql.write_text("#!/bin/sh\n"
                     'case "$*" in *staging/skills_db.sql*)\n'
                     '  echo "psql: ERROR:  could not extend file: No space left on device" >&2\n'
                     "  exit 3;;\nesac\n"
-                    f'exec {DEBIAN_BIN}/psql "$@"\n')
+                    f'exec {real}/psql "$@"\n')
     psql.chmod(0o755)
     os.chmod(tmp, 0o755)
     return bindir
@@ -192,7 +192,7 @@ def test_restore_failing_on_the_new_host_rolls_back_and_reports(rig, tmp_path):
     old, new = two_hosts(rig, jails=("db",))
     write_inventory(rig, old, new, overrides={
         "db_host": new.address, "zfs_pool": new.pool_name,
-        "pg_bin": str(_failing_psql(tmp_path))})
+        "pg_bin": str(_failing_psql(tmp_path, new.cluster.bindir))})
     before, snaps = whole_state(old), snapshots(old)
     res, report = migrate(old, new)
     assert res.returncode != 0
