@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from .. import __version__
+from .. import __version__, runner
 from ..zfs import commands as zfs
 from ..archive.writer import SUFFIX, ArchiveWriter
 from ..config.settings import DbSpec, Settings
@@ -60,7 +60,8 @@ class BackupPlan:
                          f"  (covers {', '.join(self.datasets)})")
         lines.append(f"copy       {s.sqlite_path} via SQLite's online backup API, integrity_check")
         for db in self.databases:
-            lines.append(f"dump       {pg.pg_dump_cmd(s, db, Path(db.item), '<exported-snapshot>')}"
+            dump = runner.line(pg.pg_dump_cmd(s, db, Path(db.item), "<exported-snapshot>"))
+            lines.append(f"dump       {dump}"
                          "  (PGPASSFILE, 0600)")
         for item in self.files:
             lines.append(f"archive    {item.source} -> {item.name}")

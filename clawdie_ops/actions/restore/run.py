@@ -20,7 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ... import runner
 from ...hosts import agent
+from ...runner import Shell
 from ...config import settings as config
 from .. import doctor
 from ...sources.postgres import aside as pgaside, roles as pgroles
@@ -425,7 +427,8 @@ def _steps(p: RestorePlan) -> list[Step]:
                          f"{quote(t.shape.owner if t.shape else t.db.user)}: empty, with the "
                          f"encoding, locale, privileges and settings it had  ({who})")
         elif t.exists:  # taken here, with the agent stopped, so no write is lost on rollback
-            lines.append(f"keep {pg.pg_dump_cmd(s, t.db, p.before / t.item)}  (PGPASSFILE, 0600)")
+            keep = runner.line(pg.pg_dump_cmd(s, t.db, p.before / t.item))
+            lines.append(f"keep {keep}  (PGPASSFILE, 0600)")
         if t.create_role:
             lines.append(f"CREATE ROLE {quote(t.db.user)} LOGIN PASSWORD '***'  ({who})")
         if t.create_db:
@@ -433,7 +436,8 @@ def _steps(p: RestorePlan) -> list[Step]:
         for r in t.extra_roles:
             lines.append(f"CREATE ROLE {quote(r)} NOLOGIN; GRANT {quote(r)} TO "
                          f"{quote(t.db.user)}  ({who})")
-        lines.append(f"{pg.psql_cmd(s, t.db, st / t.item)}  (PGPASSFILE, 0600)")
+        replay = runner.line(pg.psql_cmd(s, t.db, st / t.item))
+        lines.append(f"{replay}  (PGPASSFILE, 0600)")
         lines.append(f"into {t.db.name} as {t.db.user} at {t.server.address}: PostgreSQL "
                      f"{t.server.version}, system identifier {t.server.system_identifier}")
         for old, new in t.role_map.items():
@@ -442,7 +446,8 @@ def _steps(p: RestorePlan) -> list[Step]:
         lines.append(f"check row counts of {len(t.tables)} tables against the manifest")
         steps.append(Step("database", t.item, lines))
     if p.regen is not None:
-        keep = [f"keep {pg.pg_dump_cmd(s, p.regen, p.before / 'skills_db.sql')}  (PGPASSFILE, "
+        dump = runner.line(pg.pg_dump_cmd(s, p.regen, p.before / "skills_db.sql"))
+        keep = [f"keep {dump}  (PGPASSFILE, "
                 "0600)"] if p.regen_exists else []
         steps.append(Step("regen", "skills_db.sql", [*keep, s.command("skills_regen")]))
     if "groups/" in p.items:
@@ -633,10 +638,10 @@ def _regen(c, p: RestorePlan, undo: _Undo) -> None:
         undo.push(f"{p.regen.name} (from its pre-restore dump)",
                   lambda: _replay_old(c, s, p.regen, p.before))  # type: ignore[arg-type]
     cmd = s.command("skills_regen")
-    res = c.run(cmd, hide=True, warn=True, in_stream=False)
+    res = runner.run(c, Shell(cmd))
     if res.exited != 0:
-        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-        raise RestoreFailed(f"regenerating skills failed (exit {res.exited}): {tail}",
+        raise RestoreFailed(f"regenerating skills failed: "
+                            f"{runner.tail(res.stderr or res.stdout)} (exit {res.exited})",
                             f"run it by hand: {cmd}")
 
 
