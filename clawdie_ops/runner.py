@@ -12,7 +12,10 @@ compressors are pipes of their own, archive/writer.py).
 from __future__ import annotations
 
 import io
+import json
+import os
 import shlex
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +65,19 @@ def tail(text: str) -> str:
 # -- the recorder: tests (and --dry-run comparisons) see every command, masked, in order ---
 Recorder = Callable[[str, str], None]  # (host label, masked command line)
 _recorders: list[Recorder] = []
+_record_lock = threading.Lock()
+
+
+RECORD_ENV = "CLAWDIE_OPS_RECORD"  # a file: every command appended, masked, one per line
+
+
+def _record(label: str, shown: str) -> None:
+    for hook in list(_recorders):
+        hook(label, shown)
+    path = os.environ.get(RECORD_ENV)
+    if path:
+        with _record_lock, open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"host": label, "command": shown}) + "\n")
 
 
 @contextmanager
@@ -117,8 +133,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
     text = line(cmd)
     shown = mask_text(text, list(secrets))
     label = host or host_label(c)
-    for hook in list(_recorders):
-        hook(label, shown)
+    _record(label, shown)
     kw: dict[str, Any] = {"hide": True, "warn": True, "shell": shell_of(c),
                           "in_stream": _Payload(stdin) if stdin is not None else False}
     if env:

@@ -171,7 +171,17 @@ def run_tool(c: Context, host: Host, task: str, *args: str, stdin: Any = None,
              config_file: str | None = None, ok_codes: tuple[int, ...] = (0,),
              timeout: int | None = None) -> tuple[dict[str, Any], int]:
     """Run a clawdie-ops task on `host` with --json; its JSON, or RemoteTaskFailed."""
-    argv = tool_argv(host, task, *args, config_file=config_file)
+    return run_argv(c, host, tool_argv(host, task, *args, config_file=config_file),
+                    stdin=stdin, ok_codes=ok_codes, timeout=timeout)
+
+
+def run_argv(c: Context, host: Host, argv: list[str], *, stdin: Any = None,
+             ok_codes: tuple[int, ...] = (0,), timeout: int | None = None
+             ) -> tuple[dict[str, Any], int]:
+    """Run `argv` (clawdie-ops [-f FILE] TASK ARGS... on `host`); its JSON summary."""
+    task = argv[len(host.tool_argv())]
+    if task == "-f":
+        task = argv[len(host.tool_argv()) + 2]
     command = runner.line(argv)
     data = json.dumps(stdin) if stdin is not None else None
     res = run(c, host, argv, stdin=data, what=f"`clawdie-ops {task}`", timeout=timeout)

@@ -77,12 +77,21 @@ def require(c, s: Settings, datasets: list[str]) -> None:
             "check ZFS_POOL / ZFS_PREFIX in .env and clawdie.jails, or pass --no-snapshot")
 
 
-def snapshot_recursive(c, s: Settings, parent: str, name: str) -> None:
-    """`zfs snapshot -r parent@name`: atomic across every child, on every ZFS."""
+def snapshot_command(s: Settings, parent: str, name: str) -> Shell:
+    """The configured `snapshot` template (`zfs snapshot -r parent@name`), names checked."""
     check_dataset(parent)
     check_snapname(name)
-    runner.run(c, Shell(s.command("snapshot", parent=parent, name=name)), check=True,
-               what=f"snapshot {parent}@{name}", error=ZfsError, hint=_SNAP_HINT)
+    return Shell(s.command("snapshot", parent=parent, name=name))
+
+
+def run_snapshot(c: Context, cmd: Shell, parent: str, name: str) -> None:
+    runner.run(c, cmd, check=True, what=f"snapshot {parent}@{name}", error=ZfsError,
+               hint=_SNAP_HINT)
+
+
+def snapshot_recursive(c: Context, s: Settings, parent: str, name: str) -> None:
+    """`zfs snapshot -r parent@name`: atomic across every child, on every ZFS."""
+    run_snapshot(c, snapshot_command(s, parent, name), parent, name)
 
 
 @dataclass(frozen=True)
