@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import secrets
 import shlex
 import shutil
@@ -19,7 +18,6 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +30,14 @@ from ..archive.writer import sha256_stream
 from ..config.settings import DbSpec, Settings
 from ..sources.postgres.dumpfile import rewrite_owners
 from ..errors import ClawdieError, ConfigError, DatabaseError, DrillFailed, ToolMissing
-from ..archive.manifest import MONTHS
+from ..archive import catalog
+from ..archive.manifest import count_differences, summary
+from ..checks import Check
 from ..output import Reporter
 from ..sources.postgres import commands as pg
 from ..sources import sqlite
 from ..archive.verify import Verified, stage
 
-_STEM = re.compile(r"^clawdie-backup-(\d\d)\.([a-z]{3})\.(\d{4})-(\d\d)(\d\d)(?:-(\d+))?"
-                   r"\.tar\.(?:gz|zst)$")
 BOOTSTRAP_USER = "clawdie_drill"
 # Where an installation keeps each item, relative to the sandbox.
 LAYOUT = {"env": "root/.env", "messages.db": "root/store/messages.db",
@@ -55,15 +53,6 @@ def _layout(name: str) -> str:
 
 
 @dataclass
-class Check:
-    name: str
-    item: str
-    status: str  # pass, fail, skip
-    detail: str = ""
-    seconds: float = 0.0
-
-
-@dataclass
 class DrillOptions:
     archive: Path | None = None
     latest: Path | None = None
@@ -74,25 +63,15 @@ class DrillOptions:
 
 
 # -- choosing the archive -----------------------------------------------------------------
-def _stem_key(p: Path) -> tuple:
-    m = _STEM.match(p.name)
-    if not m or m.group(2) not in MONTHS:
-        return (datetime.min, 0, p.stat().st_mtime)
-    day, mon, year, hh, mm, n = m.groups()
-    when = datetime(int(year), MONTHS.index(mon) + 1, int(day), int(hh), int(mm))
-    return (when, int(n or 1), p.stat().st_mtime)
-
-
 def newest_archive(directory: Path) -> Path:
-    """The newest clawdie-backup-* archive in a directory, by the time in its name."""
+    """The newest clawdie-backup-* archive in a directory (archive/catalog.py's rule)."""
     if not directory.is_dir():
         raise ConfigError(f"backup directory not found: {directory}", "check --latest")
-    found = [p for p in directory.iterdir() if p.is_file() and p.name.startswith("clawdie-backup-")
-             and p.name.endswith((".tar.gz", ".tar.zst"))]
-    if not found:
+    found = catalog.newest(directory)
+    if found is None:
         raise ConfigError(f"no clawdie-backup-* archive in {directory}",
                           "run clawdie-ops backup --output there, or check --latest")
-    return max(found, key=_stem_key)
+    return found
 
 
 # -- the scratch server -------------------------------------------------------------------
@@ -240,8 +219,8 @@ class Drill:
             status, detail = "fail", f"{item}: {str(exc).strip().splitlines()[0]}"
         except OSError as exc:
             status, detail = "fail", f"{item or name}: {exc}"
-        self.checks.append(Check(name, item, status, detail,
-                                 round(time.monotonic() - start, 3)))
+        self.checks.append(Check(name, status, detail, item=item,
+                                 seconds=round(time.monotonic() - start, 3)))
         return value if status == "pass" else None
 
     @property
@@ -249,7 +228,7 @@ class Drill:
         return any(ch.status == "fail" for ch in self.checks)
 
     def skip(self, name: str, item: str, why: str) -> None:
-        self.checks.append(Check(name, item, "skip", why))
+        self.checks.append(Check(name, "skip", why, item=item))
 
     # individual checks
     def start_server(self, v: Verified) -> str:
@@ -409,12 +388,9 @@ class Drill:
 
 
 def _compare_counts(item: str, expected: Mapping[str, int], got: Mapping[str, int]) -> None:
-    wrong = [f"table {t} has {got[t]} rows, manifest says {n}" if t in got
-             else f"table {t} is missing" for t, n in expected.items() if got.get(t) != n]
-    wrong += [f"table {t} is not in the manifest" for t in got if t not in expected]
+    wrong = count_differences(expected, got)
     if wrong:
-        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
-        raise DrillFailed(f"{item}: {'; '.join(wrong[:3])}{more}")
+        raise DrillFailed(f"{item}: {summary(wrong)}")
 
 
 def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporter) -> dict:

@@ -15,6 +15,7 @@ from ..actions.migrate import run as action
 from ..errors import ConfigError, MigrationFailed, ScheduleError
 from ..actions.migrate.report import describe_report
 from ..output import Reporter
+from ..sources.postgres import server
 from .. import runner
 from ..runner import Shell
 from .base import operator_task
@@ -121,7 +122,7 @@ def _env_apply(c, cfg: dict[str, Any]) -> dict[str, Any]:
     plain = config.load({"clawdie": {**cfg, **{k: "" for k in envfile.ENV_KEY_OF_SETTING}}})
     dbs = {}
     for db in plain.databases():
-        probe = facts.probe_database(db)
+        probe = server.probe_database(db)
         dbs[db.key] = {k: probe.get(k) for k in ("host", "port", "identity", "error")}
     return {"env_file": str(s.env_file), "changed": changed, "databases": dbs,
             "agent_stopped": stopped}

@@ -6,8 +6,8 @@ from pathlib import Path
 from rich.console import Console
 
 from ..actions.restore import run as action
-from ..output import Reporter
-from .base import confirm, operator_task
+from ..output import Reporter, confirm
+from .base import operator_task
 from .doctor import print_checks
 from .positional import help_requested
 

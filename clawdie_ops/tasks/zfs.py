@@ -12,9 +12,9 @@ from ..config import settings as config
 from ..zfs import datasets, replication, sanoid, commands as zfs
 from ..zfs import rollback as rb
 from ..errors import ConfigError, DatasetMissing, OutputError
-from ..output import Reporter, human_size
+from ..output import Reporter, confirm, human_size
 from .. import runner
-from .base import confirm, operator_task, settings
+from .base import operator_task, settings
 from .positional import help_requested
 
 ROOT_HELP = "Clawdie checkout whose .env names the pool (default: $CLAWDIE_ROOT, else the cwd)"

@@ -16,6 +16,7 @@ from typing import Any
 from .. import runner
 from ..hosts import agent, ssh
 from . import datasets, syncoid, commands as zfs
+from ..config import inventory
 from ..config.settings import Settings
 from ..errors import ConfigError, DatasetMissing, ZfsError
 from ..output import Reporter, human_size
@@ -78,11 +79,11 @@ def target_settings(s: Settings, cfg: Mapping[str, Any], to: str) -> tuple[Setti
 
     From the inventory entry `clawdie.hosts[to]` = {ssh, root, overrides} when there is one;
     otherwise the target is assumed to be laid out like this host."""
-    entry = dict((cfg.get("hosts") or {}).get(to) or {})
-    over = dict(entry.get("overrides") or {})
+    host = inventory.resolve(cfg, to)  # validated: unknown keys and settings are refused
+    over = dict(host.overrides)
     changes: dict[str, Any] = {}
-    if entry.get("root"):
-        changes["root"] = Path(str(entry["root"]))
+    if host.root:
+        changes["root"] = Path(host.root)
     if over.get("home"):
         changes["home"] = Path(str(over["home"]))
     for key in ("zfs", "zfs_pool", "zfs_prefix", "jail_name"):
@@ -92,7 +93,7 @@ def target_settings(s: Settings, cfg: Mapping[str, Any], to: str) -> tuple[Setti
         changes["commands"] = {**s.commands, **dict(over["commands"])}
     if over.get("jails"):
         changes["jails"] = tuple(over["jails"])
-    return dataclasses.replace(s, **changes), str(entry.get("ssh") or to)
+    return dataclasses.replace(s, **changes), host.ssh
 
 
 def map_dataset(s: Settings, ts: Settings, dataset: str) -> str:

@@ -37,7 +37,7 @@ from ...config.inventory import Host
 from ...config.masking import masked
 from .plan import (ALONGSIDE_SYNC, DOWNTIME, Options, Plan, Step, StepId, host_dict, make_plan,
                    make_steps)
-from ...output import Reporter
+from ...output import Reporter, confirm
 
 
 def _summary(facts: dict[str, Any]) -> dict[str, Any]:
@@ -623,8 +623,6 @@ class Migration:
 
     def ask(self) -> None:
         """The plan and the preflight's verdict, then the question."""
-        from ...tasks.base import confirm
-
         self.out.err.print("[bold]plan:[/]")
         for line in self.plan.describe():
             self.out.err.print(f"  {line}", markup=False)

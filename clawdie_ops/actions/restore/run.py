@@ -10,7 +10,6 @@ failure undoes the steps already done, newest first, and says what it rolled bac
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -33,9 +32,10 @@ from ...config.settings import DbSpec, Settings
 from ...sources.postgres.dumpfile import quote, rewrite_owners
 from ...errors import (ClawdieError, ConfigError, DatabaseError, DatabaseUnreachable, DumpTooNew,
                        OutputError, RestoreFailed, Terminated)
-from ...config.masking import mask_text
+from ...config.masking import mask_text, secret_values
 from ...output import Reporter
 from ...sources.postgres import commands as pg
+from ...archive.manifest import count_differences, summary
 from ...archive.verify import Verified, stage, verify
 from ...steps import Step, Undo, groups, planned, run_together
 
@@ -47,7 +47,6 @@ ALIASES = {".env": "env", "messages": "messages.db", "memory_db": "memory_db.sql
            "groups": "groups/", "allowlist": "mount-allowlist.json",
            "mount-allowlist": "mount-allowlist.json"}
 DB_ITEMS = ("memory_db.sql", "skills_db.sql")
-SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|PASS$", re.IGNORECASE)
 WORK = ".clawdie-ops"
 
 
@@ -211,9 +210,7 @@ def select_items(v: Verified, only: list[str]) -> tuple[list[str], bool, list[st
 
 
 def secrets_of(*envs: dict[str, str] | None, extra: tuple[str, ...] = ()) -> list[str]:
-    found = {v for env in envs if env for k, v in env.items() if SECRET_KEY.search(k) and v}
-    found.update(x for x in extra if x)
-    return [x for x in found if len(x) >= 3]
+    return secret_values(*envs, extra=extra)
 
 
 def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
@@ -647,11 +644,10 @@ def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
                   lambda: _replay_old(c, s, t.db, p.before))
     with pg.connect(t.db) as conn:
         counts = pg.table_counts(conn)
-    wrong = [f"{name}: {counts.get(name, 'missing')} rows, manifest says {n}"
-             for name, n in t.tables.items() if counts.get(name) != n]
+    wrong = count_differences(t.tables, counts, extra_tables=True)
     if wrong:
         raise DatabaseError(f"{t.item} restored into {t.db.name} but row counts differ: "
-                            f"{'; '.join(wrong[:3])}", "the dump and manifest disagree")
+                            f"{summary(wrong)}", "the dump and manifest disagree")
 
 
 def _regen(c: Context, p: RestorePlan, db: DbSpec, undo: Undo, keep: list[str] | None,

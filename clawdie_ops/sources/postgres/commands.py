@@ -86,14 +86,18 @@ def server_info(conn: psycopg.Connection) -> ServerInfo:
     return ServerInfo(version, num, ident, address)
 
 
-def table_counts(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row counts of every user table, in the connection's current transaction."""
-    rows = conn.execute(
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(schema, table) of every user table (plain and partitioned), in name order."""
+    return conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2").fetchall()
+
+
+def table_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row counts of every user table, in the connection's current transaction."""
     counts = {}
-    for schema, table in rows:
+    for schema, table in user_tables(conn):
         q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema),
                                                         sql.Identifier(table))
         counts[f"{schema}.{table}"] = conn.execute(q).fetchone()[0]
