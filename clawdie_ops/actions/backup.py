@@ -197,7 +197,6 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
         out.warn(note)
     spool = Path(tempfile.mkdtemp(prefix=".clawdie-backup-spool-", dir=plan.archive.parent))
     plan.spool = spool
-    entries = plan.entries
     writer: ArchiveWriter | None = None
     snapshots: list[str] = []
     try:
@@ -213,32 +212,7 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
                 snapshots = [plan.snapshot] + [f"{d}@{name}" for d in plan.datasets]
         with out.step(f"write {plan.archive.name}"):
             writer = ArchiveWriter(plan.archive, plan.top, plan.compression)
-            manifest = Manifest(agent_name=s.agent_name,
-                                timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-                                host=socket.gethostname(), tool_version=__version__,
-                                snapshots=snapshots)
-            manifest.files["messages.db"] = {
-                **entries.pop("messages.db"),
-                **writer.add_file("messages.db", spool / "messages.db", 0o644)}
-            for db in plan.databases:
-                info = pre.servers[db.key]
-                manifest.files[db.item] = {
-                    **entries.pop(db.item), **writer.add_file(db.item, spool / db.item, 0o600),
-                    "server_version": info.version, "system_identifier": info.system_identifier,
-                    "pg_dump_version": pre.pg_dump_version}
-            for item in plan.files:
-                mode = 0o600 if item.name == "env" else None
-                try:
-                    manifest.files[item.name] = {"kind": "file",
-                                                 **writer.add_file(item.name, item.source, mode)}
-                except FileNotFoundError:
-                    raise SourceError(f"{item.source} vanished during the backup",
-                                      "run the backup again") from None
-            manifest.items = _item_list(manifest.files)
-            if opts.skip_skills:
-                manifest.skipped["skills_db.sql"] = "--skip-skills"
-            manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
-                                 "servers": {k: v.version for k, v in pre.servers.items()}}
+            manifest = _write_items(writer, s, plan, pre, opts, snapshots)
             writer.add_bytes(MANIFEST, manifest.to_json(), 0o644)
             written = writer.commit()
             writer = None
@@ -260,6 +234,38 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
             "items": manifest.items, "snapshots": snapshots,
             "duration_s": round(time.monotonic() - started, 3), "steps": out.timings,
             "tables": {n: f["tables"] for n, f in manifest.files.items() if "tables" in f}}
+
+
+def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Preflight,
+                 opts: BackupOptions, snapshots: list[str]) -> Manifest:
+    """Every item into the archive, in the runbook's order; the manifest that describes them."""
+    assert plan.spool is not None
+    entries, spool = plan.entries, plan.spool
+    manifest = Manifest(agent_name=s.agent_name,
+                        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+                        host=socket.gethostname(), tool_version=__version__, snapshots=snapshots)
+    manifest.files["messages.db"] = {**entries.pop("messages.db"), **writer.add_file(
+        "messages.db", spool / "messages.db", 0o644)}
+    for db in plan.databases:
+        info = pre.servers[db.key]
+        manifest.files[db.item] = {
+            **entries.pop(db.item), **writer.add_file(db.item, spool / db.item, 0o600),
+            "server_version": info.version, "system_identifier": info.system_identifier,
+            "pg_dump_version": pre.pg_dump_version}
+    for item in plan.files:
+        mode = 0o600 if item.name == "env" else None
+        try:
+            manifest.files[item.name] = {"kind": "file",
+                                         **writer.add_file(item.name, item.source, mode)}
+        except FileNotFoundError:
+            raise SourceError(f"{item.source} vanished during the backup",
+                              "run the backup again") from None
+    manifest.items = _item_list(manifest.files)
+    if opts.skip_skills:
+        manifest.skipped["skills_db.sql"] = "--skip-skills"
+    manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
+                         "servers": {k: v.version for k, v in pre.servers.items()}}
+    return manifest
 
 
 def _copy_sqlite(s: Settings, plan: BackupPlan) -> dict[str, Any]:

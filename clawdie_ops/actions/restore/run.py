@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from invoke import Context
 
@@ -684,7 +684,39 @@ def _write_howto(p: RestorePlan) -> None:
             "the restore never renamed it, or its rollback renamed it back.)\n"))
 
 
-def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
+def _roll_back(c: Context, p: RestorePlan, undo: Undo, agent_stopped: bool, current: str,
+               exc: BaseException) -> NoReturn:
+    """Undo what execute did, newest first, and raise RestoreFailed saying what was rolled
+    back, and what could not be (with where the pre-restore state is)."""
+    s = p.settings
+    done, failed = undo.run()
+    restarted = ""
+    if agent_stopped:
+        try:
+            agent.start(c, s)
+            restarted = "; the agent was started again"
+        except ClawdieError as again:
+            failed.append(f"agent start ({again.message})")
+    shutil.rmtree(p.staging, ignore_errors=True)
+    why = exc.message if isinstance(exc, ClawdieError) else (
+        "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
+    rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
+    msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}"
+    stuck = [t for t in _asides(p)
+             if any(f.startswith(f"{t.db.name} (renamed back") for f in failed)]
+    if failed:
+        raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(failed)}",
+                            f"the pre-restore state is in {p.before}"
+                            + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
+                            + ": put those back by hand"
+                            + "".join(f"; {t.howto()}" for t in stuck)
+                            + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
+    (p.before / HOWTO).unlink(missing_ok=True)  # every database is back in its place
+    raise RestoreFailed(msg, f"the installation is as it was before; the pre-restore copies "
+                             f"are kept in {p.before}") from None
+
+
+def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
     """Run the plan; on failure roll back and raise RestoreFailed naming what was undone."""
     started = time.monotonic()
     s = p.settings
@@ -720,31 +752,7 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                     current = f"{failed_step[0].kind} {failed_step[0].item}"
                     raise failed_step[1]
     except BaseException as exc:  # noqa: BLE001 -- Ctrl-C midway must roll back too
-        done, failed = undo.run()
-        restarted = ""
-        if agent_stopped:
-            try:
-                agent.start(c, s)
-                restarted = "; the agent was started again"
-            except ClawdieError as again:
-                failed.append(f"agent start ({again.message})")
-        shutil.rmtree(p.staging, ignore_errors=True)
-        why = exc.message if isinstance(exc, ClawdieError) else (
-            "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
-        rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
-        msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}"
-        stuck = [t for t in _asides(p)
-                 if any(f.startswith(f"{t.db.name} (renamed back") for f in failed)]
-        if failed:
-            raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(failed)}",
-                                f"the pre-restore state is in {p.before}"
-                                + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
-                                + ": put those back by hand"
-                                + "".join(f"; {t.howto()}" for t in stuck)
-                                + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
-        (p.before / HOWTO).unlink(missing_ok=True)  # every database is back in its place
-        raise RestoreFailed(msg, f"the installation is as it was before; the pre-restore copies "
-                                 f"are kept in {p.before}") from None
+        _roll_back(c, p, undo, agent_stopped, current, exc)
     shutil.rmtree(p.staging, ignore_errors=True)
     with out.step(last.title):
         checks = last.run(c, undo)
