@@ -101,7 +101,7 @@ def host_label(c: Context) -> str:
 def shell_of(c: Context) -> str:
     """`clawdie.shell` of the context's config, else /bin/sh (sshd picks the remote one)."""
     try:
-        value = c.config.clawdie.shell  # type: ignore[attr-defined]
+        value = c.config.clawdie.shell
     except (AttributeError, KeyError):
         return DEFAULT_SHELL
     return str(value or DEFAULT_SHELL)
@@ -143,7 +143,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
     remote = _is_remote(c)
     was_connected = bool(getattr(c, "is_connected", False))
     try:
-        res = c.run(text, **kw)
+        ran = c.run(text, **kw)
     except ThreadException:
         # sending stdin failed: the command ended before it read its input
         raise HostError(f"{what or 'a command'} on {label} ended before it read its input",
@@ -158,6 +158,8 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
                             "host key") from None
         raise HostError(f"lost the connection to {label} during {what or shown}: {reason}",
                         RESUME_HINT) from None
+    assert ran is not None  # None only with asynchronous or disowned runs, never used here
+    res: Result = ran
     if isinstance(c, Connection) and res.exited == -1 and not c.is_connected:
         raise HostError(f"lost the connection to {label} during {what or shown}", RESUME_HINT)
     if check and res.exited not in ok:

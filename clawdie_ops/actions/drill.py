@@ -8,6 +8,7 @@ the end, and the drill checks that nothing is left behind.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import secrets
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from invoke import Context
 
 from .. import runner
 from ..runner import Shell
@@ -75,7 +78,7 @@ def newest_archive(directory: Path) -> Path:
 
 
 # -- the scratch server -------------------------------------------------------------------
-def find_server_bin(c, s: Settings, explicit: str) -> Path:
+def find_server_bin(c: Context, s: Settings, explicit: str) -> Path:
     """initdb, pg_ctl and psql of one version: the given folder, PATH, or the newest known."""
     if explicit:
         path = Path(explicit)
@@ -114,7 +117,7 @@ def reachable(path: Path, uid: int, gid: int) -> bool:
 class Throwaway:
     """A PostgreSQL cluster in the sandbox: a Unix socket only, trust for its owner, no TCP."""
 
-    def __init__(self, c, s: Settings, bindir: Path, base: Path, os_user: str) -> None:
+    def __init__(self, c: Context, s: Settings, bindir: Path, base: Path, os_user: str) -> None:
         self.c, self.s, self.bindir, self.base = c, s, bindir, base
         self.data = base / "data"
         self.sock = base / "sock"
@@ -393,7 +396,7 @@ def _compare_counts(item: str, expected: Mapping[str, int], got: Mapping[str, in
         raise DrillFailed(f"{item}: {summary(wrong)}")
 
 
-def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporter) -> dict:
+def run(c: Context, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporter) -> dict:
     started = time.monotonic()
     archive = opts.archive if opts.archive else newest_archive(Path(opts.latest or "."))
     d = Drill(c, s, cfg, opts, out)
@@ -416,7 +419,7 @@ def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporte
                 d.step("messages.db", "messages.db", lambda: d.check_sqlite(v))
                 d.step("files", "env, groups/, mount-allowlist.json", lambda: d.check_files(v))
                 for name in sorted(v.dumps):
-                    d.step(f"replay {name}", name, lambda n=name: d.replay(v, n))
+                    d.step(f"replay {name}", name, functools.partial(d.replay, v, name))
             else:
                 done = {ch.name for ch in d.checks}
                 for name in [*planned, *[f"replay {n}" for n in sorted(v.dumps)]]:

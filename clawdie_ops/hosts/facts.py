@@ -15,6 +15,8 @@ from typing import Any
 from collections.abc import Mapping
 
 
+from invoke import Context
+
 from .. import __version__, runner
 from . import agent
 from ..zfs import commands as zfs
@@ -58,7 +60,7 @@ def _tree_bytes(top: Path) -> int:
     return total
 
 
-def _zfs_facts(c, s: Settings) -> dict[str, Any]:
+def _zfs_facts(c: Context, s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {"pool": s.zfs_pool, "datasets": {}}
     try:
         out["pool_exists"] = zfs.exists(c, s, zfs.check_dataset(s.zfs_pool))
@@ -80,7 +82,7 @@ def _zfs_facts(c, s: Settings) -> dict[str, Any]:
     return out
 
 
-def _pg_clients(c, s: Settings) -> dict[str, Any]:
+def _pg_clients(c: Context, s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tool in ("pg_dump", "psql"):
         try:
@@ -91,7 +93,7 @@ def _pg_clients(c, s: Settings) -> dict[str, Any]:
     return out
 
 
-def gather(c, cfg: Mapping[str, Any], role: str, env: Mapping[str, str] | None = None,
+def gather(c: Context, cfg: Mapping[str, Any], role: str, env: Mapping[str, str] | None = None,
            with_db_env: bool = False) -> dict[str, Any]:
     """This host's facts; `env` (on a target) stands in for the .env the restore brings."""
     config = {"clawdie": dict(cfg)}

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Mapping
 
+from invoke import Context
+
 from ... import __version__
 from . import journal as journal_mod, checks as migrate_checks
 from ...hosts import remote, install as toolinstall, transfer
@@ -46,7 +48,7 @@ class Migration(HostSession):
     """Runs a plan, phase by phase, step by step, with the journal; on the two hosts through
     HostSession (session.py); stopping is rollback.py's, the report outcome.py's."""
 
-    def __init__(self, c, cfg: Mapping[str, Any], plan: Plan, opts: Options,
+    def __init__(self, c: Context, cfg: Mapping[str, Any], plan: Plan, opts: Options,
                  out: Reporter) -> None:
         super().__init__(c, cfg, plan, opts, journal_mod.Journal.open(
             plan.journal, {"from": [plan.old.name, plan.old.ssh],
@@ -127,7 +129,7 @@ class Migration(HostSession):
             if found.path is None:
                 self._refuse_install(h, found, minimum)
                 found = toolinstall.install(self.ctx[where], h)
-            if found.path != h.tool:
+            if found.path is not None and found.path != h.tool:
                 self.set_tool(where, found.path)
             self.tool_ready.add(where)
             out[where] = found.as_dict()
@@ -372,6 +374,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-def run(c, cfg: Mapping[str, Any], opts: Options, out: Reporter, home: Path) -> dict[str, Any]:
+def run(c: Context, cfg: Mapping[str, Any], opts: Options, out: Reporter,
+        home: Path) -> dict[str, Any]:
     plan = make_plan(cfg, opts, home)
     return Migration(c, cfg, plan, opts, out).run()
