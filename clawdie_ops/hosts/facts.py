@@ -1,7 +1,7 @@
 """What is true on this host for a migration, read-only: versions, space, ZFS, PostgreSQL, data.
 
 Runs on each host (`clawdie-ops migrate-step check`); the operator compares the two reports
-(migrate_checks.py). On the target, the database settings are evaluated with the source's
+(actions/migrate/checks.py). On the target, the database settings are evaluated with the source's
 .env values (they arrive on stdin), because that .env is what the restore brings: so the
 guard sees which PostgreSQL the new host would really use after the cutover.
 """

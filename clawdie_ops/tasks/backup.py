@@ -1,4 +1,4 @@
-"""`inv backup`: flags in, summary out; the work is in clawdie_ops.backup."""
+"""`inv backup`: flags in, summary out; the work is in clawdie_ops.actions.backup."""
 from __future__ import annotations
 
 from pathlib import Path

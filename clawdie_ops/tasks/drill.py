@@ -1,4 +1,4 @@
-"""`inv drill`: flags in, report table / JSON / JUnit out; the work is in clawdie_ops.drill."""
+"""`inv drill`: flags in, report / JSON / JUnit out; the work is in clawdie_ops.actions.drill."""
 from __future__ import annotations
 
 import os

@@ -1,5 +1,5 @@
-"""`inv migrate` (flags in, report out; the work is in clawdie_ops.migrate) and `migrate-step`,
-the few host-side actions migrate runs on each host through Fabric."""
+"""`inv migrate` (flags in, report out; the work is in clawdie_ops.actions.migrate) and
+`migrate-step`, the few host-side actions migrate runs on each host through Fabric."""
 from __future__ import annotations
 
 import json as jsonlib

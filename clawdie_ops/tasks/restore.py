@@ -1,4 +1,4 @@
-"""`inv restore`: flags in, plan and summary out; the work is in clawdie_ops.restore."""
+"""`inv restore`: flags in, plan and summary out; the work is in clawdie_ops.actions.restore."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,11 +1,11 @@
 """`migrate`: move an installation to new hardware by running clawdie-ops on both hosts.
 
-The plan is data (migrate_plan.py): every step names its host and its exact command, and
+The plan is data (plan.py): every step names its host and the exact command it runs, and
 prints in full with --dry-run (secrets masked). Running it goes through four phases:
-1. preflight on both hosts, read-only (facts.py gathers, migrate_checks.py decides);
+1. preflight on both hosts, read-only (hosts/facts.py gathers, checks.py decides);
 2. live pre-sync of the jail datasets while the agent still runs (`replicate`);
 3. the downtime window: stop the agent on the old host, final `backup`, final incremental
-   `replicate`, copy the archive (transfer.py: resumed, checksum verified on arrival),
+   `replicate`, copy the archive (hosts/transfer.py: resumed, checksum verified on arrival),
    start the jails, `restore`, point the .env at the new host's own services, start the
    agent, `doctor`; downtime is measured from the agent stop to a healthy doctor;
 4. cutover of the schedules and the report.
