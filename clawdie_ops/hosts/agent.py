@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import time
 
+from invoke import Context, Result
 from invoke.exceptions import CommandTimedOut
 
+from .. import runner
 from ..config.settings import Settings
 from ..errors import AgentError
+from ..runner import Shell
 
 
-def _run(c, s: Settings, key: str, **values: str):
-    return c.run(s.command(key, **values), hide=True, warn=True, in_stream=False)
+def _run(c: Context, s: Settings, key: str, **values: str) -> Result:
+    return runner.run(c, Shell(s.command(key, **values)))
 
 
-def running(c, s: Settings) -> bool:
+def running(c: Context, s: Settings) -> bool:
     return _run(c, s, "agent_status").exited == 0
 
 
-def stop(c, s: Settings) -> bool:
+def stop(c: Context, s: Settings) -> bool:
     """Stop the agent if it runs; True when it was running (so the caller can restart it)."""
     if not running(c, s):
         return False
@@ -31,14 +34,13 @@ def stop(c, s: Settings) -> bool:
     return True
 
 
-def start(c, s: Settings) -> None:
+def start(c: Context, s: Settings) -> None:
     """Start the agent: the command must return (a detached start) and the agent run, both
     within clawdie.agent_start_timeout seconds."""
     limit = s.agent_start_timeout
     deadline = time.monotonic() + limit
     try:
-        res = c.run(s.command("agent_start"), hide=True, warn=True, in_stream=False,
-                    timeout=max(1, int(limit)))
+        res = runner.run(c, Shell(s.command("agent_start")), timeout=max(1, int(limit)))
     except CommandTimedOut:
         raise AgentError(
             f"the agent's start command did not return within {limit:g} s: it runs the agent "
@@ -52,11 +54,11 @@ def start(c, s: Settings) -> None:
                          f"start it by hand ({s.command('agent_start')}) and check its log")
 
 
-def jail_running(c, s: Settings, jail: str) -> bool:
+def jail_running(c: Context, s: Settings, jail: str) -> bool:
     return _run(c, s, "jail_status", jail=jail).exited == 0
 
 
-def jail_stop(c, s: Settings, jail: str) -> bool:
+def jail_stop(c: Context, s: Settings, jail: str) -> bool:
     """Stop a jail if it runs; True when it was running."""
     if not jail_running(c, s, jail):
         return False
@@ -67,7 +69,7 @@ def jail_stop(c, s: Settings, jail: str) -> bool:
     return True
 
 
-def jail_start(c, s: Settings, jail: str) -> None:
+def jail_start(c: Context, s: Settings, jail: str) -> None:
     res = _run(c, s, "jail_start", jail=jail)
     if res.exited != 0:
         raise AgentError(f"could not start jail {jail}: {res.stderr.strip()}",

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from invoke import Context
+
+from .. import __version__, runner
+from ..runner import Shell
 from . import remote, wheel
 from ..actions.migrate.checks import version_tuple
 from ..errors import HostError
@@ -73,8 +76,8 @@ def settings(host: Host) -> dict[str, Any]:
     return {**DEFAULTS, **dict(host.install)}
 
 
-def _sh(script: str, *args: str) -> str:
-    return shlex.join(["sh", "-c", script, "sh", *args])
+def _sh(script: str, *args: str) -> list[str]:
+    return ["sh", "-c", script, "sh", *args]
 
 
 def _parse(stdout: str) -> tuple[str | None, str | None]:
@@ -85,14 +88,14 @@ def _parse(stdout: str) -> tuple[str | None, str | None]:
     return (m.group(1) if m else None), path
 
 
-def probe(c, host: Host) -> str | None:
+def probe(c: Context, host: Host) -> str | None:
     """The version of the clawdie-ops `host` is configured to run, or None."""
-    res = remote.run(c, host, shlex.join([*host.tool_argv(), "--version"]),
+    res = remote.run(c, host, [*host.tool_argv(), "--version"],
                      what="clawdie-ops --version")
     return _parse(res.stdout)[0] if res.exited == 0 else None
 
 
-def probe_installed(c, host: Host) -> tuple[str | None, str | None]:
+def probe_installed(c: Context, host: Host) -> tuple[str | None, str | None]:
     """(version, path) of an earlier install in the host's install dir."""
     res = remote.run(c, host, _sh(_FIND, settings(host)["dir"]), what="clawdie-ops --version")
     return _parse(res.stdout) if res.exited == 0 else (None, None)
@@ -107,7 +110,7 @@ def plan_text(host: Host, minimum: str | None) -> str:
             + ", pip install" + (" with install.pip_args" if s["pip_args"] else "") + ")")
 
 
-def find(c, host: Host, minimum: str | None) -> Found:
+def find(c: Context, host: Host, minimum: str | None) -> Found:
     """The host's clawdie-ops if it is there and new enough, else an earlier install's."""
     have = probe(c, host)
     if have and version_tuple(have) >= version_tuple(minimum):
@@ -118,7 +121,7 @@ def find(c, host: Host, minimum: str | None) -> Found:
     return Found(None, have, "older" if have else "missing")
 
 
-def install(c, host: Host) -> Found:
+def install(c: Context, host: Host) -> Found:
     """Upload this clawdie-ops and pip-install it on `host` (a Fabric Connection)."""
     s = settings(host)
     tmp = remote.make_temp_dir(c, host)
@@ -133,8 +136,8 @@ def install(c, host: Host) -> Found:
                 c.put(str(f), remote=f"{tmp}/{f.name}")
         site = "--system-site-packages" if s["system_site_packages"] else ""
         # requirements.txt names the wheel relative to where pip runs: cd into tmp first
-        res = remote.run(c, host, f"cd {shlex.quote(tmp)} && "
-                         + _sh(_INSTALL, str(s["python"]), str(s["dir"]), tmp, site),
+        res = remote.run(c, host, Shell(f"cd {shlex.quote(tmp)} && " + runner.line(
+                         _sh(_INSTALL, str(s["python"]), str(s["dir"]), tmp, site))),
                          what="installing clawdie-ops", timeout=TIMEOUT_S)
     finally:
         remote.remove_temp_dir(c, host, tmp)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
+from clawdie_ops import runner
 from clawdie_ops.actions import backup
 from clawdie_ops.config import settings as config
 from clawdie_ops.zfs import commands as zfs
@@ -88,7 +89,7 @@ def test_command_templates_quote_values(tmp_path):
 
 def test_pg_dump_line_has_no_password(tmp_path):
     s = load(tmp_path)
-    line = pg.pg_dump_cmd(s, s.memory, Path("/spool/memory_db.sql"), "00000003-1")
+    line = runner.line(pg.pg_dump_cmd(s, s.memory, Path("/spool/memory_db.sql"), "00000003-1"))
     assert TRICKY not in line and "password" not in line.replace("--no-password", "")
     assert "--clean --if-exists" in line and "--snapshot=00000003-1" in line
 
@@ -171,3 +172,14 @@ def test_restrict_lines_need_a_psql_of_august_2025_or_later(tmp_path):
     assert "pg_dump 18.6" in err.value.message and "psql 17.5 on newhost" in err.value.message
     assert "\\restrict" in err.value.message
     assert "psql 17.6 or newer" in err.value.hint and "postgresql17-client" in err.value.hint
+
+
+def test_an_unknown_setting_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"unknown setting clawdie\.zfs_pol\b"):
+        config.section(Config(overrides={"clawdie": {"zfs_pol": "tank"}}))
+    with pytest.raises(ConfigError, match=r"unknown setting clawdie\.drill\.hostt"):
+        config.section(Config(overrides={"clawdie": {"drill": {"hostt": "db"}}}))
+    with pytest.raises(ConfigError, match=r"clawdie\.commands\.agent_stpo"):
+        config.section(Config(overrides={"clawdie": {"commands": {"agent_stpo": "x"}}}))
+    assert config.section(Config(overrides={"clawdie": {"shell": "/bin/dash"}}))["shell"] == \
+        "/bin/dash"

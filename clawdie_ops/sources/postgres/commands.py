@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from invoke import Context
+
+from ... import runner
 from ...config.settings import DbSpec, Settings
 from ...errors import DatabaseError, DatabaseUnreachable, ToolMissing, ToolTooOld
 
@@ -52,7 +55,7 @@ def passfile(*dbs: DbSpec) -> Iterator[dict[str, str]]:
         os.unlink(path)
 
 
-def connect(db: DbSpec, **kw: object) -> psycopg.Connection:
+def connect(db: DbSpec, **kw: Any) -> psycopg.Connection:
     try:
         return psycopg.connect(**db.conninfo(), **kw)
     except psycopg.OperationalError as exc:
@@ -84,17 +87,30 @@ def server_info(conn: psycopg.Connection) -> ServerInfo:
     return ServerInfo(version, num, ident, address)
 
 
-def table_counts(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row counts of every user table, in the connection's current transaction."""
-    rows = conn.execute(
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(schema, table) of every user table (plain and partitioned), in name order."""
+    return conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2").fetchall()
+
+
+def scalar(conn: psycopg.Connection, query: sql.Composed | sql.SQL | str,
+           params: Sequence[Any] | None = None) -> Any:
+    """The first column of the one row a query returns (count, EXISTS, a setting)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise DatabaseError(f"PostgreSQL returned no row for {query!r}", "")
+    return row[0]
+
+
+def table_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row counts of every user table, in the connection's current transaction."""
     counts = {}
-    for schema, table in rows:
+    for schema, table in user_tables(conn):
         q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema),
                                                         sql.Identifier(table))
-        counts[f"{schema}.{table}"] = conn.execute(q).fetchone()[0]
+        counts[f"{schema}.{table}"] = scalar(conn, q)
     return counts
 
 
@@ -103,28 +119,28 @@ def _conn_args(db: DbSpec) -> list[str]:
     return ["-h", db.host, "-p", str(db.port), "-U", db.user, "--no-password"]
 
 
-def pg_dump_cmd(s: Settings, db: DbSpec, out: Path, snapshot: str | None = None) -> str:
+def pg_dump_cmd(s: Settings, db: DbSpec, out: Path, snapshot: str | None = None) -> list[str]:
     # --clean --if-exists: the runbook's `psql < dump` replays over an existing database
     # and into an empty one, with ON_ERROR_STOP on.
     args = [s.pg_tool("pg_dump"), "--clean", "--if-exists", *_conn_args(db), "-f", str(out)]
     if snapshot:
         args.append(f"--snapshot={snapshot}")
-    return shlex.join([*args, db.name])
+    return [*args, db.name]
 
 
 def psql_cmd(s: Settings, db: DbSpec, script: Path | list[Path],
-             single_transaction: bool = True) -> str:
+             single_transaction: bool = True) -> list[str]:
     """psql running one or more scripts in order (with --single-transaction: all or nothing)."""
     scripts = script if isinstance(script, list) else [script]
     args = [s.pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *_conn_args(db),
             "-d", db.name, *[a for f in scripts for a in ("-f", str(f))]]
     if single_transaction:
         args.insert(3, "--single-transaction")
-    return shlex.join(args)
+    return args
 
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
-CLAWDIE_MAJOR = 18  # the server a Clawdie host runs: the install hint's version when none is known
+CLAWDIE_MAJOR = 18  # a Clawdie host's server: the install hint's version when none is known
 # pg_dump writes `\restrict KEY` lines, and psql reads them, from these minor releases on
 # (August 2025, CVE-2025-8714); every 18 does. An older psql stops at the first such line.
 RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
@@ -164,14 +180,14 @@ def check_restrict(s: Settings, what: str, dump_version: str, psql_version: str,
         "nothing was changed")
 
 
-def client_version(c, s: Settings, tool: str = "pg_dump",
+def client_version(c: Context, s: Settings, tool: str = "pg_dump",
                    major: int | None = None) -> tuple[int, str]:
     """(major, 'major.minor') of pg_dump/psql on the context's host; `major`: the server's,
     for the install hint when the tool is missing."""
-    res = c.run(shlex.join([s.pg_tool(tool), "--version"]), hide=True, warn=True)
+    res = runner.run(c, [s.pg_tool(tool), "--version"])
     if res.exited != 0:
         hint = install_hint(s, major)
-        raise ToolMissing(f"{tool} not found ({s.pg_tool(tool)}): {res.stderr.strip()}",
+        raise ToolMissing(f"{tool} not found ({s.pg_tool(tool)}): {runner.tail(res.stderr)}",
                           f"install the PostgreSQL client: {hint}")
     m = _VERSION.search(res.stdout)
     if not m:
@@ -190,9 +206,6 @@ def check_dump_compatible(s: Settings, dump_major: int, dump_version: str,
             f"(e.g. {install_hint(s, server.major)}) or set clawdie.pg_bin")
 
 
-def run_checked(c, cmd: str, env: dict[str, str], what: str) -> None:
-    res = c.run(cmd, env=env, hide=True, warn=True, in_stream=False)
-    if res.exited != 0:
-        tail = "\n".join(res.stderr.strip().splitlines()[-5:])
-        raise DatabaseError(f"{what} failed (exit {res.exited}): {tail}",
-                            "see the PostgreSQL message above; nothing was kept from this step")
+def run_checked(c: Context, cmd: list[str], env: dict[str, str], what: str) -> None:
+    runner.run(c, cmd, env=env, check=True, what=what, error=DatabaseError,
+               hint="see the PostgreSQL message above; nothing was kept from this step")
