@@ -7,6 +7,7 @@ import random
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,7 +270,12 @@ Host {h.alias}
         # sessions outlive their sshd: a killed test's remote step (a slow jail start)
         # would otherwise write into the host's folders after they are removed
         subprocess.run(["pkill", "-f", f"{h.base}/"], check=False)
-        zfs_retry("destroy", "-r", f"{h.pool.name}/{PREFIX}")
+        try:
+            zfs_retry("destroy", "-r", f"{h.pool.name}/{PREFIX}")
+        except RuntimeError as exc:
+            # zfs-fuse under load may keep a dataset "busy" for good (nothing holds it; the
+            # pool stays until zfs-fuse restarts): a leak of the rig, not a test's result
+            warnings.warn(f"rig: {exc}; pool {h.pool.name} left behind", stacklevel=1)
         h.pool.destroy()
         self.hosts.pop(h.name, None)
         shutil.rmtree(h.base, ignore_errors=True)
