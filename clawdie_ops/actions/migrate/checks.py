@@ -120,8 +120,10 @@ def extensions_on_new(old: dict[str, Any], new: dict[str, Any], new_name: str) -
         if not used:
             continue
         target = new_dbs.get(key) or {}
-        there = {e["name"] for e in target.get("extensions") or []} if target.get("login") \
-            and not target.get("non_empty_tables") else set()
+        # Without db_admin the restore replays over the database as it is, keeping what it
+        # has; with one, it replays into an empty twin (or a new database): all to be made.
+        there = {e["name"] for e in target.get("extensions") or []} \
+            if target.get("login") and not admin.get("login") else set()
         problems, made = [], []
         for e in used:
             have = offered.get(e["name"])
