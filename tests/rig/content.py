@@ -59,7 +59,8 @@ CREATE FUNCTION skill_search(q text) RETURNS SETOF skills LANGUAGE sql STABLE
 VECTOR_DIM = 1024
 VECTOR_MEMORY_SCHEMA = PG_SCHEMA["memory"].replace(
     "embedding real[] NOT NULL", f"embedding vector({VECTOR_DIM}) NOT NULL")
-VECTOR_INDEX = "CREATE INDEX memories_embedding ON memories USING hnsw (embedding vector_cosine_ops)"
+VECTOR_INDEX = ("CREATE INDEX memories_embedding ON memories"
+                " USING hnsw (embedding vector_cosine_ops)")
 # Made by the server (seeded: the same on every host): a Python loop over 200 x 1024 floats
 # cost seconds per host on the shared 2-core machine.
 VECTOR_VALUE = (f"(SELECT array_agg(round((random() * 2 - 1)::numeric, 6)::real) "

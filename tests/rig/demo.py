@@ -1,9 +1,9 @@
 """The demo: back up a realistic installation on the embedded rig, drill its archive, and
 migrate the installation to a fresh host.
 
-Run with `bash scripts/demo`. It builds a simulated host (zfs-fuse pool, PostgreSQL 18 with pgvector, a
-Clawdie root with data, its agent running), runs the real `clawdie-ops backup` there as an
-operator would, lists what the archive holds with `clawdie-ops inspect`, restores it into
+Run with `bash scripts/demo`. It builds a simulated host (zfs-fuse pool, PostgreSQL 18
+with pgvector, a Clawdie root with data, its agent running), runs the real `clawdie-ops
+backup` there as an operator would, lists what the archive holds with `clawdie-ops inspect`, restores it into
 a throwaway cluster with `clawdie-ops drill`, then moves everything with `clawdie-ops
 migrate` to a second host that has no clawdie-ops yet (over SSH, each host with its own
 sshd, PostgreSQL and pool), and removes everything it built.
@@ -40,7 +40,8 @@ def main() -> int:
     args = parser.parse_args()
     rig = Rig(Path(tempfile.mkdtemp(prefix="clawdie-demo-", dir="/tmp")))
     try:
-        step("building a simulated Clawdie host: zfs-fuse pool, PostgreSQL 18 with pgvector, sample data")
+        step("building a simulated Clawdie host: zfs-fuse pool, PostgreSQL 18 with pgvector, "
+             "sample data")
         h = rig.host("demo", rows=args.rows, ssh=not args.no_migrate)
         (h.home / "backups").mkdir()
         print(f"host address {h.address}, Clawdie root {h.root}, pool {h.pool.name}")
