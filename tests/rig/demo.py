@@ -4,9 +4,9 @@ migrate the installation to a fresh host.
 Run with `bash scripts/demo`. It builds a simulated host (zfs-fuse pool, PostgreSQL 18
 with pgvector, a Clawdie root with data, its agent running), runs the real `clawdie-ops
 backup` there as an operator would, lists what the archive holds with `clawdie-ops
-inspect`, restores it into a throwaway cluster with `clawdie-ops drill`, then moves everything with `clawdie-ops
-migrate` to a second host that has no clawdie-ops yet (over SSH, each host with its own
-sshd, PostgreSQL and pool), and removes everything it built.
+inspect`, restores it into a throwaway cluster with `clawdie-ops drill`, then moves
+everything with `clawdie-ops migrate` to a second host that has no clawdie-ops yet (over
+SSH, each host with its own sshd, PostgreSQL and pool), and removes everything it built.
 """
 from __future__ import annotations
 
