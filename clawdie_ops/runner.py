@@ -62,6 +62,20 @@ def tail(text: str) -> str:
     return "\n".join(lines[-TAIL_LINES:])[-TAIL_CHARS:]
 
 
+# Secret values this process knows (the .env's passwords and keys, db_admin's password):
+# masked in every command the runner shows, records or puts in an error, whoever calls it.
+_known_secrets: set[str] = set()
+
+
+def keep_secret(*values: str) -> None:
+    """Mask these values wherever a command is shown from now on (Settings.load calls it)."""
+    _known_secrets.update(v for v in values if v and len(v) >= 3)
+
+
+def mask(text: str, secrets: Sequence[str] = ()) -> str:
+    return mask_text(text, [*_known_secrets, *secrets])
+
+
 # -- the recorder: tests (and --dry-run comparisons) see every command, masked, in order ---
 Recorder = Callable[[str, str], None]  # (host label, masked command line)
 _recorders: list[Recorder] = []
@@ -131,7 +145,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
     With `check`, an exit code outside `ok` raises `error` (a CommandFailed) with the
     masked command, the exit code, the output's tail and `hint`."""
     text = line(cmd)
-    shown = mask_text(text, list(secrets))
+    shown = mask(text, secrets)
     label = host or host_label(c)
     _record(label, shown)
     kw: dict[str, Any] = {"hide": True, "warn": True, "shell": shell_of(c),
@@ -170,7 +184,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
 def failure(res: Result, what: str, hint: str = "", command: str = "",
             error: type[CommandFailed] = CommandFailed, detail: str = "") -> CommandFailed:
     """The error for a failed command: `what failed: <tail of stderr, else stdout> (exit N)`."""
-    out = tail(detail or res.stderr or res.stdout) or "no output"
+    out = mask(tail(detail or res.stderr or res.stdout)) or "no output"
     return error(f"{what} failed: {out} (exit {res.exited})", hint,
-                 command=command or res.command, exited=res.exited, output=out)
+                 command=mask(command or res.command), exited=res.exited, output=out)
 
