@@ -370,3 +370,21 @@ def test_a_restore_that_does_not_start_the_agent_shows_a_step_that_runs_nothing(
     start = next(st for st in plan.steps if st.kind is restore.Kind.AGENT_START)
     assert start.action is None and start.commands == []
     assert start.run(MockContext(run={}), None) is None  # type: ignore[arg-type]
+
+
+def test_what_a_dump_needs_of_its_servers_extensions():
+    from clawdie_ops.sources.postgres import extensions as ext
+    entry = {"extensions": [{"name": "vector", "version": "0.8.1", "schema": "public"}]}
+    # the manifest's record, plus what an older archive's dump alone says (no version)
+    need = ext.wanted(entry, {"vector", "pg_trgm", "plpgsql"})
+    assert need == [{"name": "vector", "version": "0.8.1", "schema": "public"},
+                    {"name": "pg_trgm", "version": "", "schema": "public"}]
+    offer = {"vector": ext.Available("vector", "0.8.6", superuser=True, trusted=False),
+             "pg_trgm": ext.Available("pg_trgm", "1.6", superuser=True, trusted=True)}
+    assert ext.unavailable(need, offer) == []
+    assert ext.needs_superuser(["vector", "pg_trgm"], offer) == ["vector"]  # trusted: owner may
+    assert ext.describe(need[0], offer) == "vector 0.8.6 (the archive's 0.8.1)"
+    old = {"vector": ext.Available("vector", "0.5.0", superuser=True, trusted=False)}
+    assert ext.unavailable(need, old) == [
+        "extension vector is 0.5.0 there, older than the archive's 0.8.1",
+        "extension pg_trgm is not available there (not in pg_available_extensions)"]
