@@ -22,6 +22,7 @@ import psycopg
 
 from .. import __version__
 from ..zfs import commands as zfs
+from ..archive import encryption, signing
 from ..archive.writer import SUFFIX, ArchiveWriter
 from ..config.settings import DbSpec, Settings
 from ..errors import ClawdieError, OutputError, SourceError
@@ -50,6 +51,8 @@ class BackupPlan:
     datasets: list[str]
     databases: list[DbSpec]
     files: list[file_source.FileItem]
+    key: Path  # the signing key (created by the first backup)
+    recipients: list[str] = field(default_factory=list)  # age: encrypted when not empty
     notes: list[str] = field(default_factory=list)
 
     def describe(self, s: Settings) -> list[str]:
@@ -64,6 +67,14 @@ class BackupPlan:
                          "  (PGPASSFILE, 0600)")
         for item in self.files:
             lines.append(f"archive    {item.source} -> {item.name}")
+        if self.key.is_file():
+            lines.append(f"sign       manifest.json with {self.key} (Ed25519, "
+                         f"{signing.public_of(signing.load_private(self.key)).fingerprint})")
+        else:
+            lines.append(f"sign       manifest.json with a new key, created at {self.key} (0600)")
+        if self.recipients:
+            lines.append(f"encrypt    with age to {len(self.recipients)} recipient(s): "
+                         f"{', '.join(r[:16] + '…' for r in self.recipients)}")
         lines.append(f"write      {self.archive} (mode 0600, via {self.archive.name}.partial)")
         return lines + [f"note       {n}" for n in self.notes]
 
@@ -88,7 +99,8 @@ def make_plan(c, s: Settings, opts: BackupOptions, now: datetime | None = None) 
     compression = opts.compression or s.compression
     when = now or datetime.now()
     stem = archive_stem(when)
-    suffix = SUFFIX[compression]
+    recipients = encryption.recipients(s.encryption)
+    suffix = SUFFIX[compression] + (encryption.SUFFIX if recipients else "")
     existing = {p.name for p in out.iterdir()} if out.exists() else set()
     n = 1
     taken = set()
@@ -104,7 +116,8 @@ def make_plan(c, s: Settings, opts: BackupOptions, now: datetime | None = None) 
         archive=out / f"{name}{suffix}", top=name, compression=compression,
         snapshot=f"{s.jails_parent}@{name}" if opts.snapshot else None,
         datasets=s.datasets if opts.snapshot else [],
-        databases=s.databases(opts.skip_skills), files=files, notes=notes)
+        databases=s.databases(opts.skip_skills), files=files,
+        key=signing.key_path(dict(s.signing), s.home), recipients=recipients, notes=notes)
 
 
 @dataclass
@@ -120,6 +133,11 @@ def preflight(c, s: Settings, plan: BackupPlan) -> Preflight:
     if not s.sqlite_path.is_file():
         raise SourceError(f"messages.db not found: {s.sqlite_path}",
                           "check --root / CLAWDIE_ROOT points at the Clawdie checkout")
+    signing.check_key_outside(plan.key, plan.archive.parent)
+    if plan.key.exists():
+        signing.load_private(plan.key)  # readable, and a key: before any snapshot or dump
+    if plan.recipients:
+        encryption.tool(s.encryption)
     if plan.datasets:
         zfs.require(c, s, [s.jails_parent, *plan.datasets])
     major, version = pg.client_version(c, s, "pg_dump")
@@ -161,6 +179,7 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
         return {"dry_run": True, "archive": str(plan.archive), "plan": plan.describe(s)}
     for note in plan.notes:
         out.warn(note)
+    key, created = _signing_key(plan.key, out)
     spool = Path(tempfile.mkdtemp(prefix=".clawdie-backup-spool-", dir=plan.archive.parent))
     writer: ArchiveWriter | None = None
     snapshots: list[str] = []
@@ -173,7 +192,9 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
         with out.step("copy messages.db and dump databases"):
             entries = _collect(c, s, plan, spool)
         with out.step(f"write {plan.archive.name}"):
-            writer = ArchiveWriter(plan.archive, plan.top, plan.compression)
+            writer = ArchiveWriter(plan.archive, plan.top, plan.compression,
+                                   encryption.encrypt_cmd(s.encryption, plan.recipients)
+                                   if plan.recipients else None)
             manifest = Manifest(agent_name=s.agent_name,
                                 timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
                                 host=socket.gethostname(), tool_version=__version__,
@@ -200,7 +221,10 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
                 manifest.skipped["skills_db.sql"] = "--skip-skills"
             manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
                                  "servers": {k: v.version for k, v in pre.servers.items()}}
-            writer.add_bytes(MANIFEST, manifest.to_json(), 0o644)
+            manifest_bytes = manifest.to_json()
+            writer.add_bytes(MANIFEST, manifest_bytes, 0o644)
+            # Right after the manifest: a reader checks it before using any member.
+            writer.add_bytes(signing.NAME, signing.sign(key, manifest_bytes, _comment()), 0o644)
             written = writer.commit()
             writer = None
     except BaseException as exc:
@@ -217,10 +241,30 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
         raise
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+    signer = signing.public_of(key, _comment())
     return {"archive": str(written.path), "size": written.size, "sha256": written.sha256,
+            "signed_by": {"fingerprint": signer.fingerprint, "public_key": signer.line,
+                          "key": str(plan.key), "created": created},
+            "encrypted_to": plan.recipients,
             "items": manifest.items, "snapshots": snapshots,
             "duration_s": round(time.monotonic() - started, 3), "steps": out.timings,
             "tables": {n: f["tables"] for n, f in manifest.files.items() if "tables" in f}}
+
+
+def _comment() -> str:
+    return f"clawdie-ops@{socket.gethostname()}"
+
+
+def _signing_key(path: Path, out: Reporter) -> tuple[Any, bool]:
+    """This host's signing key; the first backup creates it, and says so."""
+    if path.exists():
+        return signing.load_private(path), False
+    key = signing.create_private(path)
+    pub = signing.public_of(key, _comment())
+    out.warn(f"created the signing key {path} (0600). Keep a copy of it apart from the "
+             f"backups; hosts that restore or drill these backups trust its public key: "
+             f"{pub.line} ({pub.fingerprint})")
+    return key, True
 
 
 def _collect(c, s: Settings, plan: BackupPlan, spool: Path) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,8 @@ from ..output import human_size
 from ..sources.postgres import commands as pg
 
 SEVERITY = {"ok": 0, "warn": 1, "fail": 2}
-ARCHIVE_GLOBS = ("clawdie-backup-*.tar.gz", "clawdie-backup-*.tar.zst")
+ARCHIVE_GLOBS = ("clawdie-backup-*.tar.gz", "clawdie-backup-*.tar.zst",
+                 "clawdie-backup-*.tar.gz.age", "clawdie-backup-*.tar.zst.age")
 
 
 @dataclass

@@ -8,6 +8,7 @@ the end, and the drill checks that nothing is left behind.
 """
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -19,7 +20,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,18 @@ from ..sources.postgres import roles as pgroles
 from ..archive.writer import sha256_stream
 from ..config.settings import DbSpec, Settings
 from ..sources.postgres.dumpfile import rewrite_owners
-from ..errors import ClawdieError, ConfigError, DatabaseError, DrillFailed, ToolMissing
-from ..archive.manifest import MONTHS
+from ..errors import (ArchiveUntrusted, ClawdieError, ConfigError, DatabaseError, DrillFailed,
+                      ToolMissing)
+from ..archive.manifest import MONTHS, NAME as MANIFEST
+from ..archive.verify import MAX_MANIFEST
+from ..archive.writer import ArchiveReader
 from ..output import Reporter
 from ..sources.postgres import commands as pg
 from ..sources import sqlite
-from ..archive.verify import Verified, stage
+from ..archive.verify import Verified, keys_for, stage
 
 _STEM = re.compile(r"^clawdie-backup-(\d\d)\.([a-z]{3})\.(\d{4})-(\d\d)(\d\d)(?:-(\d+))?"
-                   r"\.tar\.(?:gz|zst)$")
+                   r"\.tar\.(?:gz|zst)(?:\.age)?$")
 BOOTSTRAP_USER = "clawdie_drill"
 # Where an installation keeps each item, relative to the sandbox.
 LAYOUT = {"env": "root/.env", "messages.db": "root/store/messages.db",
@@ -69,28 +73,69 @@ class DrillOptions:
     pg_port: str = ""
     pg_user: str = ""
     pg_bin: str = ""
+    allow_unsigned: bool = False
 
 
 # -- choosing the archive -----------------------------------------------------------------
-def _stem_key(p: Path) -> tuple:
-    m = _STEM.match(p.name)
+# A clock a little ahead on the backup host is not "the future"; a name a year ahead is.
+FUTURE_SLACK = timedelta(days=1)
+
+
+def name_time(name: str) -> datetime | None:
+    """The local time in an archive's name; None for no time or an impossible one."""
+    m = _STEM.match(name)
     if not m or m.group(2) not in MONTHS:
-        return (datetime.min, 0, p.stat().st_mtime)
-    day, mon, year, hh, mm, n = m.groups()
-    when = datetime(int(year), MONTHS.index(mon) + 1, int(day), int(hh), int(mm))
-    return (when, int(n or 1), p.stat().st_mtime)
+        return None
+    day, mon, year, hh, mm, _ = m.groups()
+    try:
+        return datetime(int(year), MONTHS.index(mon) + 1, int(day), int(hh),
+                        int(mm)).astimezone()
+    except ValueError:  # 31.feb, 25:61
+        return None
 
 
-def newest_archive(directory: Path) -> Path:
-    """The newest clawdie-backup-* archive in a directory, by the time in its name."""
+def manifest_time(path: Path, decrypt: Callable[[Path], list[str]] | None) -> datetime | None:
+    """When the backup was made, as its manifest says; None when it cannot be read."""
+    try:
+        with ArchiveReader(path, decrypt) as reader:
+            for info, fh in reader:
+                if info.name.endswith("/" + MANIFEST) and fh is not None \
+                        and info.size <= MAX_MANIFEST:
+                    stamp = json.loads(fh.read()).get("timestamp")
+                    when = datetime.fromisoformat(str(stamp))
+                    return when if when.tzinfo else when.astimezone()
+    except (ClawdieError, ValueError, AttributeError, OSError):
+        return None
+    return None
+
+
+def archive_key(p: Path, decrypt: Callable[[Path], list[str]] | None,
+                now: datetime | None = None) -> tuple[datetime, int, float]:
+    """Order of archives: the manifest's time; for an archive whose manifest cannot be read
+    (a cut-off one), the time in its name; the file's mtime last. Times in the future do not
+    count: a name must not make an old archive the one that is always drilled."""
+    limit = (now or datetime.now().astimezone()) + FUTURE_SLACK
+    mtime = p.stat().st_mtime
+    m = _STEM.match(p.name)
+    n = int(m.group(6) or 1) if m else 0
+    for when in (manifest_time(p, decrypt), name_time(p.name)):
+        if when is not None and when <= limit:
+            return (when, n, mtime)
+    return (datetime.fromtimestamp(mtime).astimezone(), n, mtime)
+
+
+def newest_archive(directory: Path, decrypt: Callable[[Path], list[str]] | None = None
+                   ) -> Path:
+    """The newest clawdie-backup-* archive in a directory, by the time its manifest says
+    (each candidate's manifest is read: a pass over each archive, BENCHMARKS.md)."""
     if not directory.is_dir():
         raise ConfigError(f"backup directory not found: {directory}", "check --latest")
     found = [p for p in directory.iterdir() if p.is_file() and p.name.startswith("clawdie-backup-")
-             and p.name.endswith((".tar.gz", ".tar.zst"))]
+             and p.name.endswith((".tar.gz", ".tar.zst", ".tar.gz.age", ".tar.zst.age"))]
     if not found:
         raise ConfigError(f"no clawdie-backup-* archive in {directory}",
                           "run clawdie-ops backup --output there, or check --latest")
-    return max(found, key=_stem_key)
+    return max(found, key=lambda p: archive_key(p, decrypt))
 
 
 # -- the scratch server -------------------------------------------------------------------
@@ -232,6 +277,8 @@ class Drill:
                 value = fn()
             if isinstance(value, str):
                 detail = value
+        except ArchiveUntrusted as exc:  # the fix (which key to trust, the flag) belongs here
+            status, detail = "fail", f"{exc.message} -> {exc.hint}"
         except ClawdieError as exc:
             status, detail = "fail", exc.message
         except psycopg.Error as exc:
@@ -295,12 +342,13 @@ class Drill:
 
     def verify_and_stage(self, archive: Path) -> Verified:
         """One pass: every member checked against the manifest and written to the sandbox."""
+        keys = keys_for(self.s, self.opts.allow_unsigned)  # before anything is created
         # mkdtemp: private (0700); 0711 lets the postgres user reach its own subfolder.
         self.sandbox = Path(tempfile.mkdtemp(prefix="clawdie-drill-"))
         os.chmod(self.sandbox, 0o711)
         staged = self.sandbox / STAGED
         staged.mkdir(mode=0o700)
-        return stage(archive, staged, lambda name: True)
+        return stage(archive, staged, lambda name: True, keys)
 
     def extract_all(self, v: Verified) -> str:
         """Move the staged members to where an installation keeps them; map dump owners."""
@@ -359,7 +407,11 @@ class Drill:
                 pgroles.create_nologin_role(conn, role, self.admin.user)
                 self.created_roles.append(role)
         db = replace(self.admin, key=key, name=scratch)
-        cmd = pg.psql_cmd(self.s, db, self.sandbox / "dumps" / name)
+        dump = self.sandbox / "dumps" / name
+        _, version = pg.client_version(self.c, self.s, "psql")
+        restrict = pg.restrict_supported(version)
+        cmd = pg.psql_cmd(self.s, db, [pg.restrict_script(dump.parent), dump] if restrict
+                          else [dump])
         if db.password:
             with pg.passfile(db) as env:
                 pg.run_checked(self.c, cmd, env, f"{name}: replay")
@@ -369,7 +421,9 @@ class Drill:
             got = pg.table_counts(conn)
         expected = v.manifest.files[name].get("tables", {})
         _compare_counts(name, expected, got)
-        return f"replayed into {scratch}: {len(got)} tables, {sum(got.values())} rows match"
+        return (f"replayed into {scratch}: {len(got)} tables, {sum(got.values())} rows match"
+                + ("" if restrict else f" (psql {version} lacks \\restrict: only the line "
+                   "scan kept meta-commands out)"))
 
     def cleanup(self) -> str:
         problems = []
@@ -417,7 +471,8 @@ def _compare_counts(item: str, expected: Mapping[str, int], got: Mapping[str, in
 
 def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporter) -> dict:
     started = time.monotonic()
-    archive = opts.archive if opts.archive else newest_archive(Path(opts.latest or "."))
+    archive = opts.archive if opts.archive else newest_archive(
+        Path(opts.latest or "."), keys_for(s).decrypt)
     d = Drill(c, s, cfg, opts, out)
     planned = ["postgres server", "extract", "messages.db", "files"]
     try:
@@ -427,7 +482,10 @@ def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporte
                 d.skip(name, "", "the archive failed verification")
         else:
             d.checks[-1].detail = (f"{len(v.members)} files match the manifest "
-                                   f"(format {v.manifest.format}, {v.compression})")
+                                   f"(format {v.manifest.format}, {v.compression}"
+                                   + (", age" if v.encrypted else "") + "), "
+                                   + (f"signed by {v.signer.fingerprint}" if v.signer
+                                      else v.unsigned_warning))
             if v.dumps:
                 d.step("postgres server", "", lambda: d.start_server(v))
             else:

@@ -73,8 +73,12 @@ class SimHost:
 
     def clawdie_config(self) -> dict:
         """The tool's config section for this host (what an operator writes in ~/.invoke.yaml)."""
+        # The test kit's key stands for another backup host of this operator's: archives a
+        # test builds by hand are signed with it (tests/archive_kit.py).
+        from tests.archive_kit import KIT_PUBLIC
         return {"root": str(self.root), "home": str(self.home),
-                "commands": linux_commands(), "backup_dir": str(self.home / "backups")}
+                "commands": linux_commands(), "backup_dir": str(self.home / "backups"),
+                "signing": {"trusted_keys": [KIT_PUBLIC]}}
 
     def invoke_overrides(self) -> dict:
         return {"clawdie": self.clawdie_config()}

@@ -32,7 +32,7 @@ from ...errors import (ClawdieError, ConfigError, DatabaseError, DatabaseUnreach
 from ...config.masking import mask_text
 from ...output import Reporter
 from ...sources.postgres import commands as pg
-from ...archive.verify import Verified, stage, verify
+from ...archive.verify import Verified, keys_for, stage, verify
 
 # The runbook's order (steps 2 to 5); the agent is stopped after the env step.
 ORDER = ("env", "messages.db", "memory_db.sql", "skills_db.sql", "groups/",
@@ -51,6 +51,8 @@ class RestoreOptions:
     only: list[str] = field(default_factory=list)
     dry_run: bool = False
     start_agent: bool | None = None  # None: when it was running, or on a full restore
+    allow_unsigned: bool = False  # accept an archive from before signing (loud warning)
+    use_archive_server: bool = False  # the operator confirmed the server the archive names
 
 
 @dataclass
@@ -112,6 +114,8 @@ class RestorePlan:
     regen_exists: bool = False  # skills_db exists already: keep a pre-restore dump of it
     limits: dict[str, Any] = field(default_factory=dict)  # doctor's thresholds
     staged: bool = False  # the items are in `staging` already (verified while written)
+    server: str = ""  # where the database server comes from, for the plan
+    restrict: bool = False  # psql knows \restrict: each replay runs under a random key
 
     @property
     def before(self) -> Path:
@@ -126,8 +130,12 @@ class RestorePlan:
 
     def describe(self) -> list[str]:
         m = self.verified.manifest
+        v = self.verified
+        signed = (f"signed by {v.signer.fingerprint}" if v.signer else
+                  "NOT signed (--allow-unsigned)")
         out = [(f"verify     {self.verified.path}: {len(self.verified.members)} files match the "
-                f"manifest (format {m.format}, from {m.host} at {m.timestamp})"),
+                f"manifest (format {m.format}, from {m.host} at {m.timestamp}), {signed}"
+                + (", decrypted with age" if v.encrypted else "")),
                (f"staged     {', '.join(self.items)} in {self.staging}/ (0700), in the same "
                 "pass" if self.staged else
                 f"stage      {', '.join(self.items)} -> {self.staging}/ (0700) while verifying"),
@@ -135,6 +143,9 @@ class RestorePlan:
         if self.snapshot:
             ds, name = self.snapshot.split("@")
             out.append(f"snapshot   {self.settings.command('snapshot', parent=ds, name=name)}")
+        if self.server:
+            out.append(f"server     {self.settings.db_host}:{self.settings.db_port} "
+                       f"from {self.server}")
         for step in self.steps:
             out.extend(f"{step.kind:<10} {line}" for line in step.lines)
         out.extend(f"note       {n}" for n in self.notes)
@@ -280,14 +291,15 @@ def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
                           "clone and install Clawdie first (runbook step 1), or pass --root")
     items = requested(opts.only)
     work = _work_dir(current.root)
+    keys = keys_for(current, opts.allow_unsigned)
     if opts.dry_run:
         with out.step(f"verify {archive.name}"):
-            v = verify(archive)
+            v = verify(archive, keys)
         return _decide(c, cfg, root, opts, out, v, current, work)
     _private_dirs(work)
     try:
         with out.step(f"verify {archive.name} while staging it"):
-            v = stage(archive, work / "staging", member_filter(items))
+            v = stage(archive, work / "staging", member_filter(items), keys)
         plan = _decide(c, cfg, root, opts, out, v, current, work)
     except BaseException:
         _remove_work(work)
@@ -321,10 +333,13 @@ def _remove_work(work: Path) -> None:
 def _decide(c, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter, v: Verified,
             current: Settings, work: Path) -> RestorePlan:
     items, regen, notes = select_items(v, opts.only)
+    if v.signer is None:
+        notes.insert(0, v.unsigned_warning)
+    server = ""
     if "env" in items:
         if v.env is None:
             raise RestoreFailed(f"{v.path}: the archived env could not be read", "")
-        s = config.load(cfg, root, env=v.env)
+        s, server = _with_server(cfg, root, current, v, opts)
     else:
         s = config.load(cfg, root)  # the host's own .env must exist then
     stamp = work.name.removeprefix("restore-")
@@ -340,8 +355,14 @@ def _decide(c, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter, 
                     regen_exists = True
             except DatabaseUnreachable:
                 regen_exists = False
+        restrict = False
         if targets or regen_exists:
-            pg.client_version(c, s, "psql")
+            _, psql_version = pg.client_version(c, s, "psql")
+            restrict = pg.restrict_supported(psql_version)
+            if targets and not restrict:
+                notes.append(f"psql {psql_version} lacks \\restrict (15.14, 16.10, 17.6, 18 "
+                             "have it): only the line scan keeps psql meta-commands out of "
+                             "the replay; upgrade the PostgreSQL client")
         if any(t.exists and not t.aside for t in targets) or regen_exists:
             major, version = pg.client_version(c, s, "pg_dump")
             for t in targets:
@@ -362,13 +383,43 @@ def _decide(c, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter, 
             raise OutputError(f"not enough space under {s.root}: {free} bytes free, the "
                               f"restore stages {need} bytes", "free space there first")
     notes.extend(_differences(current, s, targets, v, "env" in items))
+    if targets and pgroles.admin_spec(s, s.db_host, s.db_port) is not None and \
+            pgroles.scram_note():
+        notes.append(pgroles.scram_note())
     secrets = secrets_of(v.env, current.env, s.env,
                          extra=(str(s.db_admin.get("password") or ""),))
     plan = RestorePlan(v, s, items, work, snapshot, targets, regen_db, running, start,
                        [], notes, secrets, regen_exists,
                        dict(config.section(cfg)["doctor"]))
+    plan.server, plan.restrict = server, restrict
     plan.steps = _steps(plan)
     return plan
+
+
+def _with_server(cfg: Any, root: str | None, current: Settings, v: Verified,
+                 opts: RestoreOptions) -> tuple[Settings, str]:
+    """Settings with the archive's .env, but the database server (where passwords go) from
+    the operator's config or this installation's .env; the archive's own choice only when
+    the operator confirmed it (--use-archive-server) after the plan showed it."""
+    sec = config.section(cfg)
+    if sec.get("db_host"):
+        host, port, source = current.db_host, current.db_port, "clawdie.db_host"
+    elif current.env and current.db_host:
+        host, port, source = current.db_host, current.db_port, f"this installation's " \
+            f"{current.env_file}"
+    else:
+        archived = config.load(cfg, root, env=v.env)
+        if not opts.use_archive_server:
+            raise ConfigError(
+                f"the database server {archived.db_host}:{archived.db_port} would come from "
+                f"the archive's .env alone (neither clawdie.db_host nor a .env in "
+                f"{current.root} names one): restore sends no password where an archive "
+                "points", "set clawdie.db_host / clawdie.db_port to this host's PostgreSQL, "
+                "or, if that address is right, pass --use-archive-server; nothing was changed")
+        host, port = archived.db_host, archived.db_port
+        source = "the archive's .env (confirmed with --use-archive-server)"
+    pinned = {"clawdie": {**sec, "db_host": host, "db_port": str(port)}}
+    return config.load(pinned, root, env=v.env), source
 
 
 def _differences(current: Settings, s: Settings, targets: list[DbTarget], v: Verified,
@@ -433,7 +484,9 @@ def _steps(p: RestorePlan) -> list[Step]:
         for r in t.extra_roles:
             lines.append(f"CREATE ROLE {quote(r)} NOLOGIN; GRANT {quote(r)} TO "
                          f"{quote(t.db.user)}  ({who})")
-        lines.append(f"{pg.psql_cmd(s, t.db, st / t.item)}  (PGPASSFILE, 0600)")
+        scripts = [st / "restrict-KEY.sql", st / t.item] if p.restrict else [st / t.item]
+        lines.append(f"{pg.psql_cmd(s, t.db, scripts)}  (PGPASSFILE, 0600"
+                     + ("; \\restrict with a random key first" if p.restrict else "") + ")")
         lines.append(f"into {t.db.name} as {t.db.user} at {t.server.address}: PostgreSQL "
                      f"{t.server.version}, system identifier {t.server.system_identifier}")
         for old, new in t.role_map.items():
@@ -590,8 +643,10 @@ def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
         _admin_do(s, t.db, lambda conn, r=role: pgroles.create_nologin_role(conn, r, t.db.user))
         undo.push(f"role {role} (created)",
                   lambda r=role: _admin_do(s, t.db, lambda conn: pgroles.drop_role(conn, r)))
+    scripts = [pg.restrict_script(p.staging), p.staging / t.item] if p.restrict \
+        else [p.staging / t.item]
     with pg.passfile(t.db) as env:
-        pg.run_checked(c, pg.psql_cmd(s, t.db, p.staging / t.item), env,
+        pg.run_checked(c, pg.psql_cmd(s, t.db, scripts), env,
                        f"restore of {t.item} into {t.db.name} at {t.server.address}")
     if t.exists and not t.aside:
         undo.push(f"{t.db.name} (from its pre-restore dump)",

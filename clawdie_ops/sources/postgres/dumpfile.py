@@ -3,6 +3,12 @@
 pg_dump writes one statement per line for the parts read here (`ALTER ... OWNER TO role;`,
 `GRANT ... TO role;`), and table data between `COPY ... FROM stdin;` and `\\.`, which is
 skipped so that row data is never mistaken for a statement.
+
+psql meta-commands (a line starting with a backslash: `\\! cmd` runs a shell command as
+whoever runs psql) are recorded, with their line number, for the caller to refuse; pg_dump
+17.6+ writes exactly one pair, `\\restrict KEY` first and `\\unrestrict KEY` last, which
+is allowed and replaced by a comment in what `feed` returns: the replay runs under a
+`\\restrict` key of its own (psql refuses a second `\\restrict`), which a dump cannot know.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ _GRANT = re.compile(rb"^(GRANT .+ TO |REVOKE .+ FROM )" + _IDENT + rb"( WITH GRA
 _FOR_ROLE = re.compile(rb"^(ALTER DEFAULT PRIVILEGES FOR ROLE )" + _IDENT + rb"( .*)$", re.DOTALL)
 _COPY = re.compile(rb"^COPY .+ FROM stdin;\n?$")
 _VERSION = re.compile(rb"^-- Dumped by pg_dump version (\d+)(?:\.(\d+))?")
+_RESTRICT = re.compile(rb"^\\(restrict|unrestrict) ([A-Za-z0-9]+)\r?\n?$")
+RESTRICT_DROPPED = b"-- pg_dump's restrict line: the replay runs under a key of its own\n"
 # Roles every server has: never created, never mapped.
 BUILTIN = {"public", "postgres", "pg_database_owner", "current_user", "session_user",
            "current_role"}
@@ -41,6 +49,8 @@ class DumpFacts:
     roles: set[str] = field(default_factory=set)
     pg_dump_major: int | None = None
     pg_dump_version: str | None = None
+    meta: list[tuple[int, str]] = field(default_factory=list)  # (line, text): refused
+    restrict_key: str | None = None  # pg_dump's own \restrict key, when it wrote one
 
 
 class Scanner:
@@ -51,6 +61,8 @@ class Scanner:
         self.in_copy = False
         self.role_map = role_map or {}
         self.at_start = True  # False while feeding the rest of a line longer than a read
+        self.line = 0
+        self.unrestricted = False
 
     def _role(self, ident: bytes) -> bytes:
         name = unquote(ident)
@@ -64,10 +76,13 @@ class Scanner:
         start, self.at_start = self.at_start, line.endswith(b"\n")
         if not start:
             return line
+        self.line += 1
         if self.in_copy:
             if line.rstrip(b"\n") == b"\\.":
                 self.in_copy = False
             return line
+        if line.lstrip(b" \t").startswith(b"\\"):
+            return self._meta(line)
         if not line.startswith((b"ALTER ", b"GRANT ", b"REVOKE ", b"COPY ", b"-- Dumped by")):
             return line
         if _COPY.match(line):
@@ -84,6 +99,22 @@ class Scanner:
                 rest = b"".join(t or b"" for t in tail)
                 end = b"" if rx is _FOR_ROLE else b";" + (b"\n" if line.endswith(b"\n") else b"")
                 return head + self._role(ident) + rest + end
+        return line
+
+    def _meta(self, line: bytes) -> bytes:
+        """A backslash command: pg_dump's one \\restrict ... \\unrestrict pair, or refused."""
+        m = _RESTRICT.match(line)
+        f = self.facts
+        if m and not self.unrestricted:
+            key = m.group(2).decode()
+            if m.group(1) == b"restrict" and f.restrict_key is None and not f.meta:
+                f.restrict_key = key
+                return RESTRICT_DROPPED
+            if m.group(1) == b"unrestrict" and f.restrict_key == key:
+                self.unrestricted = True
+                return RESTRICT_DROPPED
+        if len(f.meta) < 10:
+            f.meta.append((self.line, line[:120].decode(errors="replace").rstrip("\r\n")))
         return line
 
     def map_lines(self, lines: Iterable[bytes]) -> Iterator[bytes]:
