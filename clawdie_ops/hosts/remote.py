@@ -33,20 +33,7 @@ CONNECT_TIMEOUT = 15
 KEEPALIVE_S = 15
 
 
-class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """OpenSSH's accept-new: trust a host seen for the first time and record its key."""
-
-    def __init__(self, known_hosts: Path) -> None:
-        self.known_hosts = known_hosts
-        self.accepted: list[str] = []
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.known_hosts, "a", encoding="ascii") as fh:
-            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        self.accepted.append(f"{hostname} {key.get_name()} {key.fingerprint}")
+AcceptNewPolicy = ssh.AcceptNewPolicy
 
 
 def _endpoint(conn: Connection) -> str:
@@ -61,10 +48,8 @@ def connection(local: Context, host: Host, cfg: Mapping[str, Any], *,
     unless the operator passed --accept-new-host-key."""
     h = ssh.resolve(local, host.ssh, str(cfg.get("ssh_config") or ""))
     conn = ssh.connect(h, timeout=timeout)
-    files = [Path(os.path.expanduser(f)) for f in h.known_hosts] or \
-        [Path(os.path.expanduser("~/.ssh/known_hosts"))]
-    policy: paramiko.MissingHostKeyPolicy = (
-        AcceptNewPolicy(files[0]) if accept_new_host_key else paramiko.RejectPolicy())
+    files = ssh.known_hosts_files(h)
+    policy = AcceptNewPolicy(files[0]) if accept_new_host_key else paramiko.RejectPolicy()
     conn.client.set_missing_host_key_policy(policy)
     # On the paramiko client, not the Connection: setting a Context attribute sets config.
     conn.client.clawdie_known_hosts = files  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import HostError, InvalidName
 
@@ -119,12 +120,34 @@ def resolve(c, host: str, config_file: str = "") -> SshHost:
                          config_file)
 
 
+class AcceptNewPolicy:
+    """OpenSSH's accept-new: trust a host seen for the first time and record its key in
+    known_hosts (so the next connection checks it); a changed key is still refused."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+        self.accepted: list[str] = []
+
+    def missing_host_key(self, client, hostname: str, key) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="ascii") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.accepted.append(f"{hostname} {key.get_name()} {key.fingerprint}")
+
+
+def known_hosts_files(h: SshHost) -> list[Path]:
+    return [Path(os.path.expanduser(f)) for f in h.known_hosts] or \
+        [Path(os.path.expanduser("~/.ssh/known_hosts"))]
+
+
 def connect(h: SshHost, timeout: int | None = None):
     """A Fabric Connection to `h` with exactly the resolved settings.
 
     Host keys are checked as ssh would: known-hosts files from the config, and an unknown key
-    is refused unless the config says StrictHostKeyChecking no/accept-new (Fabric's own
-    default would silently accept it)."""
+    is refused (Fabric's own default would silently accept it). StrictHostKeyChecking
+    accept-new accepts a first-seen key and records it, as OpenSSH does; `no` is not
+    honoured here: an unknown key is refused all the same."""
     import paramiko
     from fabric import Config, Connection
 
@@ -153,8 +176,7 @@ def connect(h: SshHost, timeout: int | None = None):
     for path in (h.option("GlobalKnownHostsFile") or "/etc/ssh/ssh_known_hosts").split():
         if os.path.isfile(path):
             conn.client.load_system_host_keys(path)
-    strict = h.strict.lower()
-    policy = paramiko.AutoAddPolicy() if strict in ("no", "false", "off", "accept-new") \
+    policy = AcceptNewPolicy(known_hosts_files(h)[0]) if h.strict.lower() == "accept-new" \
         else paramiko.RejectPolicy()
-    conn.client.set_missing_host_key_policy(policy)
+    conn.client.set_missing_host_key_policy(policy)  # type: ignore[arg-type]
     return conn

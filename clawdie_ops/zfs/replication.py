@@ -157,6 +157,12 @@ def _remote(conn, to: str, command: str):
     try:
         return conn.run(command, hide=True, warn=True, in_stream=False)
     except (OSError, paramiko.SSHException) as exc:  # name the host, not a traceback
+        if "not found in known_hosts" in str(exc):
+            raise HostError(f"the host key of {to} is unknown: refusing to connect",
+                            "verify its fingerprint and add it to the known_hosts file of your "
+                            "ssh config (ssh-keyscan), or set StrictHostKeyChecking accept-new "
+                            "for it; clawdie-ops refuses unknown keys even where the config "
+                            "says StrictHostKeyChecking no") from None
         raise HostError(f"cannot reach {to} over SSH: {exc}",
                         "check `ssh " + to + " true` with the same ssh config, and its host key"
                         ) from None

@@ -187,8 +187,13 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
              step_cmd(new, "migrate-step", "jails-start", "--stdin", "--json"),
              "the db jail's PostgreSQL takes the restore"),
         Step("restore", "downtime", "new",
-             step_cmd(new, "restore", "<archive>", "--yes", "--no-start", "--json",
-                       config=new_cfg), "verified first; rolls itself back on failure"),
+             step_cmd(new, "migrate-step", "trust-key", "--stdin", "--json") + " (the old "
+             "host's public signing key, from final-backup), then "
+             + step_cmd(new, "restore", "<archive>", "--yes", "--no-start", "--json",
+                        "--use-archive-server", config=new_cfg),
+             "signature and checksums verified first; the databases go to the new host's "
+             "configured server, else its own .env's, else the old .env's (as check-new "
+             "probed them); rolls itself back on failure"),
         Step("point-env", "downtime", "new",
              step_cmd(new, "migrate-step", "env-apply", "--stdin", "--json"),
              "its db_host/db_port/zfs_pool/zfs_prefix written into the restored .env; the "

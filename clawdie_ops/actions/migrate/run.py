@@ -333,8 +333,18 @@ class Migration:
 
     def do_restore(self) -> dict[str, Any]:
         archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]
-        return self.tool("new", "restore", archive, "--yes", "--no-start", "--json",
-                         config=bool(self.plan.new.settings_overrides()))
+        # The new host trusts the old host's signing key from now on (its own backups will
+        # be signed by a key of its own): this archive and the old host's older ones pass.
+        signer = self.journal.result("final-backup").get("signed_by") or {}
+        if not signer.get("public_key"):
+            raise MigrationFailed("the old host's backup names no signing key",
+                                  "update clawdie-ops on the old host to a version that "
+                                  "signs its archives, and run the same command again")
+        trusted = self.step_tool("new", "trust-key", public_key=signer["public_key"])
+        result = self.tool("new", "restore", archive, "--yes", "--no-start", "--json",
+                           "--use-archive-server",
+                           config=bool(self.plan.new.settings_overrides()))
+        return {**result, "trusted_key": trusted}
 
     def do_point_env(self) -> dict[str, Any]:
         result = self.step_tool("new", "env-apply")
