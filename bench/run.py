@@ -26,7 +26,8 @@ from tests.rig.hosts import Rig  # noqa: E402
 
 MiB = 2**20
 PAIRS = ("backup", "restore", "drill", "migrate", "scale")
-EXPERIMENTS = ("codecs", "formats", "floor", "encryption")  # not in the default set: see bench/experiments.py
+# Not in the default set: see bench/experiments.py
+EXPERIMENTS = ("codecs", "formats", "floor", "encryption")
 TARGETS = {"backup": 3.0, "restore": 2.0, "rss": 150 * MiB, "memory_growth": 1.1,
            "downtime": 0.25}
 

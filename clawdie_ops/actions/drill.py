@@ -26,6 +26,8 @@ from typing import Any
 
 import psycopg
 
+from .. import runner
+from ..runner import Shell
 from ..sources.postgres import roles as pgroles
 from ..archive.writer import sha256_stream
 from ..config.settings import DbSpec, Settings
@@ -144,7 +146,7 @@ def find_server_bin(c, s: Settings, explicit: str) -> Path:
     if explicit:
         path = Path(explicit)
     else:
-        res = c.run("command -v initdb", hide=True, warn=True, in_stream=False)
+        res = runner.run(c, Shell("command -v initdb"))
         if res.exited == 0 and res.stdout.strip():
             path = Path(res.stdout.strip()).resolve().parent  # a symlink to the real bin folder
         else:
@@ -188,16 +190,16 @@ class Throwaway:
         self.started = False
 
     def _run(self, *args: str) -> None:
-        inner = f"cd {shlex.quote(str(self.base))} && {shlex.join(args)}"
+        inner = f"cd {shlex.quote(str(self.base))} && {runner.line(args)}"
         cmd = self.s.command("as_postgres", user=self.os_user, cmd=inner) if self.as_root \
             else inner
-        res = self.c.run(cmd, hide=True, warn=True, in_stream=False)
+        res = runner.run(self.c, Shell(cmd))
         if res.exited != 0:
             log = self.base / "server.log"
-            tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
-            raise DatabaseError(f"{Path(args[0]).name} failed (exit {res.exited}): "
-                                f"{(res.stderr or res.stdout).strip()[-500:]} {tail}".strip(),
-                                "check clawdie.drill.pg_bin and clawdie.drill.os_user")
+            server_log = log.read_text(errors="replace") if log.exists() else ""
+            raise runner.failure(res, Path(args[0]).name, "check clawdie.drill.pg_bin and "
+                                 "clawdie.drill.os_user", error=DatabaseError,
+                                 detail=f"{res.stderr or res.stdout}\n{server_log}")
 
     def start(self) -> DbSpec:
         self.base.mkdir(mode=0o700)
@@ -410,8 +412,8 @@ class Drill:
         dump = self.sandbox / "dumps" / name
         _, version = pg.client_version(self.c, self.s, "psql")
         restrict = pg.restrict_supported(version)
-        cmd = pg.psql_cmd(self.s, db, [pg.restrict_script(dump.parent), dump] if restrict
-                          else [dump])
+        script = pg.write_restrict(dump.with_name(f"restrict-{key}.sql")) if restrict else None
+        cmd = pg.psql_cmd(self.s, db, [script, dump] if script else [dump])
         if db.password:
             with pg.passfile(db) as env:
                 pg.run_checked(self.c, cmd, env, f"{name}: replay")

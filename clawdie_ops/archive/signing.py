@@ -1,4 +1,4 @@
-"""Archive signatures: Ed25519 over manifest.json, made by backup, checked before any member is used.
+"""Archive signatures: Ed25519 over manifest.json, made by backup, checked before any member.
 
 The manifest lists every member's size and sha256, so a valid signature over it vouches for
 the whole archive. The signature travels inside the archive as `manifest.sig`, the member

@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "db_admin": {"user": "", "password": "", "dbname": "postgres"},  # creates missing roles
     "pg_bin": "",  # directory holding pg_dump/psql/pg_restore; empty: PATH
     "zfs": "zfs",
+    "shell": "/bin/sh",  # runs every local command (POSIX: FreeBSD has no /bin/bash)
     "backup_dir": "~",
     "compression": "zstd",  # measured faster and smaller than gzip: BENCHMARKS.md
     "hostd_url": "",

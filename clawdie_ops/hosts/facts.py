@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import psycopg
 
-from .. import __version__
+from .. import __version__, runner
 from . import agent
 from ..sources.postgres import roles as pgroles
 from ..zfs import commands as zfs
@@ -121,15 +121,14 @@ def _zfs_facts(c, s: Settings) -> dict[str, Any]:
     try:
         out["pool_exists"] = zfs.exists(c, s, zfs.check_dataset(s.zfs_pool))
         if out["pool_exists"]:
-            res = c.run(zfs.cmd(s, "get", "-Hp", "-o", "value", "available", s.zfs_pool),
-                        hide=True, warn=True, in_stream=False)
+            res = runner.run(c, zfs.cmd(s, "get", "-Hp", "-o", "value", "available",
+                                        s.zfs_pool))
             value = res.stdout.strip()
             out["available"] = int(value) if value.isdigit() else None
         for ds in s.datasets:
             info: dict[str, Any] = {"exists": out["pool_exists"] and zfs.exists(c, s, ds)}
             if info["exists"]:
-                res = c.run(zfs.cmd(s, "get", "-Hp", "-o", "value", "referenced", ds),
-                            hide=True, warn=True, in_stream=False)
+                res = runner.run(c, zfs.cmd(s, "get", "-Hp", "-o", "value", "referenced", ds))
                 value = res.stdout.strip()
                 info["referenced"] = int(value) if value.isdigit() else 0
                 info["snapshots"] = [snap.name for snap in zfs.snapshots(c, s, ds)]

@@ -12,6 +12,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from invoke import Context
+
+from .. import runner
 from ..errors import HostError, InvalidName
 
 # An alias or a host name, optionally user@; never a leading '-' that ssh would read as a flag.
@@ -65,11 +68,11 @@ class SshHost:
         return next((v for k, v in self.options if k.lower() == key.lower()), None)
 
 
-def resolve_cmd(host: str, config_file: str = "") -> str:
+def resolve_cmd(host: str, config_file: str = "") -> list[str]:
     args = ["ssh", "-G"]
     if config_file:
         args += ["-F", config_file]
-    return shlex.join([*args, check_host(host)])
+    return [*args, check_host(host)]
 
 
 def parse(text: str) -> dict[str, list[str]]:
@@ -102,20 +105,19 @@ def from_resolved(name: str, resolved: dict[str, list[str]], defaults: dict[str,
                    known_hosts=known, strict=one(resolved, "stricthostkeychecking") or "ask")
 
 
-def resolve(c, host: str, config_file: str = "") -> SshHost:
+def resolve(c: Context, host: str, config_file: str = "") -> SshHost:
     """Ask ssh itself how it would reach `host` (aliases, Match blocks, includes and all)."""
     if config_file and not os.path.isfile(os.path.expanduser(config_file)):
         raise HostError(f"ssh config file not found: {config_file}",
                         "fix clawdie.ssh_config (empty means ~/.ssh/config)")
-    res = c.run(resolve_cmd(host, config_file), hide=True, warn=True, in_stream=False)
+    res = runner.run(c, resolve_cmd(host, config_file))
     if res.exited != 0:
-        raise HostError(f"ssh cannot resolve host {host}: {res.stderr.strip()}",
+        raise HostError(f"ssh cannot resolve host {host}: {runner.tail(res.stderr)}",
                         f"check the Host entry in {config_file or '~/.ssh/config'}")
     resolved = parse(res.stdout)
     hostname = " ".join(resolved.get("hostname", [])) or host
     # ssh's defaults for the same name, so only what the config changed is carried over.
-    base = c.run(shlex.join(["ssh", "-G", "-F", "/dev/null", check_host(hostname)]), hide=True,
-                 warn=True, in_stream=False)
+    base = runner.run(c, ["ssh", "-G", "-F", "/dev/null", check_host(hostname)])
     return from_resolved(host, resolved, parse(base.stdout) if base.exited == 0 else {},
                          config_file)
 

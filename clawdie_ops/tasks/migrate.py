@@ -16,6 +16,8 @@ from ..actions.migrate import run as action
 from ..errors import ConfigError, MigrationFailed, ScheduleError
 from ..actions.migrate.report import describe_report
 from ..output import Reporter
+from .. import runner
+from ..runner import Shell
 from .base import operator_task
 
 
@@ -103,11 +105,8 @@ def _payload(stdin: bool) -> dict[str, Any]:
 
 def _schedule(c, s: config.Settings, key: str) -> dict[str, Any]:
     cmd = s.command(key)
-    res = c.run(cmd, hide=True, warn=True, in_stream=False)
-    if res.exited != 0:
-        raise ScheduleError(f"{key.replace('_', ' ')} failed (exit {res.exited}): "
-                            f"{res.stderr.strip()[-300:]}",
-                            f"check clawdie.commands.{key} on this host: {cmd}")
+    runner.run(c, Shell(cmd), check=True, what=key.replace("_", " "), error=ScheduleError,
+               hint=f"check clawdie.commands.{key} on this host: {cmd}")
     return {"command": cmd}
 
 

@@ -12,6 +12,7 @@ import paramiko
 import pytest
 from invoke import MockContext, Result
 
+from clawdie_ops import runner
 from clawdie_ops.config import envfile, inventory
 from clawdie_ops.actions.migrate import checks as mc
 from clawdie_ops.hosts import remote, transfer
@@ -269,7 +270,7 @@ def test_remote_commands_are_quoted_and_stdin_goes_in_one_piece():
     assert remote.tool_command(NEW, "restore", "/b/x y.tar.zst", "--json",
                                config_file="/tmp/clawdie-ops.ab/config.json") == \
         "clawdie-ops -f /tmp/clawdie-ops.ab/config.json restore '/b/x y.tar.zst' --json"
-    assert remote._Payload('{"a": 1}').read(1) == '{"a": 1}'
+    assert runner._Payload('{"a": 1}').read(1) == '{"a": 1}'
 
 
 def test_run_tool_parses_json_and_names_the_host_on_failure():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
+from clawdie_ops import runner
 from clawdie_ops.actions import backup
 from clawdie_ops.config import settings as config
 from clawdie_ops.zfs import commands as zfs
@@ -86,7 +87,7 @@ def test_command_templates_quote_values(tmp_path):
 
 def test_pg_dump_line_has_no_password(tmp_path):
     s = load(tmp_path)
-    line = pg.pg_dump_cmd(s, s.memory, Path("/spool/memory_db.sql"), "00000003-1")
+    line = runner.line(pg.pg_dump_cmd(s, s.memory, Path("/spool/memory_db.sql"), "00000003-1"))
     assert TRICKY not in line and "password" not in line.replace("--no-password", "")
     assert "--clean --if-exists" in line and "--snapshot=00000003-1" in line
 

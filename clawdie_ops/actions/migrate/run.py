@@ -35,8 +35,8 @@ from ...hosts import remote, install as toolinstall, transfer
 from ...errors import Aborted, ClawdieError, MigrationFailed, Terminated
 from ...config.inventory import Host
 from ...config.masking import masked
-from .plan import (ALONGSIDE_SYNC, DOWNTIME, Options, Plan, Step, host_dict, make_plan, make_steps,
-                   replicate_args)
+from .plan import (ALONGSIDE_SYNC, DOWNTIME, Options, Plan, Step, StepId, host_dict, make_plan,
+                   make_steps)
 from ...output import Reporter
 
 
@@ -76,19 +76,15 @@ class Migration:
         # Preflight runs every time; a run "continues" when later steps were done before.
         self.resumed = any(self.journal.done(s.id) for s in plan.steps
                            if s.phase != "preflight")
-        self.actions: dict[str, Callable[[], dict[str, Any]]] = {
-            "connect": self.do_connect, "tools": self.do_tools, "check-old": self.do_check_old,
-            "check-new": self.do_check_new, "evaluate": self.do_evaluate,
-            "pause-new-schedule": lambda: self.step_tool("new", "schedule-pause"),
-            "presync": self.do_replicate, "stop-old-agent": self.do_stop_old_agent,
-            "final-backup": self.do_backup, "final-sync": self.do_replicate,
-            "copy-archive": self.do_copy, "start-new-jails":
-                lambda: self.step_tool("new", "jails-start"),
-            "restore": self.do_restore, "point-env": self.do_point_env,
-            "start-new-agent": lambda: self.step_tool("new", "agent-start"),
-            "doctor": self.do_doctor,
-            "pause-old-schedule": lambda: self.step_tool("old", "schedule-pause"),
-            "resume-new-schedule": lambda: self.step_tool("new", "schedule-resume"),
+        # What each step does beyond running its own command (run_plan_step) on its host.
+        self.actions: dict[StepId, Callable[[Step], dict[str, Any]]] = {
+            StepId.CONNECT: self.do_connect, StepId.TOOLS: self.do_tools,
+            StepId.CHECK_OLD: self.do_check_old, StepId.CHECK_NEW: self.do_check_new,
+            StepId.EVALUATE: self.do_evaluate, StepId.PRESYNC: self.do_replicate,
+            StepId.STOP_OLD_AGENT: self.do_stop_old_agent, StepId.FINAL_SYNC: self.do_replicate,
+            StepId.COPY_ARCHIVE: self.do_copy, StepId.TRUST_OLD_KEY: self.do_trust_key,
+            StepId.RESTORE: self.do_restore,
+            StepId.POINT_ENV: self.do_point_env, StepId.DOCTOR: self.do_doctor,
         }
 
     # -- helpers -------------------------------------------------------------------------
@@ -104,6 +100,17 @@ class Migration:
         cfg_file = self.temp_config(where) if config else None
         result, _ = remote.run_tool(self.ctx[where], h, *args, stdin=stdin,
                                     config_file=cfg_file, ok_codes=ok_codes)
+        return result
+
+    def run_plan_step(self, step: Step, values: Mapping[str, str] | None = None,
+                      ok_codes: tuple[int, ...] = (0,), **extra: Any) -> dict[str, Any]:
+        """Run the step's own command on its host: the argv the plan shows, filled in."""
+        where = step.host_key
+        h = self.plan.host(where)
+        cfg_file = self.temp_config(where) if step.config else None
+        stdin = {"config": h.settings_overrides(), **extra} if step.stdin else None
+        result, _ = remote.run_argv(self.ctx[where], h, step.argv(h, cfg_file, values),
+                                    stdin=stdin, ok_codes=ok_codes)
         return result
 
     def step_tool(self, where: str, action: str, *args: str, **extra: Any) -> dict[str, Any]:
@@ -150,18 +157,19 @@ class Migration:
         if step.phase == "preflight":
             self.started = step
         label = f"{step.id}: {self.plan.label(step.where)}"
+        act = self.actions.get(step.id, self.run_plan_step)
         if quiet:  # a step in a background thread: one live spinner at a time
-            result = self.actions[step.id]()
+            result = act(step)
             self.out.note(f"[green]✓[/] {label} [dim]({time.monotonic() - started:.1f}s)[/]")
         else:
             with self.out.step(label):
-                result = self.actions[step.id]()
+                result = act(step)
         if not self.opts.dry_run:  # a dry run leaves no trace, not even in the journal
             self.journal.record(step.id, result, time.monotonic() - started)
         return result
 
     # -- phase 1 -------------------------------------------------------------------------
-    def do_connect(self) -> dict[str, Any]:
+    def do_connect(self, step: Step) -> dict[str, Any]:
         out = {}
         for where in ("old", "new"):
             h = self.plan.host(where)
@@ -197,7 +205,7 @@ class Migration:
         if left.pop(path, None) is not None:
             self.journal.set("temp_configs", left)
 
-    def do_tools(self) -> dict[str, Any]:
+    def do_tools(self, step: Step) -> dict[str, Any]:
         """clawdie-ops on each remote host: found, or this version installed there."""
         out: dict[str, Any] = {}
         for where, minimum in (("old", None), ("new", __version__)):
@@ -240,8 +248,8 @@ class Migration:
             self.plan.new = host
         self.plan.steps = make_steps(self.cfg, self.plan.old, self.plan.new, self.opts)
 
-    def do_check_old(self) -> dict[str, Any]:
-        facts = self.step_tool("old", "check", "--role", "source", want_db_env=True)
+    def do_check_old(self, step: Step) -> dict[str, Any]:
+        facts = self.run_plan_step(step, want_db_env=True)
         self.db_env = dict(facts.pop("db_env", {}) or {})
         self.facts["old"] = facts
         if "old_agent_ran" not in self.journal.data and not self.opts.dry_run:
@@ -249,13 +257,13 @@ class Migration:
             self.journal.set("old_agent_ran", bool(facts.get("agent_running")))
         return _summary(facts)
 
-    def do_check_new(self) -> dict[str, Any]:
-        facts = self.step_tool("new", "check", "--role", "target", env=self.db_env)
+    def do_check_new(self, step: Step) -> dict[str, Any]:
+        facts = self.run_plan_step(step, env=self.db_env)
         facts.pop("db_env", None)
         self.facts["new"] = facts
         return _summary(facts)
 
-    def do_evaluate(self) -> dict[str, Any]:
+    def do_evaluate(self, step: Step) -> dict[str, Any]:
         ours = bool(self.journal.data.get("touched_new"))
         self.checks = migrate_checks.evaluate(self.facts["old"], self.facts["new"],
                                               new_name=self.plan.new.name,
@@ -276,15 +284,14 @@ class Migration:
             self.run_step(step, always=True)
 
     # -- phase 2 and 3 -------------------------------------------------------------------
-    def do_replicate(self) -> dict[str, Any]:
+    def do_replicate(self, step: Step) -> dict[str, Any]:
         self.journal.set("touched_new", True)
-        return self.tool("old", *replicate_args(self.plan.new.name, self.opts.force),
-                         config=True)
+        return self.run_plan_step(step)
 
 
-    def do_stop_old_agent(self) -> dict[str, Any]:
+    def do_stop_old_agent(self, step: Step) -> dict[str, Any]:
         stopped_at = time.time()
-        result = self.step_tool("old", "agent-stop")
+        result = self.run_plan_step(step)
         # A run killed during the stop finds the agent already stopped: the journal knows
         # it ran when the migration began.
         ran = bool(result.get("was_running")) or bool(self.journal.data.get("old_agent_ran"))
@@ -293,8 +300,6 @@ class Migration:
         self.journal.save()
         return {**result, "stopped_at": stopped_at}
 
-    def do_backup(self) -> dict[str, Any]:
-        return self.tool("old", "backup", "--json", config=bool(self.plan.old.settings_overrides()))
 
     def _files(self, where: str) -> transfer.Files:
         h = self.plan.host(where)
@@ -306,7 +311,7 @@ class Migration:
                                       accept_new_host_key=self.opts.accept_new_host_key)
         return transfer.SftpFiles(connect, h.name)
 
-    def do_copy(self) -> dict[str, Any]:
+    def do_copy(self, step: Step) -> dict[str, Any]:
         backup = self.journal.result("final-backup")
         src = str(backup["archive"])
         dest = str(Path(self.facts["new"]["backup_dir"]) / Path(src).name)
@@ -318,7 +323,7 @@ class Migration:
         def verify(path: str) -> tuple[str, int]:
             if self.plan.new.local:
                 return transfer.local_sha256(path)
-            got = self.step_tool("new", "checksum", "--path", path)
+            got = self.run_plan_step(step, {"<path>": path})
             return str(got["sha256"]), int(got["size"])
 
         def retrying(attempt: int, why: str) -> None:
@@ -331,23 +336,22 @@ class Migration:
         self.journal.set("copy_dests", [dest])
         return result.as_dict()
 
-    def do_restore(self) -> dict[str, Any]:
-        archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]
-        # The new host trusts the old host's signing key from now on (its own backups will
-        # be signed by a key of its own): this archive and the old host's older ones pass.
+    def do_trust_key(self, step: Step) -> dict[str, Any]:
+        """The new host trusts the old host's signing key from now on (its own backups are
+        signed by a key of its own): this archive and the old host's earlier ones verify."""
         signer = self.journal.result("final-backup").get("signed_by") or {}
         if not signer.get("public_key"):
             raise MigrationFailed("the old host's backup names no signing key",
                                   "update clawdie-ops on the old host to a version that "
                                   "signs its archives, and run the same command again")
-        trusted = self.step_tool("new", "trust-key", public_key=signer["public_key"])
-        result = self.tool("new", "restore", archive, "--yes", "--no-start", "--json",
-                           "--use-archive-server",
-                           config=bool(self.plan.new.settings_overrides()))
-        return {**result, "trusted_key": trusted}
+        return self.run_plan_step(step, public_key=signer["public_key"])
 
-    def do_point_env(self) -> dict[str, Any]:
-        result = self.step_tool("new", "env-apply")
+    def do_restore(self, step: Step) -> dict[str, Any]:
+        archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]
+        return self.run_plan_step(step, {"<archive>": archive})
+
+    def do_point_env(self, step: Step) -> dict[str, Any]:
+        result = self.run_plan_step(step)
         old_ids = {db.get("identity") for db in self.facts["old"].get("databases", {}).values()}
         for key, db in (result.get("databases") or {}).items():
             if db.get("identity") in old_ids:
@@ -363,9 +367,8 @@ class Migration:
                     f"{db.get('error', '?')}", "check the new host's db jail and .env")
         return result
 
-    def do_doctor(self) -> dict[str, Any]:
-        result = self.tool("new", "doctor", "--json",
-                           config=bool(self.plan.new.settings_overrides()), ok_codes=(0, 1, 2))
+    def do_doctor(self, step: Step) -> dict[str, Any]:
+        result = self.run_plan_step(step, ok_codes=(0, 1, 2))
         failed = [ch for ch in result.get("checks", []) if ch.get("status") == "fail"]
         if failed:
             raise MigrationFailed(
@@ -666,6 +669,7 @@ class Migration:
             self.cleanup()
         data["checks"] = [ch.as_dict() for ch in self.checks]
         data["warnings"] = self.warnings
+        data["commands"] = self.plan.commands()  # after the tools step found each host's
         return data
 
     def cleanup(self) -> None:

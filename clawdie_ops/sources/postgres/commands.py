@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shlex
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,9 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
+from invoke import Context
+
+from ... import runner
 from ...config.settings import DbSpec, Settings
 from ...errors import DatabaseError, DatabaseUnreachable, ToolMissing, ToolTooOld
 
@@ -112,24 +114,24 @@ def dbname_arg(name: str) -> str:
     return "--dbname=dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def pg_dump_cmd(s: Settings, db: DbSpec, out: Path, snapshot: str | None = None) -> str:
+def pg_dump_cmd(s: Settings, db: DbSpec, out: Path, snapshot: str | None = None) -> list[str]:
     # --clean --if-exists: the runbook's `psql < dump` replays over an existing database
     # and into an empty one, with ON_ERROR_STOP on.
     args = [s.pg_tool("pg_dump"), "--clean", "--if-exists", *_conn_args(db), "-f", str(out)]
     if snapshot:
         args.append(f"--snapshot={snapshot}")
-    return shlex.join([*args, dbname_arg(db.name)])
+    return [*args, dbname_arg(db.name)]
 
 
 def psql_cmd(s: Settings, db: DbSpec, script: Path | list[Path],
-             single_transaction: bool = True) -> str:
+             single_transaction: bool = True) -> list[str]:
     """psql running one or more scripts in order (with --single-transaction: all or nothing)."""
     scripts = script if isinstance(script, list) else [script]
     args = [s.pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *_conn_args(db),
             dbname_arg(db.name), *[a for f in scripts for a in ("-f", str(f))]]
     if single_transaction:
         args.insert(3, "--single-transaction")
-    return shlex.join(args)
+    return args
 
 
 # psql's \restrict (refuses every later backslash command but \unrestrict with the same key)
@@ -138,7 +140,7 @@ RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
 
 
 def restrict_supported(version: str) -> bool:
-    """Does psql of this 'major.minor' know \restrict?"""
+    """Does psql of this 'major.minor' know \\restrict?"""
     major, _, minor = version.partition(".")
     if not major.isdigit():
         return False
@@ -146,11 +148,10 @@ def restrict_supported(version: str) -> bool:
     return m >= 18 or (m in RESTRICT_SINCE and n >= RESTRICT_SINCE[m])
 
 
-def restrict_script(folder: Path) -> Path:
-    """A 0600 script holding `\restrict KEY` with a fresh random key, run before a dump: psql
-    then refuses any backslash command in the dump, anywhere on a line, since the dump
+def write_restrict(path: Path) -> Path:
+    """The 0600 script `\\restrict KEY`, with a fresh random key, that runs before a dump:
+    psql then refuses any backslash command in the dump, anywhere on a line, since the dump
     cannot know the key to lift it."""
-    path = folder / f"restrict-{secrets.token_hex(4)}.sql"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(f"\\restrict {secrets.token_hex(16)}\n")
@@ -160,12 +161,12 @@ def restrict_script(folder: Path) -> Path:
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
-def client_version(c, s: Settings, tool: str = "pg_dump") -> tuple[int, str]:
+def client_version(c: Context, s: Settings, tool: str = "pg_dump") -> tuple[int, str]:
     """(major, 'major.minor') of pg_dump/psql on the context's host."""
-    res = c.run(shlex.join([s.pg_tool(tool), "--version"]), hide=True, warn=True)
+    res = runner.run(c, [s.pg_tool(tool), "--version"])
     if res.exited != 0:
         hint = s.command("pg_install_hint")
-        raise ToolMissing(f"{tool} not found ({s.pg_tool(tool)}): {res.stderr.strip()}",
+        raise ToolMissing(f"{tool} not found ({s.pg_tool(tool)}): {runner.tail(res.stderr)}",
                           f"install the PostgreSQL client: {hint}")
     m = _VERSION.search(res.stdout)
     if not m:
@@ -184,9 +185,6 @@ def check_dump_compatible(s: Settings, dump_major: int, dump_version: str,
             f"(e.g. {s.command('pg_install_hint')}) or set clawdie.pg_bin")
 
 
-def run_checked(c, cmd: str, env: dict[str, str], what: str) -> None:
-    res = c.run(cmd, env=env, hide=True, warn=True, in_stream=False)
-    if res.exited != 0:
-        tail = "\n".join(res.stderr.strip().splitlines()[-5:])
-        raise DatabaseError(f"{what} failed (exit {res.exited}): {tail}",
-                            "see the PostgreSQL message above; nothing was kept from this step")
+def run_checked(c: Context, cmd: list[str], env: dict[str, str], what: str) -> None:
+    runner.run(c, cmd, env=env, check=True, what=what, error=DatabaseError,
+               hint="see the PostgreSQL message above; nothing was kept from this step")
