@@ -253,7 +253,16 @@ class ArchiveReader:
             self.dec.stdout.close()  # the decompressor holds it now
         # Read the decompressor's pipe 1 MiB at a time, not tarfile's 10 KiB records:
         # verify and extract pass over the archive in about 60% of the time.
-        self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|", bufsize=CHUNK)
+        try:
+            self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|", bufsize=CHUNK)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            try:
+                self.check_decrypt()  # a wrong identity: age's own message, not "empty"
+                raise ArchiveCorrupt(f"{path} is damaged or cut short at its start: {exc}",
+                                     "use another copy of the archive, or an older backup"
+                                     ) from None
+            finally:
+                self.__exit__()
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -290,8 +299,10 @@ class ArchiveReader:
             assert self.dec.stderr
             err = self.dec.stderr.read().decode(errors="replace").strip()
             wrong = "no identity matched" in err
+            said = next((line for line in err.splitlines() if "error" in line),
+                        err.splitlines()[0] if err else f"exit {code}")
             raise ArchiveCorrupt(
-                f"{self.path}: age cannot decrypt it: {err.splitlines()[-1] if err else code}",
+                f"{self.path}: age cannot decrypt it: {said.removeprefix('age: ')}",
                 "the identity in clawdie.encryption.identity is not one of its recipients"
                 if wrong else "the archive is damaged; use another copy, or an older backup")
 
