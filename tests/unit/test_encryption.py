@@ -36,8 +36,8 @@ def test_recipients_are_checked_before_any_backup():
 def test_written_encrypted_and_read_back_only_with_the_identity(tmp_path):
     ident, recipient = identity(tmp_path)
     final = tmp_path / "clawdie-backup-01.jan.2026-0100.tar.zst.age"
-    w = ArchiveWriter(final, "top", "zstd",
-                      encryption.encrypt_cmd({}, encryption.recipients({"recipients": [recipient]})))
+    to = encryption.recipients({"recipients": [recipient]})
+    w = ArchiveWriter(final, "top", "zstd", encryption.encrypt_cmd({}, to))
     w.add_bytes("env", b"SECRET=1\n")
     w.add_bytes("manifest.json", b'{"format": 1, "agent_name": "a", "timestamp": "t", '
                 b'"items": ["env"], "files": {"env": {"kind": "file", "size": 9, "sha256": '
