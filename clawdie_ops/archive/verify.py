@@ -2,7 +2,9 @@
 
 `verify` writes nothing: it checks every member's name and type (refusing absolute paths,
 `..`, links, devices, duplicates and members outside the top folder), hashes every file,
-and compares sizes and sha256 with the manifest, which is the archive's last member.
+checks the manifest's signature (`manifest.sig`, the last member, right after the
+manifest) against the trusted keys, then compares sizes and sha256 with the manifest, and
+refuses a dump holding a psql meta-command.
 `stage` is the same pass writing the wanted members into a private folder on the way
 (restore: one read of the archive, and nothing acts on the staged files before the
 manifest matched). `extract` reads a verified archive again, repeats every check, and
