@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -217,7 +218,7 @@ def test_an_archive_from_before_signing_needs_allow_unsigned(host, tmp_path):
     legacy = kit.repack(archive, tmp_path / "legacy.tar.gz", lambda top, m: [
         x for x in m if x[0].name != f"{top}/{signing.NAME}"], sign=False)
     with host.db_connect("memory") as conn:
-        conn.execute("DELETE FROM users")
+        conn.execute("TRUNCATE users CASCADE")
     damaged = everything(host)
     res = cli(host, "restore", str(legacy), "--yes")
     assert res.returncode == 1 and "is not signed" in res.stderr
@@ -298,13 +299,10 @@ def test_an_archived_env_is_read_without_expanding_variables(victim):
     secret (sent to the database as a password). With expansion, the real password placed
     in CI_SECRET would have logged in."""
     h, good, d = victim
-    bad = kit.repack(good, d / "interp.tar.gz", kit.edit_member(
-        "env", lambda b: b.replace(f"MEMORY_DB_PASSWORD={content.MEMORY_PASSWORD}".encode(),
-                                   b"MEMORY_DB_PASSWORD=${CI_SECRET}").replace(
-            f"MEMORY_DB_PASSWORD='{content.MEMORY_PASSWORD}'".encode(),
-            b"MEMORY_DB_PASSWORD=${CI_SECRET}")))
-    assert b"${CI_SECRET}" in dict((i.name.rsplit("/", 1)[-1], data)
-                                   for i, data in kit.read(bad)[1])["env"]
+    bad = kit.repack(good, d / "interp.tar.gz", kit.edit_member("env", lambda b: re.sub(
+        rb"(?m)^MEMORY_DB_PASSWORD=.*$", b"MEMORY_DB_PASSWORD=${CI_SECRET}", b)))
+    assert b"\nMEMORY_DB_PASSWORD=${CI_SECRET}\n" in dict(
+        (i.name.rsplit("/", 1)[-1], data) for i, data in kit.read(bad)[1])["env"]
     res = cli(h, "restore", str(bad), "--dry-run", env={"CI_SECRET": content.MEMORY_PASSWORD})
     assert res.returncode == 1
     assert "refused the password for memory_db" in " ".join(res.stderr.split())
@@ -358,7 +356,7 @@ def test_encrypted_backup_restores_and_drills_with_the_identity_only(host, tmp_p
     assert res.returncode == 0, res.stderr
 
     with host.db_connect("memory") as conn:
-        conn.execute("DELETE FROM users")
+        conn.execute("TRUNCATE users CASCADE")
     (host.root / "groups" / "main" / "CLAUDE.md").write_text("changed\n")
     res = cli(host, "restore", str(archive), "--yes", "--json")
     assert res.returncode == 0, res.stderr
