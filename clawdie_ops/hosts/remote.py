@@ -32,9 +32,6 @@ CONNECT_TIMEOUT = 15
 KEEPALIVE_S = 15
 
 
-AcceptNewPolicy = ssh.AcceptNewPolicy
-
-
 def _endpoint(conn: Connection) -> str:
     return f"{conn.host}:{conn.port}" if conn.port != 22 else conn.host
 
@@ -46,14 +43,7 @@ def connection(local: Context, host: Host, cfg: Mapping[str, Any], *,
     Whatever StrictHostKeyChecking the ssh config says, an unknown key is refused here
     unless the operator passed --accept-new-host-key."""
     h = ssh.resolve(local, host.ssh, str(cfg.get("ssh_config") or ""))
-    conn = ssh.connect(h, timeout=timeout)
-    files = ssh.known_hosts_files(h)
-    policy = AcceptNewPolicy(files[0]) if accept_new_host_key else paramiko.RejectPolicy()
-    conn.client.set_missing_host_key_policy(policy)
-    # On the paramiko client, not the Connection: setting a Context attribute sets config.
-    conn.client.clawdie_known_hosts = files  # type: ignore[attr-defined]
-    conn.client.clawdie_policy = policy  # type: ignore[attr-defined]
-    return conn
+    return ssh.connect(h, timeout=timeout, accept_new=accept_new_host_key)
 
 
 def open_checked(conn: Connection, host: Host) -> None:

@@ -12,6 +12,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paramiko
+from fabric import Config, Connection
 from invoke import Context
 
 from .. import runner
@@ -122,15 +124,15 @@ def resolve(c: Context, host: str, config_file: str = "") -> SshHost:
                          config_file)
 
 
-class AcceptNewPolicy:
-    """OpenSSH's accept-new: trust a host seen for the first time and record its key in
-    known_hosts (so the next connection checks it); a changed key is still refused."""
+class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's accept-new: trust a host seen for the first time and record its key."""
 
     def __init__(self, known_hosts: Path) -> None:
         self.known_hosts = known_hosts
         self.accepted: list[str] = []
 
-    def missing_host_key(self, client, hostname: str, key) -> None:
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
         client.get_host_keys().add(hostname, key.get_name(), key)
         self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.known_hosts, "a", encoding="ascii") as fh:
@@ -138,21 +140,14 @@ class AcceptNewPolicy:
         self.accepted.append(f"{hostname} {key.get_name()} {key.fingerprint}")
 
 
-def known_hosts_files(h: SshHost) -> list[Path]:
-    return [Path(os.path.expanduser(f)) for f in h.known_hosts] or \
-        [Path(os.path.expanduser("~/.ssh/known_hosts"))]
-
-
-def connect(h: SshHost, timeout: int | None = None):
+def connect(h: SshHost, timeout: int | None = None, accept_new: bool = False) -> Connection:
     """A Fabric Connection to `h` with exactly the resolved settings.
 
-    Host keys are checked as ssh would: known-hosts files from the config, and an unknown key
-    is refused (Fabric's own default would silently accept it). StrictHostKeyChecking
-    accept-new accepts a first-seen key and records it, as OpenSSH does; `no` is not
-    honoured here: an unknown key is refused all the same."""
-    import paramiko
-    from fabric import Config, Connection
-
+    The one host-key policy: the known-hosts files of the ssh config are loaded and an
+    unknown key is refused (paramiko's RejectPolicy; Fabric's own default would silently
+    accept it), whatever StrictHostKeyChecking says. Only `accept_new` (the operator's
+    --accept-new-host-key) trusts a first-seen key, recorded like OpenSSH's accept-new. A key
+    that differs from the recorded one is always refused."""
     kwargs: dict = {}
     if h.identity_files:
         kwargs["key_filename"] = [os.path.expanduser(f) for f in h.identity_files
@@ -178,7 +173,12 @@ def connect(h: SshHost, timeout: int | None = None):
     for path in (h.option("GlobalKnownHostsFile") or "/etc/ssh/ssh_known_hosts").split():
         if os.path.isfile(path):
             conn.client.load_system_host_keys(path)
-    policy = AcceptNewPolicy(known_hosts_files(h)[0]) if h.strict.lower() == "accept-new" \
-        else paramiko.RejectPolicy()
-    conn.client.set_missing_host_key_policy(policy)  # type: ignore[arg-type]
+    files = [Path(os.path.expanduser(f)) for f in h.known_hosts] or \
+        [Path(os.path.expanduser("~/.ssh/known_hosts"))]
+    policy: paramiko.MissingHostKeyPolicy = (
+        AcceptNewPolicy(files[0]) if accept_new else paramiko.RejectPolicy())
+    conn.client.set_missing_host_key_policy(policy)
+    # On the paramiko client, not the Connection: setting a Context attribute sets config.
+    conn.client.clawdie_known_hosts = files
+    conn.client.clawdie_policy = policy
     return conn

@@ -94,13 +94,13 @@ class SftpFiles:
         fh = self.sftp().open(path, "rb")
         fh.seek(offset)
         fh.prefetch()
-        return fh  # type: ignore[return-value]
+        return fh
 
     def open_write(self, path: str, offset: int) -> IO[bytes]:
         fh = self.sftp().open(path, "r+b") if offset else self._create_private(path)
         fh.seek(offset)
         fh.set_pipelined(True)
-        return fh  # type: ignore[return-value]
+        return fh
 
     def _create_private(self, path: str) -> paramiko.SFTPFile:
         """A new file created 0600 by the server itself: paramiko's `open` sends no mode, so

@@ -1,4 +1,4 @@
-"""`inv drill`: flags in, report table / JSON / JUnit out; the work is in clawdie_ops.drill."""
+"""`inv drill`: flags in, report / JSON / JUnit out; the work is in clawdie_ops.actions.drill."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from invoke import Context
 
 from ..config import settings as config
 from ..actions import drill as action
@@ -33,8 +35,8 @@ MARK = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]ski
     "allow-unsigned": "accept an archive that is not signed (made before clawdie-ops signed "
                       "its archives), with a loud warning; every other check still applies",
 })
-def drill(c, archive=None, latest=None, json=False, junit=None, pg_host=None, pg_port=None,
-          pg_user=None, pg_bin=None, allow_unsigned=False):
+def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host=None,
+          pg_port=None, pg_user=None, pg_bin=None, allow_unsigned=False):
     """Restore an archive into a scratch sandbox and check it against its manifest.
 
     Checksums, integrity_check and row counts of messages.db, every dump replayed into a

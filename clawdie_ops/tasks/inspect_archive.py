@@ -6,6 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from invoke import Context
+
 from ..archive.contents import describe
 from ..output import Reporter, human_size
 from ..archive.verify import keys_for, verify
@@ -19,7 +21,7 @@ from .positional import help_requested
     "allow-unsigned": "accept an archive that is not signed (made before clawdie-ops signed "
                       "its archives), with a loud warning",
 })
-def inspect(c, archive, json=False, allow_unsigned=False):
+def inspect(c: Context, archive, json=False, allow_unsigned=False):
     """Verify an archive and list what it holds: items, sizes, row counts.
 
     The signature against the trusted keys, every member's checksum and size against the

@@ -179,7 +179,10 @@ def test_drill_latest_without_readable_manifests_goes_by_valid_past_names(tmp_pa
     # mtimes say otherwise: an archive copied later keeps its name's time.
     os.utime(tmp_path / "clawdie-backup-31.dec.2025-2359.tar.gz", (time.time() + 99,) * 2)
     assert drill.newest_archive(tmp_path).name == "clawdie-backup-02.jan.2026-0100-2.tar.gz"
-    assert drill.name_time("clawdie-backup-31.feb.2026-0100.tar.gz") is None
+    from clawdie_ops.archive import catalog
+    assert catalog.name_time(Path("clawdie-backup-31.feb.2026-0100.tar.gz")) is None
+    # doctor, by the names: the same order, without reading a manifest
+    assert catalog.newest(tmp_path).name == "clawdie-backup-02.jan.2026-0100-2.tar.gz"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no clawdie-backup"):
         drill.newest_archive(tmp_path / "empty")
