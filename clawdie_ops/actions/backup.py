@@ -264,8 +264,10 @@ def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str
         shutil.rmtree(spool, ignore_errors=True)
     signer = signing.public_of(key, _comment())
     return {"archive": str(written.path), "size": written.size, "sha256": written.sha256,
-            "signed_by": {"fingerprint": signer.fingerprint, "public_key": signer.line,
-                          "key": str(plan.key), "created": created},
+            # "public", "file": names a journal keeps as they are (a key named like a
+            # secret, `*_key`, is masked there, and migrate needs this public line)
+            "signed_by": {"fingerprint": signer.fingerprint, "public": signer.line,
+                          "file": str(plan.key), "created": created},
             "encrypted_to": plan.recipients,
             "items": manifest.items, "snapshots": snapshots,
             "duration_s": round(time.monotonic() - started, 3), "steps": out.timings,

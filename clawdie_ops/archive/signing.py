@@ -157,7 +157,7 @@ class Signer:
 
     def as_dict(self) -> dict[str, Any]:
         return {"fingerprint": self.fingerprint, "comment": self.comment,
-                "public_key": self.public_key}
+                "public": self.public_key}
 
 
 def check(path: Path, manifest: bytes, sig: bytes | None, trust: Trust) -> Signer | None:

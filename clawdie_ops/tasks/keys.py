@@ -40,10 +40,10 @@ def keys(c, create=False, trust=None, json=False):
                  "added": signing.add_trusted(tfile, key), "file": str(tfile)}
     own = signing.public_of(signing.load_private(path), comment) if path.exists() else None
     t = signing.trust_from(cfg, s.home)
-    data = {"signing_key": {"path": str(path), "exists": own is not None, "created": created,
-                            "public_key": own.line if own else None,
+    data = {"signing": {"path": str(path), "exists": own is not None, "created": created,
+                        "public": own.line if own else None,
                             "fingerprint": own.fingerprint if own else None},
-            "trusted": [{"fingerprint": k.fingerprint, "public_key": k.line}
+            "trusted": [{"fingerprint": k.fingerprint, "public": k.line}
                         for k in t.keys.values()],
             "trusted_from": t.sources, "trusted_file": str(tfile), "trust_added": added}
 

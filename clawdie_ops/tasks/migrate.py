@@ -185,7 +185,7 @@ def migrate_step(c: Context, action, path=None, role="target", stdin=False, json
                               "check the path on this host") from None
         result = {"path": str(Path(path)), "sha256": digest, "size": size}
     elif action == "trust-key":
-        key = signing.parse_public(str(data.get("public_key") or ""), "migrate-step trust-key")
+        key = signing.parse_public(str(data.get("public") or ""), "migrate-step trust-key")
         tfile = signing.trusted_file(dict(s.signing), s.home)
         result = {"fingerprint": key.fingerprint, "file": str(tfile),
                   "added": signing.add_trusted(tfile, key)}

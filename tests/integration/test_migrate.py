@@ -114,9 +114,9 @@ def test_migrate_moves_everything_and_the_agent_runs_on_the_new_host(rig):
     assert report["restore"]["connections"]["memory_db.sql"]["created_role"] is True
     # the trust came along: the new host trusts the old host's signing key, and only its
     # public half (the new host signs its own backups with a key of its own)
-    old_key = json.loads(cli(old, "keys", "--json", check=True).stdout)["signing_key"]
+    old_key = json.loads(cli(old, "keys", "--json", check=True).stdout)["signing"]
     trusted = (new.home / ".config" / "clawdie-ops" / "trusted_keys").read_text()
-    assert old_key["public_key"].split()[1] in trusted
+    assert old_key["public"].split()[1] in trusted
     assert not (new.home / ".config" / "clawdie-ops" / "signing.key").exists()
     assert SUPERPASS not in res.stdout + res.stderr
     assert old.env["MEMORY_DB_PASSWORD"] not in res.stdout + res.stderr

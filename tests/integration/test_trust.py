@@ -174,7 +174,7 @@ def test_backup_signs_with_a_key_it_creates_outside_the_backups(host):
     assert signer is not None and signer.fingerprint == fingerprint(key)
     # keys and inspect name the same key; the next backup reuses it.
     shown = json.loads(cli(host, "keys", "--json", check=True).stdout)
-    assert shown["signing_key"]["fingerprint"] == fingerprint(key)
+    assert shown["signing"]["fingerprint"] == fingerprint(key)
     inspected = json.loads(cli(host, "inspect", str(archive), "--json", check=True).stdout)
     assert inspected["signed_by"]["fingerprint"] == fingerprint(key)
     res = cli(host, "backup", "--json", "--no-snapshot", check=True)

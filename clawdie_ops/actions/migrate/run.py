@@ -232,11 +232,11 @@ class Migration(HostSession):
         """The new host trusts the old host's signing key from now on (its own backups are
         signed by a key of its own): this archive and the old host's earlier ones verify."""
         signer = self.journal.result("final-backup").get("signed_by") or {}
-        if not signer.get("public_key"):
+        if not signer.get("public"):
             raise MigrationFailed("the old host's backup names no signing key",
                                   "update clawdie-ops on the old host to a version that "
                                   "signs its archives, and run the same command again")
-        return self.run_plan_step(step, public_key=signer["public_key"])
+        return self.run_plan_step(step, public=signer["public"])
 
     def do_restore(self, step: Step) -> dict[str, Any]:
         archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]
