@@ -160,3 +160,12 @@ def test_require_auth_is_asked_for_admin_connections_where_libpq_can():
 def test_hashes_of_the_kit_key_are_stable():
     assert hashlib.sha256(kit.KIT_PUBLIC.encode()).hexdigest() == hashlib.sha256(
         signing.public_of(kit.KIT_KEY, "clawdie-ops-test-kit").line.encode()).hexdigest()
+
+
+def test_the_public_key_survives_the_journals_masking():
+    """migrate reads the old host's public key back from its journal, which masks every
+    field named like a secret: the key line travels as `public`."""
+    from clawdie_ops.config.masking import masked
+    line = signing.public_of(kit.KIT_KEY).line
+    kept = masked({"signed_by": {"fingerprint": "SHA256:x", "public": line, "file": "/k"}})
+    assert kept["signed_by"]["public"] == line
