@@ -91,3 +91,61 @@ def floor(b, work: Path, progress) -> dict:
     progress(f"  unpack {unpack.wall_s:.1f} s, both dumps replayed at once {both.wall_s:.1f} s")
     shutil.rmtree(dest, ignore_errors=True)
     return out
+
+
+def encryption(b, work: Path, progress, runs: int = 3) -> dict:
+    """What encryption at rest costs: backup and restore of the same installation, plain
+    and through age, interleaved in the same run (the ratio is encrypted / plain)."""
+    import json
+    import subprocess
+
+    from .pairs import CLI, check, interleave, pair
+
+    ident = work / "age-identity.txt"
+    ident.unlink(missing_ok=True)
+    subprocess.run(["age-keygen", "-o", str(ident)], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(ident)], check=True,
+                               capture_output=True, text=True).stdout.strip()
+    cfg = work / "encryption.json"
+    cfg.write_text(json.dumps({"clawdie": {"encryption": {"recipients": [recipient],
+                                                          "identity": str(ident)}}}))
+    h = b.h
+    out = h.home / "bench-out-age"
+    out.mkdir(exist_ok=True)
+    latest: dict[str, Path] = {}
+    sizes: dict[str, list[int]] = {"plain": [], "age": []}
+
+    def backup(side: str, flags: list[str]):
+        def run(i: int):
+            r = check(measure(f"backup {side}", [CLI, *flags, "backup", "--json", "--output",
+                                                 str(out)], env=h.proc_env(), cwd=h.root))
+            archive = Path(json.loads(r.output[r.output.index("{"):])["archive"])
+            if latest.get(side) and latest[side] != archive:
+                latest[side].unlink(missing_ok=True)
+            latest[side] = archive
+            sizes[side].append(archive.stat().st_size)
+            return r
+        return run
+
+    def restore(side: str, flags: list[str]):
+        def run(i: int):
+            return measure(f"restore {side}", [CLI, *flags, "restore", str(latest[side]),
+                                               "--yes", "--json"], env=h.proc_env(),
+                           cwd=h.root)
+        return run
+
+    progress("  backup: plain vs age")
+    got = interleave(runs, {"plain": backup("plain", []), "age": backup("age", ["-f", str(cfg)])},
+                     progress)
+    res = {"backup": pair("encryption-backup", "clawdie-ops backup", "clawdie-ops backup, "
+                          "age-encrypted", got["plain"], got["age"],
+                          sizes={k: max(v) for k, v in sizes.items()})}
+    progress("  restore: plain vs age")
+    got = interleave(runs, {"plain": restore("plain", []),
+                            "age": restore("age", ["-f", str(cfg)])}, progress)
+    res["restore"] = pair("encryption-restore", "clawdie-ops restore", "clawdie-ops restore of "
+                          "the age-encrypted archive", got["plain"], got["age"])
+    for r in res.values():  # encrypted / plain: above 1 is the cost
+        r["cost"] = round(r["b"]["median"]["wall_s"] / r["a"]["median"]["wall_s"], 3)
+    shutil.rmtree(out, ignore_errors=True)
+    return res

@@ -26,7 +26,8 @@ from tests.rig.hosts import Rig  # noqa: E402
 
 MiB = 2**20
 PAIRS = ("backup", "restore", "drill", "migrate", "scale")
-EXPERIMENTS = ("codecs", "formats", "floor")  # not in the default set: see bench/experiments.py
+# Not in the default set: see bench/experiments.py
+EXPERIMENTS = ("codecs", "formats", "floor", "encryption")
 TARGETS = {"backup": 3.0, "restore": 2.0, "rss": 150 * MiB, "memory_growth": 1.1,
            "downtime": 0.25}
 
@@ -164,6 +165,13 @@ def markdown(doc: dict) -> str:
         lines += ["", f"Restore floor (the archive unpacked, then both dumps replayed at once, "
                       f"nothing checked): {f['unpack_s']:.1f} s + {f['replay_both_s']:.1f} s = "
                       f"{f['total_s']:.1f} s."]
+    if "encryption" in exp:
+        lines += ["", "Encryption at rest (age), against the same steps unencrypted, "
+                      "interleaved in one run:", ""]
+        lines += _md([("step", "plain", "age", "age / plain", "age peak RSS")] + [
+            (name, f"{r['a']['median']['wall_s']:.1f} s", f"{r['b']['median']['wall_s']:.1f} s",
+             f"{r['cost']:.2f}x", f"{r['b']['median']['tree_rss'] / MiB:.0f} MiB")
+            for name, r in exp["encryption"].items()])
     for note in doc["notes"]:
         lines.append(f"\n- {note}")
     return "\n".join(lines) + "\n"
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             guard("backup", lambda: doc["pairs"].append(pairs.backup_pair(b, args.runs, say)))
         if set(EXPERIMENTS) & set(chosen):
             from bench import experiments
-            if "runbook" not in b.latest:
+            if "runbook" not in b.latest and set(chosen) & {"codecs", "formats", "floor"}:
                 b.runbook(0)
             if "clawdie-ops" not in b.latest:
                 b.ours(0)

@@ -88,6 +88,10 @@ class ArchiveUnsafe(ClawdieError):
     """An archive holds members that could write outside their target."""
 
 
+class ArchiveUntrusted(ClawdieError):
+    """An archive is unsigned, signed by a key not trusted here, or its signature fails."""
+
+
 class DumpTooNew(ClawdieError):
     """A dump was written by a newer pg_dump than the server it should go into."""
 

@@ -166,6 +166,12 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
         if not remote:
             raise
         reason = str(exc) or type(exc).__name__
+        if "not found in known_hosts" in reason:
+            raise HostError(f"the host key of {label} is unknown: refusing to connect",
+                            "verify its fingerprint and add it to the known_hosts file of your "
+                            "ssh config (ssh-keyscan), or set StrictHostKeyChecking accept-new "
+                            "for it; clawdie-ops refuses unknown keys even where the config "
+                            "says StrictHostKeyChecking no") from None
         if not was_connected:
             raise HostError(f"cannot reach {label} over SSH: {reason}",
                             f"check `ssh {label} true` with the same ssh config, and its "

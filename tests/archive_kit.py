@@ -1,8 +1,10 @@
 """Damaged and hostile archives built from a good one, for the restore / drill / inspect tests.
 
 Python's own tarfile writes them (not clawdie-ops), so a test can put anything into a member
-name or type. `resign` recomputes the manifest's sizes and checksums, so that a refusal is
-about what the test built, not about a checksum.
+name or type. `resign` recomputes the manifest's sizes and checksums and signs the manifest
+again, so that a refusal is about what the test built, not about a checksum or a signature:
+by default with the kit's key (KIT_KEY), which the rig's hosts trust as they would another
+backup host of theirs (tests/rig/hosts.py); an attack test passes a key of its own.
 """
 from __future__ import annotations
 
@@ -15,7 +17,22 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from clawdie_ops.archive import signing
+
 Member = tuple[tarfile.TarInfo, bytes | None]
+
+# A fixed key (from a fixed seed): the same public key in every run, so the rig's config can
+# name it.
+KIT_KEY = Ed25519PrivateKey.from_private_bytes(
+    hashlib.sha256(b"clawdie-ops test kit signing key").digest())
+KIT_PUBLIC = signing.public_of(KIT_KEY, "clawdie-ops-test-kit").line
+
+
+def attacker_key() -> Ed25519PrivateKey:
+    """A key nobody trusts: what an attacker who can write the backups would sign with."""
+    return Ed25519PrivateKey.generate()
 
 
 def read(archive: Path) -> tuple[str, list[Member]]:
@@ -49,9 +66,12 @@ def write(dest: Path, members: list[Member]) -> Path:
     return dest
 
 
-def resign(top: str, members: list[Member]) -> list[Member]:
-    """Recompute manifest.json's files (size, sha256) from the regular members; keep it last."""
-    body = [(i, d) for i, d in members if i.name != f"{top}/manifest.json"]
+def resign(top: str, members: list[Member], key: Ed25519PrivateKey | None = KIT_KEY
+           ) -> list[Member]:
+    """Recompute manifest.json's files (size, sha256) from the regular members; keep it last,
+    followed by its signature by `key` (none when `key` is None: an unsigned archive)."""
+    ours = (f"{top}/manifest.json", f"{top}/{signing.NAME}")
+    body = [(i, d) for i, d in members if i.name not in ours]
     old = next(d for i, d in members if i.name == f"{top}/manifest.json")
     doc = json.loads(old)
     files = {}
@@ -63,14 +83,20 @@ def resign(top: str, members: list[Member]) -> list[Member]:
             files[rel] = entry
     doc["files"] = files
     info = tarfile.TarInfo(f"{top}/manifest.json")
-    return body + [(info, json.dumps(doc, indent=2).encode())]
+    manifest = json.dumps(doc, indent=2).encode()
+    out = body + [(info, manifest)]
+    if key is not None:
+        out.append((tarfile.TarInfo(f"{top}/{signing.NAME}"), signing.sign(key, manifest)))
+    return out
 
 
 def repack(src: Path, dest: Path, edit: Callable[[str, list[Member]], list[Member]],
-           sign: bool = True) -> Path:
+           sign: bool = True, key: Ed25519PrivateKey | None = KIT_KEY) -> Path:
+    """`src` changed by `edit`; with `sign`, the manifest recomputed and signed by `key`
+    (key=None: unsigned); without, the members as edited (the old manifest and signature)."""
     top, members = read(src)
     members = edit(top, members)
-    return write(dest, resign(top, members) if sign else members)
+    return write(dest, resign(top, members, key) if sign else members)
 
 
 def edit_member(name: str, change: Callable[[bytes], bytes]):
@@ -102,7 +128,10 @@ def add_members(*extra: Callable[[str], Member], before_manifest: bool = True):
     """An `edit` that adds members (each built from the top folder's name)."""
     def edit(top: str, members: list[Member]) -> list[Member]:
         new = [make(top) for make in extra]
-        return members[:-1] + new + members[-1:] if before_manifest else members + new
+        if not before_manifest:
+            return members + new
+        at = next(n for n, (i, _) in enumerate(members) if i.name == f"{top}/manifest.json")
+        return members[:at] + new + members[at:]
     return edit
 
 

@@ -24,6 +24,7 @@ from invoke import Context
 
 from .. import __version__, runner
 from ..zfs import commands as zfs
+from ..archive import encryption, signing
 from ..archive.writer import SUFFIX, ArchiveWriter
 from ..config.settings import DbSpec, Settings
 from ..errors import ClawdieError, OutputError, SourceError
@@ -63,6 +64,8 @@ class BackupPlan:
     datasets: list[str]
     databases: list[DbSpec]
     files: list[file_source.FileItem]
+    key: Path  # the signing key (created by the first backup)
+    recipients: list[str] = field(default_factory=list)  # age: encrypted when not empty
     notes: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)  # snapshot, then copy and dumps at once
     spool: Path | None = None  # the private folder of the copy and the dumps, while running
@@ -72,6 +75,14 @@ class BackupPlan:
         lines = [f"{step.kind:<10} {line}" for step in self.steps for line in step.lines]
         for item in self.files:
             lines.append(f"archive    {item.source} -> {item.name}")
+        if self.key.is_file():
+            lines.append(f"sign       manifest.json with {self.key} (Ed25519, "
+                         f"{signing.public_of(signing.load_private(self.key)).fingerprint})")
+        else:
+            lines.append(f"sign       manifest.json with a new key, created at {self.key} (0600)")
+        if self.recipients:
+            lines.append(f"encrypt    with age to {len(self.recipients)} recipient(s): "
+                         f"{', '.join(r[:16] + '…' for r in self.recipients)}")
         lines.append(f"write      {self.archive} (mode 0600, via {self.archive.name}.partial)")
         return lines + [f"note       {n}" for n in self.notes]
 
@@ -126,7 +137,8 @@ def make_plan(c: Context, s: Settings, opts: BackupOptions,
     compression = opts.compression or s.compression
     when = now or datetime.now()
     stem = archive_stem(when)
-    suffix = SUFFIX[compression]
+    recipients = encryption.recipients(s.encryption)
+    suffix = SUFFIX[compression] + (encryption.SUFFIX if recipients else "")
     existing = {p.name for p in out.iterdir()} if out.exists() else set()
     n = 1
     taken = set()
@@ -142,7 +154,8 @@ def make_plan(c: Context, s: Settings, opts: BackupOptions,
         archive=out / f"{name}{suffix}", top=name, compression=compression,
         snapshot=f"{s.jails_parent}@{name}" if opts.snapshot else None,
         datasets=s.datasets if opts.snapshot else [],
-        databases=s.databases(opts.skip_skills), files=files, notes=notes)
+        databases=s.databases(opts.skip_skills), files=files,
+        key=signing.key_path(dict(s.signing), s.home), recipients=recipients, notes=notes)
     plan.steps = _steps(s, plan, plan.entries)
     return plan
 
@@ -160,6 +173,11 @@ def preflight(c: Context, s: Settings, plan: BackupPlan) -> Preflight:
     if not s.sqlite_path.is_file():
         raise SourceError(f"messages.db not found: {s.sqlite_path}",
                           "check --root / CLAWDIE_ROOT points at the Clawdie checkout")
+    signing.check_key_outside(plan.key, plan.archive.parent)
+    if plan.key.exists():
+        signing.load_private(plan.key)  # readable, and a key: before any snapshot or dump
+    if plan.recipients:
+        encryption.tool(s.encryption)
     if plan.datasets:
         zfs.require(c, s, [s.jails_parent, *plan.datasets])
     servers = {}
@@ -205,6 +223,7 @@ def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str
                 "commands": planned(plan.steps)}
     for note in plan.notes:
         out.warn(note)
+    key, created = _signing_key(plan.key, out)
     spool = Path(tempfile.mkdtemp(prefix=".clawdie-backup-spool-", dir=plan.archive.parent))
     plan.spool = spool
     writer: ArchiveWriter | None = None
@@ -221,9 +240,14 @@ def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str
                 name = plan.snapshot.split("@")[1]
                 snapshots = [plan.snapshot] + [f"{d}@{name}" for d in plan.datasets]
         with out.step(f"write {plan.archive.name}"):
-            writer = ArchiveWriter(plan.archive, plan.top, plan.compression)
+            writer = ArchiveWriter(plan.archive, plan.top, plan.compression,
+                                   encryption.encrypt_cmd(s.encryption, plan.recipients)
+                                   if plan.recipients else None)
             manifest = _write_items(writer, s, plan, pre, opts, snapshots)
-            writer.add_bytes(MANIFEST, manifest.to_json(), 0o644)
+            manifest_bytes = manifest.to_json()
+            writer.add_bytes(MANIFEST, manifest_bytes, 0o644)
+            # Right after the manifest: a reader checks it before using any member.
+            writer.add_bytes(signing.NAME, signing.sign(key, manifest_bytes, _comment()), 0o644)
             written = writer.commit()
             writer = None
     except BaseException as exc:
@@ -240,10 +264,32 @@ def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str
         raise
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+    signer = signing.public_of(key, _comment())
     return {"archive": str(written.path), "size": written.size, "sha256": written.sha256,
+            # "public", "file": names a journal keeps as they are (a key named like a
+            # secret, `*_key`, is masked there, and migrate needs this public line)
+            "signed_by": {"fingerprint": signer.fingerprint, "public": signer.line,
+                          "file": str(plan.key), "created": created},
+            "encrypted_to": plan.recipients,
             "items": manifest.items, "snapshots": snapshots,
             "duration_s": round(time.monotonic() - started, 3), "steps": out.timings,
             "tables": {n: f["tables"] for n, f in manifest.files.items() if "tables" in f}}
+
+
+def _comment() -> str:
+    return f"clawdie-ops@{socket.gethostname()}"
+
+
+def _signing_key(path: Path, out: Reporter) -> tuple[Any, bool]:
+    """This host's signing key; the first backup creates it, and says so."""
+    if path.exists():
+        return signing.load_private(path), False
+    key = signing.create_private(path)
+    pub = signing.public_of(key, _comment())
+    out.warn(f"created the signing key {path} (0600). Keep a copy of it apart from the "
+             f"backups; hosts that restore or drill these backups trust its public key: "
+             f"{pub.line} ({pub.fingerprint})")
+    return key, True
 
 
 def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Preflight,

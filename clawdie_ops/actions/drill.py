@@ -29,14 +29,15 @@ from ..sources.postgres.cluster import Throwaway, find_server_bin, reachable
 from ..archive.writer import sha256_stream
 from ..config.settings import DbSpec, Settings
 from ..sources.postgres.dumpfile import rewrite_owners
-from ..errors import ClawdieError, ConfigError, DatabaseError, DrillFailed
+from ..errors import (ArchiveUntrusted, ClawdieError, ConfigError, DatabaseError,
+                      DrillFailed)
 from ..archive import catalog
 from ..archive.manifest import count_differences, summary
 from ..checks import Check
 from ..output import Reporter
 from ..sources.postgres import commands as pg
 from ..sources import sqlite
-from ..archive.verify import Verified, stage
+from ..archive.verify import Verified, keys_for, stage
 
 # Where an installation keeps each item, relative to the sandbox.
 LAYOUT = {"env": "root/.env", "messages.db": "root/store/messages.db",
@@ -59,14 +60,17 @@ class DrillOptions:
     pg_port: str = ""
     pg_user: str = ""
     pg_bin: str = ""
+    allow_unsigned: bool = False
 
 
 # -- choosing the archive -----------------------------------------------------------------
-def newest_archive(directory: Path) -> Path:
-    """The newest clawdie-backup-* archive in a directory (archive/catalog.py's rule)."""
+def newest_archive(directory: Path, decrypt: Callable[[Path], list[str]] | None = None
+                   ) -> Path:
+    """The newest clawdie-backup-* archive in a directory by the time its manifest says
+    (archive/catalog.py's rule, reading every candidate's manifest)."""
     if not directory.is_dir():
         raise ConfigError(f"backup directory not found: {directory}", "check --latest")
-    found = catalog.newest(directory)
+    found = catalog.newest(directory, read_manifests=True, decrypt=decrypt)
     if found is None:
         raise ConfigError(f"no clawdie-backup-* archive in {directory}",
                           "run clawdie-ops backup --output there, or check --latest")
@@ -113,6 +117,8 @@ class Drill:
                 value = fn()
             if isinstance(value, str):
                 detail = value
+        except ArchiveUntrusted as exc:  # the fix (which key to trust, the flag) belongs here
+            status, detail = "fail", f"{exc.message} -> {exc.hint}"
         except ClawdieError as exc:
             status, detail = "fail", exc.message
         except psycopg.Error as exc:
@@ -180,12 +186,13 @@ class Drill:
 
     def verify_and_stage(self, archive: Path) -> Verified:
         """One pass: every member checked against the manifest and written to the sandbox."""
+        keys = keys_for(self.s, self.opts.allow_unsigned)  # before anything is created
         # mkdtemp: private (0700); 0711 lets the postgres user reach its own subfolder.
         self.sandbox = Path(tempfile.mkdtemp(prefix="clawdie-drill-"))
         os.chmod(self.sandbox, 0o711)
         staged = self.sandbox / STAGED
         staged.mkdir(mode=0o700)
-        return stage(archive, staged, lambda name: True)
+        return stage(archive, staged, lambda name: True, keys)
 
     def extract_all(self, v: Verified) -> str:
         """Move the staged members to where an installation keeps them."""
@@ -266,13 +273,19 @@ class Drill:
         role_map = {dump_user: user} if dump_user and dump_user != user else {}
         if role_map or need:
             rewrite_owners(dump, role_map, skip_extensions=bool(need))
+        _, version = pg.client_version(self.c, self.s, "psql")
+        script = pg.write_restrict(dump.with_name(f"restrict-{key}.sql")) \
+            if pg.knows_restrict(version) else None
+        cmd = pg.psql_cmd(self.s, db, [script, dump] if script else [dump])
         with pg.passfile(db) as env:
-            pg.run_checked(self.c, pg.psql_cmd(self.s, db, dump), env, f"{name}: replay")
+            pg.run_checked(self.c, cmd, env, f"{name}: replay")
         with pg.connect(db) as conn:
             got = pg.table_counts(conn)
         expected = v.manifest.files[name].get("tables", {})
         _compare_counts(name, expected, got)
-        return f"replayed into {scratch}: {len(got)} tables, {sum(got.values())} rows match"
+        return (f"replayed into {scratch}: {len(got)} tables, {sum(got.values())} rows match"
+                + ("" if script else f" (psql {version} lacks \\restrict: only the line "
+                   "scan kept meta-commands out)"))
 
     def cleanup(self) -> str:
         problems = []
@@ -317,7 +330,8 @@ def _compare_counts(item: str, expected: Mapping[str, int], got: Mapping[str, in
 
 def run(c: Context, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporter) -> dict:
     started = time.monotonic()
-    archive = opts.archive if opts.archive else newest_archive(Path(opts.latest or "."))
+    archive = opts.archive if opts.archive else newest_archive(
+        Path(opts.latest or "."), keys_for(s).decrypt)
     d = Drill(c, s, cfg, opts, out)
     planned = ["postgres server", "extract", "messages.db", "files"]
     try:
@@ -327,7 +341,10 @@ def run(c: Context, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out
                 d.skip(name, "", "the archive failed verification")
         else:
             d.checks[-1].detail = (f"{len(v.members)} files match the manifest "
-                                   f"(format {v.manifest.format}, {v.compression})")
+                                   f"(format {v.manifest.format}, {v.compression}"
+                                   + (", age" if v.encrypted else "") + "), "
+                                   + (f"signed by {v.signer.fingerprint}" if v.signer
+                                      else v.unsigned_warning))
             if v.dumps:
                 d.step("postgres server", "", lambda: d.start_server(v))
             else:

@@ -1,23 +1,32 @@
 """The archives in a backup directory, and which one is the newest: one rule for doctor and
 drill.
 
-An archive's time is the one its runbook name carries (clawdie-backup-DD.mmm.YYYY-HHMM[-N],
-written from the same clock as the manifest's timestamp, and kept when the file is copied);
-an archive whose name does not carry one is dated by its manifest's timestamp. The manifest
-is the stream's last member, so it is read only where the name says nothing.
+An archive's time is the one its manifest says (signed with the archive) or the one its
+runbook name carries (clawdie-backup-DD.mmm.YYYY-HHMM[-N], written from the same clock and
+kept when the file is copied), then the file's mtime. A name with an impossible date
+carries none, and a time in the future never counts: a name must not make an old archive
+the newest for good. doctor goes by the names (cheap: it runs after every restore); drill
+reads every candidate's manifest first (the manifest is the stream's last member, so that
+is a pass over each archive): a drill is where a renamed old archive would hide a broken
+new one.
 """
 from __future__ import annotations
 
+import json
 import re
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..errors import ClawdieError
-from .manifest import MONTHS
+from .manifest import MONTHS, NAME as MANIFEST
 
-SUFFIXES = (".tar.gz", ".tar.zst")
+SUFFIXES = (".tar.gz", ".tar.zst", ".tar.gz.age", ".tar.zst.age")
 _STEM = re.compile(r"^clawdie-backup-(\d\d)\.([a-z]{3})\.(\d{4})-(\d\d)(\d\d)(?:-(\d+))?"
-                   r"\.tar\.(?:gz|zst)$")
+                   r"\.tar\.(?:gz|zst)(?:\.age)?$")
+MAX_MANIFEST = 16 << 20
+# A clock a little ahead on the backup host is not "the future"; a name a year ahead is.
+FUTURE_SLACK = timedelta(days=1)
 
 
 def archives(directory: Path) -> list[Path]:
@@ -26,37 +35,55 @@ def archives(directory: Path) -> list[Path]:
 
 
 def name_time(p: Path) -> tuple[datetime, int] | None:
-    """(time, sequence) from the runbook name, or None when the name carries none."""
+    """(local time, sequence) from the runbook name, or None when the name carries none."""
     m = _STEM.match(p.name)
     if not m or m.group(2) not in MONTHS:
         return None
     day, mon, year, hh, mm, n = m.groups()
     try:
         when = datetime(int(year), MONTHS.index(mon) + 1, int(day), int(hh), int(mm))
-    except ValueError:
+    except ValueError:  # 31.feb, 25:61
         return None
     return when, int(n or 1)
 
 
-def manifest_time(p: Path) -> datetime | None:
-    """The manifest's timestamp (local time, as names are), or None when unreadable."""
-    from .verify import verify  # reads the whole stream: only where the name says nothing
+def manifest_time(p: Path, decrypt: Callable[[Path], list[str]] | None = None
+                  ) -> datetime | None:
+    """The manifest's timestamp (local time, as names are), or None when unreadable. Only
+    read, not verified: it orders the candidates, and the one chosen is verified whole."""
+    from .writer import ArchiveReader
     try:
-        stamp = verify(p).manifest.timestamp
-        return datetime.fromisoformat(stamp).astimezone().replace(tzinfo=None)
-    except (ClawdieError, ValueError, OSError):
+        with ArchiveReader(p, decrypt) as reader:
+            for info, fh in reader:
+                if info.name.endswith("/" + MANIFEST) and fh is not None \
+                        and info.size <= MAX_MANIFEST:
+                    stamp = json.loads(fh.read()).get("timestamp")
+                    return datetime.fromisoformat(str(stamp)).astimezone().replace(tzinfo=None)
+    except (ClawdieError, ValueError, AttributeError, OSError):
         return None
+    return None
 
 
-def _key(p: Path) -> tuple[datetime, int, float]:
+def _key(p: Path, read_manifests: bool, decrypt: Callable[[Path], list[str]] | None,
+         limit: datetime) -> tuple[datetime, int, float]:
     mtime = p.stat().st_mtime
     named = name_time(p)
-    if named is not None:
-        return named[0], named[1], mtime
-    return manifest_time(p) or datetime.min, 0, mtime
+    seq = named[1] if named else 0
+    times = [named[0] if named else None]
+    if read_manifests:
+        times.insert(0, manifest_time(p, decrypt))
+    elif named is None:
+        times.append(manifest_time(p, decrypt))
+    for when in times:
+        if when is not None and when <= limit:
+            return when, seq, mtime
+    return datetime.fromtimestamp(mtime), seq, mtime
 
 
-def newest(directory: Path) -> Path | None:
+def newest(directory: Path, read_manifests: bool = False,
+           decrypt: Callable[[Path], list[str]] | None = None,
+           now: datetime | None = None) -> Path | None:
     """The newest clawdie-backup-* archive in `directory`, or None."""
     found = archives(directory)
-    return max(found, key=_key) if found else None
+    limit = (now or datetime.now()) + FUTURE_SLACK
+    return max(found, key=lambda p: _key(p, read_manifests, decrypt, limit)) if found else None

@@ -26,4 +26,5 @@ def describe(v: Verified) -> dict[str, Any]:
             "top": v.top, "verified": True, "format": m.format, "tool_version": m.tool_version,
             "agent_name": m.agent_name, "timestamp": m.timestamp, "host": m.host,
             "items": items, "skipped": m.skipped, "snapshots": m.snapshots,
+            "signed_by": v.signer.as_dict() if v.signer else None, "encrypted": v.encrypted,
             "files": {n: {"size": x.size, "sha256": x.sha256} for n, x in v.members.items()}}

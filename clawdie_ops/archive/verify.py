@@ -2,7 +2,9 @@
 
 `verify` writes nothing: it checks every member's name and type (refusing absolute paths,
 `..`, links, devices, duplicates and members outside the top folder), hashes every file,
-and compares sizes and sha256 with the manifest, which is the archive's last member.
+checks the manifest's signature (`manifest.sig`, the last member, right after the
+manifest) against the trusted keys, then compares sizes and sha256 with the manifest, and
+refuses a dump holding a psql meta-command.
 `stage` is the same pass writing the wanted members into a private folder on the way
 (restore: one read of the archive, and nothing acts on the staged files before the
 manifest matched). `extract` reads a verified archive again, repeats every check, and
@@ -21,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from dotenv import dotenv_values
-
+from . import encryption, signing
 from .writer import CHUNK, ArchiveReader
+from ..config.settings import Settings, parse_env
 from ..sources.postgres.dumpfile import DumpFacts, Scanner
 from ..errors import ArchiveCorrupt, ArchiveUnsafe, OutputError
 from .manifest import NAME as MANIFEST
@@ -54,6 +56,15 @@ class Verified:
     archive_size: int
     env: dict[str, str] | None = field(default=None, repr=False)  # the archived .env, parsed
     dumps: dict[str, DumpFacts] = field(default_factory=dict)
+    signer: signing.Signer | None = None  # None: unsigned, let through by --allow-unsigned
+    encrypted: bool = False
+
+    @property
+    def unsigned_warning(self) -> str:
+        """The loud line every action prints for an unsigned archive it was told to accept."""
+        return (f"WARNING: {self.path.name} is NOT signed; it was accepted because of "
+                "--allow-unsigned: anyone who could write to where it was kept could have "
+                "written it") if self.signer is None else ""
 
     def item_members(self, item: str) -> list[Member]:
         """The members that make up an item ("groups/" is every groups/... file)."""
@@ -119,6 +130,7 @@ class _Pass:
         self.seen: set[str] = set()
         self.current = ""
         self.manifest_bytes: bytes | None = None
+        self.sig_bytes: bytes | None = None
         self.dirs: list[str] = []
 
     def members(self, reader: ArchiveReader) -> Iterator[tuple[str, tarfile.TarInfo, IO[bytes]]]:
@@ -132,10 +144,12 @@ class _Pass:
                 if info.name.rstrip("/") in self.seen:
                     raise _unsafe(self.path, info.name, "appears twice")
                 self.seen.add(info.name.rstrip("/"))
-                if self.manifest_bytes is not None:
+                if self.sig_bytes is not None or (self.manifest_bytes is not None
+                                                  and rel != signing.NAME):
                     raise ArchiveCorrupt(
                         f"{self.path}: member {info.name!r} follows {MANIFEST}, "
-                        "which clawdie-ops writes last", "use another copy of the archive")
+                        f"which clawdie-ops writes last (with its {signing.NAME})",
+                        "use another copy of the archive")
                 if info.isdir():
                     self.dirs.append(rel)
                     continue
@@ -149,10 +163,18 @@ class _Pass:
                                              "this is not a clawdie-ops archive")
                     self.manifest_bytes = fh.read()
                     continue
+                if rel == signing.NAME:
+                    if self.manifest_bytes is None or info.size > signing.MAX_SIG:
+                        raise ArchiveCorrupt(f"{self.path}: {signing.NAME} is out of place or "
+                                             f"{info.size} bytes", "this is not an archive "
+                                             "clawdie-ops wrote; use another copy")
+                    self.sig_bytes = fh.read()
+                    continue
                 yield rel, info, fh
         except (ArchiveCorrupt, ArchiveUnsafe):
             raise
         except (tarfile.TarError, EOFError, OSError) as exc:
+            reader.check_decrypt()  # a wrong identity reads as an empty stream
             where = f" in member {self.current!r}" if self.current else " at its start"
             raise ArchiveCorrupt(f"{self.path} is damaged or cut short{where}: {exc}",
                                  "use another copy of the archive, or an older backup") from None
@@ -207,15 +229,14 @@ def _hash_member(rel: str, fh: IO[bytes], scanner: Scanner | None,
     for chunk in source:
         sha.update(chunk)
         size += len(chunk)
-        if scanner is not None:
-            scanner.feed(chunk)
+        written = scanner.feed(chunk) if scanner is not None else chunk
         if kept is not None:
             if size > MAX_ENV:
                 raise ArchiveCorrupt(f"archived {rel} is larger than {MAX_ENV} bytes",
                                      "this is not a clawdie-ops archive")
             kept.write(chunk)
         if out is not None:
-            _write(out, chunk, rel)
+            _write(out, written, rel)
     return size, sha.hexdigest(), kept.getvalue() if kept is not None else None
 
 
@@ -251,24 +272,41 @@ def compare(path: Path, manifest: Manifest, found: dict[str, Member]) -> list[st
     return problems
 
 
-def verify(path: Path) -> Verified:
+@dataclass
+class Keys:
+    """What opening an archive takes: the signing keys it may be signed by, and the way to
+    decrypt it when it is encrypted."""
+
+    trust: signing.Trust
+    decrypt: Callable[[Path], list[str]] | None = None
+
+
+def keys_for(s: Settings, allow_unsigned: bool = False) -> Keys:
+    """The trusted keys and the age identity of a host's config (`s.signing`, `s.encryption`)."""
+    trust = signing.trust_from(dict(s.signing), s.home, allow_unsigned)
+    enc = dict(s.encryption)
+    return Keys(trust, lambda path: encryption.decrypt_cmd(enc, s.home, path))
+
+
+def verify(path: Path, keys: Keys) -> Verified:
     """Check an archive completely; nothing is written anywhere."""
-    return _read(Path(path), None)
+    return _read(Path(path), None, keys)
 
 
-def stage(path: Path, target: Path, want: Callable[[str], bool]) -> Verified:
+def stage(path: Path, target: Path, want: Callable[[str], bool], keys: Keys) -> Verified:
     """Check an archive completely, writing the wanted members below `target` (an existing
     empty private folder) in the same pass. Only the returned Verified says that every
-    staged file matched the manifest; on any error the caller removes `target`."""
-    return _read(Path(path), _Staging(target, want))
+    staged file matched the manifest (and that a trusted key signed it); on any error the
+    caller removes `target`. Staged dumps have pg_dump's \\restrict lines made comments."""
+    return _read(Path(path), _Staging(target, want), keys)
 
 
-def _read(path: Path, staging: _Staging | None) -> Verified:
+def _read(path: Path, staging: _Staging | None, keys: Keys) -> Verified:
     p = _Pass(path)
     found: dict[str, Member] = {}
     env_bytes: bytes | None = None
     scanners: dict[str, Scanner] = {}
-    with ArchiveReader(path) as reader:
+    with ArchiveReader(path, keys.decrypt) as reader:
         for rel, info, fh in p.members(reader):
             scanner = Scanner() if rel.endswith(".sql") else None
             out = (staging.open(rel, info.size, info.mode)
@@ -303,24 +341,37 @@ def _read(path: Path, staging: _Staging | None) -> Verified:
                     raise ArchiveCorrupt(f"{exc.message}; damaged: {', '.join(bad[:5])}",
                                          exc.hint) from None
             raise
+    # The signature first: nothing below (nor any caller) acts on an unvouched member.
+    assert p.manifest_bytes is not None
+    signer = signing.check(path, p.manifest_bytes, p.sig_bytes, keys.trust)
     problems = compare(path, manifest, found)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ArchiveCorrupt(f"{path} fails verification: {'; '.join(problems[:3])}{more}",
                              "the archive is damaged or was changed after the backup; "
                              "use another copy, or an older backup")
+    for name, sc in scanners.items():
+        if sc.facts.meta:
+            line, text = sc.facts.meta[0]
+            more = f" (and {len(sc.facts.meta) - 1} more)" if len(sc.facts.meta) > 1 else ""
+            raise ArchiveUnsafe(
+                f"{path}: {name} line {line} is a psql meta-command outside COPY data: "
+                f"{text!r}{more}; nothing was replayed",
+                "pg_dump writes none besides its \\restrict/\\unrestrict pair: this dump "
+                "was edited after pg_dump wrote it (signed or not, it is refused); use "
+                "another backup")
     env = None
     if env_bytes is not None:
         try:
-            values = dotenv_values(stream=io.StringIO(env_bytes.decode("utf-8")))
+            env = parse_env(io.StringIO(env_bytes.decode("utf-8")))
         except UnicodeDecodeError:
             raise ArchiveCorrupt(f"{path}: the archived env is not UTF-8 text",
                                  "use another copy of the archive") from None
-        env = {k: v for k, v in values.items() if v is not None}
     assert p.top is not None
     return Verified(path=path, compression=reader.kind, top=p.top, manifest=manifest,
                     members=found, archive_size=path.stat().st_size, env=env,
-                    dumps={n: s.facts for n, s in scanners.items()})
+                    dumps={n: s.facts for n, s in scanners.items()}, signer=signer,
+                    encrypted=reader.encrypted)
 
 
 def _inside(target: Path, rel: str) -> Path:

@@ -15,9 +15,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
-from collections.abc import Iterator
+from typing import IO, Any
+from collections.abc import Callable, Iterator
 
+from . import encryption
 from ..errors import ArchiveCorrupt, OutputError
 
 CHUNK = 1 << 20
@@ -41,6 +42,11 @@ def compressor(kind: str, threads: int | None = None) -> list[str]:
 
 def decompressor(kind: str) -> list[str]:
     return ["zstd", "-q", "-d", "-c"] if kind == "zstd" else ["gzip", "-d", "-c"]
+
+
+def _encrypted(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return encryption.is_encrypted(fh.read(len(encryption.MAGIC)))
 
 
 def detect(path: Path) -> str:
@@ -78,7 +84,8 @@ class Written:
 class ArchiveWriter:
     """Streams members into `<dir>/.<name>.partial` (0600); `commit` fsyncs and renames."""
 
-    def __init__(self, final: Path, top: str, compression: str) -> None:
+    def __init__(self, final: Path, top: str, compression: str,
+                 encrypt: list[str] | None = None) -> None:
         self.final = final
         self.top = top
         self.tmp = final.with_name(f".{final.name}.partial")
@@ -94,6 +101,13 @@ class ArchiveWriter:
         self.cmd = compressor(compression)
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE)
+        # Encryption is one more process in the pipe: compressed bytes go straight into
+        # age, and only ciphertext reaches the disk.
+        self.enc: subprocess.Popen | None = None
+        if encrypt:
+            assert self.proc.stdout
+            self.enc = subprocess.Popen(encrypt, stdin=self.proc.stdout, stdout=subprocess.PIPE)
+            self.proc.stdout.close()
         self.pump = threading.Thread(target=self._pump, daemon=True)
         self.pump.start()
         # 1 MiB blocks and copies instead of tarfile's 10 KiB / 16 KiB: a hundred times
@@ -104,15 +118,18 @@ class ArchiveWriter:
         self.add_dir("")
 
     def _pump(self) -> None:
-        assert self.proc.stdout
+        source = self.enc.stdout if self.enc is not None else self.proc.stdout
+        assert source
         try:
-            while chunk := self.proc.stdout.read(CHUNK):
+            while chunk := source.read(CHUNK):
                 self.out.write(chunk)
                 self.sha.update(chunk)
                 self.size += len(chunk)
         except BaseException as exc:  # surfaced by _check; unblock the writer side
             self.error = exc
             self.proc.kill()
+            if self.enc is not None:
+                self.enc.kill()
 
     def _check(self) -> None:
         if self.error is not None:
@@ -163,11 +180,15 @@ class ArchiveWriter:
         except BrokenPipeError:
             pass
         code = self.proc.wait()
+        enc_code = self.enc.wait() if self.enc is not None else 0
         self.pump.join()
         self._check()
         if code != 0:
             raise OutputError(f"compressor {self.cmd[0]} exited {code}",
                               "is it installed and is there space left?")
+        if enc_code != 0:
+            raise OutputError(f"age exited {enc_code} while encrypting {self.final.name}",
+                              "check clawdie.encryption.recipients (age's message is above)")
         try:
             self.out.flush()
             os.fsync(self.out.fileno())
@@ -185,9 +206,10 @@ class ArchiveWriter:
         return Written(self.final, self.size, self.sha.hexdigest())
 
     def abort(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        for proc in (self.proc, self.enc):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
         self.pump.join(timeout=5)
         try:
             self.out.close()
@@ -198,19 +220,49 @@ class ArchiveWriter:
 
 # -- reading ---------------------------------------------------------------------------
 class ArchiveReader:
-    """A streaming pass over an archive's members (`with ArchiveReader(p) as r: for m, f in r`)."""
+    """A streaming pass over an archive's members (`with ArchiveReader(p) as r: for m, f in r`).
 
-    def __init__(self, path: Path) -> None:
+    `decrypt(path)` gives the command that decrypts an encrypted archive (asked only when
+    the archive is one)."""
+
+    def __init__(self, path: Path,
+                 decrypt: Callable[[Path], list[str]] | None = None) -> None:
         if not path.is_file():
             raise ArchiveCorrupt(f"archive not found: {path}", "check the path")
         self.path = path
-        self.kind = detect(path)
+        self.encrypted = _encrypted(path)
+        self.dec: subprocess.Popen | None = None
+        if self.encrypted:
+            if decrypt is None:
+                raise ArchiveCorrupt(f"{path} is encrypted (age)",
+                                     "set clawdie.encryption.identity to decrypt it")
+            cmd = decrypt(path)
+            self.kind = encryption.inner_kind(path.name)
+        else:
+            self.kind = detect(path)
         self.src = open(path, "rb")
-        self.proc = subprocess.Popen(decompressor(self.kind), stdin=self.src,
+        if self.encrypted:
+            self.dec = subprocess.Popen(cmd, stdin=self.src, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+            feed: Any = self.dec.stdout
+        else:
+            feed = self.src
+        self.proc = subprocess.Popen(decompressor(self.kind), stdin=feed,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if self.dec is not None and self.dec.stdout is not None:
+            self.dec.stdout.close()  # the decompressor holds it now
         # Read the decompressor's pipe 1 MiB at a time, not tarfile's 10 KiB records:
         # verify and extract pass over the archive in about 60% of the time.
-        self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|", bufsize=CHUNK)
+        try:
+            self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|", bufsize=CHUNK)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            try:
+                self.check_decrypt()  # a wrong identity: age's own message, not "empty"
+                raise ArchiveCorrupt(f"{path} is damaged or cut short at its start: {exc}",
+                                     "use another copy of the archive, or an older backup"
+                                     ) from None
+            finally:
+                self.__exit__()
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -229,14 +281,38 @@ class ArchiveReader:
         while self.proc.stdout.read(CHUNK):
             pass
         err = self.proc.stderr.read().decode(errors="replace").strip()
-        if self.proc.wait() != 0:
+        code = self.proc.wait()
+        self.check_decrypt()
+        if code != 0:
             raise ArchiveCorrupt(f"{self.path}: {self.kind} reports damage: {err}",
                                  "use another copy of the archive, or an older backup")
 
+    def check_decrypt(self, timeout: float = 10) -> None:
+        """After the stream ended or broke: did age fail? (wrong identity, damaged file)"""
+        if self.dec is None:
+            return
+        try:
+            code = self.dec.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return  # still running: the stream broke on the reading side
+        if code != 0:
+            assert self.dec.stderr
+            err = self.dec.stderr.read().decode(errors="replace").strip()
+            wrong = "no identity matched" in err
+            said = next((line for line in err.splitlines() if "error" in line),
+                        err.splitlines()[0] if err else f"exit {code}")
+            raise ArchiveCorrupt(
+                f"{self.path}: age cannot decrypt it: {said.removeprefix('age: ')}",
+                "the identity in clawdie.encryption.identity is not one of its recipients"
+                if wrong else "the archive is damaged; use another copy, or an older backup")
+
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        for proc in (self.proc, self.dec):
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
         self.src.close()
 
 

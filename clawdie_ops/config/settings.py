@@ -10,7 +10,7 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from collections.abc import Mapping
 
 from dotenv import dotenv_values
@@ -74,6 +74,13 @@ DEFAULTS: dict[str, Any] = {
               "pg_bin": "",  # initdb/pg_ctl/psql for the throwaway cluster; empty: found
               "os_user": "postgres"},  # runs the throwaway cluster when clawdie-ops is root
     # doctor: age thresholds (hours) and head room for the next backup
+    # Archive signatures (Ed25519): the key backup signs with (created on the first backup,
+    # 0600), and the public keys restore, drill, inspect and migrate accept besides its own.
+    "signing": {"key": "~/.config/clawdie-ops/signing.key", "trusted_keys": [],
+                "trusted_file": "~/.config/clawdie-ops/trusted_keys"},
+    # Encryption at rest with age, optional: backup encrypts to every recipient (age1...
+    # or ssh-ed25519 public keys); restore, drill and inspect decrypt with the identity file.
+    "encryption": {"recipients": [], "identity": "", "age": "age"},
     "doctor": {"snapshot_warn_hours": 2, "snapshot_fail_hours": 26,
                "backup_warn_hours": 192, "backup_fail_hours": 360, "space_factor": 2.0},
 }
@@ -89,14 +96,18 @@ class DbSpec:
     password: str = field(repr=False)
     host: str
     port: int
+    require_auth: str = ""  # libpq 16+: refuse a server that asks for anything else
 
     @property
     def item(self) -> str:
         return f"{self.key}_db.sql"
 
     def conninfo(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port, "dbname": self.name,
+        info = {"host": self.host, "port": self.port, "dbname": self.name,
                 "user": self.user, "password": self.password, "connect_timeout": 10}
+        if self.require_auth:
+            info["require_auth"] = self.require_auth
+        return info
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,8 @@ class Settings:
     hostd_url: str
     commands: Mapping[str, str]
     agent_start_timeout: float = 120
+    signing: Mapping[str, Any] = field(default_factory=dict)
+    encryption: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def env_file(self) -> Path:
@@ -208,17 +221,24 @@ def section(config: Any) -> dict[str, Any]:
     return merged
 
 
+def parse_env(stream: IO[str]) -> dict[str, str]:
+    """A .env's values as written: no `${VAR}` expansion (python-dotenv's default expands it
+    from this process's environment, so an archived .env could carry a secret of ours to the
+    server it names); the agent reads its .env without expansion too."""
+    values = dotenv_values(stream=stream, interpolate=False)
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def read_env(path: Path) -> dict[str, str]:
     if not path.exists():
         raise EnvFileError(f".env not found: {path}",
                            "pass --root to the Clawdie checkout, or set CLAWDIE_ROOT")
     try:
         with open(path, encoding="utf-8") as fh:
-            values = dotenv_values(stream=fh)
+            return parse_env(fh)
     except (OSError, UnicodeDecodeError) as exc:
         raise EnvFileError(f".env unreadable: {path}: {exc}",
                            "check its owner and mode (the tool's user must read it)") from None
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def resolve_root(root: str | os.PathLike[str] | None, cfg: Mapping[str, Any]) -> Path:
@@ -290,6 +310,7 @@ def load(config: Any, root: str | os.PathLike[str] | None = None,
         backup_dir=Path(backup_dir), compression=compression,
         hostd_url=str(cfg.get("hostd_url") or ""), commands=dict(cfg["commands"]),
         agent_start_timeout=_seconds(cfg, "agent_start_timeout"),
+        signing=dict(cfg["signing"]), encryption=dict(cfg["encryption"]),
     )
 
 

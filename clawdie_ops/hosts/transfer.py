@@ -16,6 +16,7 @@ from typing import IO, Any, Protocol
 from collections.abc import Callable
 
 import paramiko
+from paramiko import sftp_client
 
 from ..archive.writer import sha256_stream
 from ..errors import ArchiveCorrupt, HostError
@@ -96,12 +97,25 @@ class SftpFiles:
         return fh
 
     def open_write(self, path: str, offset: int) -> IO[bytes]:
-        fh = self.sftp().open(path, "r+b" if offset else "wb")
-        if not offset:
-            self.sftp().chmod(path, 0o600)
+        fh = self.sftp().open(path, "r+b") if offset else self._create_private(path)
         fh.seek(offset)
         fh.set_pipelined(True)
         return fh
+
+    def _create_private(self, path: str) -> paramiko.SFTPFile:
+        """A new file created 0600 by the server itself: paramiko's `open` sends no mode, so
+        the file would exist with the server's default (0644 under umask 022) until a chmod.
+        The same request as `open(path, "wx")`, with the permissions in its attributes."""
+        sftp = self.sftp()
+        self.remove(path)
+        attrs = paramiko.SFTPAttributes()
+        attrs.st_mode = 0o600
+        flags = (sftp_client.SFTP_FLAG_WRITE | sftp_client.SFTP_FLAG_CREATE
+                 | sftp_client.SFTP_FLAG_EXCL)
+        t, msg = sftp._request(sftp_client.CMD_OPEN, sftp._adjust_cwd(path), flags, attrs)
+        if t != sftp_client.CMD_HANDLE:
+            raise paramiko.SFTPError("Expected handle")
+        return paramiko.SFTPFile(sftp, msg.get_binary(), "wb")
 
     def rename(self, src: str, dst: str) -> None:
         self.sftp().posix_rename(src, dst)

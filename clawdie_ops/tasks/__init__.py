@@ -3,7 +3,7 @@ from invoke import Collection
 
 from ..config.settings import DEFAULTS
 from . import backup
-from . import doctor, drill, inspect_archive, restore
+from . import doctor, drill, inspect_archive, keys, restore
 from . import zfs as zfs_tasks
 from . import migrate, positional
 
@@ -12,7 +12,7 @@ namespace.add_task(backup.backup)
 for _task in (zfs_tasks.snapshot, zfs_tasks.snapshots, zfs_tasks.rollback, zfs_tasks.sanoid_config,
               zfs_tasks.replicate):
     namespace.add_task(_task)
-for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspect):
+for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspect, keys.keys):
     namespace.add_task(_task)
 namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)

@@ -32,9 +32,11 @@ MARK = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]ski
                "or PGPASSWORD)",
     "pg-bin": "folder with initdb, pg_ctl and psql for the throwaway cluster "
               "(default: clawdie.drill.pg_bin, else found on this host)",
+    "allow-unsigned": "accept an archive that is not signed (made before clawdie-ops signed "
+                      "its archives), with a loud warning; every other check still applies",
 })
-def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host=None, pg_port=None,
-          pg_user=None, pg_bin=None):
+def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host=None,
+          pg_port=None, pg_user=None, pg_bin=None, allow_unsigned=False):
     """Restore an archive into a scratch sandbox and check it against its manifest.
 
     Checksums, integrity_check and row counts of messages.db, every dump replayed into a
@@ -50,7 +52,8 @@ def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host
     opts = action.DrillOptions(archive=Path(archive) if archive else None,
                                latest=Path(latest) if latest else None,
                                pg_host=pg_host or "", pg_port=str(pg_port or ""),
-                               pg_user=pg_user or "", pg_bin=pg_bin or "")
+                               pg_user=pg_user or "", pg_bin=pg_bin or "",
+                               allow_unsigned=allow_unsigned)
     result = action.run(c, s, config.section(c.config)["drill"], opts, out)
     if junit:
         path = Path(junit)

@@ -10,29 +10,39 @@ from invoke import Context
 
 from ..archive.contents import describe
 from ..output import Reporter, human_size
-from ..archive.verify import verify
-from .base import operator_task
+from ..archive.verify import keys_for, verify
+from .base import operator_task, settings
 from .positional import help_requested
 
 
 @operator_task(help={
     "archive": "the clawdie-backup-*.tar.gz / .tar.zst archive to look into",
-    "json": "print what it holds as JSON (items, sizes, row counts, checksums)",
+    "json": "print what it holds as JSON (items, sizes, row counts, checksums, signer)",
+    "allow-unsigned": "accept an archive that is not signed (made before clawdie-ops signed "
+                      "its archives), with a loud warning",
 })
-def inspect(c: Context, archive, json=False):
+def inspect(c: Context, archive, json=False, allow_unsigned=False):
     """Verify an archive and list what it holds: items, sizes, row counts.
 
-    Every member's checksum and size against the manifest, safe member names and types;
-    nothing is extracted."""
+    The signature against the trusted keys, every member's checksum and size against the
+    manifest, safe member names and types; nothing is extracted."""
     if help_requested("inspect", archive):
         return
     out = Reporter(as_json=json)
+    keys = keys_for(settings(c, require_env=False), allow_unsigned)
     with out.step(f"verify {Path(archive).name}"):
-        data = describe(verify(Path(archive)))
+        v = verify(Path(archive), keys)
+        data = describe(v)
+    if v.signer is None:
+        out.warn(v.unsigned_warning)
 
     def human(con: Console) -> None:
+        signer = data["signed_by"]
         con.print(f"{data['archive']}: verified ({human_size(data['size'])}, "
-                  f"{data['compression']}, format {data['format']})", markup=False)
+                  f"{data['compression']}{', age-encrypted' if data['encrypted'] else ''}, "
+                  f"format {data['format']})", markup=False)
+        con.print(f"  signed by {signer['fingerprint']} ({signer['comment']})" if signer
+                  else "  NOT signed (accepted with --allow-unsigned)", markup=False)
         con.print(f"  agent {data['agent_name']} on {data['host']} at {data['timestamp']}, "
                   f"clawdie-ops {data['tool_version']}", markup=False)
         table = Table(box=None, pad_edge=False)

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from invoke import Context
 
+from ..archive import signing
 from ..hosts import agent, facts, transfer
 from ..config import settings as config, envfile, inventory
 from ..actions.migrate import run as action
@@ -89,7 +90,7 @@ def _print(con: Console, lines: list[str]) -> None:
 
 # -- the host side ---------------------------------------------------------------------------
 STEP_ACTIONS = ("check", "agent-status", "agent-stop", "agent-start", "jails-start",
-                "schedule-pause", "schedule-resume", "checksum", "env-apply")
+                "schedule-pause", "schedule-resume", "checksum", "env-apply", "trust-key")
 
 
 def _payload(stdin: bool) -> dict[str, Any]:
@@ -183,6 +184,11 @@ def migrate_step(c: Context, action, path=None, role="target", stdin=False, json
             raise ConfigError(f"cannot read {path}: {exc.strerror or exc}",
                               "check the path on this host") from None
         result = {"path": str(Path(path)), "sha256": digest, "size": size}
+    elif action == "trust-key":
+        key = signing.parse_public(str(data.get("public") or ""), "migrate-step trust-key")
+        tfile = signing.trusted_file(dict(s.signing), s.home)
+        result = {"fingerprint": key.fingerprint, "file": str(tfile),
+                  "added": signing.add_trusted(tfile, key)}
     else:
         result = _env_apply(c, cfg)
     out = Reporter(as_json=json)

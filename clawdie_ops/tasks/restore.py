@@ -26,9 +26,15 @@ from .positional import help_requested
     "start": "start the agent at the end (default: when it was running, or on a full restore)",
     "no-start": "leave the agent stopped at the end",
     "json": "print a JSON summary (items, connections used, safety copies, doctor) on stdout",
+    "allow-unsigned": "accept an archive that is not signed (one made before clawdie-ops "
+                      "signed its archives), with a loud warning; every other check still "
+                      "applies, and an archive signed by an unknown key is still refused",
+    "use-archive-server": "send the database passwords to the server the archive's .env "
+                          "names, when neither clawdie.db_host nor this installation's .env "
+                          "names one (check the address in --dry-run first)",
 })
 def restore(c: Context, archive, root=None, only=None, dry_run=False, yes=False, start=False,
-            no_start=False, json=False):
+            no_start=False, json=False, allow_unsigned=False, use_archive_server=False):
     """Restore an archive in the runbook's order, keeping the current state to roll back to.
 
     Verifies the archive first (nothing changes if it fails), then: .env, stop the agent,
@@ -38,8 +44,12 @@ def restore(c: Context, archive, root=None, only=None, dry_run=False, yes=False,
         return
     out = Reporter(as_json=json)
     opts = action.RestoreOptions(only=list(only or []), dry_run=dry_run,
-                                 start_agent=True if start else (False if no_start else None))
+                                 start_agent=True if start else (False if no_start else None),
+                                 allow_unsigned=allow_unsigned,
+                                 use_archive_server=use_archive_server)
     plan = action.prepare(c, c.config, Path(archive), root, opts, out)
+    if plan.verified.signer is None:
+        out.warn(plan.verified.unsigned_warning)
     lines = plan.describe()
     if dry_run:
         data = {"dry_run": True, "archive": str(plan.verified.path), "items": plan.items,

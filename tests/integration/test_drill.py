@@ -3,6 +3,7 @@ and the drill leaves no scratch database, cluster or folder behind."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -107,18 +108,24 @@ def test_drill_table_on_a_terminal_less_run(source, tmp_path):
     assert "replay skills_db.sql" in res.stdout and "drill passed" in res.stdout
 
 
-def test_drill_latest_takes_the_newest_archive_of_a_directory(source, tmp_path):
+def test_drill_latest_takes_the_newest_backup_by_its_manifest_whatever_the_names(source,
+                                                                              tmp_path):
     h, good, _ = source
+    newer = backup(h)  # made after `good`: its manifest says so
     shelf = tmp_path / "shelf"
     shelf.mkdir()
-    # Names carry the time (day.month.year-HHMM): March 2027 is newer than December 2026.
-    kit.cut_tail(good, shelf / "clawdie-backup-31.dec.2026-2359.tar.gz")
-    shutil.copy(good, shelf / "clawdie-backup-02.mar.2027-0100.tar.gz")
-    kit.cut_tail(good, shelf / "clawdie-backup-01.mar.2027-0100.tar.gz")
+    # Names lie: the newest backup under an old name, the older one under a name from the
+    # future (which must not win every --latest from now on), a cut-off copy under an
+    # impossible date (no crash), another under a plain old one.
+    shutil.copy(newer, shelf / "clawdie-backup-01.jan.2020-0100.tar.gz")
+    shutil.copy(good, shelf / "clawdie-backup-02.mar.2031-0100.tar.gz")
+    kit.cut_tail(good, shelf / "clawdie-backup-31.feb.2026-2500.tar.gz")
+    os.utime(shelf / "clawdie-backup-31.feb.2026-2500.tar.gz", (1.6e9, 1.6e9))  # 2020
+    kit.cut_tail(good, shelf / "clawdie-backup-31.dec.2025-2359.tar.gz")
     (shelf / "notes.txt").write_text("not an archive\n")
     res = drill(h, tmp_path, "--latest", str(shelf), "--json")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["archive"].endswith("clawdie-backup-02.mar.2027-0100.tar.gz")
+    assert json.loads(res.stdout)["archive"].endswith("clawdie-backup-01.jan.2020-0100.tar.gz")
     res = drill(h, tmp_path, "--latest", str(tmp_path / "empty-does-not-exist"))
     assert res.returncode == 1 and "backup directory not found" in res.stderr
 

@@ -24,7 +24,8 @@ def test_dry_run_prints_every_host_and_command_masks_secrets_and_changes_nothing
     assert res.returncode == 0, res.stderr
     text = res.stdout
     for step in ("check-old", "check-new", "presync", "stop-old-agent", "final-backup",
-                 "final-sync", "copy-archive", "restore", "point-env", "start-new-agent",
+                 "final-sync", "copy-archive", "trust-old-key", "restore", "point-env",
+                 "start-new-agent",
                  "doctor", "pause-old-schedule", "resume-new-schedule"):
         assert f"[{step}]" in text
     assert new.alias in text and "replicate --to" in text and "restore" in text
@@ -111,6 +112,12 @@ def test_migrate_moves_everything_and_the_agent_runs_on_the_new_host(rig):
     assert report["copy"]["attempts"] == 1
     assert any("agent-start" in line for line in report["rollback"])
     assert report["restore"]["connections"]["memory_db.sql"]["created_role"] is True
+    # the trust came along: the new host trusts the old host's signing key, and only its
+    # public half (the new host signs its own backups with a key of its own)
+    old_key = json.loads(cli(old, "keys", "--json", check=True).stdout)["signing"]
+    trusted = (new.home / ".config" / "clawdie-ops" / "trusted_keys").read_text()
+    assert old_key["public"].split()[1] in trusted
+    assert not (new.home / ".config" / "clawdie-ops" / "signing.key").exists()
     assert SUPERPASS not in res.stdout + res.stderr
     assert old.env["MEMORY_DB_PASSWORD"] not in res.stdout + res.stderr
     journal = json.loads(journal_path(old, new).read_text())

@@ -453,6 +453,9 @@ def test_restore_onto_a_host_with_other_db_names_and_users(rig, host):
         (new.root / "store").mkdir(parents=True)
         (new.root / ".env").write_text(content.env_text(env))
         set_config(new, db_admin={"user": "postgres", "password": SUPERPASS})
+        # The new host trusts the old one's signing key, as its operator would set it up.
+        public = json.loads(cli(host, "keys", "--json", check=True).stdout)["signing"]
+        cli(new, "keys", "--trust", public["public"], check=True)
         res = cli(new, "restore", str(archive), "--yes", "--json", "--only",
                   "messages.db,memory_db.sql,skills_db.sql,groups/,mount-allowlist.json")
         assert res.returncode == 0, res.stderr

@@ -98,15 +98,22 @@ def test_replicate_delivers_every_dataset_then_only_the_increment(rig, host, tar
 
 
 def test_replicate_refuses_an_unknown_host_key(rig, host, target, tmp_path):
-    (tmp_path / "known_hosts").write_text("")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
     config = tmp_path / "ssh_config"
-    config.write_text(rig.ssh_config.read_text().replace(
-        str(rig.known_hosts), str(tmp_path / "known_hosts")))
-    configure(host, ssh_config=str(config))
-    res = cli(host, "replicate", "--to", target.alias, "--target-pool", target.pool_name,
-              "--dry-run", env=RIG_PATH)
-    assert res.returncode == 1 and f"cannot reach {target.alias}" in res.stderr
-    assert "host key" in res.stderr
+    # Whatever StrictHostKeyChecking says (yes, no, accept-new): an unknown key is refused
+    # on the replication leg, and nothing is recorded.
+    for strict in ("yes", "no", "accept-new"):
+        config.write_text(rig.ssh_config.read_text().replace(
+            str(rig.known_hosts), str(known)).replace(
+            "StrictHostKeyChecking yes", f"StrictHostKeyChecking {strict}"))
+        configure(host, ssh_config=str(config))
+        res = cli(host, "replicate", "--to", target.alias, "--target-pool", target.pool_name,
+                  "--dry-run", env=RIG_PATH)
+        err = " ".join(res.stderr.split())
+        assert res.returncode == 1 and f"the host key of {target.alias} is unknown" in err, err
+        assert "ssh-keyscan" in err
+        assert known.read_text() == ""
     res = cli(host, "replicate", "--to", "nosuch;host", env=RIG_PATH)
     assert res.returncode == 1 and "not a valid host" in res.stderr
 

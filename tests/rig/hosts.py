@@ -81,9 +81,13 @@ class SimHost:
         """The tool's config section for this host (what an operator writes in ~/.invoke.yaml).
 
         pg_bin: the client tools of the host's own server, as a FreeBSD host has the
-        postgresqlNN-client of its db jail's version (Debian's PATH has only 15's)."""
+        postgresqlNN-client of its db jail's version (Debian's PATH has only 15's).
+        signing: the test kit's key stands for another backup host of this operator's:
+        archives a test builds by hand are signed with it (tests/archive_kit.py)."""
+        from tests.archive_kit import KIT_PUBLIC
         cfg = {"root": str(self.root), "home": str(self.home),
-               "commands": linux_commands(), "backup_dir": str(self.home / "backups")}
+               "commands": linux_commands(), "backup_dir": str(self.home / "backups"),
+               "signing": {"trusted_keys": [KIT_PUBLIC]}}
         if self.cluster.bindir != bindir_for(15):
             cfg["pg_bin"] = str(self.cluster.bindir)
         return cfg

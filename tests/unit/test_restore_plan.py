@@ -3,6 +3,7 @@ member safety, archive choice, JUnit, severities."""
 from __future__ import annotations
 
 import os
+from datetime import datetime
 import tarfile
 import time
 import xml.etree.ElementTree as ET
@@ -18,8 +19,12 @@ from clawdie_ops.sources.postgres.dumpfile import Scanner, scan
 from clawdie_ops.errors import ArchiveUnsafe, ConfigError
 from clawdie_ops.archive.manifest import Manifest
 from clawdie_ops.sources.postgres.commands import ServerInfo
-from clawdie_ops.archive.verify import Member, Verified, check_member
+from clawdie_ops.archive.signing import Trust
+from clawdie_ops.archive.verify import Keys, Member, Verified, check_member
 from tests.rig.content import env_text
+
+# The tiny archives here are unsigned on purpose: staging is what these tests are about.
+UNSIGNED_OK = Keys(Trust(allow_unsigned=True))
 
 DUMP = b'''--
 -- Dumped by pg_dump version 15.18 (Debian 15.18-0+deb12u1)
@@ -158,16 +163,26 @@ def test_plan_shows_every_command_and_masks_every_secret(tmp_path):
     assert kinds == ["env", "agent-stop", "database", "groups", "agent-start", "doctor"]
 
 
-def test_drill_takes_the_newest_archive_by_the_time_in_its_name(tmp_path):
-    for name in ("clawdie-backup-31.dec.2026-2359.tar.gz",
-                 "clawdie-backup-02.jan.2027-0100.tar.zst",
-                 "clawdie-backup-02.jan.2027-0100-2.tar.gz",
-                 "clawdie-backup-01.jan.2027-2300.tar.gz",
-                 ".clawdie-backup-03.jan.2027-0100.tar.gz.partial", "other.tar.gz"):
+def test_drill_latest_without_readable_manifests_goes_by_valid_past_names(tmp_path):
+    # None of these has a manifest to read (one byte each): the names decide, but an
+    # impossible date is no crash and a future-dated name does not win.
+    old = datetime(2024, 1, 1).timestamp()
+    for name in ("clawdie-backup-31.dec.2025-2359.tar.gz",
+                 "clawdie-backup-02.jan.2026-0100.tar.zst",
+                 "clawdie-backup-02.jan.2026-0100-2.tar.gz",
+                 "clawdie-backup-01.jan.2026-2300.tar.gz",
+                 "clawdie-backup-31.feb.2026-0100.tar.gz",
+                 "clawdie-backup-01.jan.2099-0100.tar.gz",
+                 ".clawdie-backup-03.jan.2026-0100.tar.gz.partial", "other.tar.gz"):
         (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (old, old))
     # mtimes say otherwise: an archive copied later keeps its name's time.
-    os.utime(tmp_path / "clawdie-backup-31.dec.2026-2359.tar.gz", (time.time() + 99,) * 2)
-    assert drill.newest_archive(tmp_path).name == "clawdie-backup-02.jan.2027-0100-2.tar.gz"
+    os.utime(tmp_path / "clawdie-backup-31.dec.2025-2359.tar.gz", (time.time() + 99,) * 2)
+    assert drill.newest_archive(tmp_path).name == "clawdie-backup-02.jan.2026-0100-2.tar.gz"
+    from clawdie_ops.archive import catalog
+    assert catalog.name_time(Path("clawdie-backup-31.feb.2026-0100.tar.gz")) is None
+    # doctor, by the names: the same order, without reading a manifest
+    assert catalog.newest(tmp_path).name == "clawdie-backup-02.jan.2026-0100-2.tar.gz"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no clawdie-backup"):
         drill.newest_archive(tmp_path / "empty")
@@ -233,7 +248,7 @@ def test_staging_never_follows_a_link_planted_in_its_target(tmp_path):
     outside.mkdir()
     (target / "groups").symlink_to(outside)
     with pytest.raises(ArchiveUnsafe, match="not a plain folder"):
-        stage(_tiny_archive(tmp_path), target, lambda n: True)
+        stage(_tiny_archive(tmp_path), target, lambda n: True, UNSIGNED_OK)
     assert list(outside.iterdir()) == []
 
 
@@ -242,7 +257,7 @@ def test_staging_writes_the_wanted_members_in_the_verifying_pass(tmp_path):
     from clawdie_ops.archive.verify import stage
     target = tmp_path / "staging"
     target.mkdir(mode=0o700)
-    v = stage(_tiny_archive(tmp_path), target, lambda n: n == "env")
+    v = stage(_tiny_archive(tmp_path), target, lambda n: n == "env", UNSIGNED_OK)
     assert sorted(v.members) == ["env", "groups/main/a.md"] and v.env == {"X": "1"}
     assert [p.name for p in target.iterdir()] == ["env"]
     assert (target / "env").read_bytes() == b"X=1\n"
@@ -257,7 +272,7 @@ def test_staging_a_changed_member_fails_with_its_name(tmp_path):
                      kit.edit_member("groups/main/a.md", lambda b: b"changed\n"), sign=False)
     (tmp_path / "staging").mkdir()
     with pytest.raises(ArchiveCorrupt, match="groups/main/a.md"):
-        stage(bad, tmp_path / "staging", lambda n: True)
+        stage(bad, tmp_path / "staging", lambda n: True, UNSIGNED_OK)
 
 
 def test_staging_refuses_to_fill_the_disk(tmp_path, monkeypatch):
@@ -268,7 +283,7 @@ def test_staging_refuses_to_fill_the_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(vf.shutil, "disk_usage", lambda p: sh._ntuple_diskusage(100, 99, 1))
     (tmp_path / "staging").mkdir()
     with pytest.raises(OutputError, match="not enough space .* to stage"):
-        vf.stage(_tiny_archive(tmp_path), tmp_path / "staging", lambda n: True)
+        vf.stage(_tiny_archive(tmp_path), tmp_path / "staging", lambda n: True, UNSIGNED_OK)
 
 
 def test_owner_mapping_of_a_staged_dump_keeps_its_mode_and_rows(tmp_path):
@@ -349,9 +364,9 @@ def test_restore_steps_carry_the_argv_they_run(tmp_path):
     assert db.commands == [
         ["pg_dump", "--clean", "--if-exists", "-h", "10.0.0.3", "-p", "5432", "-U",
          "memory_user", "--no-password", "-f", str(tmp_path / "w/before/memory_db.sql"),
-         "memory_db"],
+         "--dbname=memory_db"],
         ["psql", "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1", "-h", "10.0.0.3",
-         "-p", "5432", "-U", "memory_user", "--no-password", "-d", "memory_db", "-f",
+         "-p", "5432", "-U", "memory_user", "--no-password", "--dbname=memory_db", "-f",
          str(tmp_path / "w/staging/memory_db.sql")]]
     assert db.undo == "memory_db (from its pre-restore dump)" and db.together
     assert [str(cmd) for cmd in plan.steps[1].commands] == [s.command("agent_stop")]

@@ -203,9 +203,9 @@ def test_backup_steps_carry_the_argv_they_run(tmp_path):
     assert memory.commands == [["pg_dump", "--clean", "--if-exists", "-h", "10.0.0.3", "-p",
                                 "5432", "-U", "memory_user", "--no-password", "-f",
                                 "<spool>/memory_db.sql", "--snapshot=<exported-snapshot>",
-                                "memory_db"]]
+                                "--dbname=memory_db"]]
     assert memory.together and skills.together and skills.item == "skills_db.sql"
     # the run fills the placeholders of the very argv the plan shows
     from clawdie_ops.steps import fill
     assert fill(memory.commands[0], {"<spool>": "/s", "<exported-snapshot>": "3-1"})[-3:] == \
-        ["/s/memory_db.sql", "--snapshot=3-1", "memory_db"]
+        ["/s/memory_db.sql", "--snapshot=3-1", "--dbname=memory_db"]

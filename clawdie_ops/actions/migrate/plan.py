@@ -43,6 +43,7 @@ class StepId(StrEnum):
     FINAL_BACKUP = "final-backup"
     COPY_ARCHIVE = "copy-archive"
     START_NEW_JAILS = "start-new-jails"
+    TRUST_OLD_KEY = "trust-old-key"
     RESTORE = "restore"
     POINT_ENV = "point-env"
     START_NEW_AGENT = "start-new-agent"
@@ -52,8 +53,8 @@ class StepId(StrEnum):
 
 
 DOWNTIME = (StepId.STOP_OLD_AGENT, StepId.FINAL_SYNC, StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE,
-            StepId.START_NEW_JAILS, StepId.RESTORE, StepId.POINT_ENV, StepId.START_NEW_AGENT,
-            StepId.DOCTOR)
+            StepId.START_NEW_JAILS, StepId.TRUST_OLD_KEY, StepId.RESTORE, StepId.POINT_ENV,
+            StepId.START_NEW_AGENT, StepId.DOCTOR)
 # final-sync runs alongside these two: ZFS streams on one side, PostgreSQL, SQLite and the
 # archive on the other, so the window is as long as the slower of the two, not their sum.
 # (The datasets themselves go one after the other: parallel receives failed on zfs-fuse.)
@@ -261,9 +262,14 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
              checksum.args, on="new"),
         step(StepId.START_NEW_JAILS, "downtime", "new", "jails-start",
              "the db jail's PostgreSQL takes the restore"),
+        step(StepId.TRUST_OLD_KEY, "downtime", "new", "trust-key",
+             "the old host's public signing key (from final-backup, on stdin) into the new "
+             "host's trusted keys: its archives, this one and older ones, verify there"),
         _on(StepId.RESTORE, "downtime", "new", new,
-            ["restore", "<archive>", "--yes", "--no-start", "--json"],
-            "verified first; rolls itself back on failure", config=new_cfg),
+            ["restore", "<archive>", "--yes", "--no-start", "--json", "--use-archive-server"],
+            "signature and checksums verified first; the databases go to the new host's "
+            "configured server, else its own .env's, else the old .env's (as check-new "
+            "probed them); rolls itself back on failure", config=new_cfg),
         step(StepId.POINT_ENV, "downtime", "new", "env-apply",
              "its db_host/db_port/zfs_pool/zfs_prefix written into the restored .env; the "
              "database the .env now names must not be the old host's"),

@@ -67,7 +67,8 @@ class Migration(HostSession):
             StepId.CHECK_OLD: self.do_check_old, StepId.CHECK_NEW: self.do_check_new,
             StepId.EVALUATE: self.do_evaluate, StepId.PRESYNC: self.do_replicate,
             StepId.STOP_OLD_AGENT: self.do_stop_old_agent, StepId.FINAL_SYNC: self.do_replicate,
-            StepId.COPY_ARCHIVE: self.do_copy, StepId.RESTORE: self.do_restore,
+            StepId.COPY_ARCHIVE: self.do_copy, StepId.TRUST_OLD_KEY: self.do_trust_key,
+            StepId.RESTORE: self.do_restore,
             StepId.POINT_ENV: self.do_point_env, StepId.DOCTOR: self.do_doctor,
         }
 
@@ -229,6 +230,16 @@ class Migration(HostSession):
                                discard=tuple(d + ".partial" for d in earlier), on_retry=retrying)
         self.journal.set("copy_dests", [dest])
         return result.as_dict()
+
+    def do_trust_key(self, step: Step) -> dict[str, Any]:
+        """The new host trusts the old host's signing key from now on (its own backups are
+        signed by a key of its own): this archive and the old host's earlier ones verify."""
+        signer = self.journal.result("final-backup").get("signed_by") or {}
+        if not signer.get("public"):
+            raise MigrationFailed("the old host's backup names no signing key",
+                                  "update clawdie-ops on the old host to a version that "
+                                  "signs its archives, and run the same command again")
+        return self.run_plan_step(step, public=signer["public"])
 
     def do_restore(self, step: Step) -> dict[str, Any]:
         archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]

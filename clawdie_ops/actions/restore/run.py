@@ -37,7 +37,7 @@ from ...config.masking import mask_text, secret_values
 from ...output import Reporter
 from ...sources.postgres import commands as pg
 from ...archive.manifest import count_differences, summary
-from ...archive.verify import Verified, stage, verify
+from ...archive.verify import Verified, keys_for, stage, verify
 from ...steps import Step, Undo, groups, planned, run_together
 
 # The runbook's order (steps 2 to 5); the agent is stopped after the env step.
@@ -56,6 +56,8 @@ class RestoreOptions:
     only: list[str] = field(default_factory=list)
     dry_run: bool = False
     start_agent: bool | None = None  # None: when it was running, or on a full restore
+    allow_unsigned: bool = False  # accept an archive from before signing (loud warning)
+    use_archive_server: bool = False  # the operator confirmed the server the archive names
 
 
 @dataclass
@@ -136,6 +138,8 @@ class RestorePlan:
     regen_exists: bool = False  # skills_db exists already: keep a pre-restore dump of it
     limits: dict[str, Any] = field(default_factory=dict)  # doctor's thresholds
     staged: bool = False  # the items are in `staging` already (verified while written)
+    server: str = ""  # where the database server comes from, for the plan
+    restrict: bool = False  # psql knows \restrict: each replay runs under a random key
 
     @property
     def before(self) -> Path:
@@ -162,8 +166,12 @@ class RestorePlan:
 
     def describe(self) -> list[str]:
         m = self.verified.manifest
+        v = self.verified
+        signed = (f"signed by {v.signer.fingerprint}" if v.signer else
+                  "NOT signed (--allow-unsigned)")
         out = [(f"verify     {self.verified.path}: {len(self.verified.members)} files match the "
-                f"manifest (format {m.format}, from {m.host} at {m.timestamp})"),
+                f"manifest (format {m.format}, from {m.host} at {m.timestamp}), {signed}"
+                + (", decrypted with age" if v.encrypted else "")),
                (f"staged     {', '.join(self.items)} in {self.staging}/ (0700), in the same "
                 "pass" if self.staged else
                 f"stage      {', '.join(self.items)} -> {self.staging}/ (0700) while verifying"),
@@ -171,6 +179,9 @@ class RestorePlan:
         snap = self.snapshot_command()
         if snap is not None:
             out.append(f"snapshot   {snap}")
+        if self.server:
+            out.append(f"server     {self.settings.db_host}:{self.settings.db_port} "
+                       f"from {self.server}")
         for step in self.steps:
             out.extend(f"{step.kind:<10} {line}" for line in step.lines)
         out.extend(f"note       {n}" for n in self.notes)
@@ -361,14 +372,15 @@ def prepare(c: Context, cfg: Any, archive: Path, root: str | None, opts: Restore
                           "clone and install Clawdie first (runbook step 1), or pass --root")
     items = requested(opts.only)
     work = _work_dir(current.root)
+    keys = keys_for(current, opts.allow_unsigned)
     if opts.dry_run:
         with out.step(f"verify {archive.name}"):
-            v = verify(archive)
+            v = verify(archive, keys)
         return _decide(c, cfg, root, opts, out, v, current, work)
     _private_dirs(work)
     try:
         with out.step(f"verify {archive.name} while staging it"):
-            v = stage(archive, work / "staging", member_filter(items))
+            v = stage(archive, work / "staging", member_filter(items), keys)
         plan = _decide(c, cfg, root, opts, out, v, current, work)
     except BaseException:
         _remove_work(work)
@@ -402,10 +414,13 @@ def _remove_work(work: Path) -> None:
 def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter,
             v: Verified, current: Settings, work: Path) -> RestorePlan:
     items, regen, notes = select_items(v, opts.only)
+    if v.signer is None:
+        notes.insert(0, v.unsigned_warning)
+    server = ""
     if "env" in items:
         if v.env is None:
             raise RestoreFailed(f"{v.path}: the archived env could not be read", "")
-        s = config.load(cfg, root, env=v.env)
+        s, server = _with_server(cfg, root, current, v, opts)
     else:
         s = config.load(cfg, root)  # the host's own .env must exist then
     stamp = work.name.removeprefix("restore-")
@@ -422,11 +437,17 @@ def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: R
             except DatabaseUnreachable:
                 regen_exists = False
         newest = max((t.server.major for t in targets), default=None)
+        restrict = False
         if targets or regen_exists:
             _, psql_version = pg.client_version(c, s, "psql", newest)
             for t in targets:
                 dumped = str(v.manifest.files[t.item].get("pg_dump_version") or "")
                 pg.check_restrict(s, t.item, dumped, psql_version, "on this host")
+            restrict = pg.knows_restrict(psql_version)
+            if targets and not restrict:
+                notes.append(f"psql {psql_version} lacks \\restrict (15.14, 16.10, 17.6, 18 "
+                             "have it): only the line scan keeps psql meta-commands out of "
+                             "the replay; upgrade the PostgreSQL client")
         if any(t.exists and not t.aside for t in targets) or regen_exists:
             major, version = pg.client_version(c, s, "pg_dump", newest)
             for t in targets:
@@ -447,13 +468,43 @@ def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: R
             raise OutputError(f"not enough space under {s.root}: {free} bytes free, the "
                               f"restore stages {need} bytes", "free space there first")
     notes.extend(_differences(current, s, targets, v, "env" in items))
+    if targets and pgroles.admin_spec(s, s.db_host, s.db_port) is not None and \
+            pgroles.scram_note():
+        notes.append(pgroles.scram_note())
     secrets = secrets_of(v.env, current.env, s.env,
                          extra=(str(s.db_admin.get("password") or ""),))
     plan = RestorePlan(v, s, items, work, snapshot, targets, regen_db, running, start,
                        [], notes, secrets, regen_exists,
                        dict(config.section(cfg)["doctor"]))
+    plan.server, plan.restrict = server, restrict
     plan.steps = _steps(plan)
     return plan
+
+
+def _with_server(cfg: Any, root: str | None, current: Settings, v: Verified,
+                 opts: RestoreOptions) -> tuple[Settings, str]:
+    """Settings with the archive's .env, but the database server (where passwords go) from
+    the operator's config or this installation's .env; the archive's own choice only when
+    the operator confirmed it (--use-archive-server) after the plan showed it."""
+    sec = config.section(cfg)
+    if sec.get("db_host"):
+        host, port, source = current.db_host, current.db_port, "clawdie.db_host"
+    elif current.env and current.db_host:
+        host, port, source = current.db_host, current.db_port, f"this installation's " \
+            f"{current.env_file}"
+    else:
+        archived = config.load(cfg, root, env=v.env)
+        if not opts.use_archive_server:
+            raise ConfigError(
+                f"the database server {archived.db_host}:{archived.db_port} would come from "
+                f"the archive's .env alone (neither clawdie.db_host nor a .env in "
+                f"{current.root} names one): restore sends no password where an archive "
+                "points", "set clawdie.db_host / clawdie.db_port to this host's PostgreSQL, "
+                "or, if that address is right, pass --use-archive-server; nothing was changed")
+        host, port = archived.db_host, archived.db_port
+        source = "the archive's .env (confirmed with --use-archive-server)"
+    pinned = {"clawdie": {**sec, "db_host": host, "db_port": str(port)}}
+    return config.load(pinned, root, env=v.env), source
 
 
 def _differences(current: Settings, s: Settings, targets: list[DbTarget], v: Verified,
@@ -549,7 +600,9 @@ def _database_step(p: RestorePlan, t: DbTarget) -> Step:
     admin = pgroles.admin_spec(s, t.db.host, t.db.port)
     who = f"as {admin.user}" if admin else ""
     keep = pg.pg_dump_cmd(s, t.db, p.before / t.item) if t.exists and not t.aside else None
-    replay = pg.psql_cmd(s, t.db, p.staging / t.item)
+    restrict = p.staging / f"restrict-{t.db.key}.sql" if p.restrict else None
+    replay = pg.psql_cmd(s, t.db, [restrict, p.staging / t.item] if restrict
+                         else [p.staging / t.item])
     if t.set_password:  # first: the .env's login is what the steps below use
         lines.append(f"ALTER ROLE {quote(t.db.user)} PASSWORD '***'  ({who}; the password of "
                      "the restored .env: the role has another one now)")
@@ -577,7 +630,9 @@ def _database_step(p: RestorePlan, t: DbTarget) -> Step:
         lines.append("the dump's extension statements are skipped (the app user may not make "
                      "or drop them)" + (f"; {', '.join(present)} present already"
                                         if present else ""))
-    lines.append(f"{runner.line(replay)}  (PGPASSFILE, 0600)")
+    lines.append(f"{runner.line(replay)}  (PGPASSFILE, 0600"
+                 + ("; the first script holds \\restrict with a random key" if restrict
+                    else "") + ")")
     lines.append(f"into {t.db.name} as {t.db.user} at {t.server.address}: PostgreSQL "
                  f"{t.server.version}, system identifier {t.server.system_identifier}")
     for old, new in t.role_map.items():
@@ -587,7 +642,8 @@ def _database_step(p: RestorePlan, t: DbTarget) -> Step:
     undo = (f"{t.db.name} (renamed back from {t.aside})" if t.aside else
             f"{t.db.name} (from its pre-restore dump)" if keep is not None else "")
     return Step(Kind.DATABASE, t.item, lines, [c for c in (keep, replay) if c is not None],
-                action=lambda c, u: _restore_database(c, p, t, u, keep, replay), undo=undo,
+                action=lambda c, u: _restore_database(c, p, t, u, keep, replay, restrict),
+                undo=undo,
                 title=f"restore {t.item} -> {t.db.name} at {t.server.address}", together=True)
 
 
@@ -726,7 +782,7 @@ def _drop_role(conn: Any, role: str) -> None:
 
 
 def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
-                      keep: list[str] | None, replay: list[str]) -> None:
+                      keep: list[str] | None, replay: list[str], restrict: Path | None) -> None:
     s = p.settings
     if t.set_password:
         _set_password(s, t, undo)
@@ -753,6 +809,8 @@ def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
         undo.push(f"role {role} (created)",
                   functools.partial(_admin_do, s, t.db, functools.partial(_drop_role, role=role)))
     _make_extensions(s, t, undo)
+    if restrict is not None:
+        pg.write_restrict(restrict)  # its key made now, after the dump was staged
     with pg.passfile(t.db) as env:
         pg.run_checked(c, replay, env,
                        f"restore of {t.item} into {t.db.name} at {t.server.address}")

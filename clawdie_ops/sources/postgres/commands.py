@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,13 +120,21 @@ def _conn_args(db: DbSpec) -> list[str]:
     return ["-h", db.host, "-p", str(db.port), "-U", db.user, "--no-password"]
 
 
+def dbname_arg(name: str) -> str:
+    """`--dbname=NAME`, never positional (a name starting with '-' would be an option);
+    a name that libpq could read as a connection string goes quoted inside one."""
+    if re.fullmatch(r"[A-Za-z0-9_]+", name):
+        return f"--dbname={name}"
+    return "--dbname=dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def pg_dump_cmd(s: Settings, db: DbSpec, out: Path, snapshot: str | None = None) -> list[str]:
     # --clean --if-exists: the runbook's `psql < dump` replays over an existing database
     # and into an empty one, with ON_ERROR_STOP on.
     args = [s.pg_tool("pg_dump"), "--clean", "--if-exists", *_conn_args(db), "-f", str(out)]
     if snapshot:
         args.append(f"--snapshot={snapshot}")
-    return [*args, db.name]
+    return [*args, dbname_arg(db.name)]
 
 
 def psql_cmd(s: Settings, db: DbSpec, script: Path | list[Path],
@@ -133,10 +142,20 @@ def psql_cmd(s: Settings, db: DbSpec, script: Path | list[Path],
     """psql running one or more scripts in order (with --single-transaction: all or nothing)."""
     scripts = script if isinstance(script, list) else [script]
     args = [s.pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *_conn_args(db),
-            "-d", db.name, *[a for f in scripts for a in ("-f", str(f))]]
+            dbname_arg(db.name), *[a for f in scripts for a in ("-f", str(f))]]
     if single_transaction:
         args.insert(3, "--single-transaction")
     return args
+
+
+def write_restrict(path: Path) -> Path:
+    """The 0600 script `\\restrict KEY`, with a fresh random key, that runs before a dump:
+    psql then refuses any backslash command in the dump, anywhere on a line, since the dump
+    cannot know the key to lift it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"\\restrict {secrets.token_hex(16)}\n")
+    return path
 
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")

@@ -3,6 +3,12 @@
 pg_dump writes one statement per line for the parts read here (`ALTER ... OWNER TO role;`,
 `GRANT ... TO role;`), and table data between `COPY ... FROM stdin;` and `\\.`, which is
 skipped so that row data is never mistaken for a statement.
+
+psql meta-commands (a line starting with a backslash: `\\! cmd` runs a shell command as
+whoever runs psql) are recorded, with their line number, for the caller to refuse; pg_dump
+17.6+ writes exactly one pair, `\\restrict KEY` first and `\\unrestrict KEY` last, which
+is allowed and replaced by a comment in what `feed` returns: the replay runs under a
+`\\restrict` key of its own (psql refuses a second `\\restrict`), which a dump cannot know.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ _VERSION = re.compile(rb"^-- Dumped by pg_dump version (\d+)(?:\.(\d+))?")
 _EXTENSION = re.compile(rb"^(?:CREATE EXTENSION IF NOT EXISTS |DROP EXTENSION IF EXISTS |"
                         rb"COMMENT ON EXTENSION )" + _IDENT + rb"(?: WITH SCHEMA " + _IDENT +
                         rb"|(?: IS '(?:[^'\n]|'')*'))?;\n?$")
+_RESTRICT = re.compile(rb"^\\(restrict|unrestrict) ([A-Za-z0-9]+)\r?\n?$")
+RESTRICT_DROPPED = b"-- pg_dump's restrict line: the replay runs under a key of its own\n"
 # Roles every server has: never created, never mapped.
 BUILTIN = {"public", "postgres", "pg_database_owner", "current_user", "session_user",
            "current_role"}
@@ -46,6 +54,8 @@ class DumpFacts:
     extensions: set[str] = field(default_factory=set)  # what its CREATE EXTENSION lines make
     pg_dump_major: int | None = None
     pg_dump_version: str | None = None
+    meta: list[tuple[int, str]] = field(default_factory=list)  # (line, text): refused
+    restrict_key: str | None = None  # pg_dump's own \restrict key, when it wrote one
 
 
 class Scanner:
@@ -60,6 +70,8 @@ class Scanner:
         self.role_map = role_map or {}
         self.skip_extensions = skip_extensions
         self.at_start = True  # False while feeding the rest of a line longer than a read
+        self.line = 0
+        self.unrestricted = False
 
     def _role(self, ident: bytes) -> bytes:
         name = unquote(ident)
@@ -73,10 +85,13 @@ class Scanner:
         start, self.at_start = self.at_start, line.endswith(b"\n")
         if not start:
             return line
+        self.line += 1
         if self.in_copy:
             if line.rstrip(b"\n") == b"\\.":
                 self.in_copy = False
             return line
+        if line.lstrip(b" \t").startswith(b"\\"):
+            return self._meta(line)
         if not line.startswith((b"ALTER ", b"GRANT ", b"REVOKE ", b"COPY ", b"-- Dumped by",
                                 b"CREATE EXTENSION ", b"DROP EXTENSION ", b"COMMENT ON EXT")):
             return line
@@ -103,6 +118,22 @@ class Scanner:
                 rest = b"".join(t or b"" for t in tail)
                 end = b"" if rx is _FOR_ROLE else b";" + (b"\n" if line.endswith(b"\n") else b"")
                 return head + self._role(ident) + rest + end
+        return line
+
+    def _meta(self, line: bytes) -> bytes:
+        """A backslash command: pg_dump's one \\restrict ... \\unrestrict pair, or refused."""
+        m = _RESTRICT.match(line)
+        f = self.facts
+        if m and not self.unrestricted:
+            key = m.group(2).decode()
+            if m.group(1) == b"restrict" and f.restrict_key is None and not f.meta:
+                f.restrict_key = key
+                return RESTRICT_DROPPED
+            if m.group(1) == b"unrestrict" and f.restrict_key == key:
+                self.unrestricted = True
+                return RESTRICT_DROPPED
+        if len(f.meta) < 10:
+            f.meta.append((self.line, line[:120].decode(errors="replace").rstrip("\r\n")))
         return line
 
     def map_lines(self, lines: Iterable[bytes]) -> Iterator[bytes]:

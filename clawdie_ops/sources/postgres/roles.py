@@ -13,13 +13,36 @@ from ...config.settings import DbSpec, Settings
 from ...errors import DatabaseError
 
 
+# libpq's require_auth came with PostgreSQL 16's libpq.
+REQUIRE_AUTH_SINCE = 160000
+
+
+def scram_enforced() -> bool:
+    """Can this libpq refuse a server that does not authenticate with SCRAM?"""
+    return psycopg.pq.version() >= REQUIRE_AUTH_SINCE
+
+
+def scram_note() -> str:
+    """For a plan: what the admin connection cannot enforce with an older libpq."""
+    if scram_enforced():
+        return ""
+    v = psycopg.pq.version()
+    return (f"libpq {v // 10000}.{v % 10000} cannot require SCRAM for the admin connection "
+            "(require_auth needs libpq 16+): it goes only to the server of your config or "
+            "this installation, but a server there asking for a cleartext password would "
+            "get it; upgrade libpq (or psycopg[binary]) to enforce SCRAM")
+
+
 def admin_spec(s: Settings, host: str, port: int) -> DbSpec | None:
-    """The admin connection of `clawdie.db_admin` on a server, or None when not configured."""
+    """The admin connection of `clawdie.db_admin` on a server, or None when not configured.
+    It requires SCRAM where libpq can: the admin password never goes out in clear text, nor
+    as an md5 hash a server could replay."""
     a = s.db_admin
     if not a.get("user"):
         return None
     return DbSpec(key="admin", name=str(a.get("dbname") or "postgres"), user=str(a["user"]),
-                  password=str(a.get("password") or ""), host=host, port=port)
+                  password=str(a.get("password") or ""), host=host, port=port,
+                  require_auth="scram-sha-256" if scram_enforced() else "")
 
 
 def existing_roles(conn: psycopg.Connection, names: set[str]) -> set[str]:
