@@ -30,14 +30,12 @@ from ..archive.writer import sha256_stream
 from ..config.settings import DbSpec, Settings
 from ..sources.postgres.dumpfile import rewrite_owners
 from ..errors import ClawdieError, ConfigError, DatabaseError, DrillFailed, ToolMissing
-from ..archive.manifest import MONTHS
+from ..archive.manifest import name_time
 from ..output import Reporter
 from ..sources.postgres import commands as pg
 from ..sources import sqlite
 from ..archive.verify import Verified, stage
 
-_STEM = re.compile(r"^clawdie-backup-(\d\d)\.([a-z]{3})\.(\d{4})-(\d\d)(\d\d)(?:-(\d+))?"
-                   r"\.tar\.(?:gz|zst)$")
 BOOTSTRAP_USER = "clawdie_drill"
 # Where an installation keeps each item, relative to the sandbox.
 LAYOUT = {"env": "root/.env", "messages.db": "root/store/messages.db",
@@ -73,12 +71,9 @@ class DrillOptions:
 
 # -- choosing the archive -----------------------------------------------------------------
 def _stem_key(p: Path) -> tuple:
-    m = _STEM.match(p.name)
-    if not m or m.group(2) not in MONTHS:
-        return (datetime.min, 0, p.stat().st_mtime)
-    day, mon, year, hh, mm, n = m.groups()
-    when = datetime(int(year), MONTHS.index(mon) + 1, int(day), int(hh), int(mm))
-    return (when, int(n or 1), p.stat().st_mtime)
+    found = name_time(p.name)
+    when, n = found if found else (datetime.min, 0)
+    return (when, n, p.stat().st_mtime)
 
 
 def newest_archive(directory: Path) -> Path:

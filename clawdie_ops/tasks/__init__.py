@@ -6,6 +6,7 @@ from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
 from . import migrate
+from . import prune, schedule
 
 namespace = Collection()
 namespace.add_task(backup.backup)
@@ -16,4 +17,6 @@ for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspe
     namespace.add_task(_task)
 namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
+for _task in (prune.prune, schedule.schedule):
+    namespace.add_task(_task)
 namespace.configure({"clawdie": DEFAULTS})

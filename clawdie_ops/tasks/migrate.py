@@ -11,8 +11,9 @@ from rich.console import Console
 
 from ..hosts import agent, facts, transfer
 from ..config import settings as config, envfile, inventory
+from ..actions import schedule
 from ..actions.migrate import run as action
-from ..errors import ConfigError, MigrationFailed, ScheduleError
+from ..errors import ConfigError, MigrationFailed
 from ..actions.migrate.report import describe_report
 from ..output import Reporter
 from .base import operator_task
@@ -100,14 +101,11 @@ def _payload(stdin: bool) -> dict[str, Any]:
     return data
 
 
-def _schedule(c, s: config.Settings, key: str) -> dict[str, Any]:
-    cmd = s.command(key)
-    res = c.run(cmd, hide=True, warn=True, in_stream=False)
-    if res.exited != 0:
-        raise ScheduleError(f"{key.replace('_', ' ')} failed (exit {res.exited}): "
-                            f"{res.stderr.strip()[-300:]}",
-                            f"check clawdie.commands.{key} on this host: {cmd}")
-    return {"command": cmd}
+def _schedule(c, s: config.Settings, cfg: dict[str, Any], action: str) -> dict[str, Any]:
+    """Comment out (pause) or back in (resume) the scheduled jobs: `schedule`'s own lines and
+    hand-written sanoid/syncoid/backup lines, in the crontab of each job's user."""
+    result = schedule.apply(c, s, cfg, action)
+    return {"crontabs": [{k: st[k] for k in ("user", "diff")} for st in result["crontabs"]]}
 
 
 def _env_apply(c, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +168,7 @@ def migrate_step(c, action, path=None, role="target", stdin=False, json=False):
                 started.append(jail)
         result = {"started": started, "jails": list(s.jails)}
     elif action in ("schedule-pause", "schedule-resume"):
-        result = _schedule(c, s, action.replace("-", "_"))
+        result = _schedule(c, s, cfg, action.split("-", 1)[1])
     elif action == "checksum":
         if not path:
             raise ConfigError("migrate-step checksum needs --path FILE", "")

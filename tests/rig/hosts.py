@@ -35,12 +35,12 @@ def linux_commands(python: str = sys.executable) -> dict[str, str]:
         "jail_stop": "rm -f {home}/.rig-jails/{jail_name}",
         "skills_regen": "echo regenerate skills > {root}/skills-regenerated",
         "pg_install_hint": "apt-get install postgresql-client-15",
-        # A per-host crontab file stands in for root's crontab (all rig hosts share one root).
-        "schedule_pause": "touch {home}/crontab && sed -i -E "
-                          "'s/^([^#].*(sanoid|syncoid|backup).*)$/#clawdie-paused# \\1/' "
-                          "{home}/crontab",
-        "schedule_resume": "touch {home}/crontab && sed -i -E 's/^#clawdie-paused# //' "
-                           "{home}/crontab",
+        # A per-host crontab file stands in for each user's crontab (all rig hosts share
+        # one root); tests/integration/test_schedule.py uses the real crontab.
+        "crontab_list": "cat {home}/crontab 2>/dev/null || true",
+        "crontab_install": "cat > {home}/crontab",
+        "sha256": "sha256sum {path} | cut -d ' ' -f 1",
+        "archive_manifest": "tar --wildcards -xOf {path} '*/manifest.json'",
     }
 
 
@@ -74,7 +74,11 @@ class SimHost:
     def clawdie_config(self) -> dict:
         """The tool's config section for this host (what an operator writes in ~/.invoke.yaml)."""
         return {"root": str(self.root), "home": str(self.home),
-                "commands": linux_commands(), "backup_dir": str(self.home / "backups")}
+                "commands": linux_commands(), "backup_dir": str(self.home / "backups"),
+                # Debian's paths for the cron jobs; root, as every rig host runs as root
+                "schedule": {"tool": str(Path(sys.executable).parent / "clawdie-ops"),
+                             "sanoid": shutil.which("sanoid") or "/usr/sbin/sanoid",
+                             "user": "root"}}
 
     def invoke_overrides(self) -> dict:
         return {"clawdie": self.clawdie_config()}

@@ -165,8 +165,8 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
              "new host empty, database identity guard", "any failure stops here"),
         Step("pause-new-schedule", "presync", "new",
              step_cmd(new, "migrate-step", "schedule-pause", "--stdin", "--json"),
-             "its clawdie.commands.schedule_pause: sanoid must not snapshot or prune the "
-             "datasets while they are received"),
+             "its scheduled jobs (clawdie.schedule) commented out: sanoid must not snapshot "
+             "or prune the datasets while they are received"),
         Step("presync", "presync", "old", step_cmd(old, *replicate, config=True),
              "syncoid of the jail datasets while the agent runs: only the increment is left"),
         Step("stop-old-agent", "downtime", "old",
