@@ -11,8 +11,10 @@ from invoke import Context, task as invoke_task
 from invoke.exceptions import Exit
 from rich.console import Console
 
+from .. import monitoring
 from ..config import settings as config
 from ..errors import ClawdieError, Terminated
+from ..output import RECENT
 
 
 def settings(c: Context, root: str | None = None, require_env: bool = True) -> config.Settings:

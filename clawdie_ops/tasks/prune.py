@@ -41,6 +41,8 @@ def _store(c, cfg: dict[str, Any], host: str | None, output: str | None,
 
 
 def print_result(con: Console, result: dict[str, Any]) -> None:
+    if not con.is_terminal:
+        con.width = max(con.width, 200)  # cron logs: one line per archive
     verb = "would remove" if result["dry_run"] else "removed"
     table = Table(box=None, pad_edge=False, title=f"{result['host']}:{result['directory']}",
                   title_justify="left")
