@@ -38,9 +38,9 @@ BODY_MAX = 10_000  # healthchecks.io keeps the first 100 KB; the tail is what ma
 # -- pings -----------------------------------------------------------------------------
 def ping_url_for(cfg: Mapping[str, Any], job: str) -> str:
     raw = cfg.get("ping_url") or ""
-    if isinstance(raw, Mapping):
-        return str(raw.get(job) or "")
-    return str(raw)
+    if isinstance(raw, str):
+        return raw
+    return str(dict(raw).get(job) or "")  # a mapping (invoke hands over its own kind)
 
 
 def _with_suffix(url: str, suffix: str, rid: str) -> str:

@@ -73,8 +73,10 @@ DEFAULTS: dict[str, Any] = {
     # prune: how many to keep per rule; all empty means the runbook's "keep the last 4"
     "retention": {"last": None, "daily": None, "weekly": None, "monthly": None,
                   "stale_partial_hours": 24},
-    # healthchecks.io-style pings and a node_exporter textfile (monitoring.py)
-    "monitoring": {"ping_url": "", "textfile": "", "ping_timeout_s": 5, "ping_retries": 3},
+    # healthchecks.io-style pings and a node_exporter textfile (monitoring.py); ping_url
+    # (a URL, or one per job) and textfile have no default here: invoke cannot merge a
+    # mapping over a string default
+    "monitoring": {"ping_timeout_s": 5, "ping_retries": 3},
     # cron jobs that `schedule install` writes (actions/schedule.py has the defaults)
     "schedule": {},
     # fleet: named lists of inventory hosts (`fleet TASK --group NAME`)

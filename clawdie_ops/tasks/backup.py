@@ -6,11 +6,12 @@ from pathlib import Path
 from rich.console import Console
 
 from ..actions import backup as action
+from ..monitoring import count_archives
 from ..output import Reporter, human_size
 from .base import operator_task, settings
 
 
-@operator_task(help={
+@operator_task(monitor="backup", help={
     "root": "Clawdie checkout to back up (default: $CLAWDIE_ROOT, else the current directory)",
     "output": "directory for the archive (default: clawdie.backup_dir, i.e. ~)",
     "skip-skills": "leave out skills_db (large, and regenerable with the setup step)",
@@ -41,4 +42,7 @@ def backup(c, root=None, output=None, skip_skills=False, no_snapshot=False, comp
         con.print(f"backup written: {result['archive']} ({human_size(result['size'])}, "
                   f"sha256 {result['sha256'][:16]}…, {result['duration_s']:.1f}s)", markup=False)
 
+    if not result.get("dry_run"):
+        result["archives_in_dir"] = count_archives(Path(result["archive"]).parent)
     out.result(result, human)
+    return result
