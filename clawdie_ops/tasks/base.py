@@ -52,7 +52,11 @@ def operator_task(*args: Any, monitor: str = "", **kwargs: Any) -> Callable:
             finally:
                 _on_sigterm(previous)
 
-        return invoke_task(run, *args, **kwargs)
+        made = invoke_task(run, *args, **kwargs)
+        # invoke pops each flag's help while parsing; `TASK --help` (positional.py) puts
+        # them back from here before printing
+        made.flag_help = dict(kwargs.get("help") or {})
+        return made
 
     if len(args) == 1 and callable(args[0]) and not kwargs:
         fn, args = args[0], ()

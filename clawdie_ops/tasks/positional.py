@@ -15,6 +15,9 @@ def help_requested(task_name: str, value: object) -> bool:
         return False
     from ..cli import program  # the CLI imports the tasks: import it only when asked
 
+    task = program.namespace.tasks.get(task_name) if program.namespace else None
+    if task is not None and getattr(task, "flag_help", None):
+        task.help = dict(task.flag_help)
     program.run(["clawdie-ops", "--help", task_name], exit=False)
     return True
 
