@@ -6,7 +6,7 @@ from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
 from . import migrate
-from . import copy, prune, schedule
+from . import copy, fleet, prune, schedule
 
 namespace = Collection()
 namespace.add_task(backup.backup)
@@ -17,6 +17,6 @@ for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspe
     namespace.add_task(_task)
 namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
-for _task in (copy.copy, prune.prune, schedule.schedule):
+for _task in (copy.copy, prune.prune, schedule.schedule, fleet.fleet):
     namespace.add_task(_task)
 namespace.configure({"clawdie": DEFAULTS})
