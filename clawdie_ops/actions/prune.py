@@ -21,7 +21,7 @@ import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -229,7 +229,7 @@ class RemoteStore:
             attrs = self.conn.sftp().listdir_attr(self.directory)
         except FileNotFoundError:
             raise ConfigError(f"backup directory {self.directory} not found on {self.label}",
-                              f"create it there, or fix clawdie.hosts.<host>.overrides."
+                              "create it there, or fix clawdie.hosts.<host>.overrides."
                               "backup_dir") from None
         except (OSError, EOFError) as exc:
             raise HostError(f"cannot list {self.directory} on {self.label}: {exc}",
@@ -358,4 +358,4 @@ def run(store: Store, policy: Mapping[str, int], *, dry_run: bool = False,
             "kept": sum(1 for v in verdicts if v.keep),
             "freed_bytes": sum(v.archive.size for v in verdicts
                                if not v.keep and v.archive.name in removed),
-            "at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")}
+            "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")}

@@ -202,8 +202,8 @@ def plan(c, s: Settings, cfg: Mapping[str, Any], action: str) -> list[dict[str, 
     for user in users(all_jobs):
         now = read(c, s, user)
         mine = [j for j in all_jobs if j.user == user]
-        after = {"install": lambda t: installed(t, mine), "remove": removed,
-                 "pause": paused, "resume": resumed, "show": lambda t: t}[action](now)
+        after = {"install": installed(now, mine), "remove": removed(now), "pause": paused(now),
+                 "resume": resumed(now), "show": now}[action]
         out.append({"user": user, "jobs": [j.name for j in mine],
                     "lines": [j.line for j in mine], "before": now, "after": after,
                     "changes": now != after,

@@ -17,8 +17,8 @@ from .positional import help_requested, positional_unless
 MARK = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
 
 
-@operator_task(monitor="drill", positional=["archive"], klass=positional_unless("archive", "latest"),
-               auto_shortflags=False, help={
+@operator_task(monitor="drill", positional=["archive"],
+               klass=positional_unless("archive", "latest"), auto_shortflags=False, help={
     "archive": "the archive to drill (or use --latest DIR)",
     "latest": "drill the newest clawdie-backup-* archive in this directory",
     "json": "print the report as JSON on stdout",

@@ -31,7 +31,8 @@ def schedule(c, action, root=None, dry_run=False, json=False):
     if help_requested("schedule", action):
         return
     if action not in ACTIONS:
-        raise ConfigError(f"unknown schedule action {action!r}", f"use one of: {', '.join(ACTIONS)}")
+        raise ConfigError(f"unknown schedule action {action!r}",
+                          f"use one of: {', '.join(ACTIONS)}")
     out = Reporter(as_json=json)
     s = settings(c, root, require_env=False)
     cfg = config.section(c.config)
