@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "user": "clawdie",  # runs backup, prune and drill
     "backup_args": "--skip-skills",  # the runbook's weekly flags
     "log": "",  # append each job's output here; empty: cron mails it
+    # cron's own PATH is /usr/bin:/bin (FreeBSD): pg_dump, zstd and sanoid live elsewhere
+    "path": "/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin",
     "jobs": {
         "backup": {"when": "0 2 * * 0", "user": "{user}",
                    "command": "{tool} backup --root {root} --output {backup_dir} "
@@ -110,6 +112,9 @@ def jobs(s: Settings, cfg: Mapping[str, Any]) -> list[Job]:
             raise ConfigError(f"{where}.command spans lines", "write it on one line")
         if sched.get("log"):
             command += f" >> {shlex.quote(str(sched['log']))} 2>&1"
+        if sched.get("path"):
+            # an assignment, not a crontab PATH= line: the crontab's other lines keep theirs
+            command = f"PATH={shlex.quote(str(sched['path']))}; {command}"
         out.append(Job(name, user, when, command))
     return out
 

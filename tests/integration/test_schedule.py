@@ -76,7 +76,11 @@ def test_install_twice_leaves_one_set_and_remove_keeps_foreign_lines(scheduled):
     assert f"backup --root {h.root} --output {h.home / 'backups'} --skip-skills && " in \
         backup_line and f"prune --output {h.home / 'backups'}" in backup_line
     assert lines[1].startswith("30 4 * * * ") and "drill --latest" in lines[1]
-    assert lines[2].startswith("*/15 * * * * ") and lines[2].split()[5].endswith("sanoid")
+    for line in lines:  # what cron hands to /bin/sh parses, marker comment included
+        command = line.split(None, 5)[5]
+        assert subprocess.run(["sh", "-n", "-c", command]).returncode == 0, line
+    assert lines[2].startswith("*/15 * * * * PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/")
+    assert lines[2].split()[6].endswith("sanoid") and lines[2].split()[7] == "--cron"
     again = json.loads(res.stdout)
     assert again["crontabs"][0]["diff"] == [], "the second install changed nothing"
 
