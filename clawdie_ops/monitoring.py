@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
-from .archive.manifest import name_time
+from .archive import catalog
 
 JOBS = ("backup", "prune", "drill", "replicate")
 DEFAULTS: dict[str, Any] = {"ping_url": "", "textfile": "", "ping_timeout_s": 5,
@@ -119,7 +119,7 @@ HELP = {
 
 def count_archives(directory: Path) -> int:
     try:
-        return sum(1 for p in directory.iterdir() if name_time(p.name) and p.is_file())
+        return len(catalog.archives(directory))
     except OSError:
         return 0
 

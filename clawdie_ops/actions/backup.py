@@ -12,15 +12,16 @@ import shutil
 import socket
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from invoke import Context
 
-from .. import __version__
+from .. import __version__, runner
 from ..zfs import commands as zfs
 from ..archive.writer import SUFFIX, ArchiveWriter
 from ..config.settings import DbSpec, Settings
@@ -30,6 +31,7 @@ from ..output import Reporter
 from ..sources import files as file_source
 from ..sources.postgres import commands as pg
 from ..sources import sqlite
+from ..steps import Step, Undo, fill, groups, planned, run_together
 
 
 @dataclass
@@ -39,6 +41,16 @@ class BackupOptions:
     snapshot: bool = True
     compression: str | None = None
     dry_run: bool = False
+
+
+class Kind(StrEnum):
+    SNAPSHOT = "snapshot"
+    COPY = "copy"  # messages.db, with SQLite's online backup API
+    DUMP = "dump"  # one database, at once with the copy and the other dumps
+
+
+# Known only when the step runs: the private spool folder, the exported snapshot's id.
+SPOOL, EXPORTED = "<spool>", "<exported-snapshot>"
 
 
 @dataclass
@@ -51,21 +63,39 @@ class BackupPlan:
     databases: list[DbSpec]
     files: list[file_source.FileItem]
     notes: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)  # snapshot, then copy and dumps at once
+    spool: Path | None = None  # the private folder of the copy and the dumps, while running
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # item -> manifest entry
 
     def describe(self, s: Settings) -> list[str]:
-        lines = []
-        if self.snapshot:
-            parent, name = self.snapshot.split("@")
-            lines.append(f"snapshot   {s.command('snapshot', parent=parent, name=name)}"
-                         f"  (covers {', '.join(self.datasets)})")
-        lines.append(f"copy       {s.sqlite_path} via SQLite's online backup API, integrity_check")
-        for db in self.databases:
-            lines.append(f"dump       {pg.pg_dump_cmd(s, db, Path(db.item), '<exported-snapshot>')}"
-                         "  (PGPASSFILE, 0600)")
+        lines = [f"{step.kind:<10} {line}" for step in self.steps for line in step.lines]
         for item in self.files:
             lines.append(f"archive    {item.source} -> {item.name}")
         lines.append(f"write      {self.archive} (mode 0600, via {self.archive.name}.partial)")
         return lines + [f"note       {n}" for n in self.notes]
+
+
+def _steps(s: Settings, plan: BackupPlan, entries: dict[str, dict[str, Any]]) -> list[Step]:
+    """What the backup runs before it writes the archive; each step's result lands in
+    `entries` (item -> manifest entry)."""
+    steps = []
+    if plan.snapshot:
+        parent, name = plan.snapshot.split("@")
+        snap = zfs.snapshot_command(s, parent, name)
+        steps.append(Step(Kind.SNAPSHOT, "", [f"{snap}  (covers {', '.join(plan.datasets)})"],
+                          [snap], action=lambda c, undo: zfs.run_snapshot(c, snap, parent, name),
+                          title=f"snapshot {plan.snapshot}"))
+    steps.append(Step(Kind.COPY, "messages.db", [
+        f"{s.sqlite_path} via SQLite's online backup API, integrity_check"],
+        action=lambda c, undo: entries.update({"messages.db": _copy_sqlite(s, plan)}),
+        title="copy messages.db", together=True))
+    for db in plan.databases:
+        dump = pg.pg_dump_cmd(s, db, Path(SPOOL) / db.item, EXPORTED)
+        steps.append(Step(Kind.DUMP, db.item, [f"{runner.line(dump)}  (PGPASSFILE, 0600)"],
+                          [dump], action=lambda c, undo, db=db, dump=dump: entries.update(
+                              {db.item: dump_database(c, db, plan, dump)}),
+                          title=f"dump {db.name}", together=True))
+    return steps
 
 
 def _output_dir(s: Settings, opts: BackupOptions) -> Path:
@@ -100,11 +130,13 @@ def make_plan(c, s: Settings, opts: BackupOptions, now: datetime | None = None) 
         n += 1
         name = f"{stem}-{n}"
     files, notes = file_source.items(s)
-    return BackupPlan(
+    plan = BackupPlan(
         archive=out / f"{name}{suffix}", top=name, compression=compression,
         snapshot=f"{s.jails_parent}@{name}" if opts.snapshot else None,
         datasets=s.datasets if opts.snapshot else [],
         databases=s.databases(opts.skip_skills), files=files, notes=notes)
+    plan.steps = _steps(s, plan, plan.entries)
+    return plan
 
 
 @dataclass
@@ -137,15 +169,16 @@ def preflight(c, s: Settings, plan: BackupPlan) -> Preflight:
     return Preflight(version, servers)
 
 
-def dump_database(c, s: Settings, db: DbSpec, dest: Path) -> dict[str, Any]:
+def dump_database(c: Context, db: DbSpec, plan: BackupPlan, dump: list[str]) -> dict[str, Any]:
     """pg_dump inside an exported snapshot, so the row counts match the dump exactly."""
+    assert plan.spool is not None
     with pg.connect(db, autocommit=False) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         snap = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         counts = pg.table_counts(conn)
         with pg.passfile(db) as env:
-            pg.run_checked(c, pg.pg_dump_cmd(s, db, dest, snap), env,
+            pg.run_checked(c, fill(dump, {SPOOL: str(plan.spool), EXPORTED: snap}), env,
                            f"pg_dump of {db.name} at {db.host}:{db.port}")
         conn.rollback()
     return {"kind": "postgres", "database": db.name, "user": db.user, "tables": counts,
@@ -158,48 +191,28 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
         plan = make_plan(c, s, opts)
         pre = preflight(c, s, plan)
     if opts.dry_run:
-        return {"dry_run": True, "archive": str(plan.archive), "plan": plan.describe(s)}
+        return {"dry_run": True, "archive": str(plan.archive), "plan": plan.describe(s),
+                "commands": planned(plan.steps)}
     for note in plan.notes:
         out.warn(note)
     spool = Path(tempfile.mkdtemp(prefix=".clawdie-backup-spool-", dir=plan.archive.parent))
+    plan.spool = spool
     writer: ArchiveWriter | None = None
     snapshots: list[str] = []
     try:
-        if plan.snapshot:
-            with out.step(f"snapshot {plan.snapshot}"):
-                parent, name = plan.snapshot.split("@")
-                zfs.snapshot_recursive(c, s, parent, name)
+        for group in groups(plan.steps):
+            title = group[0].title if len(group) == 1 else \
+                "copy messages.db and dump databases"
+            with out.step(title):
+                failed = run_together(c, group, Undo())  # nothing to undo: the spool goes
+                if failed:
+                    raise failed[1]
+            if group[0].kind is Kind.SNAPSHOT and plan.snapshot:
+                name = plan.snapshot.split("@")[1]
                 snapshots = [plan.snapshot] + [f"{d}@{name}" for d in plan.datasets]
-        with out.step("copy messages.db and dump databases"):
-            entries = _collect(c, s, plan, spool)
         with out.step(f"write {plan.archive.name}"):
             writer = ArchiveWriter(plan.archive, plan.top, plan.compression)
-            manifest = Manifest(agent_name=s.agent_name,
-                                timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-                                host=socket.gethostname(), tool_version=__version__,
-                                snapshots=snapshots)
-            manifest.files["messages.db"] = {
-                **entries.pop("messages.db"),
-                **writer.add_file("messages.db", spool / "messages.db", 0o644)}
-            for db in plan.databases:
-                info = pre.servers[db.key]
-                manifest.files[db.item] = {
-                    **entries.pop(db.item), **writer.add_file(db.item, spool / db.item, 0o600),
-                    "server_version": info.version, "system_identifier": info.system_identifier,
-                    "pg_dump_version": pre.pg_dump_version}
-            for item in plan.files:
-                mode = 0o600 if item.name == "env" else None
-                try:
-                    manifest.files[item.name] = {"kind": "file",
-                                                 **writer.add_file(item.name, item.source, mode)}
-                except FileNotFoundError:
-                    raise SourceError(f"{item.source} vanished during the backup",
-                                      "run the backup again") from None
-            manifest.items = _item_list(manifest.files)
-            if opts.skip_skills:
-                manifest.skipped["skills_db.sql"] = "--skip-skills"
-            manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
-                                 "servers": {k: v.version for k, v in pre.servers.items()}}
+            manifest = _write_items(writer, s, plan, pre, opts, snapshots)
             writer.add_bytes(MANIFEST, manifest.to_json(), 0o644)
             written = writer.commit()
             writer = None
@@ -223,18 +236,45 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
             "tables": {n: f["tables"] for n, f in manifest.files.items() if "tables" in f}}
 
 
-def _collect(c, s: Settings, plan: BackupPlan, spool: Path) -> dict[str, dict[str, Any]]:
-    """The SQLite copy and the dumps, concurrently, into the private spool directory."""
-    with ThreadPoolExecutor(max_workers=1 + len(plan.databases)) as pool:
-        dumps = {db.item: pool.submit(dump_database, c, s, db, spool / db.item)
-                 for db in plan.databases}
-        sqlite.backup(s.sqlite_path, spool / "messages.db")
-        sqlite.check(spool / "messages.db")
-        entries = {"messages.db": {"kind": "sqlite", "integrity": "ok",
-                                   "tables": sqlite.table_counts(spool / "messages.db")}}
-        for item, future in dumps.items():
-            entries[item] = future.result()
-    return entries
+def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Preflight,
+                 opts: BackupOptions, snapshots: list[str]) -> Manifest:
+    """Every item into the archive, in the runbook's order; the manifest that describes them."""
+    assert plan.spool is not None
+    entries, spool = plan.entries, plan.spool
+    manifest = Manifest(agent_name=s.agent_name,
+                        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+                        host=socket.gethostname(), tool_version=__version__, snapshots=snapshots)
+    manifest.files["messages.db"] = {**entries.pop("messages.db"), **writer.add_file(
+        "messages.db", spool / "messages.db", 0o644)}
+    for db in plan.databases:
+        info = pre.servers[db.key]
+        manifest.files[db.item] = {
+            **entries.pop(db.item), **writer.add_file(db.item, spool / db.item, 0o600),
+            "server_version": info.version, "system_identifier": info.system_identifier,
+            "pg_dump_version": pre.pg_dump_version}
+    for item in plan.files:
+        mode = 0o600 if item.name == "env" else None
+        try:
+            manifest.files[item.name] = {"kind": "file",
+                                         **writer.add_file(item.name, item.source, mode)}
+        except FileNotFoundError:
+            raise SourceError(f"{item.source} vanished during the backup",
+                              "run the backup again") from None
+    manifest.items = _item_list(manifest.files)
+    if opts.skip_skills:
+        manifest.skipped["skills_db.sql"] = "--skip-skills"
+    manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
+                         "servers": {k: v.version for k, v in pre.servers.items()}}
+    return manifest
+
+
+def _copy_sqlite(s: Settings, plan: BackupPlan) -> dict[str, Any]:
+    """messages.db into the spool, checked, with its row counts."""
+    assert plan.spool is not None
+    dest = plan.spool / "messages.db"
+    sqlite.backup(s.sqlite_path, dest)
+    sqlite.check(dest)
+    return {"kind": "sqlite", "integrity": "ok", "tables": sqlite.table_counts(dest)}
 
 
 _FULL = ("no space left", "disk is full", "quota exceeded", "file too large")

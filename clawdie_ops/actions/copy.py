@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import runner
 from ..config import inventory, settings as config
 from ..errors import ConfigError, HostError
 from ..hosts import remote, transfer
 from ..hosts.transfer import NETWORK_ERRORS
+from ..runner import Shell
 
 
 @dataclass
@@ -90,7 +92,8 @@ def run(c, cfg: Mapping[str, Any], archive: Path, to: str, *, sha256: str = "",
 
         def verify(path: str) -> tuple[str, int]:
             cmd = t.settings.command("sha256", path=path)
-            res = files.connection().run(cmd, hide=True, warn=True, in_stream=False)
+            res = runner.run(files.connection(), Shell(cmd), host=t.host.name,
+                             what=f"the sha256 of {path}")
             digest = res.stdout.split()[0] if res.exited == 0 and res.stdout.split() else ""
             if not digest:
                 raise HostError(f"`{cmd}` failed on {t.host.label}: {res.stderr.strip()}",

@@ -4,10 +4,11 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..archive import catalog
+from ..checks import Check
 from ..hosts import agent
 from ..zfs import commands as zfs
 from ..config.settings import DEFAULTS, Settings
@@ -16,18 +17,6 @@ from ..output import human_size
 from ..sources.postgres import commands as pg
 
 SEVERITY = {"ok": 0, "warn": 1, "fail": 2}
-ARCHIVE_GLOBS = ("clawdie-backup-*.tar.gz", "clawdie-backup-*.tar.zst")
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # ok, warn, fail
-    detail: str
-    fix: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def worst(checks: list[Check]) -> str:
@@ -55,11 +44,6 @@ def _by_age(age_s: float, warn_h: float, fail_h: float) -> str:
     if age_s > warn_h * 3600:
         return "warn"
     return "ok"
-
-
-def newest_archive(directory: Path) -> Path | None:
-    found = [p for g in ARCHIVE_GLOBS for p in directory.glob(g) if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def check_env(s: Settings) -> Check:
@@ -161,7 +145,7 @@ def check_backups(s: Settings, limits: Mapping[str, Any]) -> tuple[Check, Path |
     fix = f"run clawdie-ops backup --output {d}, and schedule it (README: Backup)"
     if not d.is_dir():
         return Check("backups", "fail", f"backup directory {d} does not exist", fix), None
-    newest = newest_archive(d)
+    newest = catalog.newest(d)
     if newest is None:
         return Check("backups", "fail", f"no clawdie-backup-* archive in {d}", fix), None
     age = time.time() - newest.stat().st_mtime

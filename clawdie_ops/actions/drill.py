@@ -18,18 +18,21 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from .. import runner
+from ..runner import Shell
 from ..sources.postgres import roles as pgroles
 from ..archive.writer import sha256_stream
 from ..config.settings import DbSpec, Settings
 from ..sources.postgres.dumpfile import rewrite_owners
 from ..errors import ClawdieError, ConfigError, DatabaseError, DrillFailed, ToolMissing
-from ..archive.manifest import name_time
+from ..archive import catalog
+from ..archive.manifest import count_differences, summary
+from ..checks import Check
 from ..output import Reporter
 from ..sources.postgres import commands as pg
 from ..sources import sqlite
@@ -50,15 +53,6 @@ def _layout(name: str) -> str:
 
 
 @dataclass
-class Check:
-    name: str
-    item: str
-    status: str  # pass, fail, skip
-    detail: str = ""
-    seconds: float = 0.0
-
-
-@dataclass
 class DrillOptions:
     archive: Path | None = None
     latest: Path | None = None
@@ -69,22 +63,15 @@ class DrillOptions:
 
 
 # -- choosing the archive -----------------------------------------------------------------
-def _stem_key(p: Path) -> tuple:
-    found = name_time(p.name)
-    when, n = found if found else (datetime.min, 0)
-    return (when, n, p.stat().st_mtime)
-
-
 def newest_archive(directory: Path) -> Path:
-    """The newest clawdie-backup-* archive in a directory, by the time in its name."""
+    """The newest clawdie-backup-* archive in a directory (archive/catalog.py's rule)."""
     if not directory.is_dir():
         raise ConfigError(f"backup directory not found: {directory}", "check --latest")
-    found = [p for p in directory.iterdir() if p.is_file() and p.name.startswith("clawdie-backup-")
-             and p.name.endswith((".tar.gz", ".tar.zst"))]
-    if not found:
+    found = catalog.newest(directory)
+    if found is None:
         raise ConfigError(f"no clawdie-backup-* archive in {directory}",
                           "run clawdie-ops backup --output there, or check --latest")
-    return max(found, key=_stem_key)
+    return found
 
 
 # -- the scratch server -------------------------------------------------------------------
@@ -93,7 +80,7 @@ def find_server_bin(c, s: Settings, explicit: str) -> Path:
     if explicit:
         path = Path(explicit)
     else:
-        res = c.run("command -v initdb", hide=True, warn=True, in_stream=False)
+        res = runner.run(c, Shell("command -v initdb"))
         if res.exited == 0 and res.stdout.strip():
             path = Path(res.stdout.strip()).resolve().parent  # a symlink to the real bin folder
         else:
@@ -137,16 +124,16 @@ class Throwaway:
         self.started = False
 
     def _run(self, *args: str) -> None:
-        inner = f"cd {shlex.quote(str(self.base))} && {shlex.join(args)}"
+        inner = f"cd {shlex.quote(str(self.base))} && {runner.line(args)}"
         cmd = self.s.command("as_postgres", user=self.os_user, cmd=inner) if self.as_root \
             else inner
-        res = self.c.run(cmd, hide=True, warn=True, in_stream=False)
+        res = runner.run(self.c, Shell(cmd))
         if res.exited != 0:
             log = self.base / "server.log"
-            tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
-            raise DatabaseError(f"{Path(args[0]).name} failed (exit {res.exited}): "
-                                f"{(res.stderr or res.stdout).strip()[-500:]} {tail}".strip(),
-                                "check clawdie.drill.pg_bin and clawdie.drill.os_user")
+            server_log = log.read_text(errors="replace") if log.exists() else ""
+            raise runner.failure(res, Path(args[0]).name, "check clawdie.drill.pg_bin and "
+                                 "clawdie.drill.os_user", error=DatabaseError,
+                                 detail=f"{res.stderr or res.stdout}\n{server_log}")
 
     def start(self) -> DbSpec:
         self.base.mkdir(mode=0o700)
@@ -232,8 +219,8 @@ class Drill:
             status, detail = "fail", f"{item}: {str(exc).strip().splitlines()[0]}"
         except OSError as exc:
             status, detail = "fail", f"{item or name}: {exc}"
-        self.checks.append(Check(name, item, status, detail,
-                                 round(time.monotonic() - start, 3)))
+        self.checks.append(Check(name, status, detail, item=item,
+                                 seconds=round(time.monotonic() - start, 3)))
         return value if status == "pass" else None
 
     @property
@@ -241,7 +228,7 @@ class Drill:
         return any(ch.status == "fail" for ch in self.checks)
 
     def skip(self, name: str, item: str, why: str) -> None:
-        self.checks.append(Check(name, item, "skip", why))
+        self.checks.append(Check(name, "skip", why, item=item))
 
     # individual checks
     def start_server(self, v: Verified) -> str:
@@ -401,12 +388,9 @@ class Drill:
 
 
 def _compare_counts(item: str, expected: Mapping[str, int], got: Mapping[str, int]) -> None:
-    wrong = [f"table {t} has {got[t]} rows, manifest says {n}" if t in got
-             else f"table {t} is missing" for t, n in expected.items() if got.get(t) != n]
-    wrong += [f"table {t} is not in the manifest" for t in got if t not in expected]
+    wrong = count_differences(expected, got)
     if wrong:
-        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
-        raise DrillFailed(f"{item}: {'; '.join(wrong[:3])}{more}")
+        raise DrillFailed(f"{item}: {summary(wrong)}")
 
 
 def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporter) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import shutil
 import stat
 import time
@@ -25,10 +24,13 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..archive.manifest import NAME as MANIFEST, Manifest, name_time
+from .. import runner
+from ..archive.catalog import name_time
+from ..archive.manifest import NAME as MANIFEST, Manifest
 from ..archive.verify import verify
 from ..archive.writer import ArchiveReader
 from ..errors import ArchiveCorrupt, ArchiveUnsafe, ClawdieError, ConfigError, HostError
+from ..runner import Shell
 
 RULES = ("last", "daily", "weekly", "monthly")
 # The runbook's "keep the last 4" when clawdie.retention sets nothing.
@@ -245,7 +247,8 @@ class RemoteStore:
     def manifest(self, name: str) -> Manifest:
         if name not in self._manifests:
             cmd = self.manifest_cmd(self._path(name))
-            res = self.conn.run(cmd, hide=True, warn=True, in_stream=False)
+            res = runner.run(self.conn, Shell(cmd), host=self.label,
+                             what=f"reading the manifest of {name}")
             if res.exited != 0 or not res.stdout.strip():
                 raise ArchiveCorrupt(f"{self.label}:{self._path(name)}: cannot read its "
                                      f"manifest ({res.stderr.strip()[-200:] or 'no output'})",
@@ -260,8 +263,8 @@ class RemoteStore:
 
     def remove(self, entry: Entry) -> None:
         if entry.is_dir:
-            res = self.conn.run(shlex.join(["rm", "-rf", "--", self._path(entry.name)]),
-                                hide=True, warn=True, in_stream=False)
+            res = runner.run(self.conn, ["rm", "-rf", "--", self._path(entry.name)],
+                             host=self.label)
             if res.exited != 0:
                 raise HostError(f"removing {self.label}:{self._path(entry.name)} failed: "
                                 f"{res.stderr.strip()}", "check its permissions there")
@@ -296,7 +299,7 @@ def _archive_time(store: Store, entry: Entry) -> tuple[Archive | None, str]:
         return Archive(entry.name, entry.size, when, "manifest"), ""
     except (TypeError, ValueError):
         pass
-    named = name_time(entry.name)
+    named = name_time(Path(entry.name))
     if named is None:
         return None, f"manifest timestamp {m.timestamp!r} unreadable and no time in the name"
     return Archive(entry.name, entry.size, named[0].astimezone(), "name"), ""
@@ -321,7 +324,7 @@ def run(store: Store, policy: Mapping[str, int], *, dry_run: bool = False,
                     else:
                         left.append({"name": e.name, "why": "being written (recent partial file)"})
                     continue
-                if e.is_dir or name_time(e.name) is None:
+                if e.is_dir or name_time(Path(e.name)) is None:
                     continue  # not ours: not listed, never touched
                 archive, why = _archive_time(store, e)
                 if archive is None:

@@ -19,8 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .. import runner
 from ..config.settings import Settings
 from ..errors import ConfigError, ScheduleError
+from ..runner import Shell
 
 MARK = "# clawdie-ops:"
 PAUSED = "#clawdie-paused# "
@@ -162,7 +164,7 @@ def resumed(text: str) -> str:
 # -- the crontabs (side effects) --------------------------------------------------------
 def read(c, s: Settings, user: str) -> str:
     cmd = s.command("crontab_list", user=user)
-    res = c.run(cmd, hide=True, warn=True, in_stream=False)
+    res = runner.run(c, Shell(cmd), what=f"reading the crontab of {user}")
     if res.exited == 0:
         return res.stdout
     if "no crontab for" in res.stderr:
@@ -178,22 +180,11 @@ def read(c, s: Settings, user: str) -> str:
 
 def write(c, s: Settings, user: str, text: str) -> None:
     cmd = s.command("crontab_install", user=user)
-    res = c.run(cmd, hide=True, warn=True, in_stream=_Text(text))
+    res = runner.run(c, Shell(cmd), stdin=text, what=f"writing the crontab of {user}")
     if res.exited != 0:
         raise ScheduleError(f"cannot write the crontab of {user}: {res.stderr.strip()[-300:]}",
                             "run it as root to reach another user's crontab, or check "
                             f"clawdie.commands.crontab_install ({cmd}); nothing was changed")
-
-
-class _Text:
-    """stdin for crontab: everything at once (invoke polls a stream a byte at a time)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def read(self, size: int = -1) -> str:
-        text, self.text = self.text, ""
-        return text
 
 
 def users(all_jobs: list[Job]) -> list[str]:

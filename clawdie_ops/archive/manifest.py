@@ -6,9 +6,9 @@ sha256, and for databases the per-table row counts and the versions they came fr
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ArchiveCorrupt
@@ -23,27 +23,25 @@ ITEMS = ("messages.db", "memory_db.sql", "skills_db.sql", "env", "groups/",
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 
 
-# An archive's file name: the stem, `-N` for a second backup in the same minute, the suffix.
-ARCHIVE_NAME = re.compile(r"^clawdie-backup-(\d\d)\.([a-z]{3})\.(\d{4})-(\d\d)(\d\d)(?:-(\d+))?"
-                          r"\.tar\.(?:gz|zst)$")
+def count_differences(expected: Mapping[str, int], got: Mapping[str, int], *,
+                      extra_tables: bool = False) -> list[str]:
+    """Each table whose row count differs from `expected`, missing or (unless
+    `extra_tables`) not expected at all."""
+    wrong = [f"table {t} has {got[t]} rows, manifest says {n}" if t in got
+             else f"table {t} is missing" for t, n in expected.items() if got.get(t) != n]
+    if not extra_tables:
+        wrong += [f"table {t} is not in the manifest" for t in got if t not in expected]
+    return wrong
+
+
+def summary(wrong: list[str], limit: int = 3) -> str:
+    more = f" (and {len(wrong) - limit} more)" if len(wrong) > limit else ""
+    return "; ".join(wrong[:limit]) + more
 
 
 def archive_stem(when: datetime) -> str:
     """The runbook's name: clawdie-backup-DD.mmm.YYYY-HHMM (English month, any locale)."""
     return f"clawdie-backup-{when:%d}.{MONTHS[when.month - 1]}.{when:%Y}-{when:%H%M}"
-
-
-def name_time(name: str) -> tuple[datetime, int] | None:
-    """(local time, sequence) from an archive's file name; None when it is not one of ours."""
-    m = ARCHIVE_NAME.match(name)
-    if not m or m.group(2) not in MONTHS:
-        return None
-    day, mon, year, hh, mm, n = m.groups()
-    try:
-        when = datetime(int(year), MONTHS.index(mon) + 1, int(day), int(hh), int(mm))
-    except ValueError:  # 31.feb and the like
-        return None
-    return when, int(n or 1)
 
 
 @dataclass

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "db_admin": {"user": "", "password": "", "dbname": "postgres"},  # creates missing roles
     "pg_bin": "",  # directory holding pg_dump/psql/pg_restore; empty: PATH
     "zfs": "zfs",
+    "shell": "/bin/sh",  # runs every local command (POSIX: FreeBSD has no /bin/bash)
     "backup_dir": "~",
     "compression": "zstd",  # measured faster and smaller than gzip: BENCHMARKS.md
     "hostd_url": "",
@@ -180,10 +181,30 @@ class Settings:
                               f"fields available: {', '.join(sorted(quoted))}") from None
 
 
+# Settings whose value is a mapping with keys of its own; `commands` takes the template
+# names of DEFAULT_COMMANDS, `hosts` is checked by the inventory (inventory.py).
+_NESTED = ("db_admin", "drill", "doctor", "commands")
+
+
+def check_keys(raw: Mapping[str, Any], where: str = "clawdie") -> None:
+    """Refuse a setting this tool does not know, naming it (a typo would be ignored)."""
+    for key, value in raw.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"unknown setting {where}.{key}",
+                              f"check the spelling; known settings: {', '.join(sorted(DEFAULTS))}")
+        if key in _NESTED and hasattr(value, "keys"):
+            unknown = sorted(set(value) - set(DEFAULTS[key]))
+            if unknown:
+                raise ConfigError(f"unknown setting {where}.{key}.{unknown[0]}",
+                                  f"{where}.{key} takes: {', '.join(sorted(DEFAULTS[key]))}")
+
+
 def section(config: Any) -> dict[str, Any]:
-    """The `clawdie` section of an invoke config as a plain dict, defaults filled in."""
+    """The `clawdie` section of an invoke config as a plain dict, defaults filled in;
+    unknown settings are refused (ConfigError naming the key)."""
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     raw = config.get("clawdie", {}) if config is not None else {}
+    check_keys(dict(raw))
     for key, value in dict(raw).items():
         if isinstance(merged.get(key), dict) and value is not None:
             merged[key] = {**merged[key], **dict(value)}

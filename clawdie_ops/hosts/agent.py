@@ -4,12 +4,16 @@ Every function takes an invoke Context, so a Fabric Connection runs it on anothe
 """
 from __future__ import annotations
 
+from invoke import Context, Result
+
+from .. import runner
 from ..config.settings import Settings
 from ..errors import AgentError
+from ..runner import Shell
 
 
-def _run(c, s: Settings, key: str, **values: str):
-    return c.run(s.command(key, **values), hide=True, warn=True, in_stream=False)
+def _run(c: Context, s: Settings, key: str, **values: str) -> Result:
+    return runner.run(c, Shell(s.command(key, **values)))
 
 
 def running(c, s: Settings) -> bool:

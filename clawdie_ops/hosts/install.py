@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, runner
+from ..runner import Shell
 from . import remote, wheel
 from ..actions.migrate.checks import version_tuple
 from ..errors import HostError
@@ -68,8 +69,8 @@ def settings(host: Host) -> dict[str, Any]:
     return {**DEFAULTS, **dict(host.install)}
 
 
-def _sh(script: str, *args: str) -> str:
-    return shlex.join(["sh", "-c", script, "sh", *args])
+def _sh(script: str, *args: str) -> list[str]:
+    return ["sh", "-c", script, "sh", *args]
 
 
 def _parse(stdout: str) -> tuple[str | None, str | None]:
@@ -82,7 +83,7 @@ def _parse(stdout: str) -> tuple[str | None, str | None]:
 
 def probe(c, host: Host) -> str | None:
     """The version of the clawdie-ops `host` is configured to run, or None."""
-    res = remote.run(c, host, shlex.join([*host.tool_argv(), "--version"]),
+    res = remote.run(c, host, [*host.tool_argv(), "--version"],
                      what="clawdie-ops --version")
     return _parse(res.stdout)[0] if res.exited == 0 else None
 
@@ -128,8 +129,8 @@ def install(c, host: Host) -> Found:
                 c.put(str(f), remote=f"{tmp}/{f.name}")
         site = "--system-site-packages" if s["system_site_packages"] else ""
         # requirements.txt names the wheel relative to where pip runs: cd into tmp first
-        res = remote.run(c, host, f"cd {shlex.quote(tmp)} && "
-                         + _sh(_INSTALL, str(s["python"]), str(s["dir"]), tmp, site),
+        res = remote.run(c, host, Shell(f"cd {shlex.quote(tmp)} && " + runner.line(
+                         _sh(_INSTALL, str(s["python"]), str(s["dir"]), tmp, site))),
                          what="installing clawdie-ops", timeout=TIMEOUT_S)
     finally:
         remote.remove_temp_dir(c, host, tmp)

@@ -11,9 +11,7 @@ key that differs from the recorded one is always refused.
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -22,31 +20,16 @@ from collections.abc import Mapping
 
 import paramiko
 from fabric import Connection
-from invoke import Context
-from invoke.exceptions import ThreadException
+from invoke import Context, Result
 
+from .. import runner
+from ..runner import Shell
 from . import ssh
 from ..errors import HostError, RemoteTaskFailed
 from ..config.inventory import Host
 
 CONNECT_TIMEOUT = 15
 KEEPALIVE_S = 15
-
-
-class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """OpenSSH's accept-new: trust a host seen for the first time and record its key."""
-
-    def __init__(self, known_hosts: Path) -> None:
-        self.known_hosts = known_hosts
-        self.accepted: list[str] = []
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.known_hosts, "a", encoding="ascii") as fh:
-            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        self.accepted.append(f"{hostname} {key.get_name()} {key.fingerprint}")
 
 
 def _endpoint(conn: Connection) -> str:
@@ -60,16 +43,7 @@ def connection(local: Context, host: Host, cfg: Mapping[str, Any], *,
     Whatever StrictHostKeyChecking the ssh config says, an unknown key is refused here
     unless the operator passed --accept-new-host-key."""
     h = ssh.resolve(local, host.ssh, str(cfg.get("ssh_config") or ""))
-    conn = ssh.connect(h, timeout=timeout)
-    files = [Path(os.path.expanduser(f)) for f in h.known_hosts] or \
-        [Path(os.path.expanduser("~/.ssh/known_hosts"))]
-    policy: paramiko.MissingHostKeyPolicy = (
-        AcceptNewPolicy(files[0]) if accept_new_host_key else paramiko.RejectPolicy())
-    conn.client.set_missing_host_key_policy(policy)
-    # On the paramiko client, not the Connection: setting a Context attribute sets config.
-    conn.client.clawdie_known_hosts = files  # type: ignore[attr-defined]
-    conn.client.clawdie_policy = policy  # type: ignore[attr-defined]
-    return conn
+    return ssh.connect(h, timeout=timeout, accept_new=accept_new_host_key)
 
 
 def open_checked(conn: Connection, host: Host) -> None:
@@ -129,42 +103,20 @@ def close(c: Context) -> None:
             pass
 
 
-class _Payload(io.StringIO):
-    """stdin for a command: invoke reads a non-terminal stream one byte per 10 ms loop
-    (terminals.bytes_to_read), so a few hundred bytes of JSON would take seconds; this
-    stream hands over everything left at once."""
-
-    def read(self, size: int | None = -1) -> str:
-        return super().read()
-
-
-def run(c: Context, host: Host, command: str, *, stdin: str | None = None,
-        what: str = "", timeout: int | None = None):
+def run(c: Context, host: Host, command: runner.Command, *, stdin: str | None = None,
+        what: str = "", timeout: int | None = None) -> Result:
     """Run `command` on `host`; a lost connection is a HostError, a failing command is not."""
-    kw: dict[str, Any] = {"hide": True, "warn": True, "timeout": timeout,
-                          "in_stream": _Payload(stdin) if stdin is not None else False}
-    try:
-        res = c.run(command, **kw)
-    except ThreadException:
-        # sending stdin failed: the command ended before it read its input
-        raise HostError(f"{what or 'a command'} on {host.label} ended before it read its "
-                        "input", f"run it by hand there to see why: {command}") from None
-    except (TimeoutError, paramiko.SSHException, EOFError, OSError) as exc:
-        raise HostError(f"lost the connection to {host.label} during {what or command}: "
-                        f"{exc or type(exc).__name__}",
-                        "check the network; running the same migrate command again "
-                        "continues where it stopped") from None
-    if isinstance(c, Connection) and res.exited == -1 and not c.is_connected:
-        raise HostError(f"lost the connection to {host.label} during {what or command}",
-                        "check the network; running the same migrate command again "
-                        "continues where it stopped")
-    return res
+    return runner.run(c, command, host=host.label, stdin=stdin, what=what, timeout=timeout)
+
+
+def tool_argv(host: Host, task: str, *args: str, config_file: str | None = None) -> list[str]:
+    """`clawdie-ops [-f FILE] TASK ARGS...` as it runs on `host`."""
+    return host.tool_argv() + (["-f", config_file] if config_file else []) + [task, *args]
 
 
 def tool_command(host: Host, task: str, *args: str, config_file: str | None = None) -> str:
-    """`clawdie-ops [-f FILE] TASK ARGS...` as it runs on `host`, quoted."""
-    argv = host.tool_argv() + (["-f", config_file] if config_file else []) + [task, *args]
-    return shlex.join(argv)
+    """The same, quoted for display (plans, hints)."""
+    return runner.line(tool_argv(host, task, *args, config_file=config_file))
 
 
 def _error_lines(stderr: str) -> tuple[str, str]:
@@ -193,9 +145,20 @@ def run_tool(c: Context, host: Host, task: str, *args: str, stdin: Any = None,
              config_file: str | None = None, ok_codes: tuple[int, ...] = (0,),
              timeout: int | None = None) -> tuple[dict[str, Any], int]:
     """Run a clawdie-ops task on `host` with --json; its JSON, or RemoteTaskFailed."""
-    command = tool_command(host, task, *args, config_file=config_file)
+    return run_argv(c, host, tool_argv(host, task, *args, config_file=config_file),
+                    stdin=stdin, ok_codes=ok_codes, timeout=timeout)
+
+
+def run_argv(c: Context, host: Host, argv: list[str], *, stdin: Any = None,
+             ok_codes: tuple[int, ...] = (0,), timeout: int | None = None
+             ) -> tuple[dict[str, Any], int]:
+    """Run `argv` (clawdie-ops [-f FILE] TASK ARGS... on `host`); its JSON summary."""
+    task = argv[len(host.tool_argv())]
+    if task == "-f":
+        task = argv[len(host.tool_argv()) + 2]
+    command = runner.line(argv)
     data = json.dumps(stdin) if stdin is not None else None
-    res = run(c, host, command, stdin=data, what=f"`clawdie-ops {task}`", timeout=timeout)
+    res = run(c, host, argv, stdin=data, what=f"`clawdie-ops {task}`", timeout=timeout)
     result = parse_json(res.stdout)
     if res.exited == 127 or ("not found" in res.stderr and res.exited in (126, 127)):
         raise RemoteTaskFailed(
@@ -225,7 +188,7 @@ _TEMP_DIR = re.compile(r"^/[^\s'\"]*/clawdie-ops\.[A-Za-z0-9]+$")
 
 def make_temp_dir(c: Context, host: Host) -> str:
     """A private (0700) temp dir on `host`, named clawdie-ops.XXXXXXXX."""
-    res = run(c, host, 'mktemp -d "${TMPDIR:-/tmp}/clawdie-ops.XXXXXXXX"',
+    res = run(c, host, Shell('mktemp -d "${TMPDIR:-/tmp}/clawdie-ops.XXXXXXXX"'),
               what="making a temporary directory")
     path = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
     if res.exited != 0 or not _TEMP_DIR.match(path):
@@ -237,14 +200,14 @@ def make_temp_dir(c: Context, host: Host) -> str:
 
 def remove_temp_dir(c: Context, host: Host, path: str) -> None:
     if _TEMP_DIR.match(path):
-        run(c, host, shlex.join(["rm", "-rf", path]), what="removing a temporary directory")
+        run(c, host, ["rm", "-rf", path], what="removing a temporary directory")
 
 
 def write_temp_config(c: Context, host: Host, data: Mapping[str, Any]) -> str:
     """A private (0600 file in a 0700 dir) JSON config on `host`, written through stdin."""
     d = make_temp_dir(c, host)
     path = f"{d}/config.json"
-    res = run(c, host, f"umask 077 && cat > {shlex.quote(path)}", stdin=json.dumps(data),
+    res = run(c, host, Shell(f"umask 077 && cat > {shlex.quote(path)}"), stdin=json.dumps(data),
               what="writing a temporary config file")
     if res.exited != 0:
         remove_temp_dir(c, host, d)

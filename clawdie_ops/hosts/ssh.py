@@ -10,7 +10,13 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import paramiko
+from fabric import Config, Connection
+from invoke import Context
+
+from .. import runner
 from ..errors import HostError, InvalidName
 
 # An alias or a host name, optionally user@; never a leading '-' that ssh would read as a flag.
@@ -64,11 +70,11 @@ class SshHost:
         return next((v for k, v in self.options if k.lower() == key.lower()), None)
 
 
-def resolve_cmd(host: str, config_file: str = "") -> str:
+def resolve_cmd(host: str, config_file: str = "") -> list[str]:
     args = ["ssh", "-G"]
     if config_file:
         args += ["-F", config_file]
-    return shlex.join([*args, check_host(host)])
+    return [*args, check_host(host)]
 
 
 def parse(text: str) -> dict[str, list[str]]:
@@ -101,33 +107,47 @@ def from_resolved(name: str, resolved: dict[str, list[str]], defaults: dict[str,
                    known_hosts=known, strict=one(resolved, "stricthostkeychecking") or "ask")
 
 
-def resolve(c, host: str, config_file: str = "") -> SshHost:
+def resolve(c: Context, host: str, config_file: str = "") -> SshHost:
     """Ask ssh itself how it would reach `host` (aliases, Match blocks, includes and all)."""
     if config_file and not os.path.isfile(os.path.expanduser(config_file)):
         raise HostError(f"ssh config file not found: {config_file}",
                         "fix clawdie.ssh_config (empty means ~/.ssh/config)")
-    res = c.run(resolve_cmd(host, config_file), hide=True, warn=True, in_stream=False)
+    res = runner.run(c, resolve_cmd(host, config_file))
     if res.exited != 0:
-        raise HostError(f"ssh cannot resolve host {host}: {res.stderr.strip()}",
+        raise HostError(f"ssh cannot resolve host {host}: {runner.tail(res.stderr)}",
                         f"check the Host entry in {config_file or '~/.ssh/config'}")
     resolved = parse(res.stdout)
     hostname = " ".join(resolved.get("hostname", [])) or host
     # ssh's defaults for the same name, so only what the config changed is carried over.
-    base = c.run(shlex.join(["ssh", "-G", "-F", "/dev/null", check_host(hostname)]), hide=True,
-                 warn=True, in_stream=False)
+    base = runner.run(c, ["ssh", "-G", "-F", "/dev/null", check_host(hostname)])
     return from_resolved(host, resolved, parse(base.stdout) if base.exited == 0 else {},
                          config_file)
 
 
-def connect(h: SshHost, timeout: int | None = None):
+class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's accept-new: trust a host seen for the first time and record its key."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+        self.accepted: list[str] = []
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="ascii") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.accepted.append(f"{hostname} {key.get_name()} {key.fingerprint}")
+
+
+def connect(h: SshHost, timeout: int | None = None, accept_new: bool = False) -> Connection:
     """A Fabric Connection to `h` with exactly the resolved settings.
 
-    Host keys are checked as ssh would: known-hosts files from the config, and an unknown key
-    is refused unless the config says StrictHostKeyChecking no/accept-new (Fabric's own
-    default would silently accept it)."""
-    import paramiko
-    from fabric import Config, Connection
-
+    The one host-key policy: the known-hosts files of the ssh config are loaded and an
+    unknown key is refused (paramiko's RejectPolicy; Fabric's own default would silently
+    accept it), whatever StrictHostKeyChecking says. Only `accept_new` (the operator's
+    --accept-new-host-key) trusts a first-seen key, recorded like OpenSSH's accept-new. A key
+    that differs from the recorded one is always refused."""
     kwargs: dict = {}
     if h.identity_files:
         kwargs["key_filename"] = [os.path.expanduser(f) for f in h.identity_files
@@ -153,8 +173,12 @@ def connect(h: SshHost, timeout: int | None = None):
     for path in (h.option("GlobalKnownHostsFile") or "/etc/ssh/ssh_known_hosts").split():
         if os.path.isfile(path):
             conn.client.load_system_host_keys(path)
-    strict = h.strict.lower()
-    policy = paramiko.AutoAddPolicy() if strict in ("no", "false", "off", "accept-new") \
-        else paramiko.RejectPolicy()
+    files = [Path(os.path.expanduser(f)) for f in h.known_hosts] or \
+        [Path(os.path.expanduser("~/.ssh/known_hosts"))]
+    policy: paramiko.MissingHostKeyPolicy = (
+        AcceptNewPolicy(files[0]) if accept_new else paramiko.RejectPolicy())
     conn.client.set_missing_host_key_policy(policy)
+    # On the paramiko client, not the Connection: setting a Context attribute sets config.
+    conn.client.clawdie_known_hosts = files  # type: ignore[attr-defined]
+    conn.client.clawdie_policy = policy  # type: ignore[attr-defined]
     return conn

@@ -5,7 +5,7 @@ from ..config.settings import DEFAULTS
 from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
-from . import migrate
+from . import migrate, positional
 from . import copy, fleet, prune, schedule
 
 namespace = Collection()
@@ -20,3 +20,4 @@ namespace.add_task(migrate.migrate_step)
 for _task in (copy.copy, prune.prune, schedule.schedule, fleet.fleet):
     namespace.add_task(_task)
 namespace.configure({"clawdie": DEFAULTS})
+positional.register(namespace)  # TASK --help prints this collection's help

@@ -16,6 +16,7 @@ from ..actions.migrate import run as action
 from ..errors import ConfigError, MigrationFailed
 from ..actions.migrate.report import describe_report
 from ..output import Reporter
+from ..sources.postgres import server
 from .base import operator_task
 
 
@@ -120,7 +121,7 @@ def _env_apply(c, cfg: dict[str, Any]) -> dict[str, Any]:
     plain = config.load({"clawdie": {**cfg, **{k: "" for k in envfile.ENV_KEY_OF_SETTING}}})
     dbs = {}
     for db in plain.databases():
-        probe = facts.probe_database(db)
+        probe = server.probe_database(db)
         dbs[db.key] = {k: probe.get(k) for k in ("host", "port", "identity", "error")}
     return {"env_file": str(s.env_file), "changed": changed, "databases": dbs,
             "agent_stopped": stopped}

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from invoke import Task
+from invoke import Collection, Program, Task
 from invoke.parser import Argument
+
+from .. import __version__
 
 
 def help_requested(task_name: str, value: object) -> bool:
@@ -13,13 +15,22 @@ def help_requested(task_name: str, value: object) -> bool:
     invoke hands `TASK --help` to a task as its positional argument."""
     if value not in ("-h", "--help"):
         return False
-    from ..cli import program  # the CLI imports the tasks: import it only when asked
-
-    task = program.namespace.tasks.get(task_name) if program.namespace else None
+    assert _namespace is not None, "tasks/__init__.py registers the collection"
+    task = _namespace.tasks.get(task_name)
     if task is not None and getattr(task, "flag_help", None):
-        task.help = dict(task.flag_help)
-    program.run(["clawdie-ops", "--help", task_name], exit=False)
+        task.help = dict(task.flag_help)  # invoke popped them while parsing this run
+    Program(namespace=_namespace, version=__version__, name="clawdie-ops",
+            binary="clawdie-ops").run(["clawdie-ops", "--help", task_name], exit=False)
     return True
+
+
+_namespace: Collection | None = None
+
+
+def register(namespace: Collection) -> None:
+    """The collection whose help `help_requested` prints (set once it is built)."""
+    global _namespace
+    _namespace = namespace
 
 
 class _UnlessFlag(Argument):

@@ -5,12 +5,15 @@ Portable across OpenZFS (FreeBSD) and older ZFS: `zfs list` without -p, sizes vi
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from datetime import datetime
 
+from invoke import Context, Result
+
+from .. import runner
 from ..config.settings import Settings
 from ..errors import DatasetMissing, InvalidName, ZfsError
+from ..runner import Shell
 
 # ZFS's own component rules: alphanumerics and - _ . : (and a space, which we refuse).
 _COMPONENT = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"
@@ -24,6 +27,8 @@ def check_dataset(name: str) -> str:
                           "use pool/path/to/dataset with letters, digits and - _ . : only")
     return name
 
+
+_SNAP_HINT = "check `zfs list` and that this user may snapshot (root or zfs allow)"
 
 # Prefixes sanoid and syncoid own: they prune snapshots named so by their own rules.
 MANAGED_PREFIXES = ("autosnap", "syncoid")
@@ -52,12 +57,12 @@ def split_snapshot(full: str) -> tuple[str, str]:
     return check_dataset(ds), check_snapname(snap)
 
 
-def cmd(s: Settings, *args: str) -> str:
-    return shlex.join([s.zfs, *args])
+def cmd(s: Settings, *args: str) -> list[str]:
+    return [s.zfs, *args]
 
 
-def _run(c, s: Settings, *args: str, hide: bool = True):
-    return c.run(cmd(s, *args), hide=hide, warn=True, in_stream=False)
+def _run(c: Context, s: Settings, *args: str) -> Result:
+    return runner.run(c, cmd(s, *args))
 
 
 def exists(c, s: Settings, name: str) -> bool:
@@ -72,15 +77,21 @@ def require(c, s: Settings, datasets: list[str]) -> None:
             "check ZFS_POOL / ZFS_PREFIX in .env and clawdie.jails, or pass --no-snapshot")
 
 
-def snapshot_recursive(c, s: Settings, parent: str, name: str) -> None:
-    """`zfs snapshot -r parent@name`: atomic across every child, on every ZFS."""
+def snapshot_command(s: Settings, parent: str, name: str) -> Shell:
+    """The configured `snapshot` template (`zfs snapshot -r parent@name`), names checked."""
     check_dataset(parent)
     check_snapname(name)
-    res = c.run(s.command("snapshot", parent=parent, name=name), hide=True, warn=True,
-                in_stream=False)
-    if res.exited != 0:
-        raise ZfsError(f"snapshot {parent}@{name} failed: {res.stderr.strip()}",
-                       "check `zfs list` and that this user may snapshot (root or zfs allow)")
+    return Shell(s.command("snapshot", parent=parent, name=name))
+
+
+def run_snapshot(c: Context, cmd: Shell, parent: str, name: str) -> None:
+    runner.run(c, cmd, check=True, what=f"snapshot {parent}@{name}", error=ZfsError,
+               hint=_SNAP_HINT)
+
+
+def snapshot_recursive(c: Context, s: Settings, parent: str, name: str) -> None:
+    """`zfs snapshot -r parent@name`: atomic across every child, on every ZFS."""
+    run_snapshot(c, snapshot_command(s, parent, name), parent, name)
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,7 @@ def snapshots(c, s: Settings, dataset: str) -> list[Snapshot]:
     if res.exited != 0:
         if "does not exist" in res.stderr:
             raise DatasetMissing(f"ZFS dataset not found: {dataset}", "check `zfs list`")
-        raise ZfsError(f"listing snapshots of {dataset} failed: {res.stderr.strip()}", "")
+        raise runner.failure(res, f"listing snapshots of {dataset}", error=ZfsError)
     names = [n for n in res.stdout.split("\n") if n.startswith(dataset + "@")]
     if not names:
         return []
@@ -127,7 +138,7 @@ def numbers(c, s: Settings, names: list[str], props: tuple[str, ...]) -> dict[st
     return values
 
 
-def snapshot_cmd(s: Settings, datasets: list[str], name: str) -> str:
+def snapshot_cmd(s: Settings, datasets: list[str], name: str) -> list[str]:
     """`zfs snapshot a@n b@n ...`: atomic across the datasets on OpenZFS."""
     check_snapname(name)
     return cmd(s, "snapshot", *[f"{check_dataset(d)}@{name}" for d in datasets])
@@ -139,33 +150,28 @@ def snapshot_each(c, s: Settings, datasets: list[str], name: str) -> bool:
     Older ZFS (zfs-fuse) takes one snapshot per command ("too many arguments"): then each
     dataset gets its own command, in order, and the set is no longer atomic."""
     if len(datasets) > 1:
-        res = c.run(snapshot_cmd(s, datasets, name), hide=True, warn=True, in_stream=False)
+        res = runner.run(c, snapshot_cmd(s, datasets, name))
         if res.exited == 0:
             return True
         if "too many arguments" not in res.stderr:
-            raise ZfsError(f"snapshot @{name} of {', '.join(datasets)} failed: "
-                           f"{res.stderr.strip()}",
-                           "check `zfs list` and that this user may snapshot (root or zfs allow)")
+            raise runner.failure(res, f"snapshot @{name} of {', '.join(datasets)}", _SNAP_HINT,
+                                 error=ZfsError)
     for ds in datasets:
-        res = c.run(snapshot_cmd(s, [ds], name), hide=True, warn=True, in_stream=False)
-        if res.exited != 0:
-            raise ZfsError(f"snapshot {ds}@{name} failed: {res.stderr.strip()}",
-                           "check `zfs list` and that this user may snapshot (root or zfs allow)")
+        runner.run(c, snapshot_cmd(s, [ds], name), check=True, what=f"snapshot {ds}@{name}",
+                   error=ZfsError, hint=_SNAP_HINT)
     return len(datasets) == 1
 
 
-def rollback_cmd(s: Settings, full: str) -> str:
+def rollback_cmd(s: Settings, full: str) -> list[str]:
     """`zfs rollback -r ds@snap`: -r destroys the newer snapshots, which the caller listed."""
     ds, snap = split_snapshot(full)
     return cmd(s, "rollback", "-r", f"{ds}@{snap}")
 
 
 def rollback(c, s: Settings, full: str) -> None:
-    res = c.run(rollback_cmd(s, full), hide=True, warn=True, in_stream=False)
-    if res.exited != 0:
-        raise ZfsError(f"rollback to {full} failed: {res.stderr.strip()}",
-                       "check that nothing holds the dataset busy (a running jail, a shell "
-                       "inside its mountpoint) and try again")
+    runner.run(c, rollback_cmd(s, full), check=True, what=f"rollback to {full}", error=ZfsError,
+               hint="check that nothing holds the dataset busy (a running jail, a shell "
+                    "inside its mountpoint) and try again")
 
 
 def written_since(c, s: Settings, dataset: str, snap: str) -> int | None:
@@ -179,12 +185,10 @@ def written_since(c, s: Settings, dataset: str, snap: str) -> int | None:
 
 def create_parents(c, s: Settings, dataset: str) -> None:
     """`zfs create -p dataset`: the dataset and any missing parents (none changed if present)."""
-    res = c.run(cmd(s, "create", "-p", check_dataset(dataset)), hide=True, warn=True,
-                in_stream=False)
-    if res.exited != 0:
-        raise ZfsError(f"could not create {dataset}: {res.stderr.strip()}",
-                       "check the pool exists (`zpool list`) and that this user may create "
-                       "datasets")
+    runner.run(c, cmd(s, "create", "-p", check_dataset(dataset)), check=True,
+               what=f"creating {dataset}", error=ZfsError,
+               hint="check the pool exists (`zpool list`) and that this user may create "
+                    "datasets")
 
 
 def mountpoint(c, s: Settings, dataset: str) -> str:

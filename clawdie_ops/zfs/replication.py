@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paramiko
-
+from .. import runner
 from ..hosts import agent, ssh
 from . import datasets, syncoid, commands as zfs
+from ..config import inventory
 from ..config.settings import Settings
-from ..errors import ConfigError, DatasetMissing, HostError, ZfsError
+from ..errors import ConfigError, DatasetMissing, ZfsError
 from ..output import Reporter, human_size
 
 
@@ -48,7 +48,7 @@ class ReplicationPlan:
     def parents(self) -> list[str]:
         return sorted({p.target.rsplit("/", 1)[0] for p in self.pairs if "/" in p.target})
 
-    def command(self, pair: Pair) -> str:
+    def command(self, pair: Pair) -> runner.Shell:
         return syncoid.command(self.syncoid_bin, pair.source, pair.target, self.host, self.options)
 
     def describe(self) -> list[str]:
@@ -61,7 +61,7 @@ class ReplicationPlan:
         lines = [f"target     {self.to} = {who}{h.hostname}:{h.port}{via}",
                  f"helpers    compression {self.options.compress}; mbuffer {both}; pv {pv}"]
         for parent in self.parents:
-            lines.append(f"on {self.to:<6} {zfs.cmd(ts, 'create', '-p', parent)}")
+            lines.append(f"on {self.to:<6} {runner.line(zfs.cmd(ts, 'create', '-p', parent))}")
         for p in self.pairs:
             mode = {"missing": "full (first time)",
                     "common": f"incremental from @{p.common}",
@@ -70,7 +70,7 @@ class ReplicationPlan:
             if p.jail:
                 lines.append(f"on {self.to:<6} stop jail {p.jail} while it receives: "
                              f"{ts.command('jail_stop', jail=p.jail)} (started again if it ran)")
-            lines.append(f"run        {self.command(p)}")
+            lines.append(f"run        {runner.line(self.command(p))}")
         return lines + [f"note       {n}" for n in self.notes]
 
 
@@ -79,11 +79,11 @@ def target_settings(s: Settings, cfg: Mapping[str, Any], to: str) -> tuple[Setti
 
     From the inventory entry `clawdie.hosts[to]` = {ssh, root, overrides} when there is one;
     otherwise the target is assumed to be laid out like this host."""
-    entry = dict((cfg.get("hosts") or {}).get(to) or {})
-    over = dict(entry.get("overrides") or {})
+    host = inventory.resolve(cfg, to)  # validated: unknown keys and settings are refused
+    over = dict(host.overrides)
     changes: dict[str, Any] = {}
-    if entry.get("root"):
-        changes["root"] = Path(str(entry["root"]))
+    if host.root:
+        changes["root"] = Path(host.root)
     if over.get("home"):
         changes["home"] = Path(str(over["home"]))
     for key in ("zfs", "zfs_pool", "zfs_prefix", "jail_name"):
@@ -93,7 +93,7 @@ def target_settings(s: Settings, cfg: Mapping[str, Any], to: str) -> tuple[Setti
         changes["commands"] = {**s.commands, **dict(over["commands"])}
     if over.get("jails"):
         changes["jails"] = tuple(over["jails"])
-    return dataclasses.replace(s, **changes), str(entry.get("ssh") or to)
+    return dataclasses.replace(s, **changes), host.ssh
 
 
 def map_dataset(s: Settings, ts: Settings, dataset: str) -> str:
@@ -131,9 +131,8 @@ def make_plan(c, s: Settings, cfg: Mapping[str, Any], to: str, names: list[str] 
                              "check ZFS_POOL / ZFS_PREFIX in .env, clawdie.jails, or --dataset")
     host = ssh.resolve(c, alias, str(cfg.get("ssh_config") or ""))
     conn = conn or ssh.connect(host)
-    local = syncoid.found_tools(c.run(syncoid.probe_cmd(), hide=True, warn=True,
-                                      in_stream=False).stdout)
-    remote = syncoid.found_tools(_remote(conn, to, syncoid.probe_cmd()).stdout)
+    local = syncoid.found_tools(runner.run(c, syncoid.probe_cmd()).stdout)
+    remote = syncoid.found_tools(runner.run(conn, syncoid.probe_cmd(), host=to).stdout)
     pairs = [_probe_pair(conn, ts, c, s, jd, map_dataset(s, ts, jd.dataset)) for jd in chosen]
     diverged = [p for p in pairs if p.state == "diverged"]
     if diverged and not replace_existing:
@@ -153,29 +152,20 @@ def make_plan(c, s: Settings, cfg: Mapping[str, Any], to: str, names: list[str] 
                            remote_tools=remote, notes=notes, conn=conn)
 
 
-def _remote(conn, to: str, command: str):
-    try:
-        return conn.run(command, hide=True, warn=True, in_stream=False)
-    except (OSError, paramiko.SSHException) as exc:  # name the host, not a traceback
-        raise HostError(f"cannot reach {to} over SSH: {exc}",
-                        "check `ssh " + to + " true` with the same ssh config, and its host key"
-                        ) from None
-
-
 def replicate_one(c, conn, plan: ReplicationPlan, pair: Pair) -> dict[str, Any]:
     """One dataset: jail on the target stopped while it receives, syncoid, jail back."""
     ts = plan.target_settings
     stopped = agent.jail_stop(conn, ts, pair.jail) if pair.jail else False
     start = time.monotonic()
     try:
-        res = c.run(plan.command(pair), hide=True, warn=True, in_stream=False)
+        res = runner.run(c, plan.command(pair))
     finally:
         duration = round(time.monotonic() - start, 3)
         if stopped:
             agent.jail_start(conn, ts, pair.jail)
     report = syncoid.parse_output(res.stdout)
     if res.exited != 0:
-        reason = report.errors[0] if report.errors else res.stdout.strip()[-300:]
+        reason = report.errors[0] if report.errors else runner.tail(res.stdout)
         hint = ("pass --replace-existing to let syncoid replace it (its data is lost)"
                 if report.refused_existing else
                 "run the same replicate again: it continues from the newest snapshot both "

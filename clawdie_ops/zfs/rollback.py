@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .. import runner
 from ..hosts import agent
 from . import datasets, commands as zfs
 from ..config.settings import Settings
@@ -109,7 +110,7 @@ def make_plan(c, s: Settings, target: str, force: bool = False) -> RollbackPlan:
         dataset=ds, snapshot=snaps[index], jail=jail,
         jail_running=agent.jail_running(c, s, jail) if jail else False, managed=managed,
         destroys=snaps[:index], written=zfs.written_since(c, s, ds, snap), referenced_now=now,
-        command=zfs.rollback_cmd(s, f"{ds}@{snap}"), notes=notes)
+        command=runner.line(zfs.rollback_cmd(s, f"{ds}@{snap}")), notes=notes)
 
 
 def run(c, s: Settings, plan: RollbackPlan) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..errors import InvalidName
 from ..hosts.ssh import SshHost
 from .commands import check_dataset
+from ..runner import Shell
 
 # Preference order: the program both ends need -> syncoid's --compress name.
 COMPRESSORS: tuple[tuple[str, str], ...] = (("zstd", "zstd-fast"), ("lzop", "lzo"))
@@ -55,7 +56,7 @@ class SyncOptions:
                               "write it as bytes per second with k, m, g or t: 500k, 20m")
 
 
-def command(syncoid: str, source: str, target: str, h: SshHost, opts: SyncOptions) -> str:
+def command(syncoid: str, source: str, target: str, h: SshHost, opts: SyncOptions) -> Shell:
     """One dataset, local source to the remote target; stdout and stderr merged so pv's
     byte counts come out between the INFO lines of the transfer they belong to."""
     args = [syncoid, f"--compress={opts.compress}", f"--pv-options={PV_OPTIONS}"]
@@ -65,13 +66,13 @@ def command(syncoid: str, source: str, target: str, h: SshHost, opts: SyncOption
         args.append("--force-delete")
     args += ssh_args(h)
     args += [check_dataset(source), target_spec(h, target)]
-    return shlex.join(args) + " 2>&1"
+    return Shell(shlex.join(args) + " 2>&1")
 
 
-def probe_cmd() -> str:
+def probe_cmd() -> list[str]:
     """Which helpers syncoid can use on one host; `sh -c` because root's shell may be csh."""
     loop = "; ".join([f"for t in {' '.join(PROBED)}", 'do command -v "$t"', "done", "true"])
-    return shlex.join(["sh", "-c", loop])
+    return ["sh", "-c", loop]
 
 
 def found_tools(output: str) -> set[str]:

@@ -7,7 +7,6 @@ from datetime import datetime
 import pytest
 
 from clawdie_ops.actions import prune, schedule
-from clawdie_ops.archive.manifest import name_time
 from clawdie_ops.errors import ConfigError
 from clawdie_ops.monitoring import _with_suffix, job_metrics, ping_url_for
 
@@ -55,14 +54,6 @@ def test_policy_defaults_config_and_flags():
         prune.policy_from({}, weekly="-1")
     with pytest.raises(ConfigError, match="unknown key"):
         prune.policy_from({"yearly": 3})
-
-
-def test_name_time_reads_the_runbook_names_only():
-    assert name_time("clawdie-backup-06.dec.2026-0200.tar.zst") == (datetime(2026, 12, 6, 2, 0), 1)
-    assert name_time("clawdie-backup-06.dec.2026-0200-3.tar.gz")[1] == 3
-    for other in ("clawdie-backup-31.feb.2026-0200.tar.zst", "clawdie-backup-x.tar.zst",
-                  ".clawdie-backup-06.dec.2026-0200.tar.zst.partial", "notes.txt"):
-        assert name_time(other) is None
 
 
 def test_partial_names():

@@ -311,3 +311,44 @@ def test_plan_renames_a_database_aside_instead_of_dumping_it(tmp_path):
     assert "pg_dump --clean" not in text
     assert 'ALTER DATABASE "memory_db_pre_restore_1" RENAME TO "memory_db"' in target.howto()
     assert target.report()["kept_as"] == "memory_db_pre_restore_1"
+
+
+def test_restore_steps_carry_the_argv_they_run(tmp_path):
+    (tmp_path / ".env").write_text(env_text({"WARDEN_DB_IP": "10.0.0.3", "ZFS_PREFIX": "clawdie",
+                                             "MEMORY_DB_PASSWORD": "mem-secret-1"}))
+    s = config.load(Config(overrides={"clawdie": {}}), root=tmp_path)
+    server = ServerInfo("15.18", 150018, "7712", "10.0.0.3:5432")
+    target = restore.DbTarget("memory_db.sql", s.memory, "memory_user", server, {},
+                              exists=True)
+    plan = restore.RestorePlan(verified("env", "memory_db.sql"), s, ["env", "memory_db.sql"],
+                               tmp_path / "w", "zroot/clawdie/jails/db@pre-1", [target], None,
+                               True, True, [], [])
+    plan.steps = restore._steps(plan)
+    kinds = [st.kind for st in plan.steps]
+    assert kinds == [restore.Kind.ENV, restore.Kind.AGENT_STOP, restore.Kind.DATABASE,
+                     restore.Kind.AGENT_START, restore.Kind.DOCTOR]
+    db = plan.steps[2]
+    assert db.commands == [
+        ["pg_dump", "--clean", "--if-exists", "-h", "10.0.0.3", "-p", "5432", "-U",
+         "memory_user", "--no-password", "-f", str(tmp_path / "w/before/memory_db.sql"),
+         "memory_db"],
+        ["psql", "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1", "-h", "10.0.0.3",
+         "-p", "5432", "-U", "memory_user", "--no-password", "-d", "memory_db", "-f",
+         str(tmp_path / "w/staging/memory_db.sql")]]
+    assert db.undo == "memory_db (from its pre-restore dump)" and db.together
+    assert [str(cmd) for cmd in plan.steps[1].commands] == [s.command("agent_stop")]
+    assert plan.steps[0].commands == [] and plan.steps[0].action is not None  # in-process
+    groups = plan.commands()
+    assert groups[0] == ["zfs snapshot -r zroot/clawdie/jails/db@pre-1"]
+    assert "mem-secret-1" not in repr(groups)
+
+
+def test_a_restore_that_does_not_start_the_agent_shows_a_step_that_runs_nothing(tmp_path):
+    (tmp_path / ".env").write_text(env_text({"WARDEN_DB_IP": "10.0.0.3"}))
+    s = config.load(Config(overrides={"clawdie": {}}), root=tmp_path)
+    plan = restore.RestorePlan(verified("groups/a"), s, ["groups/"], tmp_path / "w", None, [],
+                               None, False, False, [], [])
+    plan.steps = restore._steps(plan)
+    start = next(st for st in plan.steps if st.kind is restore.Kind.AGENT_START)
+    assert start.action is None and start.commands == []
+    assert start.run(MockContext(run={}), None) is None  # type: ignore[arg-type]

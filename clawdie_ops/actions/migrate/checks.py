@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..doctor import Check
+from ...checks import Check
 from ...output import human_size
 
 # Room to spare on the new host beyond the data itself (the archive plus what it restores).

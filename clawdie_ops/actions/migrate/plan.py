@@ -5,18 +5,20 @@ only when the preflight finds where clawdie-ops runs on a host (make_steps).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-from ... import __version__
+from ... import __version__, runner
 from ...config import inventory
 from . import journal as journal_mod
 from ...hosts import remote, install as toolinstall
 from ...errors import ConfigError
 from ...config.inventory import Host
 from ...config.masking import masked
+from ...steps import fill
 
 PHASES = {
     "preflight": "1 preflight on both hosts (read-only, but for installing clawdie-ops)",
@@ -24,22 +26,75 @@ PHASES = {
     "downtime": "3 downtime window (the agent is stopped)",
     "cutover": "4 cutover and report",
 }
-DOWNTIME = ("stop-old-agent", "final-sync", "final-backup", "copy-archive", "start-new-jails",
-            "restore", "point-env", "start-new-agent", "doctor")
+
+
+class StepId(StrEnum):
+    """The migration's steps; the journal keeps each one's result under its value."""
+
+    CONNECT = "connect"
+    TOOLS = "tools"
+    CHECK_OLD = "check-old"
+    CHECK_NEW = "check-new"
+    EVALUATE = "evaluate"
+    PAUSE_NEW_SCHEDULE = "pause-new-schedule"
+    PRESYNC = "presync"
+    STOP_OLD_AGENT = "stop-old-agent"
+    FINAL_SYNC = "final-sync"
+    FINAL_BACKUP = "final-backup"
+    COPY_ARCHIVE = "copy-archive"
+    START_NEW_JAILS = "start-new-jails"
+    RESTORE = "restore"
+    POINT_ENV = "point-env"
+    START_NEW_AGENT = "start-new-agent"
+    DOCTOR = "doctor"
+    PAUSE_OLD_SCHEDULE = "pause-old-schedule"
+    RESUME_NEW_SCHEDULE = "resume-new-schedule"
+
+
+DOWNTIME = (StepId.STOP_OLD_AGENT, StepId.FINAL_SYNC, StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE,
+            StepId.START_NEW_JAILS, StepId.RESTORE, StepId.POINT_ENV, StepId.START_NEW_AGENT,
+            StepId.DOCTOR)
 # final-sync runs alongside these two: ZFS streams on one side, PostgreSQL, SQLite and the
 # archive on the other, so the window is as long as the slower of the two, not their sum.
 # (The datasets themselves go one after the other: parallel receives failed on zfs-fuse.)
-ALONGSIDE_SYNC = ("final-backup", "copy-archive")
+ALONGSIDE_SYNC = (StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE)
 CONFIG_PLACEHOLDER = "<tmp>/config.json"
 
 
 @dataclass(frozen=True)
 class Step:
-    id: str
+    id: StepId
     phase: str
     where: str  # "old", "new" or "here" (the operator's machine)
-    command: str
+    command: str  # what a person reads: the command line, or what happens here
     why: str
+    # The clawdie-ops task it runs on `where` (after the tool's own argv); <placeholders>
+    # are filled when it runs. Empty: the step runs on the operator's machine.
+    args: tuple[str, ...] = ()
+    config: bool = False  # with a temporary config file (-f)
+    on: str = ""  # the host `args` run on, when not `where` (copy-archive checks on "new")
+
+    @property
+    def host_key(self) -> str:
+        return self.on or self.where
+
+    @property
+    def stdin(self) -> bool:
+        return "--stdin" in self.args
+
+    def argv(self, host: Host, config_file: str | None,
+             values: Mapping[str, str] | None = None) -> list[str]:
+        """The command this step runs on `host`, its placeholders filled."""
+        return remote.tool_argv(host, *fill(self.args, dict(values or {})),
+                                config_file=config_file if self.config else None)
+
+    def planned(self, host: Host) -> list[str]:
+        """The command as planned (placeholders left in): what the recorder must see."""
+        return [runner.line(self.argv(host, CONFIG_PLACEHOLDER))] if self.args else []
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": str(self.id), "phase": self.phase, "where": self.where,
+                "command": self.command, "why": self.why}
 
 
 @dataclass
@@ -90,9 +145,21 @@ class Plan:
         lines.append(f"journal {self.journal}")
         return lines + [f"note  {n}" for n in self.notes]
 
+    def commands(self) -> list[list[str]]:
+        """Every clawdie-ops command the plan runs on the two hosts, by runs of steps: the
+        final sync runs at once with the final backup and the copy (steps.planned)."""
+        out: list[list[str]] = []
+        for s in self.steps:
+            lines = s.planned(self.host(s.host_key))
+            if s.id in ALONGSIDE_SYNC and out:
+                out[-1].extend(lines)  # with final-sync, just before them
+            elif lines:
+                out.append(lines)
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         return {"from": host_dict(self.old), "to": host_dict(self.new),
-                "steps": [asdict(s) for s in self.steps], "configs": self.configs,
+                "steps": [s.as_dict() for s in self.steps], "configs": self.configs,
                 "journal": str(self.journal), "notes": self.notes}
 
 
@@ -107,8 +174,11 @@ def replicate_args(new_name: str, force: bool) -> list[str]:
             "--yes", "--json"]
 
 
-def step_cmd(h: Host, *args: str, config: bool = False) -> str:
-    return remote.tool_command(h, *args, config_file=CONFIG_PLACEHOLDER if config else None)
+def _on(sid: StepId, phase: str, where: str, h: Host, args: list[str], why: str, *,
+        config: bool = False) -> Step:
+    """A step that runs clawdie-ops TASK ARGS on host `h` (`where`)."""
+    line = remote.tool_command(h, *args, config_file=CONFIG_PLACEHOLDER if config else None)
+    return Step(sid, phase, where, line, why, tuple(args), config)
 
 
 def _tools_text(old: Host, new: Host, opts: Options) -> str:
@@ -142,64 +212,65 @@ def make_plan(cfg: Mapping[str, Any], opts: Options, home: Path) -> Plan:
 
 
 def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> list[Step]:
+    """Every step of the migration in order. Long on purpose: one table, a row per step,
+    reads best whole (the runbook's order is the point)."""
     new_cfg = bool(new.settings_overrides())
     replicate = replicate_args(new.name, opts.force)
+
+    def step(sid: StepId, phase: str, where: str, action: str, why: str) -> Step:
+        h = old if where == "old" else new
+        return _on(sid, phase, where, h, ["migrate-step", action, "--stdin", "--json"], why)
+
+    checksum = _on(StepId.COPY_ARCHIVE, "downtime", "here", new,
+                   ["migrate-step", "checksum", "--path", "<path>", "--stdin", "--json"], "")
     return [
-        Step("connect", "preflight", "here",
+        Step(StepId.CONNECT, "preflight", "here",
              f"ssh {old.ssh if not old.local else '(local)'} and ssh {new.ssh}: host keys must "
              "be known" + (" (new keys accepted: --accept-new-host-key)"
                            if opts.accept_new_host_key else " (an unknown key is refused)"),
              "via the ssh config " + str(cfg.get("ssh_config") or "~/.ssh/config")),
-        Step("tools", "preflight", "here", _tools_text(old, new, opts),
+        Step(StepId.TOOLS, "preflight", "here", _tools_text(old, new, opts),
              "the new host's restore must read this version's archives; nothing else on the "
              "host changes"),
-        Step("check-old", "preflight", "old",
-             step_cmd(old, "migrate-step", "check", "--role", "source", "--stdin", "--json"),
-             "versions, space, ZFS, PostgreSQL, data; its overrides arrive on stdin"),
-        Step("check-new", "preflight", "new",
-             step_cmd(new, "migrate-step", "check", "--role", "target", "--stdin", "--json"),
-             "the same, evaluated with the old .env's database settings (on stdin, never "
-             "argv): the databases the restore would really use"),
-        Step("evaluate", "preflight", "here",
+        _on(StepId.CHECK_OLD, "preflight", "old", old,
+            ["migrate-step", "check", "--role", "source", "--stdin", "--json"],
+            "versions, space, ZFS, PostgreSQL, data; its overrides arrive on stdin"),
+        _on(StepId.CHECK_NEW, "preflight", "new", new,
+            ["migrate-step", "check", "--role", "target", "--stdin", "--json"],
+            "the same, evaluated with the old .env's database settings (on stdin, never "
+            "argv): the databases the restore would really use"),
+        Step(StepId.EVALUATE, "preflight", "here",
              "compare: clawdie-ops and PostgreSQL versions, roles, disk space, ZFS pools, "
              "new host empty, database identity guard", "any failure stops here"),
-        Step("pause-new-schedule", "presync", "new",
-             step_cmd(new, "migrate-step", "schedule-pause", "--stdin", "--json"),
+        step(StepId.PAUSE_NEW_SCHEDULE, "presync", "new", "schedule-pause",
              "its scheduled jobs (clawdie.schedule) commented out: sanoid must not snapshot "
              "or prune the datasets while they are received"),
-        Step("presync", "presync", "old", step_cmd(old, *replicate, config=True),
-             "syncoid of the jail datasets while the agent runs: only the increment is left"),
-        Step("stop-old-agent", "downtime", "old",
-             step_cmd(old, "migrate-step", "agent-stop", "--stdin", "--json"),
-             "downtime starts"),
-        Step("final-sync", "downtime", "old", step_cmd(old, *replicate, config=True),
-             "the increment since the pre-sync, while final-backup and copy-archive run"),
-        Step("final-backup", "downtime", "old",
-             step_cmd(old, "backup", "--json", config=bool(old.settings_overrides())),
-             "snapshot, messages.db, both databases, files"),
-        Step("copy-archive", "downtime", "here",
+        _on(StepId.PRESYNC, "presync", "old", old, replicate,
+            "syncoid of the jail datasets while the agent runs: only the increment is left",
+            config=True),
+        step(StepId.STOP_OLD_AGENT, "downtime", "old", "agent-stop", "downtime starts"),
+        _on(StepId.FINAL_SYNC, "downtime", "old", old, replicate,
+            "the increment since the pre-sync, while final-backup and copy-archive run",
+            config=True),
+        _on(StepId.FINAL_BACKUP, "downtime", "old", old, ["backup", "--json"],
+            "snapshot, messages.db, both databases, files", config=bool(old.settings_overrides())),
+        Step(StepId.COPY_ARCHIVE, "downtime", "here",
              f"sftp {old.name}:<archive> -> {new.name}:<backup_dir>/<archive>.partial "
              f"(resumed on a dropped connection, up to {opts.retries} tries), then "
-             + step_cmd(new, "migrate-step", "checksum", "--path", "<path>", "--stdin",
-                         "--json")
-             + " must match the backup's sha256 before it is renamed", ""),
-        Step("start-new-jails", "downtime", "new",
-             step_cmd(new, "migrate-step", "jails-start", "--stdin", "--json"),
+             + checksum.command + " must match the backup's sha256 before it is renamed", "",
+             checksum.args, on="new"),
+        step(StepId.START_NEW_JAILS, "downtime", "new", "jails-start",
              "the db jail's PostgreSQL takes the restore"),
-        Step("restore", "downtime", "new",
-             step_cmd(new, "restore", "<archive>", "--yes", "--no-start", "--json",
-                       config=new_cfg), "verified first; rolls itself back on failure"),
-        Step("point-env", "downtime", "new",
-             step_cmd(new, "migrate-step", "env-apply", "--stdin", "--json"),
+        _on(StepId.RESTORE, "downtime", "new", new,
+            ["restore", "<archive>", "--yes", "--no-start", "--json"],
+            "verified first; rolls itself back on failure", config=new_cfg),
+        step(StepId.POINT_ENV, "downtime", "new", "env-apply",
              "its db_host/db_port/zfs_pool/zfs_prefix written into the restored .env; the "
              "database the .env now names must not be the old host's"),
-        Step("start-new-agent", "downtime", "new",
-             step_cmd(new, "migrate-step", "agent-start", "--stdin", "--json"), ""),
-        Step("doctor", "downtime", "new", step_cmd(new, "doctor", "--json", config=new_cfg),
-             "healthy (no failed check) ends the downtime"),
-        Step("pause-old-schedule", "cutover", "old",
-             step_cmd(old, "migrate-step", "schedule-pause", "--stdin", "--json"),
+        step(StepId.START_NEW_AGENT, "downtime", "new", "agent-start", ""),
+        _on(StepId.DOCTOR, "downtime", "new", new, ["doctor", "--json"],
+            "healthy (no failed check) ends the downtime", config=new_cfg),
+        step(StepId.PAUSE_OLD_SCHEDULE, "cutover", "old", "schedule-pause",
              "scheduled backups and snapshots stop there: one live host"),
-        Step("resume-new-schedule", "cutover", "new",
-             step_cmd(new, "migrate-step", "schedule-resume", "--stdin", "--json"), ""),
+        step(StepId.RESUME_NEW_SCHEDULE, "cutover", "new", "schedule-resume", ""),
     ]

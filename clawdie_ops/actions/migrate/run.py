@@ -17,14 +17,10 @@ starts the old host's agent again and changes nothing else there.
 """
 from __future__ import annotations
 
-import dataclasses
-import shlex
 import signal
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Mapping
@@ -35,9 +31,10 @@ from ...hosts import remote, install as toolinstall, transfer
 from ...errors import Aborted, ClawdieError, MigrationFailed, Terminated
 from ...config.inventory import Host
 from ...config.masking import masked
-from .plan import (ALONGSIDE_SYNC, DOWNTIME, Options, Plan, Step, host_dict, make_plan, make_steps,
-                   replicate_args)
-from ...output import Reporter
+from . import outcome, rollback
+from .session import HostSession
+from .plan import (ALONGSIDE_SYNC, DOWNTIME, Options, Plan, Step, StepId, make_plan)
+from ...output import Reporter, confirm
 
 
 def _summary(facts: dict[str, Any]) -> dict[str, Any]:
@@ -45,50 +42,31 @@ def _summary(facts: dict[str, Any]) -> dict[str, Any]:
     return {k: facts.get(k) for k in ("hostname", "tool_version", "root", "backup_dir")}
 
 
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
-
-
-class Migration:
-    """Runs a plan: contexts per host, the journal, the rollback."""
+class Migration(HostSession):
+    """Runs a plan, phase by phase, step by step, with the journal; on the two hosts through
+    HostSession (session.py); stopping is rollback.py's, the report outcome.py's."""
 
     def __init__(self, c, cfg: Mapping[str, Any], plan: Plan, opts: Options,
                  out: Reporter) -> None:
-        self.c = c
-        self.cfg = cfg
-        self.plan = plan
-        self.opts = opts
+        super().__init__(c, cfg, plan, opts, journal_mod.Journal.open(
+            plan.journal, {"from": [plan.old.name, plan.old.ssh],
+                           "to": [plan.new.name, plan.new.ssh]}, restart=opts.restart))
         self.out = out
-        self.ctx: dict[str, Any] = {}
-        self.facts: dict[str, dict[str, Any]] = {}
         self.db_env: dict[str, str] = {}  # the old .env's database settings: memory only
-        self.temp_configs: dict[str, str] = {}
-        # hosts whose clawdie-ops is known to run: this machine, and what the tools step found
-        self.tool_ready = {w for w in ("old", "new") if plan.host(w).local}
-        self.lock = threading.RLock()
         self.checks: list[migrate_checks.Check] = []
         self.skipped: list[str] = []
         self.started: Step = plan.steps[0]  # the preflight step running, for its failure
-        self.warnings: list[str] = []
-        self.journal = journal_mod.Journal.open(
-            plan.journal, {"from": [plan.old.name, plan.old.ssh],
-                           "to": [plan.new.name, plan.new.ssh]}, restart=opts.restart)
         # Preflight runs every time; a run "continues" when later steps were done before.
         self.resumed = any(self.journal.done(s.id) for s in plan.steps
                            if s.phase != "preflight")
-        self.actions: dict[str, Callable[[], dict[str, Any]]] = {
-            "connect": self.do_connect, "tools": self.do_tools, "check-old": self.do_check_old,
-            "check-new": self.do_check_new, "evaluate": self.do_evaluate,
-            "pause-new-schedule": lambda: self.step_tool("new", "schedule-pause"),
-            "presync": self.do_replicate, "stop-old-agent": self.do_stop_old_agent,
-            "final-backup": self.do_backup, "final-sync": self.do_replicate,
-            "copy-archive": self.do_copy, "start-new-jails":
-                lambda: self.step_tool("new", "jails-start"),
-            "restore": self.do_restore, "point-env": self.do_point_env,
-            "start-new-agent": lambda: self.step_tool("new", "agent-start"),
-            "doctor": self.do_doctor,
-            "pause-old-schedule": lambda: self.step_tool("old", "schedule-pause"),
-            "resume-new-schedule": lambda: self.step_tool("new", "schedule-resume"),
+        # What each step does beyond running its own command (run_plan_step) on its host.
+        self.actions: dict[StepId, Callable[[Step], dict[str, Any]]] = {
+            StepId.CONNECT: self.do_connect, StepId.TOOLS: self.do_tools,
+            StepId.CHECK_OLD: self.do_check_old, StepId.CHECK_NEW: self.do_check_new,
+            StepId.EVALUATE: self.do_evaluate, StepId.PRESYNC: self.do_replicate,
+            StepId.STOP_OLD_AGENT: self.do_stop_old_agent, StepId.FINAL_SYNC: self.do_replicate,
+            StepId.COPY_ARCHIVE: self.do_copy, StepId.RESTORE: self.do_restore,
+            StepId.POINT_ENV: self.do_point_env, StepId.DOCTOR: self.do_doctor,
         }
 
     # -- helpers -------------------------------------------------------------------------
@@ -97,48 +75,6 @@ class Migration:
 
     def steps_of(self, phase: str) -> list[Step]:
         return [s for s in self.plan.steps if s.phase == phase]
-
-    def tool(self, where: str, *args: str, stdin: Any = None, config: bool = False,
-             ok_codes: tuple[int, ...] = (0,)) -> dict[str, Any]:
-        h = self.plan.host(where)
-        cfg_file = self.temp_config(where) if config else None
-        result, _ = remote.run_tool(self.ctx[where], h, *args, stdin=stdin,
-                                    config_file=cfg_file, ok_codes=ok_codes)
-        return result
-
-    def step_tool(self, where: str, action: str, *args: str, **extra: Any) -> dict[str, Any]:
-        h = self.plan.host(where)
-        return self.tool(where, "migrate-step", action, *args, "--stdin", "--json",
-                         stdin={"config": h.settings_overrides(), **extra})
-
-    def temp_config(self, where: str) -> str | None:
-        with self.lock:  # steps run in threads in the downtime window
-            if where in self.temp_configs:
-                return self.temp_configs[where]
-            data = self.config_content(where)
-            if not data["clawdie"]:
-                return None
-            path = remote.write_temp_config(self.ctx[where], self.plan.host(where), data)
-            self.temp_configs[where] = path
-            # in the journal too: a run killed outright leaves it for the next run to remove
-            self.journal.set("temp_configs", {**self.journal.data.get("temp_configs", {}),
-                                              path: self.plan.host(where).name})
-            return path
-
-    def config_content(self, where: str) -> dict[str, Any]:
-        h = self.plan.host(where)
-        content = h.settings_overrides()
-        if where == "old":
-            # replicate on the old host learns the new host's layout from this entry.
-            nf = self.facts["new"]
-            st = nf["settings"]
-            content["hosts"] = {self.plan.new.name: {
-                "ssh": self.plan.new.reach_from_peer, "root": nf["root"],
-                "overrides": {"home": nf["home"], "zfs_pool": st["zfs_pool"],
-                              "zfs_prefix": st["zfs_prefix"], "jails": st["jails"],
-                              "jail_name": st["jail_name"], "zfs": st["zfs"],
-                              "commands": st["commands"]}}}
-        return {"clawdie": content}
 
     def run_step(self, step: Step, *, always: bool = False, quiet: bool = False
                  ) -> dict[str, Any]:
@@ -150,18 +86,19 @@ class Migration:
         if step.phase == "preflight":
             self.started = step
         label = f"{step.id}: {self.plan.label(step.where)}"
+        act = self.actions.get(step.id, self.run_plan_step)
         if quiet:  # a step in a background thread: one live spinner at a time
-            result = self.actions[step.id]()
+            result = act(step)
             self.out.note(f"[green]✓[/] {label} [dim]({time.monotonic() - started:.1f}s)[/]")
         else:
             with self.out.step(label):
-                result = self.actions[step.id]()
+                result = act(step)
         if not self.opts.dry_run:  # a dry run leaves no trace, not even in the journal
             self.journal.record(step.id, result, time.monotonic() - started)
         return result
 
     # -- phase 1 -------------------------------------------------------------------------
-    def do_connect(self) -> dict[str, Any]:
+    def do_connect(self, step: Step) -> dict[str, Any]:
         out = {}
         for where in ("old", "new"):
             h = self.plan.host(where)
@@ -176,28 +113,7 @@ class Migration:
         self.remove_stale_configs()
         return out
 
-    def remove_stale_configs(self) -> None:
-        """Temporary config files of an earlier run that was killed before its cleanup."""
-        if self.opts.dry_run:
-            return
-        for path, name in dict(self.journal.data.get("temp_configs") or {}).items():
-            where = next((w for w in ("old", "new") if self.plan.host(w).name == name), None)
-            if where is not None:
-                self.remove_config(where, path, "the earlier run's temporary config")
-
-    def remove_config(self, where: str, path: str, what: str) -> None:
-        """Remove a temporary config file on a host, and its entry in the journal."""
-        try:
-            remote.remove_temp_config(self.ctx[where], self.plan.host(where), path)
-        except ClawdieError as exc:
-            self.warnings.append(f"could not remove {what} {path} on "
-                                 f"{self.plan.host(where).label}: {exc.message}")
-            return
-        left = dict(self.journal.data.get("temp_configs") or {})
-        if left.pop(path, None) is not None:
-            self.journal.set("temp_configs", left)
-
-    def do_tools(self) -> dict[str, Any]:
+    def do_tools(self, step: Step) -> dict[str, Any]:
         """clawdie-ops on each remote host: found, or this version installed there."""
         out: dict[str, Any] = {}
         for where, minimum in (("old", None), ("new", __version__)):
@@ -231,17 +147,8 @@ class Migration:
                                   f"install clawdie-ops {__version__} there, or run again "
                                   "without --no-install")
 
-    def set_tool(self, where: str, path: str) -> None:
-        """From now on, run `path` as clawdie-ops on that host (the plan shows it too)."""
-        host = dataclasses.replace(self.plan.host(where), tool=shlex.quote(path))
-        if where == "old":
-            self.plan.old = host
-        else:
-            self.plan.new = host
-        self.plan.steps = make_steps(self.cfg, self.plan.old, self.plan.new, self.opts)
-
-    def do_check_old(self) -> dict[str, Any]:
-        facts = self.step_tool("old", "check", "--role", "source", want_db_env=True)
+    def do_check_old(self, step: Step) -> dict[str, Any]:
+        facts = self.run_plan_step(step, want_db_env=True)
         self.db_env = dict(facts.pop("db_env", {}) or {})
         self.facts["old"] = facts
         if "old_agent_ran" not in self.journal.data and not self.opts.dry_run:
@@ -249,13 +156,13 @@ class Migration:
             self.journal.set("old_agent_ran", bool(facts.get("agent_running")))
         return _summary(facts)
 
-    def do_check_new(self) -> dict[str, Any]:
-        facts = self.step_tool("new", "check", "--role", "target", env=self.db_env)
+    def do_check_new(self, step: Step) -> dict[str, Any]:
+        facts = self.run_plan_step(step, env=self.db_env)
         facts.pop("db_env", None)
         self.facts["new"] = facts
         return _summary(facts)
 
-    def do_evaluate(self) -> dict[str, Any]:
+    def do_evaluate(self, step: Step) -> dict[str, Any]:
         ours = bool(self.journal.data.get("touched_new"))
         self.checks = migrate_checks.evaluate(self.facts["old"], self.facts["new"],
                                               new_name=self.plan.new.name,
@@ -276,15 +183,14 @@ class Migration:
             self.run_step(step, always=True)
 
     # -- phase 2 and 3 -------------------------------------------------------------------
-    def do_replicate(self) -> dict[str, Any]:
+    def do_replicate(self, step: Step) -> dict[str, Any]:
         self.journal.set("touched_new", True)
-        return self.tool("old", *replicate_args(self.plan.new.name, self.opts.force),
-                         config=True)
+        return self.run_plan_step(step)
 
 
-    def do_stop_old_agent(self) -> dict[str, Any]:
+    def do_stop_old_agent(self, step: Step) -> dict[str, Any]:
         stopped_at = time.time()
-        result = self.step_tool("old", "agent-stop")
+        result = self.run_plan_step(step)
         # A run killed during the stop finds the agent already stopped: the journal knows
         # it ran when the migration began.
         ran = bool(result.get("was_running")) or bool(self.journal.data.get("old_agent_ran"))
@@ -293,20 +199,8 @@ class Migration:
         self.journal.save()
         return {**result, "stopped_at": stopped_at}
 
-    def do_backup(self) -> dict[str, Any]:
-        return self.tool("old", "backup", "--json", config=bool(self.plan.old.settings_overrides()))
 
-    def _files(self, where: str) -> transfer.Files:
-        h = self.plan.host(where)
-        if h.local:
-            return transfer.LocalFiles(h.name)
-
-        def connect() -> Any:
-            return remote.context_for(self.c, h, self.cfg,
-                                      accept_new_host_key=self.opts.accept_new_host_key)
-        return transfer.SftpFiles(connect, h.name)
-
-    def do_copy(self) -> dict[str, Any]:
+    def do_copy(self, step: Step) -> dict[str, Any]:
         backup = self.journal.result("final-backup")
         src = str(backup["archive"])
         dest = str(Path(self.facts["new"]["backup_dir"]) / Path(src).name)
@@ -318,7 +212,7 @@ class Migration:
         def verify(path: str) -> tuple[str, int]:
             if self.plan.new.local:
                 return transfer.local_sha256(path)
-            got = self.step_tool("new", "checksum", "--path", path)
+            got = self.run_plan_step(step, {"<path>": path})
             return str(got["sha256"]), int(got["size"])
 
         def retrying(attempt: int, why: str) -> None:
@@ -331,13 +225,12 @@ class Migration:
         self.journal.set("copy_dests", [dest])
         return result.as_dict()
 
-    def do_restore(self) -> dict[str, Any]:
+    def do_restore(self, step: Step) -> dict[str, Any]:
         archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]
-        return self.tool("new", "restore", archive, "--yes", "--no-start", "--json",
-                         config=bool(self.plan.new.settings_overrides()))
+        return self.run_plan_step(step, {"<archive>": archive})
 
-    def do_point_env(self) -> dict[str, Any]:
-        result = self.step_tool("new", "env-apply")
+    def do_point_env(self, step: Step) -> dict[str, Any]:
+        result = self.run_plan_step(step)
         old_ids = {db.get("identity") for db in self.facts["old"].get("databases", {}).values()}
         for key, db in (result.get("databases") or {}).items():
             if db.get("identity") in old_ids:
@@ -353,9 +246,8 @@ class Migration:
                     f"{db.get('error', '?')}", "check the new host's db jail and .env")
         return result
 
-    def do_doctor(self) -> dict[str, Any]:
-        result = self.tool("new", "doctor", "--json",
-                           config=bool(self.plan.new.settings_overrides()), ok_codes=(0, 1, 2))
+    def do_doctor(self, step: Step) -> dict[str, Any]:
+        result = self.run_plan_step(step, ok_codes=(0, 1, 2))
         failed = [ch for ch in result.get("checks", []) if ch.get("status") == "fail"]
         if failed:
             raise MigrationFailed(
@@ -370,27 +262,8 @@ class Migration:
                 self.warnings.append(f"doctor on the new host: {ch['name']}: {ch['detail']}")
         return {**result, "healthy_at": healthy_at}
 
-    def enter_window(self) -> None:
-        """Decide where the downtime window starts: from the top, or where it was cut."""
-        w = self.journal.window
-        done = [s for s in DOWNTIME if self.journal.done(s)]
-        if not done:
-            return
-        if w.get("state") == "open" and self.journal.done("stop-old-agent"):
-            status = self.step_tool("old", "agent-status")
-            if not status.get("running"):
-                self.journal.note("resumed the downtime window", steps_done=done)
-                self.out.warn("continuing the downtime window of an earlier run (the agent "
-                              "on the old host is still stopped)")
-                return
-            self.out.warn("the agent runs again on the old host since the earlier run: the "
-                          "downtime window starts over")
-        self.journal.forget(list(DOWNTIME))
-        self.journal.window.clear()
-        self.journal.save()
-
     def downtime(self) -> None:
-        self.enter_window()
+        rollback.enter_window(self)
         current = self.step(DOWNTIME[0])
         try:
             self.run_step(current)
@@ -409,170 +282,7 @@ class Migration:
                     current = step
                     self.run_step(step)
         except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - whatever it was,
-            self.rollback(current, exc)                # the old host's agent comes back
-
-    # -- failure -------------------------------------------------------------------------
-    def rollback(self, failed: Step, exc: BaseException) -> None:
-        undone: list[str] = []
-        problems: list[str] = []
-        if self.journal.done("start-new-agent") or failed.id in ("start-new-agent", "doctor"):
-            try:
-                self.step_tool("new", "agent-stop")
-                undone.append("stopped the agent on the new host")
-            except ClawdieError as err:
-                problems.append(f"could not stop the agent on the new host: {err.message}")
-        ran = self.journal.window.get("agent_was_running",
-                                      self.journal.data.get("old_agent_ran", True))
-        if ran:
-            try:
-                started = self.step_tool("old", "agent-start").get("started")
-                undone.append("started the agent on the old host again" if started else
-                              "the agent on the old host was still running")
-            except ClawdieError as err:
-                problems.append(f"COULD NOT start the agent on the old host: {err.message}; "
-                                f"start it by hand there: clawdie-ops migrate-step agent-start")
-        self.journal.window["state"] = "rolled_back"
-        self.journal.save()
-        raise self.failure(failed, exc, undone, problems)
-
-    def failure(self, failed: Step, exc: BaseException, undone: list[str] | None = None,
-                problems: list[str] | None = None) -> MigrationFailed:
-        if isinstance(exc, ClawdieError):
-            why = exc.message
-        elif isinstance(exc, (KeyboardInterrupt, Terminated)):
-            why = "interrupted"
-        else:
-            why = f"{type(exc).__name__}: {exc}"
-        hint = exc.hint if isinstance(exc, ClawdieError) else ""
-        self.journal.data.update(status="failed", failed_step=failed.id, error=why)
-        self.journal.note("failed", step=failed.id, error=why)
-        report = self.report("failed", failed=failed, error=why, undone=undone or [],
-                             problems=problems or [])
-        if failed.phase == "downtime":
-            old_state = "; ".join(problems) if problems else \
-                "the old host's agent runs again and nothing there was changed"
-        elif failed.id == "tools":
-            old_state = "nothing else was changed on either host"
-        elif failed.phase == "preflight":
-            old_state = "nothing was changed on either host"
-        else:
-            old_state = "the agent kept running on the old host and nothing there was changed"
-        err = MigrationFailed(
-            f"migration stopped at '{failed.id}' on {self.plan.label(failed.where)}: {why}; "
-            f"{old_state}",
-            (hint + "; " if hint else "") + "then run the same command again: it continues "
-            "where it stopped")
-        err.report = report  # type: ignore[attr-defined]
-        return err
-
-    def new_holds(self) -> dict[str, Any]:
-        """What the new host holds now, from the journal and a fresh read-only check."""
-        holds: dict[str, Any] = {
-            "datasets_received": self.journal.done("presync") or self.journal.done("final-sync"),
-            "archive": (self.journal.result("copy-archive").get("dest", "").split(":", 1)[-1]
-                        if self.journal.done("copy-archive") else None),
-            "restored": self.journal.done("restore"),
-            "env_pointed": self.journal.done("point-env"),
-            "schedule_paused": self.journal.done("pause-new-schedule")
-            and not self.journal.done("resume-new-schedule"),
-        }
-        if "new" in self.ctx and "new" in self.tool_ready:
-            try:
-                facts = self.step_tool("new", "check", "--role", "target", env=self.db_env)
-                holds["agent_running"] = facts.get("agent_running")
-                holds["datasets"] = {d: i.get("snapshots", [])[:1] for d, i in
-                                     (facts.get("zfs") or {}).get("datasets", {}).items()
-                                     if i.get("exists")}
-                holds["messages_db"] = (facts.get("sqlite") or {}).get("present", False)
-            except ClawdieError as err:
-                holds["unreadable"] = err.message
-        return holds
-
-    def old_agent_running(self) -> bool | None:
-        """Read again, for the report; None when the old host cannot be asked."""
-        if "old" not in self.ctx or "old" not in self.tool_ready:
-            return None
-        try:
-            return bool(self.step_tool("old", "agent-status").get("running"))
-        except ClawdieError:
-            return None
-
-    # -- report --------------------------------------------------------------------------
-    def report(self, status: str, failed: Step | None = None, error: str = "",
-               undone: list[str] | None = None, problems: list[str] | None = None
-               ) -> dict[str, Any]:
-        j = self.journal
-        w = j.window
-        backup = j.result("final-backup")
-        syncs = [j.result(s) for s in ("presync", "final-sync") if j.done(s)]
-        stopped, healthy = w.get("agent_stopped_at"), w.get("healthy_at")
-        steps = []
-        for s in self.plan.steps:
-            rec = j.steps.get(s.id) or {}
-            state = ("skipped (done earlier)" if s.id in self.skipped else
-                     "done" if rec.get("status") == "done" else
-                     "failed" if failed and s.id == failed.id else "not run")
-            steps.append({"id": s.id, "phase": s.phase, "where": s.where, "status": state,
-                          "seconds": rec.get("seconds")})
-        datasets = {}
-        for sync in syncs:
-            for d in sync.get("datasets", []):
-                entry = datasets.setdefault(d.get("source"), {"target": d.get("target"),
-                                                              "bytes": 0, "sends": []})
-                entry["bytes"] += d.get("bytes") or 0
-                entry["sends"].append(d.get("mode"))
-        data: dict[str, Any] = {
-            "status": status, "from": host_dict(self.plan.old), "to": host_dict(self.plan.new),
-            "resumed": self.resumed, "skipped": self.skipped, "journal": str(self.plan.journal),
-            "downtime_s": round(healthy - stopped, 3) if stopped and healthy else None,
-            "agent_stopped_at": _iso(stopped), "healthy_at": _iso(healthy),
-            "moved": {
-                "items": backup.get("items", []),
-                "archive": {"old": backup.get("archive"), "size": backup.get("size"),
-                            "sha256": backup.get("sha256"),
-                            "new": (j.result("copy-archive").get("dest") or "").split(":", 1)[-1]
-                            or None},
-                "tables": backup.get("tables", {}),
-                "datasets": datasets,
-                "dataset_bytes": sum(d["bytes"] for d in datasets.values()),
-            },
-            "copy": {k: v for k, v in j.result("copy-archive").items()
-                     if k in ("attempts", "resumed_from", "bytes_sent", "seconds",
-                              "already_there", "errors")},
-            "restore": {k: v for k, v in j.result("restore").items()
-                        if k in ("items", "connections", "safety", "duration_s")},
-            "env_changes": j.result("point-env").get("changed", {}),
-            "tools": j.result("tools"),
-            "doctor": j.result("doctor").get("status"),
-            "checks": [ch.as_dict() for ch in self.checks],
-            "steps": steps, "warnings": self.warnings,
-            "rollback": self.rollback_howto(status),
-        }
-        if status == "failed":
-            data.update(stopped_at=failed.id if failed else None,
-                        stopped_on=self.plan.label(failed.where) if failed else None,
-                        error=error, undone=undone or [], problems=problems or [],
-                        old_host={"agent_restarted": "started the agent on the old host again"
-                                  in (undone or []),
-                                  "agent_running": self.old_agent_running(),
-                                  "changed": "nothing",
-                                  "added": ([backup.get("archive")] + list(
-                                      backup.get("snapshots") or [])
-                                      if j.done("final-backup") else [])},
-                        new_host=self.new_holds())
-        return data
-
-    def rollback_howto(self, status: str) -> list[str]:
-        old, new = self.plan.old, self.plan.new
-        if status != "done":
-            return [f"the old host {old.label} stays the live one; run the same migrate "
-                    "command again to continue"]
-        return [f"on {new.label}: {new.tool} migrate-step agent-stop",
-                f"on {new.label}: {new.tool} migrate-step schedule-pause",
-                f"on {old.label}: {old.tool} migrate-step schedule-resume",
-                f"on {old.label}: {old.tool} migrate-step agent-start",
-                "the old host's data was not changed: it is live again as it was at the "
-                "agent stop (what the agent wrote on the new host since is not carried back)"]
+            rollback.roll_back(self, current, exc)  # the old host's agent comes back
 
     # -- the whole run -------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -595,14 +305,14 @@ class Migration:
             try:
                 self.preflight()
             except (ClawdieError, KeyboardInterrupt, Terminated, OSError) as exc:
-                raise self.failure(self.current_preflight_step(), exc) from None
+                raise rollback.failure(self, self.current_preflight_step(), exc) from None
             if not self.opts.yes:
                 self.ask()
             for step in self.steps_of("presync"):
                 try:
                     self.run_step(step)
                 except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - reported
-                    raise self.failure(step, exc) from None
+                    raise rollback.failure(self, step, exc) from None
             self.downtime()
             self.journal.window["state"] = "closed"
             for step in self.steps_of("cutover"):
@@ -611,7 +321,7 @@ class Migration:
                 except ClawdieError as exc:
                     self.warnings.append(f"{step.id} failed: {exc.message}; do it by hand: "
                                          f"{step.command}")
-            report = self.report("done")
+            report = outcome.report(self, "done")
             self.journal.data.update(status="done", report=masked(report))
             self.journal.note("done", downtime_s=report["downtime_s"])
             return report
@@ -621,8 +331,6 @@ class Migration:
 
     def ask(self) -> None:
         """The plan and the preflight's verdict, then the question."""
-        from ...tasks.base import confirm
-
         self.out.err.print("[bold]plan:[/]")
         for line in self.plan.describe():
             self.out.err.print(f"  {line}", markup=False)
@@ -656,16 +364,8 @@ class Migration:
             self.cleanup()
         data["checks"] = [ch.as_dict() for ch in self.checks]
         data["warnings"] = self.warnings
+        data["commands"] = self.plan.commands()  # after the tools step found each host's
         return data
-
-    def cleanup(self) -> None:
-        for where, path in list(self.temp_configs.items()):
-            self.remove_config(where, path, "the temporary config")
-            self.temp_configs.pop(where, None)
-        for ctx in self.ctx.values():
-            remote.close(ctx)
-        self.ctx.clear()
-
 
 def _interrupt(signum: int, frame: Any) -> None:
     # SIGTERM in the downtime window must roll back like Ctrl-C does.

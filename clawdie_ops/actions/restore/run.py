@@ -10,17 +10,20 @@ failure undoes the steps already done, newest first, and says what it rolled bac
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from invoke import Context
+
+from ... import runner
 from ...hosts import agent
+from ...runner import Shell
 from ...config import settings as config
 from .. import doctor
 from ...sources.postgres import aside as pgaside, roles as pgroles
@@ -29,10 +32,12 @@ from ...config.settings import DbSpec, Settings
 from ...sources.postgres.dumpfile import quote, rewrite_owners
 from ...errors import (ClawdieError, ConfigError, DatabaseError, DatabaseUnreachable, DumpTooNew,
                        OutputError, RestoreFailed, Terminated)
-from ...config.masking import mask_text
+from ...config.masking import mask_text, secret_values
 from ...output import Reporter
 from ...sources.postgres import commands as pg
+from ...archive.manifest import count_differences, summary
 from ...archive.verify import Verified, stage, verify
+from ...steps import Step, Undo, groups, planned, run_together
 
 # The runbook's order (steps 2 to 5); the agent is stopped after the env step.
 ORDER = ("env", "messages.db", "memory_db.sql", "skills_db.sql", "groups/",
@@ -42,7 +47,6 @@ ALIASES = {".env": "env", "messages": "messages.db", "memory_db": "memory_db.sql
            "groups": "groups/", "allowlist": "mount-allowlist.json",
            "mount-allowlist": "mount-allowlist.json"}
 DB_ITEMS = ("memory_db.sql", "skills_db.sql")
-SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|PASS$", re.IGNORECASE)
 WORK = ".clawdie-ops"
 
 
@@ -88,11 +92,18 @@ class DbTarget:
                 f"{n}; once satisfied: DROP DATABASE {a}")
 
 
-@dataclass
-class Step:
-    kind: str  # env agent-stop messages database regen groups allowlist agent-start doctor
-    item: str
-    lines: list[str]  # what a person reads in the plan: commands and paths
+class Kind(StrEnum):
+    """The restore's steps, in the runbook's order."""
+
+    ENV = "env"
+    AGENT_STOP = "agent-stop"
+    MESSAGES = "messages"
+    DATABASE = "database"
+    REGEN = "regen"
+    GROUPS = "groups"
+    ALLOWLIST = "allowlist"
+    AGENT_START = "agent-start"
+    DOCTOR = "doctor"
 
 
 @dataclass
@@ -124,6 +135,18 @@ class RestorePlan:
     def mask(self, text: str) -> str:
         return mask_text(text, self.secrets)
 
+    def snapshot_command(self) -> Shell | None:
+        if not self.snapshot:
+            return None
+        ds, name = self.snapshot.split("@")
+        return zfs.snapshot_command(self.settings, ds, name)
+
+    def commands(self) -> list[list[str]]:
+        """Every command the restore runs, masked, by runs of steps (steps.planned)."""
+        snap = self.snapshot_command()
+        first = [[self.mask(runner.line(snap))]] if snap is not None else []
+        return first + [[self.mask(line) for line in group] for group in planned(self.steps)]
+
     def describe(self) -> list[str]:
         m = self.verified.manifest
         out = [(f"verify     {self.verified.path}: {len(self.verified.members)} files match the "
@@ -132,9 +155,9 @@ class RestorePlan:
                 "pass" if self.staged else
                 f"stage      {', '.join(self.items)} -> {self.staging}/ (0700) while verifying"),
                f"keep       current state in {self.before}/ (kept after the restore)"]
-        if self.snapshot:
-            ds, name = self.snapshot.split("@")
-            out.append(f"snapshot   {self.settings.command('snapshot', parent=ds, name=name)}")
+        snap = self.snapshot_command()
+        if snap is not None:
+            out.append(f"snapshot   {snap}")
         for step in self.steps:
             out.extend(f"{step.kind:<10} {line}" for line in step.lines)
         out.extend(f"note       {n}" for n in self.notes)
@@ -187,9 +210,7 @@ def select_items(v: Verified, only: list[str]) -> tuple[list[str], bool, list[st
 
 
 def secrets_of(*envs: dict[str, str] | None, extra: tuple[str, ...] = ()) -> list[str]:
-    found = {v for env in envs if env for k, v in env.items() if SECRET_KEY.search(k) and v}
-    found.update(x for x in extra if x)
-    return [x for x in found if len(x) >= 3]
+    return secret_values(*envs, extra=extra)
 
 
 def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
@@ -403,85 +424,110 @@ def _work_dir(root: Path) -> Path:
 
 
 def _steps(p: RestorePlan) -> list[Step]:
+    """The plan's steps: what each shows, the commands it runs, the work it does."""
     s, st = p.settings, p.staging
     steps = []
     if "env" in p.items:
-        steps.append(Step("env", "env", [
-            f"{s.env_file} <- {st}/env (0600); the old one moves to {p.before}/env"]))
-    steps.append(Step("agent-stop", "", [s.command("agent_stop") if p.agent_running
-                                         else "(not running)"]))
+        steps.append(Step(
+            Kind.ENV, "env", [f"{s.env_file} <- {st}/env (0600); the old one moves to "
+                              f"{p.before}/env"],
+            action=lambda c, undo: _swap_in(st / "env", s.env_file, p.before / "env", undo,
+                                            ".env", 0o600),
+            undo=".env", title=f"restore .env -> {s.env_file}"))
+    stop = Shell(s.command("agent_stop"))
+    steps.append(Step(Kind.AGENT_STOP, "", [str(stop) if p.agent_running else "(not running)"],
+                      [stop] if p.agent_running else [],
+                      action=lambda c, undo: agent.stop(c, s), title="stop the agent"))
     if "messages.db" in p.items:
-        steps.append(Step("messages", "messages.db", [
-            (f"{s.sqlite_path} <- {st}/messages.db; the old one (with -wal, -shm) moves to "
-             f"{p.before}/store/")]))
-    for t in p.targets:
-        lines = []
-        admin = pgroles.admin_spec(s, t.db.host, t.db.port)
-        who = f"as {admin.user}" if admin else ""
-        if t.aside:  # with the agent stopped, so no write is lost on rollback
-            lines.append(f"keep ALTER DATABASE {quote(t.db.name)} RENAME TO {quote(t.aside)}, "
-                         f"its sessions ended first  ({who})")
-            lines.append(f"CREATE DATABASE {quote(t.db.name)} OWNER "
-                         f"{quote(t.shape.owner if t.shape else t.db.user)}: empty, with the "
-                         f"encoding, locale, privileges and settings it had  ({who})")
-        elif t.exists:  # taken here, with the agent stopped, so no write is lost on rollback
-            lines.append(f"keep {pg.pg_dump_cmd(s, t.db, p.before / t.item)}  (PGPASSFILE, 0600)")
-        if t.create_role:
-            lines.append(f"CREATE ROLE {quote(t.db.user)} LOGIN PASSWORD '***'  ({who})")
-        if t.create_db:
-            lines.append(f"CREATE DATABASE {quote(t.db.name)} OWNER {quote(t.db.user)}  ({who})")
-        for r in t.extra_roles:
-            lines.append(f"CREATE ROLE {quote(r)} NOLOGIN; GRANT {quote(r)} TO "
-                         f"{quote(t.db.user)}  ({who})")
-        lines.append(f"{pg.psql_cmd(s, t.db, st / t.item)}  (PGPASSFILE, 0600)")
-        lines.append(f"into {t.db.name} as {t.db.user} at {t.server.address}: PostgreSQL "
-                     f"{t.server.version}, system identifier {t.server.system_identifier}")
-        for old, new in t.role_map.items():
-            lines.append(f"objects owned by {old} in the dump are given to {new} (.env user; "
-                         "the staged dump's OWNER TO lines are rewritten first)")
-        lines.append(f"check row counts of {len(t.tables)} tables against the manifest")
-        steps.append(Step("database", t.item, lines))
+        steps.append(Step(
+            Kind.MESSAGES, "messages.db",
+            [(f"{s.sqlite_path} <- {st}/messages.db; the old one (with -wal, -shm) moves to "
+              f"{p.before}/store/")],
+            action=lambda c, undo: _restore_messages(p, undo), undo="messages.db",
+            title=f"restore messages.db -> {s.sqlite_path}"))
+    steps.extend(_database_step(p, t) for t in p.targets)
     if p.regen is not None:
-        keep = [f"keep {pg.pg_dump_cmd(s, p.regen, p.before / 'skills_db.sql')}  (PGPASSFILE, "
-                "0600)"] if p.regen_exists else []
-        steps.append(Step("regen", "skills_db.sql", [*keep, s.command("skills_regen")]))
+        steps.append(_regen_step(p, p.regen))
     if "groups/" in p.items:
         n = len(p.verified.item_members("groups/"))
-        steps.append(Step("groups", "groups/", [
-            (f"{s.groups_dir}/ <- {st}/groups/ ({n} files); the old one moves to "
-             f"{p.before}/groups/")]))
+        steps.append(Step(
+            Kind.GROUPS, "groups/", [(f"{s.groups_dir}/ <- {st}/groups/ ({n} files); the old "
+                                      f"one moves to {p.before}/groups/")],
+            action=lambda c, undo: _swap_in(st / "groups", s.groups_dir, p.before / "groups",
+                                            undo, "groups/"),
+            undo="groups/", title=f"restore groups/ -> {s.groups_dir}"))
     if "mount-allowlist.json" in p.items:
-        steps.append(Step("allowlist", "mount-allowlist.json", [
-            (f"{s.allowlist} <- {st}/mount-allowlist.json; the old one moves to "
-             f"{p.before}/mount-allowlist.json")]))
-    steps.append(Step("agent-start", "", [s.command("agent_start") if p.start_agent
-                                          else "no: it was not running (--start starts it)"]))
-    steps.append(Step("doctor", "", [
-        "agent, databases, pg_dump, datasets, snapshots, backups, free space"]))
+        steps.append(Step(
+            Kind.ALLOWLIST, "mount-allowlist.json",
+            [(f"{s.allowlist} <- {st}/mount-allowlist.json; the old one moves to "
+              f"{p.before}/mount-allowlist.json")],
+            action=lambda c, undo: _swap_in(st / "mount-allowlist.json", s.allowlist,
+                                            p.before / "mount-allowlist.json", undo,
+                                            "mount-allowlist.json"),
+            undo="mount-allowlist.json", title=f"restore mount-allowlist.json -> {s.allowlist}"))
+    start = Shell(s.command("agent_start"))
+    if p.start_agent:
+        steps.append(Step(Kind.AGENT_START, "", [str(start)], [start],
+                          action=lambda c, undo: _start_agent(c, s, undo), undo="agent start",
+                          title="start the agent"))
+    else:
+        steps.append(Step(Kind.AGENT_START, "", ["no: it was not running (--start starts it)"]))
+    steps.append(Step(Kind.DOCTOR, "", [
+        "agent, databases, pg_dump, datasets, snapshots, backups, free space"],
+        action=lambda c, undo: doctor.run_checks(c, s, p.limits), title="doctor"))
     return steps
 
 
+def _database_step(p: RestorePlan, t: DbTarget) -> Step:
+    """One dump into its database; every database step runs at once with the others."""
+    s = p.settings
+    lines = []
+    admin = pgroles.admin_spec(s, t.db.host, t.db.port)
+    who = f"as {admin.user}" if admin else ""
+    keep = pg.pg_dump_cmd(s, t.db, p.before / t.item) if t.exists and not t.aside else None
+    replay = pg.psql_cmd(s, t.db, p.staging / t.item)
+    if t.aside:  # with the agent stopped, so no write is lost on rollback
+        lines.append(f"keep ALTER DATABASE {quote(t.db.name)} RENAME TO {quote(t.aside)}, "
+                     f"its sessions ended first  ({who})")
+        lines.append(f"CREATE DATABASE {quote(t.db.name)} OWNER "
+                     f"{quote(t.shape.owner if t.shape else t.db.user)}: empty, with the "
+                     f"encoding, locale, privileges and settings it had  ({who})")
+    elif keep is not None:  # taken here, with the agent stopped, so no write is lost
+        lines.append(f"keep {runner.line(keep)}  (PGPASSFILE, 0600)")
+    if t.create_role:
+        lines.append(f"CREATE ROLE {quote(t.db.user)} LOGIN PASSWORD '***'  ({who})")
+    if t.create_db:
+        lines.append(f"CREATE DATABASE {quote(t.db.name)} OWNER {quote(t.db.user)}  ({who})")
+    for r in t.extra_roles:
+        lines.append(f"CREATE ROLE {quote(r)} NOLOGIN; GRANT {quote(r)} TO "
+                     f"{quote(t.db.user)}  ({who})")
+    lines.append(f"{runner.line(replay)}  (PGPASSFILE, 0600)")
+    lines.append(f"into {t.db.name} as {t.db.user} at {t.server.address}: PostgreSQL "
+                 f"{t.server.version}, system identifier {t.server.system_identifier}")
+    for old, new in t.role_map.items():
+        lines.append(f"objects owned by {old} in the dump are given to {new} (.env user; "
+                     "the staged dump's OWNER TO lines are rewritten first)")
+    lines.append(f"check row counts of {len(t.tables)} tables against the manifest")
+    undo = (f"{t.db.name} (renamed back from {t.aside})" if t.aside else
+            f"{t.db.name} (from its pre-restore dump)" if keep is not None else "")
+    return Step(Kind.DATABASE, t.item, lines, [c for c in (keep, replay) if c is not None],
+                action=lambda c, u: _restore_database(c, p, t, u, keep, replay), undo=undo,
+                title=f"restore {t.item} -> {t.db.name} at {t.server.address}", together=True)
+
+
+def _regen_step(p: RestorePlan, db: DbSpec) -> Step:
+    s = p.settings
+    keep = pg.pg_dump_cmd(s, db, p.before / "skills_db.sql") if p.regen_exists else None
+    regen = Shell(s.command("skills_regen"))
+    lines = [f"keep {runner.line(keep)}  (PGPASSFILE, 0600)"] if keep is not None else []
+    return Step(Kind.REGEN, "skills_db.sql", [*lines, str(regen)],
+                [c for c in (keep, regen) if c is not None],
+                action=lambda c, undo: _regen(c, p, db, undo, keep, regen),
+                undo=f"{db.name} (from its pre-restore dump)" if keep is not None else "",
+                title="regenerate skills_db")
+
+
 # -- acting ------------------------------------------------------------------------------
-class _Undo:
-    """What execute did so far, each with the action that takes it back."""
-
-    def __init__(self) -> None:
-        self.actions: list[tuple[str, Callable[[], None]]] = []
-
-    def push(self, what: str, action: Callable[[], None]) -> None:
-        self.actions.append((what, action))
-
-    def run(self) -> tuple[list[str], list[str]]:
-        done, failed = [], []
-        for what, action in reversed(self.actions):
-            try:
-                action()
-                done.append(what)
-            except Exception as exc:  # noqa: BLE001 -- keep going: undo as much as possible
-                failed.append(f"{what} ({exc})")
-        return done, failed
-
-
 def _move(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(src), str(dest))
@@ -494,7 +540,7 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _swap_in(new: Path, target: Path, keep: Path, undo: _Undo, what: str,
+def _swap_in(new: Path, target: Path, keep: Path, undo: Undo, what: str,
              mode: int | None = None) -> None:
     """Move `target` aside to `keep` (if it exists) and `new` into its place."""
     had = target.exists() or target.is_symlink()
@@ -522,7 +568,7 @@ def _sqlite_files(path: Path) -> list[Path]:
     return [path.with_name(path.name + sfx) for sfx in ("", "-wal", "-shm", "-journal")]
 
 
-def _restore_messages(p: RestorePlan, undo: _Undo) -> None:
+def _restore_messages(p: RestorePlan, undo: Undo) -> None:
     s = p.settings
     kept = []
     for f in _sqlite_files(s.sqlite_path):
@@ -545,10 +591,9 @@ def _back_messages(p: RestorePlan, kept: list[Path]) -> None:
         _move(p.before / "store" / f.name, f)
 
 
-def _safety_dump(c, s: Settings, db: DbSpec, dest: Path) -> None:
+def _safety_dump(c: Context, db: DbSpec, dump: list[str]) -> None:
     with pg.passfile(db) as env:
-        pg.run_checked(c, pg.pg_dump_cmd(s, db, dest), env,
-                       f"pre-restore pg_dump of {db.name} at {db.host}:{db.port}")
+        pg.run_checked(c, dump, env, f"pre-restore pg_dump of {db.name} at {db.host}:{db.port}")
 
 
 def _replay_old(c, s: Settings, db: DbSpec, before: Path) -> None:
@@ -567,7 +612,8 @@ def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None]) -> None:
         action(conn)
 
 
-def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
+def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
+                      keep: list[str] | None, replay: list[str]) -> None:
     s = p.settings
     if t.aside:
         assert t.shape is not None
@@ -576,8 +622,8 @@ def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
         undo.push(f"{t.db.name} (renamed back from {t.aside})",
                   lambda: _admin_do(s, t.db, lambda conn: pgaside.put_back(
                       conn, t.db.name, t.aside)))  # type: ignore[arg-type]
-    elif t.exists:
-        _safety_dump(c, s, t.db, p.before / t.item)
+    elif keep is not None:
+        _safety_dump(c, t.db, keep)
     if t.create_role:
         _admin_do(s, t.db, lambda conn: pgroles.create_login_role(conn, t.db.user, t.db.password))
         undo.push(f"role {t.db.user} (created)",
@@ -591,53 +637,36 @@ def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
         undo.push(f"role {role} (created)",
                   lambda r=role: _admin_do(s, t.db, lambda conn: pgroles.drop_role(conn, r)))
     with pg.passfile(t.db) as env:
-        pg.run_checked(c, pg.psql_cmd(s, t.db, p.staging / t.item), env,
+        pg.run_checked(c, replay, env,
                        f"restore of {t.item} into {t.db.name} at {t.server.address}")
-    if t.exists and not t.aside:
+    if keep is not None:
         undo.push(f"{t.db.name} (from its pre-restore dump)",
                   lambda: _replay_old(c, s, t.db, p.before))
     with pg.connect(t.db) as conn:
         counts = pg.table_counts(conn)
-    wrong = [f"{name}: {counts.get(name, 'missing')} rows, manifest says {n}"
-             for name, n in t.tables.items() if counts.get(name) != n]
+    wrong = count_differences(t.tables, counts, extra_tables=True)
     if wrong:
         raise DatabaseError(f"{t.item} restored into {t.db.name} but row counts differ: "
-                            f"{'; '.join(wrong[:3])}", "the dump and manifest disagree")
+                            f"{summary(wrong)}", "the dump and manifest disagree")
 
 
-def _restore_databases(c, p: RestorePlan, undo: _Undo) -> tuple[str, BaseException] | None:
-    """Every database at once: each has its own psql and server backend, so on a machine
-    with two cores or more the restores take the time of the largest, not of the sum
-    (BENCHMARKS.md, restore pair). Waits for all before returning the first failure (item,
-    exception): a rollback must not race a restore that is still running."""
-    # Each its own undo list, joined in plan order: rollback order stays as if sequential.
-    undos = [_Undo() for _ in p.targets]
-    with ThreadPoolExecutor(max_workers=len(p.targets)) as pool:
-        futures = [pool.submit(_restore_database, c, p, t, u)
-                   for t, u in zip(p.targets, undos, strict=True)]
-        wait(futures)
-    for u in undos:
-        undo.actions.extend(u.actions)
-    for t, future in zip(p.targets, futures, strict=True):
-        exc = future.exception()
-        if exc is not None:
-            return t.item, exc
-    return None
-
-
-def _regen(c, p: RestorePlan, undo: _Undo) -> None:
+def _regen(c: Context, p: RestorePlan, db: DbSpec, undo: Undo, keep: list[str] | None,
+           regen: Shell) -> None:
     s = p.settings
-    if p.regen_exists:
-        assert p.regen is not None
-        _safety_dump(c, s, p.regen, p.before / "skills_db.sql")
-        undo.push(f"{p.regen.name} (from its pre-restore dump)",
-                  lambda: _replay_old(c, s, p.regen, p.before))  # type: ignore[arg-type]
-    cmd = s.command("skills_regen")
-    res = c.run(cmd, hide=True, warn=True, in_stream=False)
+    if keep is not None:
+        _safety_dump(c, db, keep)
+        undo.push(f"{db.name} (from its pre-restore dump)",
+                  lambda: _replay_old(c, s, db, p.before))
+    res = runner.run(c, regen)
     if res.exited != 0:
-        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-        raise RestoreFailed(f"regenerating skills failed (exit {res.exited}): {tail}",
-                            f"run it by hand: {cmd}")
+        raise RestoreFailed(f"regenerating skills failed: "
+                            f"{runner.tail(res.stderr or res.stdout)} (exit {res.exited})",
+                            f"run it by hand: {regen}")
+
+
+def _start_agent(c: Context, s: Settings, undo: Undo) -> None:
+    agent.start(c, s)
+    undo.push("agent start", lambda: agent.stop(c, s))
 
 
 HOWTO = "databases.txt"
@@ -655,91 +684,78 @@ def _write_howto(p: RestorePlan) -> None:
             "the restore never renamed it, or its rollback renamed it back.)\n"))
 
 
-def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
+def _roll_back(c: Context, p: RestorePlan, undo: Undo, agent_stopped: bool, current: str,
+               exc: BaseException) -> NoReturn:
+    """Undo what execute did, newest first, and raise RestoreFailed saying what was rolled
+    back, and what could not be (with where the pre-restore state is)."""
+    s = p.settings
+    done, failed = undo.run()
+    restarted = ""
+    if agent_stopped:
+        try:
+            agent.start(c, s)
+            restarted = "; the agent was started again"
+        except ClawdieError as again:
+            failed.append(f"agent start ({again.message})")
+    shutil.rmtree(p.staging, ignore_errors=True)
+    why = exc.message if isinstance(exc, ClawdieError) else (
+        "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
+    rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
+    msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}"
+    stuck = [t for t in _asides(p)
+             if any(f.startswith(f"{t.db.name} (renamed back") for f in failed)]
+    if failed:
+        raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(failed)}",
+                            f"the pre-restore state is in {p.before}"
+                            + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
+                            + ": put those back by hand"
+                            + "".join(f"; {t.howto()}" for t in stuck)
+                            + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
+    (p.before / HOWTO).unlink(missing_ok=True)  # every database is back in its place
+    raise RestoreFailed(msg, f"the installation is as it was before; the pre-restore copies "
+                             f"are kept in {p.before}") from None
+
+
+def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
     """Run the plan; on failure roll back and raise RestoreFailed naming what was undone."""
     started = time.monotonic()
     s = p.settings
     assert p.staged, "prepare a plan without dry_run to execute it"
     p.before.mkdir(mode=0o700)
     _write_howto(p)
-    undo = _Undo()
+    undo = Undo()
     agent_stopped = False
     current = "keep the current state"
     try:
         with out.step("keep the current state"):
-            if p.snapshot:
+            snap = p.snapshot_command()
+            if snap is not None and p.snapshot:
                 ds, name = p.snapshot.split("@")
-                zfs.snapshot_recursive(c, s, ds, name)
+                zfs.run_snapshot(c, snap, ds, name)
         for t in p.targets:
             if t.role_map:
                 current = f"map owners in {t.item}"
                 with out.step(f"map owners in {t.item}: {t.role_map}"):
                     rewrite_owners(p.staging / t.item, t.role_map)
-        for step in p.steps:
-            current = f"{step.kind} {step.item}".strip()
-            if step.kind == "env":
-                with out.step(f"restore .env -> {s.env_file}"):
-                    _swap_in(p.staging / "env", s.env_file, p.before / "env", undo, ".env", 0o600)
-            elif step.kind == "agent-stop":
-                with out.step("stop the agent"):
-                    agent_stopped = agent.stop(c, s)
-            elif step.kind == "messages":
-                with out.step(f"restore messages.db -> {s.sqlite_path}"):
-                    _restore_messages(p, undo)
-            elif step.kind == "database":
-                if step.item != p.targets[0].item:
-                    continue  # restored together with the first database step
-                current = "database " + ", ".join(t.item for t in p.targets)
-                with out.step("restore " + ", ".join(
-                        f"{t.item} -> {t.db.name} at {t.server.address}" for t in p.targets)):
-                    failed = _restore_databases(c, p, undo)
-                    if failed:
-                        current = f"database {failed[0]}"
-                        raise failed[1]
-            elif step.kind == "regen":
-                with out.step("regenerate skills_db"):
-                    _regen(c, p, undo)
-            elif step.kind == "groups":
-                with out.step(f"restore groups/ -> {s.groups_dir}"):
-                    _swap_in(p.staging / "groups", s.groups_dir, p.before / "groups", undo,
-                             "groups/")
-            elif step.kind == "allowlist":
-                with out.step(f"restore mount-allowlist.json -> {s.allowlist}"):
-                    _swap_in(p.staging / "mount-allowlist.json", s.allowlist,
-                             p.before / "mount-allowlist.json", undo, "mount-allowlist.json")
-            elif step.kind == "agent-start" and p.start_agent:
-                with out.step("start the agent"):
-                    agent.start(c, s)
-                undo.push("agent start", lambda: agent.stop(c, s))
+        *work, last = p.steps  # the doctor's checks come after, outside the rollback
+        for group in groups(work):
+            current = f"{group[0].kind} {group[0].item}".strip() if len(group) == 1 else \
+                f"{group[0].kind} " + ", ".join(step.item for step in group)
+            title = group[0].title if len(group) == 1 else "restore " + ", ".join(
+                step.title.removeprefix("restore ") for step in group)
+            with out.step(title):
+                if group[0].kind is Kind.AGENT_STOP:
+                    agent_stopped = bool(group[0].run(c, undo))
+                    continue
+                failed_step = run_together(c, group, undo)
+                if failed_step:
+                    current = f"{failed_step[0].kind} {failed_step[0].item}"
+                    raise failed_step[1]
     except BaseException as exc:  # noqa: BLE001 -- Ctrl-C midway must roll back too
-        done, failed = undo.run()
-        restarted = ""
-        if agent_stopped:
-            try:
-                agent.start(c, s)
-                restarted = "; the agent was started again"
-            except ClawdieError as again:
-                failed.append(f"agent start ({again.message})")
-        shutil.rmtree(p.staging, ignore_errors=True)
-        why = exc.message if isinstance(exc, ClawdieError) else (
-            "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
-        rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
-        msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}"
-        stuck = [t for t in _asides(p)
-                 if any(f.startswith(f"{t.db.name} (renamed back") for f in failed)]
-        if failed:
-            raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(failed)}",
-                                f"the pre-restore state is in {p.before}"
-                                + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
-                                + ": put those back by hand"
-                                + "".join(f"; {t.howto()}" for t in stuck)
-                                + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
-        (p.before / HOWTO).unlink(missing_ok=True)  # every database is back in its place
-        raise RestoreFailed(msg, f"the installation is as it was before; the pre-restore copies "
-                                 f"are kept in {p.before}") from None
+        _roll_back(c, p, undo, agent_stopped, current, exc)
     shutil.rmtree(p.staging, ignore_errors=True)
-    with out.step("doctor"):
-        checks = doctor.run_checks(c, s, p.limits)
+    with out.step(last.title):
+        checks = last.run(c, undo)
     return {"archive": str(p.verified.path), "root": str(s.root), "items": p.items,
             "regenerated": ["skills_db"] if p.regen is not None else [],
             "connections": {t.item: t.report() for t in p.targets},

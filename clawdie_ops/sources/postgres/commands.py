@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +15,9 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
+from invoke import Context
+
+from ... import runner
 from ...config.settings import DbSpec, Settings
 from ...errors import DatabaseError, DatabaseUnreachable, ToolMissing, ToolTooOld
 
@@ -84,14 +86,18 @@ def server_info(conn: psycopg.Connection) -> ServerInfo:
     return ServerInfo(version, num, ident, address)
 
 
-def table_counts(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row counts of every user table, in the connection's current transaction."""
-    rows = conn.execute(
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(schema, table) of every user table (plain and partitioned), in name order."""
+    return conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2").fetchall()
+
+
+def table_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row counts of every user table, in the connection's current transaction."""
     counts = {}
-    for schema, table in rows:
+    for schema, table in user_tables(conn):
         q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema),
                                                         sql.Identifier(table))
         counts[f"{schema}.{table}"] = conn.execute(q).fetchone()[0]
@@ -103,35 +109,35 @@ def _conn_args(db: DbSpec) -> list[str]:
     return ["-h", db.host, "-p", str(db.port), "-U", db.user, "--no-password"]
 
 
-def pg_dump_cmd(s: Settings, db: DbSpec, out: Path, snapshot: str | None = None) -> str:
+def pg_dump_cmd(s: Settings, db: DbSpec, out: Path, snapshot: str | None = None) -> list[str]:
     # --clean --if-exists: the runbook's `psql < dump` replays over an existing database
     # and into an empty one, with ON_ERROR_STOP on.
     args = [s.pg_tool("pg_dump"), "--clean", "--if-exists", *_conn_args(db), "-f", str(out)]
     if snapshot:
         args.append(f"--snapshot={snapshot}")
-    return shlex.join([*args, db.name])
+    return [*args, db.name]
 
 
 def psql_cmd(s: Settings, db: DbSpec, script: Path | list[Path],
-             single_transaction: bool = True) -> str:
+             single_transaction: bool = True) -> list[str]:
     """psql running one or more scripts in order (with --single-transaction: all or nothing)."""
     scripts = script if isinstance(script, list) else [script]
     args = [s.pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *_conn_args(db),
             "-d", db.name, *[a for f in scripts for a in ("-f", str(f))]]
     if single_transaction:
         args.insert(3, "--single-transaction")
-    return shlex.join(args)
+    return args
 
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
-def client_version(c, s: Settings, tool: str = "pg_dump") -> tuple[int, str]:
+def client_version(c: Context, s: Settings, tool: str = "pg_dump") -> tuple[int, str]:
     """(major, 'major.minor') of pg_dump/psql on the context's host."""
-    res = c.run(shlex.join([s.pg_tool(tool), "--version"]), hide=True, warn=True)
+    res = runner.run(c, [s.pg_tool(tool), "--version"])
     if res.exited != 0:
         hint = s.command("pg_install_hint")
-        raise ToolMissing(f"{tool} not found ({s.pg_tool(tool)}): {res.stderr.strip()}",
+        raise ToolMissing(f"{tool} not found ({s.pg_tool(tool)}): {runner.tail(res.stderr)}",
                           f"install the PostgreSQL client: {hint}")
     m = _VERSION.search(res.stdout)
     if not m:
@@ -150,9 +156,6 @@ def check_dump_compatible(s: Settings, dump_major: int, dump_version: str,
             f"(e.g. {s.command('pg_install_hint')}) or set clawdie.pg_bin")
 
 
-def run_checked(c, cmd: str, env: dict[str, str], what: str) -> None:
-    res = c.run(cmd, env=env, hide=True, warn=True, in_stream=False)
-    if res.exited != 0:
-        tail = "\n".join(res.stderr.strip().splitlines()[-5:])
-        raise DatabaseError(f"{what} failed (exit {res.exited}): {tail}",
-                            "see the PostgreSQL message above; nothing was kept from this step")
+def run_checked(c: Context, cmd: list[str], env: dict[str, str], what: str) -> None:
+    runner.run(c, cmd, env=env, check=True, what=what, error=DatabaseError,
+               hint="see the PostgreSQL message above; nothing was kept from this step")
