@@ -18,7 +18,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
@@ -148,6 +148,8 @@ class Store(Protocol):
     def verify(self, name: str) -> str: ...
     def remove(self, entry: Entry) -> None: ...
     def lock(self) -> contextlib.AbstractContextManager[Any]: ...
+    @property
+    def locked(self) -> bool: ...
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -170,7 +172,11 @@ def read_manifest(path: Path) -> Manifest:
 class LocalStore:
     """The backup directory on this machine."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path,
+                 lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+                 ) -> None:
+        """`lock`: the backup directory's lock (a backup holds it while it writes)."""
+        self._lock = lock
         self.path = Path(directory).expanduser()
         self.directory = str(self.path)
         self.label = "this machine"
@@ -206,9 +212,12 @@ class LocalStore:
             target.unlink(missing_ok=True)
 
     def lock(self) -> contextlib.AbstractContextManager[Any]:
-        # One line to change once locks.py (the backup directory's flock) is merged:
-        # return locks.backup_dir(self.path, wait=False)
-        return contextlib.nullcontext()
+        return self._lock() if self._lock else contextlib.nullcontext()
+
+    @property
+    def locked(self) -> bool:
+        """Held, no backup can be writing here: its partial files are left-overs."""
+        return self._lock is not None
 
 
 class RemoteStore:
@@ -277,6 +286,8 @@ class RemoteStore:
     def lock(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()  # a copy arrives as NAME.partial, renamed when checked
 
+    locked = False
+
 
 # -- the run -----------------------------------------------------------------------------
 def _partial(name: str) -> bool:
@@ -319,7 +330,8 @@ def run(store: Store, policy: Mapping[str, int], *, dry_run: bool = False,
             stale: list[Entry] = []
             for e in sorted(entries, key=lambda e: e.name):
                 if _partial(e.name):
-                    if now - e.mtime > stale_hours * 3600:
+                    own = store.locked and not e.name.startswith("clawdie-backup-")
+                    if own or now - e.mtime > stale_hours * 3600:
                         stale.append(e)
                     else:
                         left.append({"name": e.name, "why": "being written (recent partial file)"})

@@ -17,17 +17,23 @@ from ..output import Reporter, human_size
 from .base import operator_task, settings
 
 
+def _local(s: config.Settings, output: str | None) -> action.LocalStore:
+    directory = Path(output) if output else s.backup_dir
+    # With locks.py (branch trust-safe) merged, the one line that holds the backup folder's
+    # lock while pruning: lock=lambda: locks.hold(locks.backup_dir(s.state_dir, directory))
+    return action.LocalStore(directory)
+
+
 def _store(c, cfg: dict[str, Any], host: str | None, output: str | None,
            accept_new_host_key: bool) -> tuple[Any, dict[str, Any], Any]:
     """(store, the settings that apply there, an open connection to close or None)."""
     if not host:
-        s = settings(c, require_env=False)
-        return action.LocalStore(Path(output) if output else s.backup_dir), cfg, None
+        return _local(settings(c, require_env=False), output), cfg, None
     h = inventory.resolve(cfg, host)
     host_cfg = inventory.apply(cfg, h.settings_overrides())
     if h.local:
-        s = config.load({"clawdie": host_cfg}, require_env=False)
-        return action.LocalStore(Path(output) if output else s.backup_dir), host_cfg, None
+        return _local(config.load({"clawdie": host_cfg}, require_env=False), output), \
+            host_cfg, None
     directory = output or str(h.overrides.get("backup_dir") or "")
     if not directory:
         raise ConfigError(f"no backup directory for host {h.name}",

@@ -109,3 +109,28 @@ def test_job_metrics_for_a_backup():
     assert job_metrics("drill", False, 9.0, None) == {
         "clawdie_drill_last_failure_timestamp_seconds":
             ("Unix time the last failed drill ended", [({}, 9.0)])}
+
+
+def test_a_locked_store_sweeps_its_own_partials_at_once(tmp_path):
+    """Holding the backup folder's lock, no backup can be writing: a fresh .partial and
+    spool are left-overs; a copy's partial (no leading dot) still waits for its age."""
+    (tmp_path / ".clawdie-backup-06.dec.2026-0200.tar.zst.partial").write_bytes(b"x")
+    (tmp_path / ".clawdie-backup-spool-ab").mkdir()
+    (tmp_path / "clawdie-backup-06.dec.2026-0200.tar.zst.partial").write_bytes(b"x")
+    held = []
+
+    class Lock:
+        def __enter__(self):
+            held.append(True)
+
+        def __exit__(self, *exc):
+            held.append(False)
+
+    unlocked = prune.run(prune.LocalStore(tmp_path), {"last": 1}, dry_run=True)
+    assert unlocked["stale_partials"] == []
+    locked = prune.run(prune.LocalStore(tmp_path, lock=Lock), {"last": 1})
+    assert held == [True, False]
+    assert sorted(locked["swept"]) == [".clawdie-backup-06.dec.2026-0200.tar.zst.partial",
+                                       ".clawdie-backup-spool-ab"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clawdie-backup-06.dec.2026-0200.tar.zst.partial"]
