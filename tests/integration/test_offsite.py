@@ -45,6 +45,10 @@ def offsite(pair):
 
 def test_backup_copy_to_sends_the_archive_checked_on_arrival(offsite):
     here, box, there = offsite
+    res = cli(here, "backup", "--no-snapshot", "--copy-to", "box", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert f"-> box:{there}/clawdie-backup-" in res.stdout and "sha256sum" in res.stdout
+    assert not list(there.iterdir()) and not list((here.home / "backups").iterdir())
     res = cli(here, "backup", "--no-snapshot", "--copy-to", "box", "--json")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
@@ -60,6 +64,9 @@ def test_copy_resumes_a_partial_and_replaces_a_damaged_one(offsite):
     here, box, there = offsite
     assert cli(here, "backup", "--no-snapshot").returncode == 0
     local = next((here.home / "backups").glob("clawdie-backup-*"))
+    res = cli(here, "copy", str(local), "--to", "box", "--dry-run")
+    assert res.returncode == 0 and f"as {there / local.name}.partial" in res.stdout
+    assert not list(there.iterdir()), "a dry run sends nothing"
     data = local.read_bytes()
     half = len(data) // 2
     (there / f"{local.name}.partial").write_bytes(data[:half])
