@@ -355,7 +355,9 @@ def run(store: Store, policy: Mapping[str, int], *, dry_run: bool = False,
                 newest_ok = a.name
                 break
         verdicts = decide(archives, policy, newest_ok)
-        removed, swept, errors = [], [], []
+        removed: list[str] = []
+        swept: list[str] = []
+        errors: list[str] = []
         if not dry_run:
             with step("remove"):
                 gone = [Entry(v.archive.name, v.archive.size, 0) for v in verdicts if not v.keep]

@@ -55,7 +55,7 @@ def operator_task(*args: Any, monitor: str = "", **kwargs: Any) -> Callable:
         made = invoke_task(run, *args, **kwargs)
         # invoke pops each flag's help while parsing; `TASK --help` (positional.py) puts
         # them back from here before printing
-        made.flag_help = dict(kwargs.get("help") or {})
+        made.flag_help = dict(kwargs.get("help") or {})  # type: ignore[attr-defined]
         return made
 
     if len(args) == 1 and callable(args[0]) and not kwargs:

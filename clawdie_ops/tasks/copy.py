@@ -46,8 +46,13 @@ def copy(c, archive, to=None, retries=5, accept_new_host_key=False, dry_run=Fals
     cfg = config.section(c.config)
     if dry_run:
         lines = action.describe(Path(archive), action.target(cfg, to or ""))
-        out.result({"dry_run": True, "plan": lines},
-                   lambda con: [con.print(f"  {ln}", markup=False) for ln in lines])
+
+        def plan(con: Console) -> None:
+            con.print("[bold]plan[/] (dry run, nothing sent):")
+            for ln in lines:
+                con.print(f"  {ln}", markup=False)
+
+        out.result({"dry_run": True, "plan": lines}, plan)
         return None
     with out.step(f"copy {Path(archive).name} to {to}"):
         result = action.run(c, cfg, Path(archive), to or "", retries=int(retries),
