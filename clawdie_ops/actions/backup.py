@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,13 @@ class BackupPlan:
         return lines + [f"note       {n}" for n in self.notes]
 
 
+def _dump_action(db: DbSpec, plan: BackupPlan, dump: list[str],
+                 entries: dict[str, dict[str, Any]]) -> Callable[[Context, Undo], None]:
+    def act(c: Context, undo: Undo) -> None:
+        entries[db.item] = dump_database(c, db, plan, dump)
+    return act
+
+
 def _steps(s: Settings, plan: BackupPlan, entries: dict[str, dict[str, Any]]) -> list[Step]:
     """What the backup runs before it writes the archive; each step's result lands in
     `entries` (item -> manifest entry)."""
@@ -92,8 +100,7 @@ def _steps(s: Settings, plan: BackupPlan, entries: dict[str, dict[str, Any]]) ->
     for db in plan.databases:
         dump = pg.pg_dump_cmd(s, db, Path(SPOOL) / db.item, EXPORTED)
         steps.append(Step(Kind.DUMP, db.item, [f"{runner.line(dump)}  (PGPASSFILE, 0600)"],
-                          [dump], action=lambda c, undo, db=db, dump=dump: entries.update(
-                              {db.item: dump_database(c, db, plan, dump)}),
+                          [dump], action=_dump_action(db, plan, dump, entries),
                           title=f"dump {db.name}", together=True))
     return steps
 
@@ -112,7 +119,8 @@ def _output_dir(s: Settings, opts: BackupOptions) -> Path:
     return out
 
 
-def make_plan(c, s: Settings, opts: BackupOptions, now: datetime | None = None) -> BackupPlan:
+def make_plan(c: Context, s: Settings, opts: BackupOptions,
+              now: datetime | None = None) -> BackupPlan:
     """Decide everything (names, items, order) without changing anything."""
     out = _output_dir(s, opts)
     compression = opts.compression or s.compression
@@ -145,7 +153,7 @@ class Preflight:
     servers: dict[str, pg.ServerInfo]
 
 
-def preflight(c, s: Settings, plan: BackupPlan) -> Preflight:
+def preflight(c: Context, s: Settings, plan: BackupPlan) -> Preflight:
     """Every check that can fail before anything is written."""
     if not s.env_file.is_file() or not os.access(s.env_file, os.R_OK):
         raise SourceError(f".env unreadable: {s.env_file}", "check its owner and mode")
@@ -175,7 +183,7 @@ def dump_database(c: Context, db: DbSpec, plan: BackupPlan, dump: list[str]) -> 
     with pg.connect(db, autocommit=False) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        snap = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        snap = pg.scalar(conn, "SELECT pg_export_snapshot()")
         counts = pg.table_counts(conn)
         with pg.passfile(db) as env:
             pg.run_checked(c, fill(dump, {SPOOL: str(plan.spool), EXPORTED: snap}), env,
@@ -185,7 +193,7 @@ def dump_database(c: Context, db: DbSpec, plan: BackupPlan, dump: list[str]) -> 
             "format": "plain"}
 
 
-def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
+def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
     started = time.monotonic()
     with out.step("plan and preflight"):
         plan = make_plan(c, s, opts)

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from invoke import Context
+
 from ..archive import catalog
 from ..checks import Check
 from ..hosts import agent
@@ -53,7 +55,7 @@ def check_env(s: Settings) -> Check:
                  "restore it from a backup (clawdie-ops restore ARCHIVE --only env)")
 
 
-def check_agent(c, s: Settings) -> Check:
+def check_agent(c: Context, s: Settings) -> Check:
     try:
         if agent.running(c, s):
             return Check("agent", "ok", f"agent {s.agent_name} is running")
@@ -74,8 +76,7 @@ def check_databases(s: Settings) -> tuple[list[Check], dict[str, pg.ServerInfo],
         try:
             with pg.connect(db) as conn:
                 info = pg.server_info(conn)
-                total += conn.execute("SELECT pg_database_size(current_database())"
-                                      ).fetchone()[0]
+                total += pg.scalar(conn, "SELECT pg_database_size(current_database())")
         except DatabaseUnreachable as exc:
             checks.append(Check(name, "fail", exc.message, exc.hint))
             continue
@@ -85,7 +86,7 @@ def check_databases(s: Settings) -> tuple[list[Check], dict[str, pg.ServerInfo],
     return checks, servers, total
 
 
-def check_pg_dump(c, s: Settings, servers: dict[str, pg.ServerInfo]) -> Check:
+def check_pg_dump(c: Context, s: Settings, servers: dict[str, pg.ServerInfo]) -> Check:
     try:
         major, version = pg.client_version(c, s, "pg_dump")
     except ClawdieError as exc:
@@ -102,7 +103,7 @@ def check_pg_dump(c, s: Settings, servers: dict[str, pg.ServerInfo]) -> Check:
     return Check("pg_dump", "ok", f"pg_dump {version} (server {newest.version})")
 
 
-def check_datasets(c, s: Settings) -> tuple[Check, list[str]]:
+def check_datasets(c: Context, s: Settings) -> tuple[Check, list[str]]:
     if not s.zfs_prefix:
         return Check("jail datasets", "warn", "ZFS_PREFIX is not set: datasets not checked",
                      "add ZFS_PREFIX=... to .env (or set clawdie.zfs_prefix)"), []
@@ -115,7 +116,8 @@ def check_datasets(c, s: Settings) -> tuple[Check, list[str]]:
     return Check("jail datasets", "ok", f"{len(present)} present under {s.jails_parent}"), present
 
 
-def check_snapshots(c, s: Settings, datasets: list[str], limits: Mapping[str, Any]) -> Check:
+def check_snapshots(c: Context, s: Settings, datasets: list[str],
+                    limits: Mapping[str, Any]) -> Check:
     if not datasets:
         return Check("snapshots", "warn", "no jail dataset to look at", "see jail datasets")
     now = time.time()
@@ -178,7 +180,7 @@ def check_space(s: Settings, newest: Path | None, db_bytes: int,
     return Check("free space", "ok", detail)
 
 
-def run_checks(c, s: Settings, limits: Mapping[str, Any] | None = None) -> list[Check]:
+def run_checks(c: Context, s: Settings, limits: Mapping[str, Any] | None = None) -> list[Check]:
     limits = {**DEFAULTS["doctor"], **dict(limits or {})}
     checks = [check_env(s), check_agent(c, s)]
     db_checks, servers, db_bytes = check_databases(s)

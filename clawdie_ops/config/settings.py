@@ -15,7 +15,9 @@ from collections.abc import Mapping
 
 from dotenv import dotenv_values
 
+from .. import runner
 from ..errors import ConfigError, EnvFileError
+from .masking import secret_values
 
 # Host-specific commands are templates; `{name}` fields are filled with shell-quoted values.
 # FreeBSD defaults (bastille jails, the runbook's npm scripts); the test rig sets Linux ones.
@@ -281,6 +283,8 @@ def load(config: Any, root: str | os.PathLike[str] | None = None,
     compression = str(cfg["compression"])
     if compression not in ("gzip", "zstd"):
         raise ConfigError(f"compression {compression!r} is not known", "use gzip or zstd")
+    runner.keep_secret(*secret_values(env, extra=(
+        str(cfg["db_admin"].get("password") or ""), str(cfg["drill"].get("password") or ""))))
     return Settings(
         root=root_path, home=home, env=env,
         agent_name=env.get("AGENT_NAME", "clawdie"),

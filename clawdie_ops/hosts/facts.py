@@ -1,7 +1,7 @@
 """What is true on this host for a migration, read-only: versions, space, ZFS, PostgreSQL, data.
 
 Runs on each host (`clawdie-ops migrate-step check`); the operator compares the two reports
-(migrate_checks.py). On the target, the database settings are evaluated with the source's
+(actions/migrate/checks.py). On the target, the database settings are evaluated with the source's
 .env values (they arrive on stdin), because that .env is what the restore brings: so the
 guard sees which PostgreSQL the new host would really use after the cutover.
 """
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
+
+from invoke import Context
 
 from .. import __version__, runner
 from . import agent
@@ -58,7 +60,7 @@ def _tree_bytes(top: Path) -> int:
     return total
 
 
-def _zfs_facts(c, s: Settings) -> dict[str, Any]:
+def _zfs_facts(c: Context, s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {"pool": s.zfs_pool, "datasets": {}}
     try:
         out["pool_exists"] = zfs.exists(c, s, zfs.check_dataset(s.zfs_pool))
@@ -80,7 +82,7 @@ def _zfs_facts(c, s: Settings) -> dict[str, Any]:
     return out
 
 
-def _pg_clients(c, s: Settings) -> dict[str, Any]:
+def _pg_clients(c: Context, s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tool in ("pg_dump", "psql"):
         try:
@@ -91,7 +93,7 @@ def _pg_clients(c, s: Settings) -> dict[str, Any]:
     return out
 
 
-def gather(c, cfg: Mapping[str, Any], role: str, env: Mapping[str, str] | None = None,
+def gather(c: Context, cfg: Mapping[str, Any], role: str, env: Mapping[str, str] | None = None,
            with_db_env: bool = False) -> dict[str, Any]:
     """This host's facts; `env` (on a target) stands in for the .env the restore brings."""
     config = {"clawdie": dict(cfg)}

@@ -179,6 +179,6 @@ def connect(h: SshHost, timeout: int | None = None, accept_new: bool = False) ->
         AcceptNewPolicy(files[0]) if accept_new else paramiko.RejectPolicy())
     conn.client.set_missing_host_key_policy(policy)
     # On the paramiko client, not the Connection: setting a Context attribute sets config.
-    conn.client.clawdie_known_hosts = files  # type: ignore[attr-defined]
-    conn.client.clawdie_policy = policy  # type: ignore[attr-defined]
+    conn.client.clawdie_known_hosts = files
+    conn.client.clawdie_policy = policy
     return conn

@@ -38,7 +38,7 @@ class _UnlessFlag(Argument):
 
     instead: Argument
 
-    @property  # type: ignore[override]
+    @property
     def value(self) -> Any:
         value = Argument.value.fget(self)  # type: ignore[attr-defined]
         return "" if value is None and self.instead.value else value

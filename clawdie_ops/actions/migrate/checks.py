@@ -1,4 +1,4 @@
-"""Preflight of a migration, decided from the two hosts' facts (facts.py), before any change.
+"""Preflight of a migration, decided from the two hosts' facts (hosts/facts.py), before any change.
 
 Plain functions over plain data: every rule is unit-tested without a host. A failing check
 stops the migration before anything changes; a warning is reported and the run goes on.

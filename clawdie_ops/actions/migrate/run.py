@@ -1,11 +1,11 @@
 """`migrate`: move an installation to new hardware by running clawdie-ops on both hosts.
 
-The plan is data (migrate_plan.py): every step names its host and its exact command, and
+The plan is data (plan.py): every step names its host and the exact command it runs, and
 prints in full with --dry-run (secrets masked). Running it goes through four phases:
-1. preflight on both hosts, read-only (facts.py gathers, migrate_checks.py decides);
+1. preflight on both hosts, read-only (hosts/facts.py gathers, checks.py decides);
 2. live pre-sync of the jail datasets while the agent still runs (`replicate`);
 3. the downtime window: stop the agent on the old host, final `backup`, final incremental
-   `replicate`, copy the archive (transfer.py: resumed, checksum verified on arrival),
+   `replicate`, copy the archive (hosts/transfer.py: resumed, checksum verified on arrival),
    start the jails, `restore`, point the .env at the new host's own services, start the
    agent, `doctor`; downtime is measured from the agent stop to a healthy doctor;
 4. cutover of the schedules and the report.
@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Mapping
+
+from invoke import Context
 
 from ... import __version__
 from . import journal as journal_mod, checks as migrate_checks
@@ -46,7 +48,7 @@ class Migration(HostSession):
     """Runs a plan, phase by phase, step by step, with the journal; on the two hosts through
     HostSession (session.py); stopping is rollback.py's, the report outcome.py's."""
 
-    def __init__(self, c, cfg: Mapping[str, Any], plan: Plan, opts: Options,
+    def __init__(self, c: Context, cfg: Mapping[str, Any], plan: Plan, opts: Options,
                  out: Reporter) -> None:
         super().__init__(c, cfg, plan, opts, journal_mod.Journal.open(
             plan.journal, {"from": [plan.old.name, plan.old.ssh],
@@ -127,7 +129,7 @@ class Migration(HostSession):
             if found.path is None:
                 self._refuse_install(h, found, minimum)
                 found = toolinstall.install(self.ctx[where], h)
-            if found.path != h.tool:
+            if found.path is not None and found.path != h.tool:
                 self.set_tool(where, found.path)
             self.tool_ready.add(where)
             out[where] = found.as_dict()
@@ -372,6 +374,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-def run(c, cfg: Mapping[str, Any], opts: Options, out: Reporter, home: Path) -> dict[str, Any]:
+def run(c: Context, cfg: Mapping[str, Any], opts: Options, out: Reporter,
+        home: Path) -> dict[str, Any]:
     plan = make_plan(cfg, opts, home)
     return Migration(c, cfg, plan, opts, out).run()

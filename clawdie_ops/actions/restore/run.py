@@ -9,10 +9,11 @@ failure undoes the steps already done, newest first, and says what it rolled bac
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -209,11 +210,11 @@ def select_items(v: Verified, only: list[str]) -> tuple[list[str], bool, list[st
     return items, regen, notes
 
 
-def secrets_of(*envs: dict[str, str] | None, extra: tuple[str, ...] = ()) -> list[str]:
+def secrets_of(*envs: Mapping[str, str] | None, extra: tuple[str, ...] = ()) -> list[str]:
     return secret_values(*envs, extra=extra)
 
 
-def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
+def _probe(c: Context, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
     """Look at the server a dump goes to; raise before anything changes when it cannot go."""
     db = s.memory if item == "memory_db.sql" else s.skills
     entry = v.manifest.files[item]
@@ -289,7 +290,7 @@ def _choose_aside(t: DbTarget, admin: DbSpec, stamp: str) -> None:
     t.aside, t.shape = name, shape
 
 
-def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
+def prepare(c: Context, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
             out: Reporter | None = None) -> RestorePlan:
     """Verify and decide everything; the installation does not change. Unless a dry run,
     the archive is staged in the same pass into a private folder below ROOT/.clawdie-ops,
@@ -339,8 +340,8 @@ def _remove_work(work: Path) -> None:
         pass
 
 
-def _decide(c, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter, v: Verified,
-            current: Settings, work: Path) -> RestorePlan:
+def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter,
+            v: Verified, current: Settings, work: Path) -> RestorePlan:
     items, regen, notes = select_items(v, opts.only)
     if "env" in items:
         if v.env is None:
@@ -596,7 +597,7 @@ def _safety_dump(c: Context, db: DbSpec, dump: list[str]) -> None:
         pg.run_checked(c, dump, env, f"pre-restore pg_dump of {db.name} at {db.host}:{db.port}")
 
 
-def _replay_old(c, s: Settings, db: DbSpec, before: Path) -> None:
+def _replay_old(c: Context, s: Settings, db: DbSpec, before: Path) -> None:
     """Back to the pre-restore dump: drop what the restore made, replay, in one transaction."""
     drop = before / f"{db.key}_db.drop.sql"
     drop.write_text(f"DROP OWNED BY {quote(db.user)};\n")
@@ -612,12 +613,21 @@ def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None]) -> None:
         action(conn)
 
 
+def _create_nologin(conn: Any, role: str, member: str) -> None:
+    pgroles.create_nologin_role(conn, role, member)
+
+
+def _drop_role(conn: Any, role: str) -> None:
+    pgroles.drop_role(conn, role)
+
+
 def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
                       keep: list[str] | None, replay: list[str]) -> None:
     s = p.settings
     if t.aside:
-        assert t.shape is not None
-        _admin_do(s, t.db, lambda conn: pgaside.set_aside(conn, t.db.name, t.aside, t.shape))
+        aside, shape = t.aside, t.shape
+        assert shape is not None
+        _admin_do(s, t.db, lambda conn: pgaside.set_aside(conn, t.db.name, aside, shape))
         # Pushed before the replay: a failed replay leaves an empty or half database now.
         undo.push(f"{t.db.name} (renamed back from {t.aside})",
                   lambda: _admin_do(s, t.db, lambda conn: pgaside.put_back(
@@ -633,9 +643,9 @@ def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
         undo.push(f"database {t.db.name} (created)",
                   lambda: _admin_do(s, t.db, lambda conn: pgroles.drop_database(conn, t.db.name)))
     for role in t.extra_roles:
-        _admin_do(s, t.db, lambda conn, r=role: pgroles.create_nologin_role(conn, r, t.db.user))
+        _admin_do(s, t.db, functools.partial(_create_nologin, role=role, member=t.db.user))
         undo.push(f"role {role} (created)",
-                  lambda r=role: _admin_do(s, t.db, lambda conn: pgroles.drop_role(conn, r)))
+                  functools.partial(_admin_do, s, t.db, functools.partial(_drop_role, role=role)))
     with pg.passfile(t.db) as env:
         pg.run_checked(c, replay, env,
                        f"restore of {t.item} into {t.db.name} at {t.server.address}")

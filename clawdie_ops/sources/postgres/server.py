@@ -22,15 +22,15 @@ def identity(conn: psycopg.Connection, info: pg.ServerInfo) -> str:
     """Which server this is: its system identifier, else its start time and address."""
     if info.system_identifier:
         return info.system_identifier
-    row = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()
-    return f"started {row[0]} at {info.address}"
+    started = pg.scalar(conn, "SELECT pg_postmaster_start_time()::text")
+    return f"started {started} at {info.address}"
 
 
 def non_empty_tables(conn: psycopg.Connection) -> int:
     """How many user tables hold a row: EXISTS per table, cheap at any size (unlike count)."""
-    return sum(1 for schema, table in pg.user_tables(conn) if conn.execute(
-        sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.{})").format(
-            sql.Identifier(schema), sql.Identifier(table))).fetchone()[0])
+    return sum(1 for schema, table in pg.user_tables(conn) if pg.scalar(
+        conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.{})").format(
+            sql.Identifier(schema), sql.Identifier(table))))
 
 
 def probe_database(db: DbSpec) -> dict[str, Any]:
@@ -41,8 +41,7 @@ def probe_database(db: DbSpec) -> dict[str, Any]:
             info = pg.server_info(conn)
             out.update(login=True, version=info.version, version_num=info.version_num,
                        identity=identity(conn, info), non_empty_tables=non_empty_tables(conn),
-                       size=conn.execute("SELECT pg_database_size(current_database())")
-                       .fetchone()[0])
+                       size=pg.scalar(conn, "SELECT pg_database_size(current_database())"))
     except (ClawdieError, psycopg.Error) as exc:
         out["error"] = _error(exc)
     return out
