@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
 from contextlib import contextmanager
 from typing import Any
 from collections.abc import Callable, Iterator
@@ -13,12 +14,16 @@ from rich.console import Console
 from .errors import Aborted
 
 
+# What this process told the operator lately: the body of a monitoring ping.
+RECENT: deque[str] = deque(maxlen=50)
+
+
 class Reporter:
     def __init__(self, as_json: bool = False, verbose: bool = False) -> None:
         self.as_json = as_json
         self.verbose = verbose
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.out = Console(highlight=False, soft_wrap=True)
+        self.out = Console(highlight=False, soft_wrap=True, record=True)
         # Progress only for a person at a terminal; scripts and cron get the summary alone.
         self.interactive = self.err.is_terminal and not as_json
         self.timings: dict[str, float] = {}
@@ -33,6 +38,7 @@ class Reporter:
         else:
             yield
         self.timings[label] = round(time.monotonic() - start, 3)
+        RECENT.append(f"{label} ({self.timings[label]:.1f}s)")
 
     def note(self, text: str) -> None:
         """A detail worth telling a person; dropped when not interactive unless verbose."""
@@ -41,12 +47,15 @@ class Reporter:
 
     def warn(self, text: str) -> None:
         self.err.print(f"[yellow]warning:[/] {text}")
+        RECENT.append(f"warning: {text}")
 
     def result(self, data: dict[str, Any], human: Callable[[Console], None]) -> None:
         if self.as_json:
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+            RECENT.append(json.dumps(data, default=str)[-2000:])
         else:
             human(self.out)
+            RECENT.extend(self.out.export_text().splitlines())
 
 
 def human_size(n: float) -> str:

@@ -36,7 +36,7 @@ ENTRY_KEYS = {"ssh", "root", "peer_ssh", "tool", "install", "overrides"}
 # How migrate installs clawdie-ops on a host that lacks it (hosts/install.py).
 INSTALL_KEYS = {"python": str, "dir": str, "pip_args": str, "system_site_packages": bool}
 # Settings that a host may not take from the inventory: they describe the operator's machine.
-NOT_PER_HOST = {"hosts"}
+NOT_PER_HOST = {"hosts", "groups"}
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,15 @@ DEFAULT_COMMANDS: dict[str, str] = {
     "pg_install_hint": "pkg install postgresql{major}-client",
     # Taking the backup's snapshot; point this at hostd to go through it instead.
     "snapshot": "{zfs} snapshot -r {parent}@{name}",
-    # Schedule handoff during a migration: the scheduled sanoid/syncoid/backup lines of the
-    # user's crontab are commented out with a marker, and later restored. The new host
-    # pauses while it receives (a newer snapshot there blocks the next incremental); the
-    # old host pauses after the cutover, so the two never both act as the live one.
-    "schedule_pause": "crontab -l 2>/dev/null | sed -E "
-                      "'s/^([^#].*(sanoid|syncoid|backup).*)$/#clawdie-paused# \\1/' | crontab -",
-    "schedule_resume": "crontab -l 2>/dev/null | sed -E 's/^#clawdie-paused# //' | crontab -",
+    # A user's crontab, read and replaced: `schedule` edits only its own marked lines, and
+    # migrate's schedule handoff comments them out (and back in) with these. Run as root to
+    # reach another user's crontab.
+    "crontab_list": "crontab -u {user} -l",
+    "crontab_install": "crontab -u {user} -",
+    # An offsite host: the sha256 of a file that arrived there, and an archive's manifest
+    # read in place (tar reads the whole compressed stream, so damage fails it).
+    "sha256": "sha256 -q {path}",
+    "archive_manifest": "tar -xOf {path} '*/manifest.json'",
     # The drill's throwaway PostgreSQL cluster runs as this user when clawdie-ops is root.
     "as_postgres": "su -m {user} -c {cmd}",
 }
@@ -83,6 +85,17 @@ DEFAULTS: dict[str, Any] = {
     "encryption": {"recipients": [], "identity": "", "age": "age"},
     "doctor": {"snapshot_warn_hours": 2, "snapshot_fail_hours": 26,
                "backup_warn_hours": 192, "backup_fail_hours": 360, "space_factor": 2.0},
+    # prune: how many to keep per rule; all empty means the runbook's "keep the last 4"
+    "retention": {"last": None, "daily": None, "weekly": None, "monthly": None,
+                  "stale_partial_hours": 24},
+    # healthchecks.io-style pings and a node_exporter textfile (monitoring.py); ping_url
+    # (a URL, or one per job) and textfile have no default here: invoke cannot merge a
+    # mapping over a string default
+    "monitoring": {"ping_timeout_s": 5, "ping_retries": 3},
+    # cron jobs that `schedule install` writes (actions/schedule.py has the defaults)
+    "schedule": {},
+    # fleet: named lists of inventory hosts (`fleet TASK --group NAME`)
+    "groups": {},
 }
 
 

@@ -84,6 +84,11 @@ class SftpFiles:
             self._sftp = self._conn.sftp()
         return self._sftp
 
+    def connection(self) -> Any:
+        """The open Connection SFTP runs on: a command on that host (its sha256) uses it."""
+        self.sftp()
+        return self._conn
+
     def size(self, path: str) -> int | None:
         try:
             return self.sftp().stat(path).st_size

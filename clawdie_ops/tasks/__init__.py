@@ -6,6 +6,7 @@ from . import backup
 from . import doctor, drill, inspect_archive, keys, restore
 from . import zfs as zfs_tasks
 from . import migrate, positional
+from . import copy, fleet, prune, schedule
 
 namespace = Collection()
 namespace.add_task(backup.backup)
@@ -16,5 +17,7 @@ for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspe
     namespace.add_task(_task)
 namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
+for _task in (copy.copy, prune.prune, schedule.schedule, fleet.fleet):
+    namespace.add_task(_task)
 namespace.configure({"clawdie": DEFAULTS})
 positional.register(namespace)  # TASK --help prints this collection's help

@@ -8,21 +8,31 @@ from rich.console import Console
 from invoke import Context
 
 from ..actions import backup as action
+from ..actions import copy as copy_action
+from ..config import settings as config
+from ..errors import ClawdieError, HostError
+from ..monitoring import count_archives
 from ..output import Reporter, human_size
 from .base import operator_task, settings
+from .copy import COPY_HELP, print_copy
 
 
-@operator_task(help={
+@operator_task(monitor="backup", help={
     "root": "Clawdie checkout to back up (default: $CLAWDIE_ROOT, else the current directory)",
     "output": "directory for the archive (default: clawdie.backup_dir, i.e. ~)",
     "skip-skills": "leave out skills_db (large, and regenerable with the setup step)",
     "no-snapshot": "do not take ZFS snapshots of the jail datasets first",
     "compression": "gzip (.tar.gz, the runbook's format) or zstd (.tar.zst, faster)",
+    "copy-to": "then send the archive to this inventory host's backup_dir (offsite copy: "
+               "resumable, sha256 checked there; see `copy`)",
+    "retries": COPY_HELP["retries"],
+    "accept-new-host-key": "with --copy-to: " + COPY_HELP["accept-new-host-key"],
     "dry-run": "print the plan (every command, every path) and change nothing",
     "json": "print a JSON summary (path, size, sha256, items, duration) on stdout",
 })
 def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=False,
-           compression=None, dry_run=False, json=False):
+           compression=None, copy_to=None, retries=5, accept_new_host_key=False,
+           dry_run=False, json=False):
     """Back up the installation into one archive (mode 0600).
 
     ZFS snapshots of the jail datasets, messages.db, memory_db and skills_db, .env, groups/
@@ -32,7 +42,11 @@ def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=Fa
     opts = action.BackupOptions(output=Path(output) if output else None,
                                 skip_skills=skip_skills, snapshot=not no_snapshot,
                                 compression=compression, dry_run=dry_run)
+    cfg = config.section(c.config)
+    target = copy_action.target(cfg, copy_to) if copy_to else None  # before anything is written
     result = action.run(c, s, opts, out)
+    if target is not None and result.get("dry_run"):
+        result["plan"] += copy_action.describe(Path(result["archive"]), target)
 
     def human(con: Console) -> None:
         if result.get("dry_run"):
@@ -42,5 +56,28 @@ def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=Fa
             return
         con.print(f"backup written: {result['archive']} ({human_size(result['size'])}, "
                   f"sha256 {result['sha256'][:16]}…, {result['duration_s']:.1f}s)", markup=False)
+        if result.get("copy"):
+            print_copy(con, result["copy"])
 
+    if result.get("dry_run"):
+        out.result(result, human)
+        return result
+    result["archives_in_dir"] = count_archives(Path(result["archive"]).parent)
+    if copy_to:
+        try:
+            with out.step(f"copy to {copy_to}"):
+                result["copy"] = copy_action.run(
+                    c, cfg, Path(result["archive"]), copy_to, sha256=result["sha256"],
+                    size=result["size"], retries=int(retries),
+                    accept_new_host_key=accept_new_host_key,
+                    on_retry=lambda n, why: out.warn(f"copy attempt {n} failed ({why}); "
+                                                     "resuming"))
+        except ClawdieError as exc:
+            result["copy_error"] = exc.message
+            out.result(result, human)  # the archive here is complete: say so first
+            raise HostError(f"backup written to {result['archive']}, but the copy to "
+                            f"{copy_to} failed: {exc.message}",
+                            f"{exc.hint + '; then ' if exc.hint else ''}run clawdie-ops copy "
+                            f"{result['archive']} --to {copy_to} (it resumes)") from None
     out.result(result, human)
+    return result

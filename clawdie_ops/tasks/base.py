@@ -11,16 +11,21 @@ from invoke import Context, task as invoke_task
 from invoke.exceptions import Exit
 from rich.console import Console
 
+from .. import monitoring
 from ..config import settings as config
 from ..errors import ClawdieError, Terminated
+from ..output import RECENT
 
 
 def settings(c: Context, root: str | None = None, require_env: bool = True) -> config.Settings:
     return config.load(c.config, root=root, require_env=require_env)
 
 
-def operator_task(*args: Any, **kwargs: Any) -> Callable:
-    """invoke's @task, with ClawdieError turned into `error: ...` and its exit code."""
+def operator_task(*args: Any, monitor: str = "", **kwargs: Any) -> Callable:
+    """invoke's @task, with ClawdieError turned into `error: ...` and its exit code.
+
+    `monitor`: the job name (backup, prune, drill, replicate) whose start, success or
+    failure goes to clawdie.monitoring; the task returns its result dict for the metrics."""
 
     def wrap(fn: Callable) -> Any:
         @functools.wraps(fn)
@@ -28,25 +33,54 @@ def operator_task(*args: Any, **kwargs: Any) -> Callable:
             # SIGTERM (kill, a CI timeout, systemd) unwinds the task, so every step's
             # cleanup and rollback runs: no partial archive, no orphaned scratch cluster.
             previous = _on_sigterm(_interrupt)
+            mon = _monitor(c, monitor, kw)
             try:
-                return fn(c, *a, **kw)
+                result = fn(c, *a, **kw)
+                _finish(mon, True, result)
+                return result
             except ClawdieError as exc:
+                text = exc.message + (f"\n  -> {exc.hint}" if exc.hint else "")
+                _finish(mon, False, None, f"error: {text}")
                 _red(f"[bold red]error:[/] {exc.message}"
                      + (f"\n  [yellow]->[/] {exc.hint}" if exc.hint else ""))
                 raise Exit(code=exc.exit_code) from None
             except (KeyboardInterrupt, Terminated):
+                _finish(mon, False, None, "interrupted")
                 _red("[bold red]interrupted:[/] stopped; what was under way was cleaned up "
                      "or rolled back (see above)")
                 raise Exit(code=130) from None
             finally:
                 _on_sigterm(previous)
 
-        return invoke_task(run, *args, **kwargs)
+        made = invoke_task(run, *args, **kwargs)
+        # invoke pops each flag's help while parsing; `TASK --help` (positional.py) puts
+        # them back from here before printing
+        made.flag_help = dict(kwargs.get("help") or {})  # type: ignore[attr-defined]
+        return made
 
     if len(args) == 1 and callable(args[0]) and not kwargs:
         fn, args = args[0], ()
         return wrap(fn)
     return wrap
+
+
+def _monitor(c: Context, job: str, kw: dict[str, Any]) -> monitoring.Run | None:
+    """A monitored run, unless this is a dry run or monitoring is not configured."""
+    if not job or kw.get("dry_run"):
+        return None
+    mon = monitoring.Run(job, config.section(c.config).get("monitoring"))
+    if not mon.active:
+        return None
+    mon.start()
+    return mon
+
+
+def _finish(mon: monitoring.Run | None, ok: bool, result: Any, error: str = "") -> None:
+    if mon is None:
+        return
+    mon.finish(ok, result if isinstance(result, dict) else None, list(RECENT), error)
+    for warning in mon.warnings:
+        _red(f"[yellow]warning:[/] {warning}")
 
 
 def _red(text: str) -> None:

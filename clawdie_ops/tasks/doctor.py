@@ -10,9 +10,11 @@ from invoke import Context
 
 from ..config import settings as config
 from ..actions import doctor as action
+from ..errors import ClawdieError
 from ..output import Reporter
 from .base import operator_task, settings
 
+UNKNOWN = 3
 MARK = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
 
 
@@ -35,10 +37,15 @@ def doctor(c: Context, root=None, json=False):
     Agent alive, databases reachable with the .env credentials, pg_dump present and not
     older than the server, jail datasets present, newest snapshot and backup age against
     clawdie.doctor's thresholds, free space for the next backup.
-    Exit code 0 when all is ok, 1 with warnings, 2 with a failure."""
+    Exit code 0 when all is ok, 1 with warnings, 2 with a failure, 3 when doctor itself
+    could not run (a bad setting): Nagios' OK / WARNING / CRITICAL / UNKNOWN."""
     out = Reporter(as_json=json)
-    s = settings(c, root, require_env=False)
-    checks = action.run_checks(c, s, config.section(c.config)["doctor"])
+    try:
+        s = settings(c, root, require_env=False)
+        checks = action.run_checks(c, s, config.section(c.config)["doctor"])
+    except ClawdieError as exc:
+        exc.exit_code = UNKNOWN  # not a finding about the installation: Nagios' UNKNOWN
+        raise
     data: dict[str, Any] = {"status": action.worst(checks),
                             "checks": [ch.as_dict() for ch in checks]}
 

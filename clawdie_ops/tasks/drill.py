@@ -19,8 +19,8 @@ from .positional import help_requested, positional_unless
 MARK = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
 
 
-@operator_task(positional=["archive"], klass=positional_unless("archive", "latest"),
-               auto_shortflags=False, help={
+@operator_task(monitor="drill", positional=["archive"],
+               klass=positional_unless("archive", "latest"), auto_shortflags=False, help={
     "archive": "the archive to drill (or use --latest DIR)",
     "latest": "drill the newest clawdie-backup-* archive in this directory",
     "json": "print the report as JSON on stdout",
@@ -84,3 +84,4 @@ def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host
         raise DrillFailed(f"drill of {Path(result['archive']).name} failed: "
                           f"{failures[0]['name']}: {failures[0]['detail']}{more}",
                           "do not rely on this archive for a restore; see the report above")
+    return result

@@ -14,13 +14,12 @@ from invoke import Context
 from ..archive import signing
 from ..hosts import agent, facts, transfer
 from ..config import settings as config, envfile, inventory
+from ..actions import schedule
 from ..actions.migrate import run as action
-from ..errors import ConfigError, MigrationFailed, ScheduleError
+from ..errors import ConfigError, MigrationFailed
 from ..actions.migrate.report import describe_report
 from ..output import Reporter
 from ..sources.postgres import server
-from .. import runner
-from ..runner import Shell
 from .base import operator_task
 
 
@@ -107,11 +106,11 @@ def _payload(stdin: bool) -> dict[str, Any]:
     return data
 
 
-def _schedule(c: Context, s: config.Settings, key: str) -> dict[str, Any]:
-    cmd = s.command(key)
-    runner.run(c, Shell(cmd), check=True, what=key.replace("_", " "), error=ScheduleError,
-               hint=f"check clawdie.commands.{key} on this host: {cmd}")
-    return {"command": cmd}
+def _schedule(c: Context, s: config.Settings, cfg: dict[str, Any], action: str) -> dict[str, Any]:
+    """Comment out (pause) or back in (resume) the scheduled jobs: `schedule`'s own lines and
+    hand-written sanoid/syncoid/backup lines, in the crontab of each job's user."""
+    result = schedule.apply(c, s, cfg, action)
+    return {"crontabs": [{k: st[k] for k in ("user", "diff")} for st in result["crontabs"]]}
 
 
 def _env_apply(c: Context, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +173,7 @@ def migrate_step(c: Context, action, path=None, role="target", stdin=False, json
                 jails_started.append(jail)
         result = {"started": jails_started, "jails": list(s.jails)}
     elif action in ("schedule-pause", "schedule-resume"):
-        result = _schedule(c, s, action.replace("-", "_"))
+        result = _schedule(c, s, cfg, action.split("-", 1)[1])
     elif action == "checksum":
         if not path:
             raise ConfigError("migrate-step checksum needs --path FILE", "")

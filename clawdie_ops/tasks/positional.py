@@ -16,6 +16,9 @@ def help_requested(task_name: str, value: object) -> bool:
     if value not in ("-h", "--help"):
         return False
     assert _namespace is not None, "tasks/__init__.py registers the collection"
+    task = _namespace.tasks.get(task_name)
+    if task is not None and getattr(task, "flag_help", None):
+        task.help = dict(task.flag_help)  # invoke popped them while parsing this run
     Program(namespace=_namespace, version=__version__, name="clawdie-ops",
             binary="clawdie-ops").run(["clawdie-ops", "--help", task_name], exit=False)
     return True

@@ -215,7 +215,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 # Too many flags for one letter each (invoke would hand out `--` itself): long flags only.
-@operator_task(iterable=["dataset"], auto_shortflags=False, help={
+@operator_task(monitor="replicate", iterable=["dataset"], auto_shortflags=False, help={
     "to": "target host: an inventory name (clawdie.hosts) or an ssh alias / host name",
     "dataset": DATASET_HELP,
     "target-pool": "the target's pool when it differs (default: the inventory's zfs_pool, "
@@ -266,3 +266,4 @@ def replicate(c: Context, to=None, dataset=None, target_pool=None, target_prefix
              f"{d['duration_s']:.1f}s"] for d in result["datasets"]])
 
     out.result(result, human)
+    return result

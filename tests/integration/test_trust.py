@@ -191,7 +191,9 @@ def test_a_ci_drill_needs_only_the_public_key(victim, tmp_path):
     h, good, _ = victim
     ci = tmp_path / "ci"
     ci.mkdir()
-    (ci / ".invoke.json").write_text(json.dumps({"clawdie": {}}))
+    # A CI runner has the PostgreSQL client of the dumps' version (pg_bin), nothing else.
+    pg_bin = str(h.cluster.bindir)
+    (ci / ".invoke.json").write_text(json.dumps({"clawdie": {"pg_bin": pg_bin}}))
     env = {"HOME": str(ci), "CLAWDIE_ROOT": str(ci)}
     res = cli(h, "drill", str(good), env=env)
     assert res.returncode == 1
@@ -201,11 +203,11 @@ def test_a_ci_drill_needs_only_the_public_key(victim, tmp_path):
     # The public key in the config is all a CI runner needs (rotation: list old and new).
     public = signing.public_of(host_key(h)).line
     (ci / ".invoke.json").write_text(json.dumps(
-        {"clawdie": {"signing": {"trusted_keys": [kit.KIT_PUBLIC, public]}}}))
+        {"clawdie": {"pg_bin": pg_bin, "signing": {"trusted_keys": [kit.KIT_PUBLIC, public]}}}))
     res = cli(h, "drill", str(good), env=env)
     assert res.returncode == 0, res.stderr
     # Or `keys --trust`, which writes the trusted keys file.
-    (ci / ".invoke.json").write_text(json.dumps({"clawdie": {}}))
+    (ci / ".invoke.json").write_text(json.dumps({"clawdie": {"pg_bin": pg_bin}}))
     cli(h, "keys", "--trust", public, env=env, check=True)
     assert public.split()[1] in (ci / ".config" / "clawdie-ops" / "trusted_keys").read_text()
     res = cli(h, "drill", str(good), env=env)

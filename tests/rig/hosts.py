@@ -36,12 +36,12 @@ def linux_commands(python: str = sys.executable) -> dict[str, str]:
         "jail_stop": "rm -f {home}/.rig-jails/{jail_name}",
         "skills_regen": "echo regenerate skills > {root}/skills-regenerated",
         "pg_install_hint": "apt-get install postgresql-client-{major}",
-        # A per-host crontab file stands in for root's crontab (all rig hosts share one root).
-        "schedule_pause": "touch {home}/crontab && sed -i -E "
-                          "'s/^([^#].*(sanoid|syncoid|backup).*)$/#clawdie-paused# \\1/' "
-                          "{home}/crontab",
-        "schedule_resume": "touch {home}/crontab && sed -i -E 's/^#clawdie-paused# //' "
-                           "{home}/crontab",
+        # A per-host crontab file stands in for each user's crontab (all rig hosts share
+        # one root); tests/integration/test_schedule.py uses the real crontab.
+        "crontab_list": "cat {home}/crontab 2>/dev/null || true",
+        "crontab_install": "cat > {home}/crontab",
+        "sha256": "sha256sum {path} | cut -d ' ' -f 1",
+        "archive_manifest": "tar --wildcards -xOf {path} '*/manifest.json'",
     }
 
 
@@ -83,11 +83,15 @@ class SimHost:
         pg_bin: the client tools of the host's own server, as a FreeBSD host has the
         postgresqlNN-client of its db jail's version (Debian's PATH has only 15's).
         signing: the test kit's key stands for another backup host of this operator's:
-        archives a test builds by hand are signed with it (tests/archive_kit.py)."""
+        archives a test builds by hand are signed with it (tests/archive_kit.py).
+        schedule: Debian's paths for the cron jobs; root, as every rig host runs as root."""
         from tests.archive_kit import KIT_PUBLIC
         cfg = {"root": str(self.root), "home": str(self.home),
                "commands": linux_commands(), "backup_dir": str(self.home / "backups"),
-               "signing": {"trusted_keys": [KIT_PUBLIC]}}
+               "signing": {"trusted_keys": [KIT_PUBLIC]},
+               "schedule": {"tool": str(Path(sys.executable).parent / "clawdie-ops"),
+                            "sanoid": shutil.which("sanoid") or "/usr/sbin/sanoid",
+                            "user": "root"}}
         if self.cluster.bindir != bindir_for(15):
             cfg["pg_bin"] = str(self.cluster.bindir)
         return cfg

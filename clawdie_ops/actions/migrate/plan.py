@@ -244,8 +244,8 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
              "compare: clawdie-ops and PostgreSQL versions, roles, disk space, ZFS pools, "
              "new host empty, database identity guard", "any failure stops here"),
         step(StepId.PAUSE_NEW_SCHEDULE, "presync", "new", "schedule-pause",
-             "its clawdie.commands.schedule_pause: sanoid must not snapshot or prune the "
-             "datasets while they are received"),
+             "its scheduled jobs (clawdie.schedule) commented out: sanoid must not snapshot "
+             "or prune the datasets while they are received"),
         _on(StepId.PRESYNC, "presync", "old", old, replicate,
             "syncoid of the jail datasets while the agent runs: only the increment is left",
             config=True),
