@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import psycopg
 
-from . import __version__, agent, pgroles, zfs
+from . import __version__, agent, doctor, pgroles, zfs
 from .config import DbSpec, Settings, load
 from .errors import ClawdieError
 from .sources import postgres as pg
@@ -125,11 +125,13 @@ def _zfs_facts(c, s: Settings) -> dict[str, Any]:
         for ds in s.datasets:
             info: dict[str, Any] = {"exists": out["pool_exists"] and zfs.exists(c, s, ds)}
             if info["exists"]:
-                res = c.run(zfs.cmd(s, "get", "-Hp", "-o", "value", "referenced", ds),
-                            hide=True, warn=True, in_stream=False)
-                value = res.stdout.strip()
-                info["referenced"] = int(value) if value.isdigit() else 0
+                # `used`: the jail's children (its `root`) and snapshots, all of which a
+                # recursive send carries; `referenced` counts the parent's own files only
+                info["used"] = zfs.used(c, s, [ds]).get(ds, 0)
                 info["snapshots"] = [snap.name for snap in zfs.snapshots(c, s, ds)]
+                info["children"] = zfs.descendants(c, s, ds)[1:]
+                info["resume_token"] = any(zfs.resume_token(c, s, d)
+                                           for d in [ds, *info["children"]])
             out["datasets"][ds] = info
     except ClawdieError as exc:
         out["error"] = exc.message
@@ -170,6 +172,11 @@ def gather(c, cfg: Mapping[str, Any], role: str, env: Mapping[str, str] | None =
         "sqlite": _sqlite_facts(current.sqlite_path),
         "groups_bytes": _tree_bytes(current.groups_dir) if current.groups_dir.is_dir() else 0,
     }
+    try:
+        facts["jail_paths"] = doctor.check_jail_paths(c, effective).as_dict()
+    except ClawdieError as exc:
+        facts["jail_paths"] = {"name": "jail paths", "status": "warn", "detail": exc.message,
+                               "fix": exc.hint}
     try:
         facts["agent_running"] = agent.running(c, current)
     except ClawdieError as exc:

@@ -257,7 +257,8 @@ class Migration:
         ours = bool(self.journal.data.get("touched_new"))
         self.checks = migrate_checks.evaluate(self.facts["old"], self.facts["new"],
                                               new_name=self.plan.new.name,
-                                              force=self.opts.force, ours=ours)
+                                              force=self.opts.force, ours=ours,
+                                              aside_suffix=self.opts.aside_suffix)
         failed = migrate_checks.failures(self.checks)
         for ch in self.checks:
             if ch.status == "warn":
@@ -276,7 +277,7 @@ class Migration:
     # -- phase 2 and 3 -------------------------------------------------------------------
     def do_replicate(self) -> dict[str, Any]:
         self.journal.set("touched_new", True)
-        return self.tool("old", *replicate_args(self.plan.new.name, self.opts.force),
+        return self.tool("old", *replicate_args(self.plan.new.name, self.opts.aside_suffix),
                          config=True)
 
 
@@ -516,9 +517,12 @@ class Migration:
         for sync in syncs:
             for d in sync.get("datasets", []):
                 entry = datasets.setdefault(d.get("source"), {"target": d.get("target"),
-                                                              "bytes": 0, "sends": []})
+                                                              "bytes": 0, "sends": [],
+                                                              "children": d.get("children")})
                 entry["bytes"] += d.get("bytes") or 0
                 entry["sends"].append(d.get("mode"))
+                if d.get("set_aside"):
+                    entry["set_aside"] = d["set_aside"]
         data: dict[str, Any] = {
             "status": status, "from": host_dict(self.plan.old), "to": host_dict(self.plan.new),
             "resumed": self.resumed, "skipped": self.skipped, "journal": str(self.plan.journal),
@@ -534,6 +538,8 @@ class Migration:
                 "datasets": datasets,
                 "dataset_bytes": sum(d["bytes"] for d in datasets.values()),
             },
+            # the new host's own jail datasets, renamed and kept: the operator drops them
+            "set_aside": [d["set_aside"] for d in datasets.values() if d.get("set_aside")],
             "copy": {k: v for k, v in j.result("copy-archive").items()
                      if k in ("attempts", "resumed_from", "bytes_sent", "seconds",
                               "already_there", "errors")},

@@ -6,6 +6,7 @@ only when the preflight finds where clawdie-ops runs on a host (make_steps).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
@@ -50,6 +51,8 @@ class Options:
     accept_new_host_key: bool = False
     retries: int = 5
     install: bool = True  # install clawdie-ops where it is missing
+    # the new host's own jail datasets are renamed to NAME.<aside_suffix> (kept, not reused)
+    aside_suffix: str = field(default_factory=lambda: f"pre-migrate-{datetime.now():%Y%m%d-%H%M%S}")
 
 
 @dataclass
@@ -98,10 +101,11 @@ def host_dict(h: Host) -> dict[str, Any]:
             "overrides": masked(dict(h.overrides)), "in_inventory": h.in_inventory}
 
 
-def replicate_args(new_name: str, force: bool) -> list[str]:
-    # --yes: no terminal there; --replace-existing only when the operator forced
-    return ["replicate", "--to", new_name, *(["--replace-existing"] if force else []),
-            "--yes", "--json"]
+def replicate_args(new_name: str, aside_suffix: str) -> list[str]:
+    # --yes: no terminal there. --replace-existing sets aside (renames) what the new host
+    # made itself: nothing there is destroyed, so it needs no --force
+    return ["replicate", "--to", new_name, "--replace-existing", "--aside-suffix",
+            aside_suffix, "--yes", "--json"]
 
 
 def step_cmd(h: Host, *args: str, config: bool = False) -> str:
@@ -140,7 +144,7 @@ def make_plan(cfg: Mapping[str, Any], opts: Options, home: Path) -> Plan:
 
 def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> list[Step]:
     new_cfg = bool(new.settings_overrides())
-    replicate = replicate_args(new.name, opts.force)
+    replicate = replicate_args(new.name, opts.aside_suffix)
     return [
         Step("connect", "preflight", "here",
              f"ssh {old.ssh if not old.local else '(local)'} and ssh {new.ssh}: host keys must "
@@ -158,14 +162,17 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
              "the same, evaluated with the old .env's database settings (on stdin, never "
              "argv): the databases the restore would really use"),
         Step("evaluate", "preflight", "here",
-             "compare: clawdie-ops and PostgreSQL versions, roles, disk space, ZFS pools, "
-             "new host empty, database identity guard", "any failure stops here"),
+             "compare: clawdie-ops and PostgreSQL versions, roles, disk space (`used` of the "
+             "jail datasets), ZFS pools, jail paths, new host empty, database identity guard",
+             "any failure stops here"),
         Step("pause-new-schedule", "presync", "new",
              step_cmd(new, "migrate-step", "schedule-pause", "--stdin", "--json"),
              "its clawdie.commands.schedule_pause: sanoid must not snapshot or prune the "
              "datasets while they are received"),
         Step("presync", "presync", "old", step_cmd(old, *replicate, config=True),
-             "syncoid of the jail datasets while the agent runs: only the increment is left"),
+             "syncoid -r of the jail datasets and their `root` children while the agent runs: "
+             "only the increment is left; the new host's own jail datasets (runbook step 1) "
+             f"are first renamed to NAME.{opts.aside_suffix}, kept until you drop them"),
         Step("stop-old-agent", "downtime", "old",
              step_cmd(old, "migrate-step", "agent-stop", "--stdin", "--json"),
              "downtime starts"),

@@ -11,6 +11,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from .config import SHELL
 from .errors import HostError, InvalidName
 
 # An alias or a host name, optionally user@; never a leading '-' that ssh would read as a flag.
@@ -119,6 +120,25 @@ def resolve(c, host: str, config_file: str = "") -> SshHost:
                          config_file)
 
 
+def _sh_remote():
+    """Fabric's Remote runner, but the command goes through `run.shell -c '...'`.
+
+    Fabric hands a command to the remote login shell as it is, and root's login shell on
+    a FreeBSD host may be csh, where `${TMPDIR:-/tmp}`, `2>&1` or `$(...)` fail; this makes
+    `run.shell` (config.SHELL) hold over SSH as it does locally."""
+    from fabric.runners import Remote
+
+    class ShRemote(Remote):
+        def start(self, command, shell, env, timeout=None):
+            self.clawdie_shell = shell or SHELL
+            return super().start(command, shell, env, timeout=timeout)
+
+        def send_start_message(self, command):
+            self.channel.exec_command(shlex.join([self.clawdie_shell, "-c", command]))
+
+    return ShRemote
+
+
 def connect(h: SshHost, timeout: int | None = None):
     """A Fabric Connection to `h` with exactly the resolved settings.
 
@@ -143,7 +163,9 @@ def connect(h: SshHost, timeout: int | None = None):
     ct = timeout or (int(h.option("ConnectTimeout") or 0) or None)
     # An explicit empty SSHConfig: everything comes from `ssh -G`, nothing is parsed twice.
     conn = Connection(host=h.hostname, user=h.user or None, port=h.port,
-                      config=Config(ssh_config=paramiko.SSHConfig()), connect_kwargs=kwargs,
+                      config=Config(ssh_config=paramiko.SSHConfig(), overrides={
+                          "run": {"shell": SHELL}, "runners": {"remote": _sh_remote()}}),
+                      connect_kwargs=kwargs,
                       gateway=gateway if gateway and gateway != "none" else None,
                       connect_timeout=ct)
     for path in h.known_hosts:

@@ -1,7 +1,7 @@
 """The task collection: one module per user action."""
 from invoke import Collection
 
-from ..config import DEFAULTS
+from ..config import DEFAULTS, SHELL
 from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
@@ -16,4 +16,5 @@ for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspe
     namespace.add_task(_task)
 namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
-namespace.configure({"clawdie": DEFAULTS})
+# run.shell: invoke would run every command through /bin/bash (not in FreeBSD's base)
+namespace.configure({"clawdie": DEFAULTS, "run": {"shell": SHELL}})

@@ -31,8 +31,12 @@ def linux_commands(python: str = sys.executable) -> dict[str, str]:
         "agent_stop": "pid=$(cat {pidfile}) && kill $pid && "
                       "while kill -0 $pid 2>/dev/null; do sleep 0.1; done",
         "jail_status": "test -f {home}/.rig-jails/{jail_name}",
-        "jail_start": "mkdir -p {home}/.rig-jails && touch {home}/.rig-jails/{jail_name}",
+        # A started jail records its path as the kernel does (jls -j NAME path): the
+        # mountpoint of its root dataset at the time it started.
+        "jail_start": "mkdir -p {home}/.rig-jails && {zfs} get -H -o value mountpoint "
+                      "{root_dataset} > {home}/.rig-jails/{jail_name}",
         "jail_stop": "rm -f {home}/.rig-jails/{jail_name}",
+        "jail_path": "cat {home}/.rig-jails/{jail_name}",
         "skills_regen": "echo regenerate skills > {root}/skills-regenerated",
         "pg_install_hint": "apt-get install postgresql-client-15",
         # A per-host crontab file stands in for root's crontab (all rig hosts share one root).
@@ -69,7 +73,15 @@ class SimHost:
         return self.pool.name
 
     def dataset(self, jail: str) -> str:
+        """bastille's jail dataset (jail.conf, fstab); the jail's files are in its `root`."""
         return f"{self.pool.name}/{PREFIX}/jails/{jail}"
+
+    def root_dataset(self, jail: str) -> str:
+        return f"{self.dataset(jail)}/root"
+
+    def jail_files(self, jail: str) -> Path:
+        """Where the jail's own files are: the mountpoint of its `root` dataset."""
+        return self.pool.mount_of(self.root_dataset(jail))
 
     def clawdie_config(self) -> dict:
         """The tool's config section for this host (what an operator writes in ~/.invoke.yaml)."""
@@ -204,13 +216,8 @@ class Rig:
         if datasets:
             sh(ZFS_BIN, "create", "-p", f"{pool.name}/{PREFIX}/jails")
             for jail in JAILS:
-                ds = h.dataset(jail)
-                sh(ZFS_BIN, "create", ds)
-                if populated:
-                    mnt = pool.mount_of(ds)
-                    (mnt / "etc").mkdir(exist_ok=True)
-                    (mnt / "etc" / "rc.conf").write_text(f"# jail {jail}\nhostname={jail}\n")
-                    (mnt / "data.bin").write_bytes(random.Random(jail).randbytes(200_000))
+                content.bastille_create(pool.name, f"{PREFIX}/jails", jail, address,
+                                        populated=populated)
         (h.home / ".invoke.json").write_text(json.dumps(h.invoke_overrides(), indent=2))
         if ssh:
             self.start_sshd(h, tool_on_path=tool_on_path)
