@@ -57,6 +57,7 @@ class ReplicationPlan:
     remote_tools: set[str]
     notes: list[str] = field(default_factory=list)
     conn: Any = field(default=None, repr=False)  # the Fabric Connection to the target
+    syncoid_version: tuple[int, ...] | None = None  # 2.1 (Debian 12) and 2.3 (FreeBSD) differ
 
     @property
     def parents(self) -> list[str]:
@@ -72,7 +73,9 @@ class ReplicationPlan:
         both = "both ends" if "mbuffer" in self.local_tools & self.remote_tools else "no"
         pv = "yes (counts the bytes sent)" if "pv" in self.local_tools else "no"
         who = f"{h.user}@" if h.user else ""
+        version = ".".join(map(str, self.syncoid_version)) if self.syncoid_version else "?"
         lines = [f"target     {self.to} = {who}{h.hostname}:{h.port}{via}",
+                 f"syncoid    {self.syncoid_bin} version {version}",
                  f"helpers    compression {self.options.compress}; mbuffer {both}; pv {pv}"]
         for parent in self.parents:
             lines.append(f"on {self.to:<6} {zfs.cmd(ts, 'create', '-p', parent)}")
@@ -200,9 +203,13 @@ def make_plan(c, s: Settings, cfg: Mapping[str, Any], to: str, names: list[str] 
     if delegated:
         notes.append("ZFS delegation (clawdie.zfs_delegation): syncoid runs zfs as the ssh "
                      "user on both ends, no sudo (--no-privilege-elevation)")
+    syncoid_bin = str(cfg.get("syncoid") or "syncoid")
+    version = syncoid.parse_version(c.run(syncoid.version_cmd(syncoid_bin), hide=True, warn=True,
+                                          in_stream=False).stdout)
     return ReplicationPlan(to=to, host=host, target_settings=ts, pairs=pairs,
+                           syncoid_version=version,
                            options=syncoid.SyncOptions(chosen_compress, bwlimit, delegated),
-                           syncoid_bin=str(cfg.get("syncoid") or "syncoid"), local_tools=local,
+                           syncoid_bin=syncoid_bin, local_tools=local,
                            remote_tools=remote, notes=notes, conn=conn)
 
 

@@ -329,6 +329,7 @@ def replication_mocks(remote_snaps: str, token: str = "-") -> tuple[MockContext,
         f"zfs list -H -o name -r {DB}": ok(f"{DB}\n{DB}/root\n"),
         "ssh -G newbox": ok(ALIAS_G), "ssh -G -F /dev/null 10.1.2.3": ok(DEFAULT_G),
         syncoid.probe_cmd(): ok("/usr/bin/zstd\n"),
+        syncoid.version_cmd("syncoid"): ok("/usr/local/bin/syncoid version 2.3.0\n"),
         LIST: ok(f"{DB}@a\n"),
         f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@a":
             ok(f"{DB}@a\tcreation\t1\n")})
@@ -362,6 +363,7 @@ def test_replication_sets_aside_a_target_that_shares_no_snapshot_and_never_destr
     assert "--recursive" in command and "--force-delete" not in command
     text = "\n".join(plan.describe())
     assert f"zfs rename {DB} {DB}.pre-test" in text and f"with {DB}/root" in text
+    assert "syncoid version 2.3.0" in text
     assert plan.options.compress == "zstd-fast"
 
 
