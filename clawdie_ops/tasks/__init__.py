@@ -1,7 +1,7 @@
 """The task collection: one module per user action."""
 from invoke import Collection
 
-from ..config import DEFAULTS, SHELL
+from ..config.settings import DEFAULTS
 from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
@@ -16,5 +16,6 @@ for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspe
     namespace.add_task(_task)
 namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
-# run.shell: invoke would run every command through /bin/bash (not in FreeBSD's base)
-namespace.configure({"clawdie": DEFAULTS, "run": {"shell": SHELL}})
+# run.shell too (the runner passes clawdie.shell on each call): invoke's own default is
+# /bin/bash, which FreeBSD's base system does not have
+namespace.configure({"clawdie": DEFAULTS, "run": {"shell": DEFAULTS["shell"]}})

@@ -11,7 +11,7 @@ from invoke import Context, task as invoke_task
 from invoke.exceptions import Exit
 from rich.console import Console
 
-from .. import config
+from ..config import settings as config
 from ..errors import ClawdieError, Terminated
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clawdie_ops import syncoid
+from clawdie_ops.zfs import syncoid
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "syncoid"
 VERSIONS = ("2.1.0", "2.3.0")

@@ -8,16 +8,10 @@ from datetime import datetime
 import pytest
 from invoke import Config, MockContext, Result
 
-from clawdie_ops import (
-    config,
-    datasets,
-    replication,
-    rollback,
-    sanoid,
-    ssh,
-    syncoid,
-    zfs,
-)
+from clawdie_ops import runner
+from clawdie_ops.config import settings as config
+from clawdie_ops.zfs import datasets, replication, rollback, sanoid, syncoid, commands as zfs
+from clawdie_ops.hosts import ssh
 from clawdie_ops.errors import DatasetMissing, InvalidName, NotManaged, ZfsError
 
 DB = "zroot/clawdie/jails/db"
@@ -248,8 +242,8 @@ def test_ssh_alias_resolves_to_what_the_config_changed(tmp_path):
 
 def test_syncoid_command_carries_the_ssh_config_quoted_for_its_shell(tmp_path):
     h = resolved_host(tmp_path)
-    line = syncoid.command("syncoid", DB, "tank/clawdie/jails/db", h,
-                           syncoid.SyncOptions("zstd-fast", "20m"))
+    line = runner.line(syncoid.command("syncoid", DB, "tank/clawdie/jails/db", h,
+                                       syncoid.SyncOptions("zstd-fast", "20m")))
     assert line == (
         "syncoid --recursive --compress=zstd-fast '--pv-options=-n -b -i 5' "
         "--source-bwlimit=20m "
@@ -328,13 +322,13 @@ def replication_mocks(remote_snaps: str, token: str = "-") -> tuple[MockContext,
         f"zfs list -H -o name {DB}": ok(DB),
         f"zfs list -H -o name -r {DB}": ok(f"{DB}\n{DB}/root\n"),
         "ssh -G newbox": ok(ALIAS_G), "ssh -G -F /dev/null 10.1.2.3": ok(DEFAULT_G),
-        syncoid.probe_cmd(): ok("/usr/bin/zstd\n"),
-        syncoid.version_cmd("syncoid"): ok("/usr/local/bin/syncoid version 2.3.0\n"),
+        runner.line(syncoid.probe_cmd()): ok("/usr/bin/zstd\n"),
+        runner.line(syncoid.version_cmd("syncoid")): ok("/usr/local/bin/syncoid version 2.3.0\n"),
         LIST: ok(f"{DB}@a\n"),
         f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@a":
             ok(f"{DB}@a\tcreation\t1\n")})
     remote = MockContext(run={
-        syncoid.probe_cmd(): ok("/usr/bin/zstd\n"),
+        runner.line(syncoid.probe_cmd()): ok("/usr/bin/zstd\n"),
         f"zfs list -H -o name {DB}": ok(DB),
         f"zfs list -H -o name {DB}.pre-test": ok(stderr="does not exist", exited=1),
         f"zfs list -H -o name {DB}/root": ok(stderr="does not exist", exited=1),
@@ -357,7 +351,7 @@ def test_replication_sets_aside_a_target_that_shares_no_snapshot_and_never_destr
     pair = plan.pairs[0]
     assert pair.state == "diverged" and pair.aside == f"{DB}.pre-test"
     assert pair.children == (f"{DB}/root",)
-    command = plan.command(pair)
+    command = runner.line(plan.command(pair))
     # the jail's files are in the child `root`: -r, and never --force-delete (it would
     # destroy the target's children too)
     assert "--recursive" in command and "--force-delete" not in command
@@ -381,9 +375,9 @@ def test_zfs_delegation_runs_syncoid_without_privilege_elevation():
     plan = replication.make_plan(local, settings(), {"zfs_delegation": True}, "newbox", ["db"],
                                  conn=remote)
     assert plan.pairs[0].state == "common"
-    assert "--no-privilege-elevation" in plan.command(plan.pairs[0])
+    assert "--no-privilege-elevation" in runner.line(plan.command(plan.pairs[0]))
     plain = replication.make_plan(local, settings(), {}, "newbox", ["db"], conn=remote)
-    assert "--no-privilege-elevation" not in plain.command(plain.pairs[0])
+    assert "--no-privilege-elevation" not in runner.line(plain.command(plain.pairs[0]))
 
 
 @pytest.mark.parametrize("task", ["snapshot", "snapshots", "rollback", "sanoid-config",
