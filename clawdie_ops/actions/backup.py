@@ -210,7 +210,9 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
                     raise failed[1]
             if group[0].kind is Kind.SNAPSHOT and plan.snapshot:
                 name = plan.snapshot.split("@")[1]
-                snapshots = [plan.snapshot] + [f"{d}@{name}" for d in plan.datasets]
+                # -r: each jail's descendants (bastille's `root`) are in it too
+                snapshots = [plan.snapshot] + [f"{d}@{name}" for ds in plan.datasets
+                                               for d in zfs.descendants(c, s, ds)]
         with out.step(f"write {plan.archive.name}"):
             writer = ArchiveWriter(plan.archive, plan.top, plan.compression)
             manifest = Manifest(agent_name=s.agent_name,

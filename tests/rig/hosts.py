@@ -12,7 +12,8 @@ from pathlib import Path
 
 from . import content
 from .postgres import Cluster
-from .services import ZFS as ZFS_BIN, Pool, Sshd, ensure_zfs_fuse, sh, stale_pools, zfs_retry
+from .services import (ZFS as ZFS_BIN, Pool, Sshd, ensure_zfs_fuse, sh, stale_pools,
+                       without_bash, zfs_retry)
 
 RIG_BIN = Path(__file__).parent / "bin"
 FAKE_AGENT = Path(__file__).parent / "fake_agent.py"
@@ -59,6 +60,7 @@ class SimHost:
     alias: str = ""
     rows: int = 200
     env: dict[str, str] = field(default_factory=dict)
+    no_bash: bool = False  # its sshd sessions run where bash fails (FreeBSD has none)
 
     @property
     def root(self) -> Path:
@@ -171,7 +173,7 @@ class Rig:
     # -- hosts ----------------------------------------------------------------------
     def host(self, name: str, *, populated: bool = True, datasets: bool = True,
              rows: int = 200, ssh: bool = False, with_roles: bool | None = None,
-             tool_on_path: bool = True) -> SimHost:
+             tool_on_path: bool = True, no_bash: bool = False) -> SimHost:
         """A host with its pool and PostgreSQL; `populated` fills root, databases, datasets.
 
         `tool_on_path=False`: its sshd's PATH lacks the test venv, so a fresh box without
@@ -189,7 +191,7 @@ class Rig:
         address = f"{self.net}.{idx}"
         pool = Pool(f"crig{self.tag}{name}", base / "pool.img", base / "mnt")
         cluster = Cluster(base / "pg" / "data", address)
-        h = SimHost(name, address, base, pool, cluster, rows=rows)
+        h = SimHost(name, address, base, pool, cluster, rows=rows, no_bash=no_bash)
         self.hosts[name] = h
         pool.create()
         cluster.init()
@@ -228,7 +230,8 @@ class Rig:
         path = f"{RIG_BIN}:{venv}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         h.sshd = Sshd(h.address, SSH_PORT, h.base / "sshd",
                       {"PATH": path, "HOME": str(h.home), "CLAWDIE_ROOT": str(h.root)},
-                      (self.client_key.with_suffix(".pub")).read_text().strip())
+                      (self.client_key.with_suffix(".pub")).read_text().strip(),
+                      wrap=without_bash([], self.base) if h.no_bash else [])
         h.sshd.start()
         h.alias = f"rig-{h.name}"
         with open(self.known_hosts, "a") as fh:
