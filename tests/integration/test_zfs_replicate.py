@@ -151,18 +151,25 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+STREAM_READERS = ("mbuffer", "zstd", "lzop")
+
+
 def received_bytes(sshd: int) -> int:
-    """Bytes the target's `zfs receive` processes have read so far (/proc/PID/io)."""
-    total = 0
+    """Bytes of the stream the target has read so far (/proc/PID/io), by the first reader
+    of its receive pipeline: mbuffer or the decompressor where syncoid uses them (zfs-fuse's
+    `zfs receive` hands its stdin to the daemon, so its own count stays at a few kB)."""
+    most = 0
     for pid in descendants(sshd):
-        if "zfs receive" in cmdline(pid) or "zfs recv" in cmdline(pid):
+        line = cmdline(pid)
+        if line.split(" ", 1)[0].rsplit("/", 1)[-1] in STREAM_READERS or \
+                "zfs receive" in line or "zfs recv" in line:
             try:
                 io = (Path("/proc") / str(pid) / "io").read_text()
             except OSError:
                 continue
-            total += next((int(line.split()[1]) for line in io.splitlines()
-                           if line.startswith("rchar:")), 0)
-    return total
+            most = max(most, next((int(line.split()[1]) for line in io.splitlines()
+                                   if line.startswith("rchar:")), 0))
+    return most
 
 
 def test_replication_killed_midway_completes_when_run_again(rig, host, target):
