@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from invoke import Config, Context
 
-from tests.rig.hosts import Rig, SimHost
+from tests.rig.hosts import RIG_BIN, Rig, SimHost
 from tests.rig.services import without_bash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,11 @@ def cli(h: SimHost, *args: str, env: dict | None = None, check: bool = False,
     fails, as on FreeBSD, when the host is `no_bash`)."""
     e = h.proc_env()
     e.update(env or {})
-    argv = without_bash([CLI, *args], h.base.parent) if h.no_bash else [CLI, *args]
+    argv = [CLI, *args]
+    if h.no_bash:
+        argv = without_bash(argv, h.base.parent)
+        # the rig's zfs wrapper runs zfs-fuse's mounts in the daemon's namespace
+        e["PATH"] = f"{RIG_BIN}:{e['PATH']}"
     res = subprocess.run(argv, env=e, capture_output=True, text=True, timeout=timeout,
                          stdin=subprocess.DEVNULL, cwd=h.root if h.root.exists() else None)
     if check and res.returncode:

@@ -74,9 +74,12 @@ def stale_pools(prefix: str) -> list[str]:
 
 # FreeBSD has no bash in its base system: these run a program in a mount namespace where
 # /bin/bash is /bin/false, and where root's login shell (which sshd runs every session
-# through) is /bin/sh. Mounts made outside still show inside (slave propagation).
+# through) is /bin/sh. The namespace lets go of its copies of the zfs-fuse mounts (every
+# rig's on this machine), which would otherwise keep them busy for `zfs destroy`; the rig's
+# zfs wrapper runs zfs in the daemon's namespace, and nothing here reads a dataset's files.
 _NO_BASH = ('mount --bind /bin/false /bin/bash && mount --bind "$1" /etc/passwd && shift && '
-            'exec "$@"')
+            "for m in $(awk '$3 == \"fuse.zfs\" {print $2}' /proc/self/mounts | sort -r); "
+            'do umount -l "$m"; done; exec "$@"')
 
 
 def passwd_without_bash(where: Path) -> Path:

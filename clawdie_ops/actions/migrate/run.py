@@ -84,6 +84,7 @@ class Migration:
             StepId.STOP_OLD_AGENT: self.do_stop_old_agent, StepId.FINAL_SYNC: self.do_replicate,
             StepId.COPY_ARCHIVE: self.do_copy, StepId.RESTORE: self.do_restore,
             StepId.POINT_ENV: self.do_point_env, StepId.DOCTOR: self.do_doctor,
+            StepId.START_NEW_JAILS: self.do_start_new_jails,
         }
 
     # -- helpers -------------------------------------------------------------------------
@@ -288,6 +289,15 @@ class Migration:
         self.journal.set("touched_new", True)
         return self.run_plan_step(step)
 
+
+    def do_start_new_jails(self, step: Step) -> dict[str, Any]:
+        """The jails whose datasets were just received: named by the pool and prefix that
+        replicate sent to (the new host has no .env of its own before the restore)."""
+        st = self.facts["new"]["settings"]
+        h = self.plan.host("new")
+        return self.run_plan_step(step, config={**h.settings_overrides(),
+                                                "zfs_pool": st["zfs_pool"],
+                                                "zfs_prefix": st["zfs_prefix"]})
 
     def do_stop_old_agent(self, step: Step) -> dict[str, Any]:
         stopped_at = time.time()
