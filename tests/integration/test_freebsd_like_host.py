@@ -175,3 +175,38 @@ def test_doctor_checks_the_jails_root_dataset_and_the_path_it_runs_in(host):
     checks = {c["name"]: c for c in json.loads(cli(host, "doctor", "--json").stdout)["checks"]}
     assert checks["jail datasets"]["status"] == "fail"
     assert host.root_dataset("cms") in checks["jail datasets"]["detail"]
+
+
+def test_remote_commands_go_through_sh_where_roots_login_shell_is_not_posix(rig):
+    """sshd runs each command through root's login shell, csh on older FreeBSD installs:
+    every command clawdie-ops sends over Fabric is handed to /bin/sh -c, the temporary
+    config files (`${TMPDIR:-/tmp}`) included."""
+    from types import SimpleNamespace
+
+    from invoke import Context
+
+    from clawdie_ops import runner
+    from clawdie_ops.hosts import remote, ssh as sshmod
+
+    h = rig.new_host(ssh=True, no_bash=True, login_shell=str(RIG_BIN / "csh-like"),
+                     populated=False, datasets=False)
+    try:
+        posix = 'echo "${TMPDIR:-/tmp}" "$(echo sub)" 2>&1'
+        # the control: handed to the login shell as it is, POSIX syntax is refused there
+        raw = subprocess.run(["ssh", "-F", str(rig.ssh_config), h.alias, posix],
+                             capture_output=True, text=True, timeout=30)
+        assert raw.returncode != 0 and "csh-like" in raw.stderr
+        conn = sshmod.connect(sshmod.resolve(Context(), h.alias, str(rig.ssh_config)))
+        try:
+            res = runner.run(conn, runner.Shell(posix))
+            assert res.exited == 0 and res.stdout.split() == ["/tmp", "sub"], res
+            where = SimpleNamespace(label=f"{h.name} (csh-like root shell)")
+            path = remote.write_temp_config(conn, where, {"clawdie": {"x": 1}})
+            assert json.loads(open(path).read()) == {"clawdie": {"x": 1}}
+            assert os.stat(path).st_mode & 0o777 == 0o600
+            remote.remove_temp_config(conn, where, path)
+            assert not os.path.exists(path)
+        finally:
+            conn.close()
+    finally:
+        rig.drop(h)

@@ -61,6 +61,7 @@ class SimHost:
     rows: int = 200
     env: dict[str, str] = field(default_factory=dict)
     no_bash: bool = False  # its sshd sessions run where bash fails (FreeBSD has none)
+    login_shell: str = "/bin/sh"  # root's, for those sessions (bin/csh-like: as csh would)
 
     @property
     def root(self) -> Path:
@@ -173,7 +174,8 @@ class Rig:
     # -- hosts ----------------------------------------------------------------------
     def host(self, name: str, *, populated: bool = True, datasets: bool = True,
              rows: int = 200, ssh: bool = False, with_roles: bool | None = None,
-             tool_on_path: bool = True, no_bash: bool = False) -> SimHost:
+             tool_on_path: bool = True, no_bash: bool = False,
+             login_shell: str = "/bin/sh") -> SimHost:
         """A host with its pool and PostgreSQL; `populated` fills root, databases, datasets.
 
         `tool_on_path=False`: its sshd's PATH lacks the test venv, so a fresh box without
@@ -191,7 +193,8 @@ class Rig:
         address = f"{self.net}.{idx}"
         pool = Pool(f"crig{self.tag}{name}", base / "pool.img", base / "mnt")
         cluster = Cluster(base / "pg" / "data", address)
-        h = SimHost(name, address, base, pool, cluster, rows=rows, no_bash=no_bash)
+        h = SimHost(name, address, base, pool, cluster, rows=rows, no_bash=no_bash,
+                    login_shell=login_shell)
         self.hosts[name] = h
         pool.create()
         cluster.init()
@@ -231,7 +234,7 @@ class Rig:
         h.sshd = Sshd(h.address, SSH_PORT, h.base / "sshd",
                       {"PATH": path, "HOME": str(h.home), "CLAWDIE_ROOT": str(h.root)},
                       (self.client_key.with_suffix(".pub")).read_text().strip(),
-                      wrap=without_bash([], self.base) if h.no_bash else [])
+                      wrap=without_bash([], self.base, h.login_shell) if h.no_bash else [])
         h.sshd.start()
         h.alias = f"rig-{h.name}"
         with open(self.known_hosts, "a") as fh:

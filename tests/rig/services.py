@@ -82,20 +82,20 @@ _NO_BASH = ('mount --bind /bin/false /bin/bash && mount --bind "$1" /etc/passwd 
             'do umount -l "$m"; done; exec "$@"')
 
 
-def passwd_without_bash(where: Path) -> Path:
-    """A copy of /etc/passwd whose bash login shells are /bin/sh."""
-    path = where / "passwd-without-bash"
+def passwd_without_bash(where: Path, shell: str = "/bin/sh") -> Path:
+    """A copy of /etc/passwd whose bash login shells are `shell`."""
+    path = where / f"passwd-without-bash-{Path(shell).name}"
     if not path.exists():
-        lines = [re.sub(r":(/usr)?/bin/bash$", ":/bin/sh", ln)
+        lines = [re.sub(r":(/usr)?/bin/bash$", f":{shell}", ln)
                  for ln in Path("/etc/passwd").read_text().splitlines()]
         path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def without_bash(argv: list[str], where: Path) -> list[str]:
-    """`argv` run where bash fails, as on FreeBSD."""
+def without_bash(argv: list[str], where: Path, shell: str = "/bin/sh") -> list[str]:
+    """`argv` run where bash fails, as on FreeBSD, with root's login shell `shell`."""
     return ["unshare", "-m", "--propagation", "slave", "sh", "-c", _NO_BASH, "sh",
-            str(passwd_without_bash(where)), *argv]
+            str(passwd_without_bash(where, shell)), *argv]
 
 
 @dataclass
