@@ -271,5 +271,10 @@ def replicate(c, to=None, dataset=None, target_pool=None, target_prefix=None, co
             [d["source"], f"{to}:{d['target']}", d["mode"],
              human_size(d["bytes"]) if d["bytes"] is not None else "?",
              f"{d['duration_s']:.1f}s"] for d in result["datasets"]])
+        for d in result["datasets"]:
+            if d.get("set_aside"):
+                con.print(f"kept on {to}: {d['set_aside']} (what {d['target']} held before); "
+                          f"drop it once you no longer need it: zfs destroy -r "
+                          f"{d['set_aside']}", markup=False)
 
     out.result(result, human)

@@ -393,3 +393,20 @@ def test_every_flag_has_help_text(task):
     described = [line for line in flags
                  if re.match(r"^\s*(-\w(\s\w+)?, )?--[\w-]+(=\w+)?\s{2,}\S", line)]
     assert flags and described == flags, res.stdout
+
+
+def test_fabric_connections_hand_every_command_to_sh_c():
+    """Fabric passes a command to the remote login shell as it is (csh on older FreeBSD
+    installs); clawdie-ops' Connections wrap it in `/bin/sh -c '...'` (tested against a
+    csh-like login shell in tests/integration/test_freebsd_like_host.py)."""
+    from unittest.mock import Mock
+
+    h = ssh.SshHost("box", "192.0.2.7", "root", 22)
+    conn = ssh.connect(h)
+    assert conn.config.run.shell == "/bin/sh"
+    remote_runner = conn.config.runners.remote
+    r = remote_runner.__new__(remote_runner)
+    r.clawdie_shell, r.channel = "/bin/sh", Mock()
+    r.send_start_message('mktemp -d "${TMPDIR:-/tmp}/x.XXXX"')
+    r.channel.exec_command.assert_called_once_with(
+        "/bin/sh -c 'mktemp -d \"${TMPDIR:-/tmp}/x.XXXX\"'")
