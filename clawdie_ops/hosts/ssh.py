@@ -10,7 +10,12 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import paramiko
+from fabric import Config, Connection
+from fabric.runners import Remote
 from invoke import Context
 
 from .. import runner
@@ -121,34 +126,48 @@ def resolve(c: Context, host: str, config_file: str = "") -> SshHost:
                          config_file)
 
 
-def _sh_remote():
+class ShRemote(Remote):
     """Fabric's Remote runner, but the command goes through `run.shell -c '...'`.
 
     Fabric hands a command to the remote login shell as it is, and root's login shell on
     a FreeBSD host may be csh, where `${TMPDIR:-/tmp}`, `2>&1` or `$(...)` fail; this makes
     the runner's shell (clawdie.shell, /bin/sh) hold over SSH as it does locally."""
-    from fabric.runners import Remote
 
-    class ShRemote(Remote):
-        def start(self, command, shell, env, timeout=None):
-            self.clawdie_shell = shell or runner.DEFAULT_SHELL
-            return super().start(command, shell, env, timeout=timeout)
+    clawdie_shell: str = runner.DEFAULT_SHELL
 
-        def send_start_message(self, command):
-            self.channel.exec_command(shlex.join([self.clawdie_shell, "-c", command]))
+    def start(self, command: str, shell: str, env: dict[str, Any],
+              timeout: int | None = None) -> None:
+        self.clawdie_shell = shell or runner.DEFAULT_SHELL
+        super().start(command, shell, env, timeout=timeout)
 
-    return ShRemote
+    def send_start_message(self, command: str) -> None:
+        self.channel.exec_command(shlex.join([self.clawdie_shell, "-c", command]))
 
 
-def connect(h: SshHost, timeout: int | None = None):
+class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's accept-new: trust a host seen for the first time and record its key."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+        self.accepted: list[str] = []
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="ascii") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.accepted.append(f"{hostname} {key.get_name()} {key.fingerprint}")
+
+
+def connect(h: SshHost, timeout: int | None = None, accept_new: bool = False) -> Connection:
     """A Fabric Connection to `h` with exactly the resolved settings.
 
-    Host keys are checked as ssh would: known-hosts files from the config, and an unknown key
-    is refused unless the config says StrictHostKeyChecking no/accept-new (Fabric's own
-    default would silently accept it)."""
-    import paramiko
-    from fabric import Config, Connection
-
+    The one host-key policy: the known-hosts files of the ssh config are loaded and an
+    unknown key is refused (paramiko's RejectPolicy; Fabric's own default would silently
+    accept it), whatever StrictHostKeyChecking says. Only `accept_new` (the operator's
+    --accept-new-host-key) trusts a first-seen key, recorded like OpenSSH's accept-new. A key
+    that differs from the recorded one is always refused."""
     kwargs: dict = {}
     if h.identity_files:
         kwargs["key_filename"] = [os.path.expanduser(f) for f in h.identity_files
@@ -166,7 +185,7 @@ def connect(h: SshHost, timeout: int | None = None):
     conn = Connection(host=h.hostname, user=h.user or None, port=h.port,
                       config=Config(ssh_config=paramiko.SSHConfig(), overrides={
                           "run": {"shell": runner.DEFAULT_SHELL},
-                          "runners": {"remote": _sh_remote()}}),
+                          "runners": {"remote": ShRemote}}),
                       connect_kwargs=kwargs,
                       gateway=gateway if gateway and gateway != "none" else None,
                       connect_timeout=ct)
@@ -177,8 +196,12 @@ def connect(h: SshHost, timeout: int | None = None):
     for path in (h.option("GlobalKnownHostsFile") or "/etc/ssh/ssh_known_hosts").split():
         if os.path.isfile(path):
             conn.client.load_system_host_keys(path)
-    strict = h.strict.lower()
-    policy = paramiko.AutoAddPolicy() if strict in ("no", "false", "off", "accept-new") \
-        else paramiko.RejectPolicy()
+    files = [Path(os.path.expanduser(f)) for f in h.known_hosts] or \
+        [Path(os.path.expanduser("~/.ssh/known_hosts"))]
+    policy: paramiko.MissingHostKeyPolicy = (
+        AcceptNewPolicy(files[0]) if accept_new else paramiko.RejectPolicy())
     conn.client.set_missing_host_key_policy(policy)
+    # On the paramiko client, not the Connection: setting a Context attribute sets config.
+    conn.client.clawdie_known_hosts = files
+    conn.client.clawdie_policy = policy
     return conn

@@ -5,7 +5,7 @@ from ..config.settings import DEFAULTS
 from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
-from . import migrate
+from . import migrate, positional
 
 namespace = Collection()
 namespace.add_task(backup.backup)
@@ -19,3 +19,4 @@ namespace.add_task(migrate.migrate_step)
 # run.shell too (the runner passes clawdie.shell on each call): invoke's own default is
 # /bin/bash, which FreeBSD's base system does not have
 namespace.configure({"clawdie": DEFAULTS, "run": {"shell": DEFAULTS["shell"]}})
+positional.register(namespace)  # TASK --help prints this collection's help

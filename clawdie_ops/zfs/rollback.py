@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from invoke import Context
+
 from .. import runner
 from ..hosts import agent
 from . import datasets, commands as zfs
@@ -131,7 +133,7 @@ def parse_target(s: Settings, target: str) -> tuple[str, str]:
     return zfs.split_snapshot(f"{datasets.name_to_dataset(s, ds)}@{snap}")
 
 
-def make_plan(c, s: Settings, target: str, force: bool = False) -> RollbackPlan:
+def make_plan(c: Context, s: Settings, target: str, force: bool = False) -> RollbackPlan:
     """Everything the rollback would do and destroy; changes nothing."""
     ds, snap = parse_target(s, target)
     managed = ds in s.datasets
@@ -170,7 +172,7 @@ def make_plan(c, s: Settings, target: str, force: bool = False) -> RollbackPlan:
         parts=parts, notes=notes)
 
 
-def run(c, s: Settings, plan: RollbackPlan) -> dict[str, Any]:
+def run(c: Context, s: Settings, plan: RollbackPlan) -> dict[str, Any]:
     """Stop the jail, roll back each dataset of the tree (children first, so none is busy
     under a parent that changes), start the jail again if it was running (even on failure)."""
     stopped = agent.jail_stop(c, s, plan.jail) if plan.jail else False
@@ -178,7 +180,7 @@ def run(c, s: Settings, plan: RollbackPlan) -> dict[str, Any]:
         for part in reversed(plan.parts):
             zfs.rollback(c, s, part.snapshot.full)
     finally:
-        if stopped:
+        if stopped and plan.jail:
             agent.jail_start(c, s, plan.jail)
     destroyed = []
     for part in plan.parts:
