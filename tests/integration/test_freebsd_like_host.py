@@ -19,7 +19,7 @@ from tests.integration.test_zfs_snapshots import RIG_PATH, configure, zfs_snapsh
 from tests.migrate_helpers import (dataset_state, db_state, files_state, migrate, snapshots,
                                    sqlite_state, write_inventory)
 from tests.rig.hosts import JAILS, RIG_BIN
-from tests.rig.services import ZFS, sh, without_bash
+from tests.rig.services import without_bash, zfs_retry
 
 
 def run_json(h, *args: str) -> dict:
@@ -171,7 +171,7 @@ def test_doctor_checks_the_jails_root_dataset_and_the_path_it_runs_in(host):
     assert f"but {host.root_dataset('git')} is mounted at {host.jail_files('git')}" in \
         checks["jail paths"]["detail"]
     # a jail dataset without its root child is not bastille's layout
-    sh(ZFS, "destroy", "-r", host.root_dataset("cms"))
+    zfs_retry("destroy", "-r", host.root_dataset("cms"))
     checks = {c["name"]: c for c in json.loads(cli(host, "doctor", "--json").stdout)["checks"]}
     assert checks["jail datasets"]["status"] == "fail"
     assert host.root_dataset("cms") in checks["jail datasets"]["detail"]
