@@ -154,15 +154,28 @@ def cmdline(pid: int) -> str:
 STREAM_READERS = ("mbuffer", "zstd", "lzop")
 
 
-def received_bytes(sshd: int) -> int:
-    """Bytes of the stream the target has read so far (/proc/PID/io), by the first reader
-    of its receive pipeline: mbuffer or the decompressor where syncoid uses them (zfs-fuse's
-    `zfs receive` hands its stdin to the daemon, so its own count stays at a few kB)."""
+def _ppid(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def received_bytes(sshd: int, target: str) -> int | None:
+    """Bytes the first reader of the receive pipeline into `target` has read so far
+    (/proc/PID/io): mbuffer or the decompressor where syncoid uses them (zfs-fuse's
+    `zfs receive` hands its stdin to the daemon, so its own count stays at a few kB).
+    None while no receive into `target` runs. syncoid -r receives the jail dataset first
+    (a few kB), then its `root`: the one to cut."""
+    sessions = {pid for pid in descendants(sshd)
+                if f"zfs receive -F {target} " in cmdline(pid) + " "
+                or f"'{target}'" in cmdline(pid)}
+    if not sessions:
+        return None
     most = 0
     for pid in descendants(sshd):
-        line = cmdline(pid)
-        if line.split(" ", 1)[0].rsplit("/", 1)[-1] in STREAM_READERS or \
-                "zfs receive" in line or "zfs recv" in line:
+        name = cmdline(pid).split(" ", 1)[0].rsplit("/", 1)[-1]
+        if (name in STREAM_READERS and _ppid(pid) in sessions) or pid in sessions:
             try:
                 io = (Path("/proc") / str(pid) / "io").read_text()
             except OSError:
@@ -186,14 +199,15 @@ def test_replication_killed_midway_completes_when_run_again(rig, host, target):
                             cwd=host.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
     sshd = target.sshd.proc.pid
-    deadline = time.monotonic() + 30
-    while not any("zfs receive" in cmdline(p) or "zfs recv" in cmdline(p)
-                  for p in descendants(sshd)):
+    root = f"{tpool}/clawdie/jails/db/root"
+    deadline = time.monotonic() + 60
+    while (start := received_bytes(sshd, root)) is None:
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the receive never started on the target"
+        assert time.monotonic() < deadline, "the receive of the jail's root never started"
         time.sleep(0.1)
-    # some of the stream has arrived before the link is cut
-    wait_until(lambda: received_bytes(sshd) > 100_000, 60, "the first 100 kB to arrive")
+    # some of the root's stream has arrived (beyond what its readers read to start up)
+    wait_until(lambda: (received_bytes(sshd, root) or 0) > start + 100_000, 60,
+               "the first 100 kB of the root's stream to arrive")
     # Cut the link: kill the target's per-connection sshd processes (the listener stays).
     for pid in children(sshd):
         os.kill(pid, signal.SIGKILL)
