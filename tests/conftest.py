@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from invoke import Config, Context
 
-from tests.rig.hosts import Rig, SimHost
+from tests.rig.hosts import RIG_BIN, Rig, SimHost
+from tests.rig.services import without_bash
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "clawdie-ops")
@@ -49,10 +50,16 @@ def context_for(h: SimHost, **extra) -> Context:
 
 def cli(h: SimHost, *args: str, env: dict | None = None, check: bool = False,
         timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script as an operator on host `h` would."""
+    """Run the installed console script as an operator on host `h` would (where bash
+    fails, as on FreeBSD, when the host is `no_bash`)."""
     e = h.proc_env()
     e.update(env or {})
-    res = subprocess.run([CLI, *args], env=e, capture_output=True, text=True, timeout=timeout,
+    argv = [CLI, *args]
+    if h.no_bash:
+        argv = without_bash(argv, h.base.parent)
+        # the rig's zfs wrapper runs zfs-fuse's mounts in the daemon's namespace
+        e["PATH"] = f"{RIG_BIN}:{e['PATH']}"
+    res = subprocess.run(argv, env=e, capture_output=True, text=True, timeout=timeout,
                          stdin=subprocess.DEVNULL, cwd=h.root if h.root.exists() else None)
     if check and res.returncode:
         raise AssertionError(f"clawdie-ops {' '.join(args)} exited {res.returncode}:\n"

@@ -126,8 +126,12 @@ def files_state(h: SimHost, skip_env_keys: tuple[str, ...] = ()) -> dict:
 
 
 def dataset_state(h: SimHost) -> dict:
-    """Each jail dataset's files, by content."""
-    return {j: tree_digest(h.pool.mount_of(h.dataset(j))) for j in JAILS}
+    """Each jail dataset's files (jail.conf, fstab) and its `root` child's, by content."""
+    out = {}
+    for j in JAILS:
+        out[j] = tree_digest(h.pool.mount_of(h.dataset(j)))
+        out[f"{j}/root"] = tree_digest(h.jail_files(j))
+    return out
 
 
 def snapshots(h: SimHost) -> dict[str, set[str]]:

@@ -238,7 +238,9 @@ def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str
                     raise failed[1]
             if group[0].kind is Kind.SNAPSHOT and plan.snapshot:
                 name = plan.snapshot.split("@")[1]
-                snapshots = [plan.snapshot] + [f"{d}@{name}" for d in plan.datasets]
+                # -r: each jail's descendants (bastille's `root`) are in it too
+                snapshots = [plan.snapshot] + [f"{d}@{name}" for ds in plan.datasets
+                                               for d in zfs.descendants(c, s, ds)]
         with out.step(f"write {plan.archive.name}"):
             writer = ArchiveWriter(plan.archive, plan.top, plan.compression,
                                    encryption.encrypt_cmd(s.encryption, plan.recipients)

@@ -104,16 +104,65 @@ def check_pg_dump(c: Context, s: Settings, servers: dict[str, pg.ServerInfo]) ->
 
 
 def check_datasets(c: Context, s: Settings) -> tuple[Check, list[str]]:
+    """Each jail dataset and its `root` child (bastille keeps the jail's files there);
+    returns every dataset present, descendants included, for the snapshot check."""
     if not s.zfs_prefix:
         return Check("jail datasets", "warn", "ZFS_PREFIX is not set: datasets not checked",
                      "add ZFS_PREFIX=... to .env (or set clawdie.zfs_prefix)"), []
-    present = [d for d in s.datasets if zfs.exists(c, s, d)]
-    missing = [d for d in s.datasets if d not in present]
+    present: list[str] = []
+    missing: list[str] = []
+    for jail in s.jails:
+        if not zfs.exists(c, s, s.dataset(jail)):
+            missing.append(s.dataset(jail))
+            continue
+        tree = zfs.descendants(c, s, s.dataset(jail))
+        present += tree
+        if s.root_dataset(jail) not in tree:
+            missing.append(s.root_dataset(jail))
     if missing:
         return Check("jail datasets", "fail", f"not found: {', '.join(missing)}",
-                     "check ZFS_POOL / ZFS_PREFIX in .env and clawdie.jails; "
-                     "`zfs list` shows what exists"), present
-    return Check("jail datasets", "ok", f"{len(present)} present under {s.jails_parent}"), present
+                     "check ZFS_POOL / ZFS_PREFIX in .env, clawdie.jails and clawdie.jail_name "
+                     "(bastille: POOL/PREFIX/jails/NAME with the jail's files in NAME/root); "
+                     "`zfs list -r` shows what exists"), present
+    return Check("jail datasets", "ok", f"{len(s.jails)} jails under {s.jails_parent}, "
+                                        f"{len(present)} datasets with their children"), present
+
+
+def check_jail_paths(c: Context, s: Settings) -> Check:
+    """A running jail's path (`jls -j NAME path`) is the mountpoint of its `root` dataset:
+    otherwise the snapshots, replication and rollback act on files the jail does not use."""
+    if not s.zfs_prefix:
+        return Check("jail paths", "warn", "ZFS_PREFIX is not set: jail paths not checked",
+                     "add ZFS_PREFIX=... to .env (or set clawdie.zfs_prefix)")
+    wrong, unread, checked = [], [], []
+    for jail in s.jails:
+        if not agent.jail_running(c, s, jail):
+            continue
+        path = agent.jail_path(c, s, jail)
+        try:
+            mount = zfs.mountpoint(c, s, s.root_dataset(jail))
+        except ClawdieError:
+            mount = None
+        if not path:
+            unread.append(f"{s.name_of(jail)} (jail_path printed no path)")
+        elif mount is None:
+            unread.append(f"{s.name_of(jail)} ({s.root_dataset(jail)} not found)")
+        elif path.rstrip("/") != mount.rstrip("/"):
+            wrong.append(f"jail {s.name_of(jail)} runs in {path}, but {s.root_dataset(jail)} "
+                         f"is mounted at {mount}")
+        else:
+            checked.append(s.name_of(jail))
+    fix = ("set clawdie.jail_name so that the jail NAME and the dataset jails/NAME are the same "
+           "(bastille's own layout), and ZFS_POOL / ZFS_PREFIX to bastille's "
+           "bastille_zfs_zpool / bastille_zfs_prefix")
+    if wrong:
+        return Check("jail paths", "fail", "; ".join(wrong), fix)
+    if unread:
+        return Check("jail paths", "warn", f"could not compare: {', '.join(unread)}",
+                     "check clawdie.commands.jail_path (jls -j {jail_name} path)")
+    if not checked:
+        return Check("jail paths", "ok", "no jail running: nothing to compare")
+    return Check("jail paths", "ok", f"{', '.join(checked)} run in their root datasets")
 
 
 def check_snapshots(c: Context, s: Settings, datasets: list[str],
@@ -128,7 +177,7 @@ def check_snapshots(c: Context, s: Settings, datasets: list[str],
         except ClawdieError as exc:
             return Check("snapshots", "fail", exc.message, exc.hint)
         ages[ds] = now - snaps[0].creation if snaps else None
-    fix = ("check that sanoid runs from cron (clawdie-ops sanoid-config) "
+    fix = ("check that sanoid runs from cron with recursive = zfs (clawdie-ops sanoid-config) "
            "or take one now: clawdie-ops snapshot")
     none = [d for d, a in ages.items() if a is None]
     if none:
@@ -137,7 +186,9 @@ def check_snapshots(c: Context, s: Settings, datasets: list[str],
     age = ages[oldest_ds] or 0
     status = _by_age(age, float(limits["snapshot_warn_hours"]),
                      float(limits["snapshot_fail_hours"]))
-    detail = (f"newest snapshot is {age_text(age)} old at most ({oldest_ds.rsplit('/', 1)[-1]}; "
+    short = oldest_ds[len(s.jails_parent) + 1:] if oldest_ds.startswith(s.jails_parent + "/") \
+        else oldest_ds
+    detail = (f"newest snapshot is {age_text(age)} old at most ({short}; "
               f"limits {limits['snapshot_warn_hours']}h / {limits['snapshot_fail_hours']}h)")
     return Check("snapshots", status, detail, "" if status == "ok" else fix)
 
@@ -188,6 +239,7 @@ def run_checks(c: Context, s: Settings, limits: Mapping[str, Any] | None = None)
     checks.append(check_pg_dump(c, s, servers))
     ds_check, present = check_datasets(c, s)
     checks.append(ds_check)
+    checks.append(check_jail_paths(c, s))
     checks.append(check_snapshots(c, s, present, limits))
     backups, newest = check_backups(s, limits)
     checks.append(backups)

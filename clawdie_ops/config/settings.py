@@ -30,6 +30,8 @@ DEFAULT_COMMANDS: dict[str, str] = {
     "jail_status": "jls -j {jail_name} jid",
     "jail_start": "bastille start {jail_name}",
     "jail_stop": "bastille stop {jail_name}",
+    # The running jail's root directory: it must be the mountpoint of its `root` dataset.
+    "jail_path": "jls -j {jail_name} path",
     "skills_regen": "cd {root} && npm run setup -- --step skills-memory",
     # {major}: the PostgreSQL server's major version (18 when none is reached)
     "pg_install_hint": "pkg install postgresql{major}-client",
@@ -53,7 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "home": "",  # else $HOME
     "allowlist": "~/.config/clawdie-cp/mount-allowlist.json",
     "jails": ["db", "git", "cms", "management"],
-    "jail_name": "clawdie-{jail}",  # bastille's name for a jail
+    # bastille's name for a jail, and so its dataset: POOL/PREFIX/jails/NAME, files in NAME/root
+    "jail_name": "{jail}",
     "zfs_pool": "",  # else ZFS_POOL in .env, else zroot
     "zfs_prefix": "",  # else ZFS_PREFIX in .env
     "db_host": "",  # else WARDEN_DB_IP in .env, else WARDEN_SUBNET's .3
@@ -70,6 +73,9 @@ DEFAULTS: dict[str, Any] = {
     "agent_start_timeout": 120,
     "ssh_config": "",  # ssh config file for Fabric and syncoid; empty: ~/.ssh/config
     "syncoid": "syncoid",  # the syncoid program for `replicate`
+    # true: the ssh user holds `zfs allow` rights on both ends instead of being root, and
+    # syncoid runs zfs without sudo (--no-privilege-elevation; FreeBSD's base has no sudo)
+    "zfs_delegation": False,
     "hosts": {},  # migration inventory: name -> {ssh, root, overrides}
     # restore drill: a server for scratch databases (empty host: a throwaway cluster)
     "drill": {"host": "", "port": "", "user": "", "password": "", "dbname": "postgres",
@@ -170,8 +176,25 @@ class Settings:
             )
         return f"{self.zfs_pool}/{self.zfs_prefix}/jails"
 
+    def name_of(self, jail: str) -> str:
+        """bastille's name for a jail; its dataset has the same name (one setting, both)."""
+        try:
+            name = self.jail_name.format(jail=jail)
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"clawdie.jail_name {self.jail_name!r} is not a template of "
+                              "{jail}", "write it as {jail} (bastille's default) or "
+                              "clawdie-{jail}") from None
+        if not name or "/" in name or not name[0].isalnum():
+            raise ConfigError(f"clawdie.jail_name gives {name!r} for jail {jail}: not a jail "
+                              "name", "write it as {jail} or prefix-{jail}")
+        return name
+
     def dataset(self, jail: str) -> str:
-        return f"{self.jails_parent}/{jail}"
+        """bastille's dataset of a jail: jail.conf and fstab here, its files in `root`."""
+        return f"{self.jails_parent}/{self.name_of(jail)}"
+
+    def root_dataset(self, jail: str) -> str:
+        return f"{self.dataset(jail)}/root"
 
     @property
     def datasets(self) -> list[str]:
@@ -192,7 +215,10 @@ class Settings:
         base = {"root": self.root, "home": self.home, "zfs": self.zfs,
                 "pidfile": self.root / "store" / "clawdie.pid", "hostd_url": self.hostd_url}
         if "jail" in values:
-            base["jail_name"] = self.jail_name.format(jail=values["jail"])
+            base["jail_name"] = self.name_of(values["jail"])
+            if self.zfs_prefix:
+                base["jail_dataset"] = self.dataset(values["jail"])
+                base["root_dataset"] = self.root_dataset(values["jail"])
         base.update(values)
         quoted = {k: shlex.quote(str(v)) for k, v in base.items()}
         try:

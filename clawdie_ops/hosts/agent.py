@@ -74,3 +74,10 @@ def jail_start(c: Context, s: Settings, jail: str) -> None:
     if res.exited != 0:
         raise AgentError(f"could not start jail {jail}: {res.stderr.strip()}",
                          f"start it by hand ({s.command('jail_start', jail=jail)})")
+
+
+def jail_path(c: Context, s: Settings, jail: str) -> str | None:
+    """The running jail's root directory (`jls -j NAME path`); None when it cannot be read."""
+    res = _run(c, s, "jail_path", jail=jail)
+    path = res.stdout.strip().splitlines()[-1].strip() if res.stdout.strip() else ""
+    return path if res.exited == 0 and path.startswith("/") else None

@@ -19,6 +19,7 @@ from invoke import Context
 
 from .. import __version__, runner
 from . import agent
+from ..actions import doctor
 from ..zfs import commands as zfs
 from ..config.settings import Settings, load
 from ..errors import ClawdieError
@@ -72,10 +73,13 @@ def _zfs_facts(c: Context, s: Settings) -> dict[str, Any]:
         for ds in s.datasets:
             info: dict[str, Any] = {"exists": out["pool_exists"] and zfs.exists(c, s, ds)}
             if info["exists"]:
-                res = runner.run(c, zfs.cmd(s, "get", "-Hp", "-o", "value", "referenced", ds))
-                value = res.stdout.strip()
-                info["referenced"] = int(value) if value.isdigit() else 0
+                # `used`: the jail's children (its `root`) and snapshots, all of which a
+                # recursive send carries; `referenced` counts the parent's own files only
+                info["used"] = zfs.used(c, s, [ds]).get(ds, 0)
                 info["snapshots"] = [snap.name for snap in zfs.snapshots(c, s, ds)]
+                info["children"] = zfs.descendants(c, s, ds)[1:]
+                info["resume_token"] = any(zfs.resume_token(c, s, d)
+                                           for d in [ds, *info["children"]])
             out["datasets"][ds] = info
     except ClawdieError as exc:
         out["error"] = exc.message
@@ -116,6 +120,11 @@ def gather(c: Context, cfg: Mapping[str, Any], role: str, env: Mapping[str, str]
         "sqlite": _sqlite_facts(current.sqlite_path),
         "groups_bytes": _tree_bytes(current.groups_dir) if current.groups_dir.is_dir() else 0,
     }
+    try:
+        facts["jail_paths"] = doctor.check_jail_paths(c, effective).as_dict()
+    except ClawdieError as exc:
+        facts["jail_paths"] = {"name": "jail paths", "status": "warn", "detail": exc.message,
+                               "fix": exc.hint}
     try:
         facts["agent_running"] = agent.running(c, current)
     except ClawdieError as exc:

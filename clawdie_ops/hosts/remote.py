@@ -188,7 +188,9 @@ _TEMP_DIR = re.compile(r"^/[^\s'\"]*/clawdie-ops\.[A-Za-z0-9]+$")
 
 def make_temp_dir(c: Context, host: Host) -> str:
     """A private (0700) temp dir on `host`, named clawdie-ops.XXXXXXXX."""
-    res = run(c, host, Shell('mktemp -d "${TMPDIR:-/tmp}/clawdie-ops.XXXXXXXX"'),
+    # `sh -c`: root's login shell may be csh, where ${TMPDIR:-/tmp} is an error
+    res = run(c, host, Shell(shlex.join(["sh", "-c",
+                                         'mktemp -d "${TMPDIR:-/tmp}/clawdie-ops.XXXXXXXX"'])),
               what="making a temporary directory")
     path = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
     if res.exited != 0 or not _TEMP_DIR.match(path):
@@ -207,7 +209,8 @@ def write_temp_config(c: Context, host: Host, data: Mapping[str, Any]) -> str:
     """A private (0600 file in a 0700 dir) JSON config on `host`, written through stdin."""
     d = make_temp_dir(c, host)
     path = f"{d}/config.json"
-    res = run(c, host, Shell(f"umask 077 && cat > {shlex.quote(path)}"), stdin=json.dumps(data),
+    res = run(c, host, Shell(shlex.join(["sh", "-c", f"umask 077 && cat > {shlex.quote(path)}"])),
+              stdin=json.dumps(data),
               what="writing a temporary config file")
     if res.exited != 0:
         remove_temp_dir(c, host, d)

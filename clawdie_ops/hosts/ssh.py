@@ -11,9 +11,11 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from fabric import Config, Connection
+from fabric.runners import Remote
 from invoke import Context
 
 from .. import runner
@@ -124,6 +126,24 @@ def resolve(c: Context, host: str, config_file: str = "") -> SshHost:
                          config_file)
 
 
+class ShRemote(Remote):
+    """Fabric's Remote runner, but the command goes through `run.shell -c '...'`.
+
+    Fabric hands a command to the remote login shell as it is, and root's login shell on
+    a FreeBSD host may be csh, where `${TMPDIR:-/tmp}`, `2>&1` or `$(...)` fail; this makes
+    the runner's shell (clawdie.shell, /bin/sh) hold over SSH as it does locally."""
+
+    clawdie_shell: str = runner.DEFAULT_SHELL
+
+    def start(self, command: str, shell: str, env: dict[str, Any],
+              timeout: int | None = None) -> None:
+        self.clawdie_shell = shell or runner.DEFAULT_SHELL
+        super().start(command, shell, env, timeout=timeout)
+
+    def send_start_message(self, command: str) -> None:
+        self.channel.exec_command(shlex.join([self.clawdie_shell, "-c", command]))
+
+
 class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
     """OpenSSH's accept-new: trust a host seen for the first time and record its key."""
 
@@ -163,7 +183,10 @@ def connect(h: SshHost, timeout: int | None = None, accept_new: bool = False) ->
     ct = timeout or (int(h.option("ConnectTimeout") or 0) or None)
     # An explicit empty SSHConfig: everything comes from `ssh -G`, nothing is parsed twice.
     conn = Connection(host=h.hostname, user=h.user or None, port=h.port,
-                      config=Config(ssh_config=paramiko.SSHConfig()), connect_kwargs=kwargs,
+                      config=Config(ssh_config=paramiko.SSHConfig(), overrides={
+                          "run": {"shell": runner.DEFAULT_SHELL},
+                          "runners": {"remote": ShRemote}}),
+                      connect_kwargs=kwargs,
                       gateway=gateway if gateway and gateway != "none" else None,
                       connect_timeout=ct)
     for path in h.known_hosts:

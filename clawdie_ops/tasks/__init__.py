@@ -19,5 +19,7 @@ namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
 for _task in (copy.copy, prune.prune, schedule.schedule, fleet.fleet):
     namespace.add_task(_task)
-namespace.configure({"clawdie": DEFAULTS})
+# run.shell too (the runner passes clawdie.shell on each call): invoke's own default is
+# /bin/bash, which FreeBSD's base system does not have
+namespace.configure({"clawdie": DEFAULTS, "run": {"shell": DEFAULTS["shell"]}})
 positional.register(namespace)  # TASK --help prints this collection's help

@@ -50,7 +50,10 @@ def _when(epoch: int) -> str:
     "json": "print the snapshot name and the datasets as JSON",
 })
 def snapshot(c: Context, dataset=None, tag="clawdie", root=None, dry_run=False, json=False):
-    """Snapshot the jail datasets under one name (atomic: `zfs snapshot -r` of their parent)."""
+    """Snapshot the jail datasets and their descendants under one name (`zfs snapshot -r`).
+
+    All jails: one atomic `zfs snapshot -r` of their parent. --dataset: `zfs snapshot -r`
+    of each (atomic across them where ZFS takes several in one command)."""
     out = Reporter(as_json=json)
     s = settings(c, root)
     chosen = [jd.dataset for jd in datasets.select(s, dataset, allow_other=True)]
@@ -64,7 +67,9 @@ def snapshot(c: Context, dataset=None, tag="clawdie", root=None, dry_run=False, 
                              "check ZFS_POOL / ZFS_PREFIX in .env, clawdie.jails, or --dataset")
     command = (s.command("snapshot", parent=s.jails_parent, name=name) if everything
                else runner.line(zfs.snapshot_cmd(s, chosen, name)))
-    result = {"name": name, "snapshots": [f"{d}@{name}" for d in chosen],
+    # -r either way: a bastille jail's files are in its child dataset `root`
+    tree = [d for ds in chosen for d in zfs.descendants(c, s, ds)]
+    result = {"name": name, "snapshots": [f"{d}@{name}" for d in tree],
               "recursive_parent": s.jails_parent if everything else None,
               "command": command, "dry_run": dry_run}
     if not dry_run:
@@ -79,7 +84,8 @@ def snapshot(c: Context, dataset=None, tag="clawdie", root=None, dry_run=False, 
             _print_plan(con, [f"run        {command}"], True)
             return
         how = "" if result["atomic"] else " (one at a time: this ZFS cannot do it atomically)"
-        con.print(f"snapshot @{name} of {', '.join(chosen)}{how}", markup=False)
+        con.print(f"snapshot @{name} of {', '.join(chosen)} and their descendants{how}",
+                  markup=False)
 
     out.result(result, human)
 
@@ -224,16 +230,18 @@ def _write_atomic(path: Path, text: str) -> None:
     "compress": "syncoid compression: auto (zstd, else lzop, when both ends have it), "
                 "zstd-fast, lzo, none, ...",
     "bwlimit": "limit the stream to this many bytes per second (500k, 20m)",
-    "replace-existing": "replace target datasets that share no snapshot with this host "
-                        "(their data is lost; asks unless --yes)",
-    "yes": "do not ask before replacing target datasets",
+    "replace-existing": "set aside target datasets that share no snapshot with this host "
+                        "(renamed to NAME.SUFFIX with their children, kept until you drop "
+                        "them; asks first), then send in full",
+    "aside-suffix": "the SUFFIX of datasets set aside (default pre-replicate-YYYYmmdd-HHMMSS)",
+    "yes": "do not ask before setting target datasets aside",
     "root": ROOT_HELP,
     "dry-run": "resolve and probe the target, print every command, change nothing",
     "json": "print a summary: bytes sent and duration per dataset",
 })
 def replicate(c: Context, to=None, dataset=None, target_pool=None, target_prefix=None,
-              compress="auto", bwlimit=None, replace_existing=False, yes=False, root=None,
-              dry_run=False, json=False):
+              compress="auto", bwlimit=None, replace_existing=False, aside_suffix=None,
+              yes=False, root=None, dry_run=False, json=False):
     """Replicate the jail datasets to another host with syncoid over SSH.
 
     Full the first time, incremental after; the jail using a dataset on the target is
@@ -244,7 +252,8 @@ def replicate(c: Context, to=None, dataset=None, target_pool=None, target_prefix
     s = settings(c, root)
     cfg = config.section(c.config)
     plan = replication.make_plan(c, s, cfg, to, dataset, target_pool or "",
-                                 target_prefix or "", compress, bwlimit or "", replace_existing)
+                                 target_prefix or "", compress, bwlimit or "", replace_existing,
+                                 aside_suffix=aside_suffix or "")
     try:
         lines = plan.describe()
         if dry_run:
@@ -253,7 +262,8 @@ def replicate(c: Context, to=None, dataset=None, target_pool=None, target_prefix
             return
         if any(p.state == "diverged" for p in plan.pairs):
             _print_plan(out.err, lines, False)
-            confirm(f"Replace the datasets on {to} that share no snapshot with this host?", yes)
+            confirm(f"Set aside (rename) the datasets on {to} that share no snapshot with "
+                    "this host, and send these in full?", yes)
         result = replication.run(c, plan, out)
     finally:
         if plan.conn is not None:
@@ -264,6 +274,11 @@ def replicate(c: Context, to=None, dataset=None, target_pool=None, target_prefix
             [d["source"], f"{to}:{d['target']}", d["mode"],
              human_size(d["bytes"]) if d["bytes"] is not None else "?",
              f"{d['duration_s']:.1f}s"] for d in result["datasets"]])
+        for d in result["datasets"]:
+            if d.get("set_aside"):
+                con.print(f"kept on {to}: {d['set_aside']} (what {d['target']} held before); "
+                          f"drop it once you no longer need it: zfs destroy -r "
+                          f"{d['set_aside']}", markup=False)
 
     out.result(result, human)
     return result

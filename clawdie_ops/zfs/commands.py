@@ -140,16 +140,18 @@ def numbers(c: Context, s: Settings, names: list[str],
 
 
 def snapshot_cmd(s: Settings, datasets: list[str], name: str) -> list[str]:
-    """`zfs snapshot a@n b@n ...`: atomic across the datasets on OpenZFS."""
+    """`zfs snapshot -r a@n b@n ...`: each dataset with its descendants (a jail's `root`),
+    atomic across them all on OpenZFS."""
     check_snapname(name)
-    return cmd(s, "snapshot", *[f"{check_dataset(d)}@{name}" for d in datasets])
+    return cmd(s, "snapshot", "-r", *[f"{check_dataset(d)}@{name}" for d in datasets])
 
 
 def snapshot_each(c: Context, s: Settings, datasets: list[str], name: str) -> bool:
-    """Snapshot several datasets under one name; True when it was one atomic command.
+    """Snapshot several datasets (and their descendants) under one name; True when it was
+    one atomic command.
 
     Older ZFS (zfs-fuse) takes one snapshot per command ("too many arguments"): then each
-    dataset gets its own command, in order, and the set is no longer atomic."""
+    dataset gets its own `-r` command, in order, and the set is no longer atomic."""
     if len(datasets) > 1:
         res = runner.run(c, snapshot_cmd(s, datasets, name))
         if res.exited == 0:
@@ -164,7 +166,8 @@ def snapshot_each(c: Context, s: Settings, datasets: list[str], name: str) -> bo
 
 
 def rollback_cmd(s: Settings, full: str) -> list[str]:
-    """`zfs rollback -r ds@snap`: -r destroys the newer snapshots, which the caller listed."""
+    """`zfs rollback -r ds@snap`: -r destroys the newer snapshots of `ds`, which the caller
+    listed; it does not touch `ds`'s children (each is rolled back by its own command)."""
     ds, snap = split_snapshot(full)
     return cmd(s, "rollback", "-r", f"{ds}@{snap}")
 
@@ -197,3 +200,37 @@ def mountpoint(c: Context, s: Settings, dataset: str) -> str:
     if res.exited != 0:
         raise DatasetMissing(f"ZFS dataset not found: {dataset}", "check `zfs list`")
     return res.stdout.strip()
+
+
+def descendants(c: Context, s: Settings, dataset: str) -> list[str]:
+    """`dataset` and every file system below it (a bastille jail's `root`), parents first."""
+    res = _run(c, s, "list", "-H", "-o", "name", "-r", check_dataset(dataset))
+    if res.exited != 0:
+        if "does not exist" in res.stderr:
+            raise DatasetMissing(f"ZFS dataset not found: {dataset}", "check `zfs list`")
+        raise ZfsError(f"listing {dataset} and its children failed: {res.stderr.strip()}", "")
+    names = [n.strip() for n in res.stdout.splitlines()
+             if n.strip() == dataset or n.strip().startswith(dataset + "/")]
+    return sorted({n for n in names if "@" not in n}, key=lambda n: (n.count("/"), n))
+
+
+def used(c: Context, s: Settings, datasets: list[str]) -> dict[str, int]:
+    """`used` of each dataset: its own data, its children's and its snapshots' (what a
+    recursive send must find room for; `referenced` leaves the children out)."""
+    return {name: v.get("used", 0) for name, v in numbers(c, s, datasets, ("used",)).items()}
+
+
+def resume_token(c: Context, s: Settings, dataset: str) -> str | None:
+    """The `receive_resume_token` an interrupted `zfs receive -s` left, or None (also where
+    this ZFS has no resumable receives)."""
+    res = _run(c, s, "get", "-H", "-o", "value", "receive_resume_token", check_dataset(dataset))
+    value = res.stdout.strip()
+    return value if res.exited == 0 and value not in ("", "-") else None
+
+
+def rename(c: Context, s: Settings, old: str, new: str) -> None:
+    """`zfs rename old new`: the dataset, its children and snapshots keep every byte."""
+    runner.run(c, cmd(s, "rename", check_dataset(old), check_dataset(new)), check=True,
+               what=f"renaming {old} to {new}", error=ZfsError,
+               hint="check that nothing holds it busy (a running jail, a shell in its "
+                    "mountpoint) and that the new name is free")

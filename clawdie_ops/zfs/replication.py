@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,22 @@ class Pair:
     jail: str | None
     source: str
     target: str
-    state: str  # "missing" (full send), "common" (incremental), "diverged" (no common snapshot)
+    # "missing" (full send), "common" (incremental), "resumable" (an interrupted receive
+    # left a resume token there: syncoid continues it), "diverged" (no common snapshot)
+    state: str
     common: str | None = None  # newest snapshot both sides hold
+    children: tuple[str, ...] = ()  # the source's descendants (a bastille jail's `root`)
+    aside: str | None = None  # diverged: the target is renamed to this first, never destroyed
+    why: str = ""  # which dataset diverged or holds the token
+
+
+def aside_name(target: str, suffix: str) -> str:
+    """Where a target that shares no snapshot goes: `jails/db` -> `jails/db.SUFFIX`."""
+    return zfs.check_dataset(f"{target}.{suffix}")
+
+
+def default_suffix(now: datetime | None = None) -> str:
+    return f"pre-replicate-{(now or datetime.now()):%Y%m%d-%H%M%S}"
 
 
 @dataclass
@@ -45,6 +60,7 @@ class ReplicationPlan:
     remote_tools: set[str]
     notes: list[str] = field(default_factory=list)
     conn: Any = field(default=None, repr=False)  # the Fabric Connection to the target
+    syncoid_version: tuple[int, ...] | None = None  # 2.1 (Debian 12) and 2.3 (FreeBSD) differ
 
     @property
     def parents(self) -> list[str]:
@@ -60,15 +76,24 @@ class ReplicationPlan:
         both = "both ends" if "mbuffer" in self.local_tools & self.remote_tools else "no"
         pv = "yes (counts the bytes sent)" if "pv" in self.local_tools else "no"
         who = f"{h.user}@" if h.user else ""
+        version = ".".join(map(str, self.syncoid_version)) if self.syncoid_version else "?"
         lines = [f"target     {self.to} = {who}{h.hostname}:{h.port}{via}",
+                 f"syncoid    {self.syncoid_bin} version {version}",
                  f"helpers    compression {self.options.compress}; mbuffer {both}; pv {pv}"]
         for parent in self.parents:
             lines.append(f"on {self.to:<6} {runner.line(zfs.cmd(ts, 'create', '-p', parent))}")
         for p in self.pairs:
             mode = {"missing": "full (first time)",
                     "common": f"incremental from @{p.common}",
-                    "diverged": "REPLACE: the target shares no snapshot (--replace-existing)"}
-            lines.append(f"dataset    {p.source} -> {p.target}: {mode[p.state]}")
+                    "resumable": f"resume the interrupted receive ({p.why})",
+                    "diverged": f"full, after setting the target aside ({p.why})"}
+            kids = f" with {', '.join(p.children)}" if p.children else ""
+            lines.append(f"dataset    {p.source}{kids} -> {p.target}: {mode[p.state]}")
+            if p.aside:
+                rename = runner.line(zfs.cmd(ts, "rename", p.target, p.aside))
+                lines.append(f"on {self.to:<6} {rename} "
+                             "(kept, with its children and snapshots, until you drop it: "
+                             f"zfs destroy -r {p.aside})")
             if p.jail:
                 lines.append(f"on {self.to:<6} stop jail {p.jail} while it receives: "
                              f"{ts.command('jail_stop', jail=p.jail)} (started again if it ran)")
@@ -108,19 +133,42 @@ def map_dataset(s: Settings, ts: Settings, dataset: str) -> str:
 
 
 def _probe_pair(conn, ts: Settings, c, s: Settings, jd: datasets.JailDataset,
-                target: str) -> Pair:
-    if not zfs.exists(conn, ts, target):
-        return Pair(jd.jail, jd.dataset, target, "missing")
-    theirs = {x.name for x in zfs.snapshots(conn, ts, target)}
-    common = next((x.name for x in zfs.snapshots(c, s, jd.dataset) if x.name in theirs), None)
-    return Pair(jd.jail, jd.dataset, target, "common" if common else "diverged", common)
+                target: str, suffix: str) -> Pair:
+    """The target side of one jail dataset and every descendant: what syncoid -r will meet."""
+    children = tuple(zfs.descendants(c, s, jd.dataset)[1:])
+    names = [(jd.dataset, target)] + [(child, target + child[len(jd.dataset):])
+                                       for child in children]
+    common = None
+    for index, (src, tgt) in enumerate(names):
+        if not zfs.exists(conn, ts, tgt):
+            if index == 0:
+                return Pair(jd.jail, jd.dataset, target, "missing", children=children)
+            continue  # a child not there yet: syncoid sends it in full
+        token = zfs.resume_token(conn, ts, tgt)
+        if token:
+            return Pair(jd.jail, jd.dataset, target, "resumable", children=children,
+                        why=f"{tgt} holds a receive_resume_token")
+        theirs = {x.name for x in zfs.snapshots(conn, ts, tgt)}
+        shared = next((x.name for x in zfs.snapshots(c, s, src) if x.name in theirs), None)
+        if shared is None:
+            return Pair(jd.jail, jd.dataset, target, "diverged", children=children,
+                        aside=aside_name(target, suffix),
+                        why=f"{tgt} shares no snapshot with {src}")
+        if index == 0:
+            common = shared
+    return Pair(jd.jail, jd.dataset, target, "common", common, children=children)
 
 
 def make_plan(c: Context, s: Settings, cfg: Mapping[str, Any], to: str,
               names: list[str] | None = None, target_pool: str = "", target_prefix: str = "",
               compress: str = "auto", bwlimit: str = "", replace_existing: bool = False,
-              conn: Context | None = None) -> ReplicationPlan:
-    """Resolve the target, probe it read-only, and decide each dataset's transfer."""
+              conn: Context | None = None, aside_suffix: str = "") -> ReplicationPlan:
+    """Resolve the target, probe it read-only, and decide each dataset's transfer.
+
+    A target dataset that shares no snapshot with this host is set aside (renamed to
+    NAME.SUFFIX, children and snapshots with it) when `replace_existing`; never destroyed."""
+    suffix = aside_suffix or default_suffix()
+    zfs.check_snapname(suffix)
     ssh.check_host(to)
     ts, alias = target_settings(s, cfg, to)
     if target_pool:
@@ -136,22 +184,34 @@ def make_plan(c: Context, s: Settings, cfg: Mapping[str, Any], to: str,
     conn = conn or ssh.connect(host)
     local = syncoid.found_tools(runner.run(c, syncoid.probe_cmd()).stdout)
     remote = syncoid.found_tools(runner.run(conn, syncoid.probe_cmd(), host=to).stdout)
-    pairs = [_probe_pair(conn, ts, c, s, jd, map_dataset(s, ts, jd.dataset)) for jd in chosen]
+    pairs = [_probe_pair(conn, ts, c, s, jd, map_dataset(s, ts, jd.dataset), suffix)
+             for jd in chosen]
     diverged = [p for p in pairs if p.state == "diverged"]
     if diverged and not replace_existing:
         raise ZfsError(
-            f"on {to}, {', '.join(p.target for p in diverged)} exist"
-            f"{'s' if len(diverged) == 1 else ''} but share no snapshot with this host",
-            "an incremental cannot start there: destroy them on the target, or pass "
-            "--replace-existing to let syncoid replace them (what they hold is lost)")
+            f"on {to}: {'; '.join(p.why for p in diverged)}",
+            "an incremental cannot start there: pass --replace-existing to set "
+            f"{'them' if len(diverged) > 1 else 'it'} aside (renamed to NAME.{suffix}, "
+            "kept until you drop it) and send in full")
+    taken = [p.aside for p in diverged if p.aside and zfs.exists(conn, ts, p.aside)]
+    if taken:
+        raise ZfsError(f"on {to}, {', '.join(taken)} already exist",
+                       "drop them (zfs destroy -r) once you no longer need them, or run "
+                       "again a second later (the name holds the time)")
     chosen_compress = syncoid.choose_compress(local, remote) if compress == "auto" else compress
     notes = []
     if "pv" not in local:
         notes.append("pv is not installed here: bytes sent are syncoid's estimate, if any")
+    delegated = bool(cfg.get("zfs_delegation"))
+    if delegated:
+        notes.append("ZFS delegation (clawdie.zfs_delegation): syncoid runs zfs as the ssh "
+                     "user on both ends, no sudo (--no-privilege-elevation)")
+    syncoid_bin = str(cfg.get("syncoid") or "syncoid")
+    version = syncoid.parse_version(runner.run(c, syncoid.version_cmd(syncoid_bin)).stdout)
     return ReplicationPlan(to=to, host=host, target_settings=ts, pairs=pairs,
-                           options=syncoid.SyncOptions(chosen_compress, bwlimit,
-                                                       replace_existing),
-                           syncoid_bin=str(cfg.get("syncoid") or "syncoid"), local_tools=local,
+                           syncoid_version=version,
+                           options=syncoid.SyncOptions(chosen_compress, bwlimit, delegated),
+                           syncoid_bin=syncoid_bin, local_tools=local,
                            remote_tools=remote, notes=notes, conn=conn)
 
 
@@ -161,6 +221,8 @@ def replicate_one(c: Context, conn: Context, plan: ReplicationPlan, pair: Pair) 
     stopped = agent.jail_stop(conn, ts, pair.jail) if pair.jail else False
     start = time.monotonic()
     try:
+        if pair.aside:
+            zfs.rename(conn, ts, pair.target, pair.aside)
         res = runner.run(c, plan.command(pair))
     finally:
         duration = round(time.monotonic() - start, 3)
@@ -169,16 +231,17 @@ def replicate_one(c: Context, conn: Context, plan: ReplicationPlan, pair: Pair) 
     report = syncoid.parse_output(res.stdout)
     if res.exited != 0:
         reason = report.errors[0] if report.errors else runner.tail(res.stdout)
-        hint = ("pass --replace-existing to let syncoid replace it (its data is lost)"
+        hint = ("pass --replace-existing to set it aside (renamed, kept) and send in full"
                 if report.refused_existing else
                 "run the same replicate again: it continues from the newest snapshot both "
-                "sides hold (a full send starts over)")
+                "sides hold, or from where the receive stopped where ZFS keeps resume tokens")
         raise ZfsError(f"replicating {pair.source} to {plan.to}:{pair.target} failed "
                        f"(syncoid exit {res.exited}): {reason}", hint)
     return {"jail": pair.jail, "source": pair.source, "target": pair.target,
             "mode": report.kind if report.transfers else "none",
             "bytes": report.bytes, "bytes_method": report.method,
             "transfers": [dataclasses.asdict(t) for t in report.transfers],
+            "children": list(pair.children), "set_aside": pair.aside,
             "duration_s": duration, "jail_stopped": stopped, "warnings": report.warnings}
 
 

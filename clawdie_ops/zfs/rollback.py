@@ -1,4 +1,10 @@
-"""Rollback of a jail dataset to a snapshot: what it destroys is decided and shown first."""
+"""Rollback of a jail dataset to a snapshot: what it destroys is decided and shown first.
+
+A bastille jail is a dataset with children (its files are in `NAME/root`), and
+`zfs rollback -r` only destroys newer snapshots of the one dataset it names: so every
+descendant is rolled back to the same snapshot by its own command, and the plan shows
+what each one loses.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,17 +22,15 @@ from ..output import human_size
 
 
 @dataclass
-class RollbackPlan:
+class Part:
+    """One dataset of the tree rolled back: the named one or a descendant."""
+
     dataset: str
     snapshot: zfs.Snapshot
-    jail: str | None  # the jail using the dataset, stopped around the rollback
-    jail_running: bool
-    managed: bool  # one of the configured jail datasets
-    destroys: list[zfs.Snapshot]  # the newer snapshots, newest first
+    destroys: list[zfs.Snapshot]  # its newer snapshots, newest first
     written: int | None  # bytes written since the snapshot (OpenZFS written@); None: unknown
     referenced_now: int
     command: str
-    notes: list[str] = field(default_factory=list)
 
     @property
     def snapshot_bytes(self) -> int:
@@ -34,22 +38,16 @@ class RollbackPlan:
         return sum(x.used for x in self.destroys)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset, "snapshot": self.snapshot.full,
-            "snapshot_created": self.snapshot.creation, "jail": self.jail,
-            "jail_running": self.jail_running, "managed": self.managed,
-            "destroys": [{"snapshot": x.full, "creation": x.creation, "used": x.used}
-                         for x in self.destroys],
-            "destroyed_snapshot_bytes": self.snapshot_bytes,
-            "written_since": self.written,
-            "referenced_now": self.referenced_now,
-            "referenced_at_snapshot": self.snapshot.referenced,
-            "command": self.command,
-        }
+        return {"dataset": self.dataset, "snapshot": self.snapshot.full,
+                "destroys": [{"snapshot": x.full, "creation": x.creation, "used": x.used}
+                             for x in self.destroys],
+                "destroyed_snapshot_bytes": self.snapshot_bytes, "written_since": self.written,
+                "referenced_now": self.referenced_now,
+                "referenced_at_snapshot": self.snapshot.referenced, "command": self.command}
 
-    def describe(self, s: Settings) -> list[str]:
-        when = datetime.fromtimestamp(self.snapshot.creation).strftime("%Y-%m-%d %H:%M:%S")
-        lines = [f"rollback   {self.dataset} to @{self.snapshot.name} (taken {when})"]
+    def describe(self) -> list[str]:
+        name = self.snapshot.name
+        lines = [f"dataset    {self.dataset}"]
         if self.destroys:
             lines.append(f"destroys   {len(self.destroys)} newer snapshot"
                          f"{'s' if len(self.destroys) > 1 else ''} "
@@ -58,22 +56,69 @@ class RollbackPlan:
         else:
             lines.append("destroys   no snapshots (none is newer)")
         if self.written is not None:
-            lines.append(f"destroys   every change since @{self.snapshot.name}: "
+            lines.append(f"destroys   every change since @{name}: "
                          f"{human_size(self.written)} written since (ZFS written@)")
         else:
             delta = self.referenced_now - self.snapshot.referenced
-            lines.append(f"destroys   every change since @{self.snapshot.name}; this ZFS cannot "
+            lines.append(f"destroys   every change since @{name}; this ZFS cannot "
                          f"count bytes written since a snapshot: the dataset references "
                          f"{human_size(self.referenced_now)} now, "
                          f"{human_size(self.snapshot.referenced)} at the snapshot "
                          f"({'+' if delta >= 0 else '-'}{human_size(abs(delta))})")
+        lines.append(f"run        {self.command}")
+        return lines
+
+
+@dataclass
+class RollbackPlan:
+    dataset: str
+    snapshot: zfs.Snapshot
+    jail: str | None  # the jail using the dataset, stopped around the rollback
+    jail_running: bool
+    managed: bool  # one of the configured jail datasets
+    parts: list[Part]  # the dataset first, then each descendant (parents before children)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def destroys(self) -> list[zfs.Snapshot]:
+        return [x for part in self.parts for x in part.destroys]
+
+    @property
+    def snapshot_bytes(self) -> int:
+        return sum(part.snapshot_bytes for part in self.parts)
+
+    @property
+    def commands(self) -> list[str]:
+        return [part.command for part in self.parts]
+
+    def as_dict(self) -> dict[str, Any]:
+        top = self.parts[0]
+        return {
+            "dataset": self.dataset, "snapshot": self.snapshot.full,
+            "snapshot_created": self.snapshot.creation, "jail": self.jail,
+            "jail_running": self.jail_running, "managed": self.managed,
+            "destroys": [{"snapshot": x.full, "creation": x.creation, "used": x.used}
+                         for x in self.destroys],
+            "destroyed_snapshot_bytes": self.snapshot_bytes,
+            "written_since": top.written, "referenced_now": top.referenced_now,
+            "referenced_at_snapshot": self.snapshot.referenced,
+            "commands": self.commands, "datasets": [part.as_dict() for part in self.parts],
+        }
+
+    def describe(self, s: Settings) -> list[str]:
+        when = datetime.fromtimestamp(self.snapshot.creation).strftime("%Y-%m-%d %H:%M:%S")
+        kids = len(self.parts) - 1
+        lines = [f"rollback   {self.dataset} to @{self.snapshot.name} (taken {when})"
+                 + (f", and its {kids} descendant{'s' if kids > 1 else ''} to the same "
+                    "snapshot" if kids else "")]
         if self.jail:
             if self.jail_running:
                 stop = s.command("jail_stop", jail=self.jail)
                 lines.append(f"jail       stop {self.jail} first: {stop}")
             else:
                 lines.append(f"jail       {self.jail} is not running (left stopped)")
-        lines.append(f"run        {self.command}")
+        for part in self.parts:
+            lines += part.describe()
         if self.jail and self.jail_running:
             lines.append(f"jail       start {self.jail} again: "
                          f"{s.command('jail_start', jail=self.jail)}")
@@ -101,30 +146,46 @@ def make_plan(c: Context, s: Settings, target: str, force: bool = False) -> Roll
         notes.append(f"{ds} is outside the configured jail datasets (--force)")
     if not zfs.exists(c, s, ds):
         raise DatasetMissing(f"ZFS dataset not found: {ds}", "check the name with `zfs list`")
-    snaps = zfs.snapshots(c, s, ds)
-    index = next((i for i, x in enumerate(snaps) if x.name == snap), None)
-    if index is None:
-        raise DatasetMissing(f"snapshot not found: {ds}@{snap}",
-                             f"list the snapshots with `clawdie-ops snapshots --dataset {ds}`")
+    tree = zfs.descendants(c, s, ds)
+    now = zfs.numbers(c, s, tree, ("referenced",))
+    parts = []
+    for name in tree:
+        snaps = zfs.snapshots(c, s, name)
+        index = next((i for i, x in enumerate(snaps) if x.name == snap), None)
+        if index is None:
+            if name == ds:
+                raise DatasetMissing(f"snapshot not found: {ds}@{snap}",
+                                     f"list the snapshots with `clawdie-ops snapshots "
+                                     f"--dataset {ds}`")
+            raise DatasetMissing(
+                f"{name} (below {ds}) has no snapshot @{snap}: rolling back {ds} alone would "
+                "leave the jail's files as they are now", "pick a snapshot taken of the whole "
+                "tree (`zfs snapshot -r`, as sanoid with recursive = zfs and clawdie-ops "
+                "snapshot take them)")
+        parts.append(Part(name, snaps[index], snaps[:index], zfs.written_since(c, s, name, snap),
+                          now.get(name, {}).get("referenced", 0),
+                          runner.line(zfs.rollback_cmd(s, f"{name}@{snap}"))))
     jail = datasets.jail_of(s, ds)
-    now = zfs.numbers(c, s, [ds], ("referenced",)).get(ds, {}).get("referenced", 0)
     return RollbackPlan(
-        dataset=ds, snapshot=snaps[index], jail=jail,
+        dataset=ds, snapshot=parts[0].snapshot, jail=jail,
         jail_running=agent.jail_running(c, s, jail) if jail else False, managed=managed,
-        destroys=snaps[:index], written=zfs.written_since(c, s, ds, snap), referenced_now=now,
-        command=runner.line(zfs.rollback_cmd(s, f"{ds}@{snap}")), notes=notes)
+        parts=parts, notes=notes)
 
 
 def run(c: Context, s: Settings, plan: RollbackPlan) -> dict[str, Any]:
-    """Stop the jail, roll back, start the jail again if it was running (even on failure)."""
+    """Stop the jail, roll back each dataset of the tree (children first, so none is busy
+    under a parent that changes), start the jail again if it was running (even on failure)."""
     stopped = agent.jail_stop(c, s, plan.jail) if plan.jail else False
     try:
-        zfs.rollback(c, s, plan.snapshot.full)
+        for part in reversed(plan.parts):
+            zfs.rollback(c, s, part.snapshot.full)
     finally:
         if stopped and plan.jail:
             agent.jail_start(c, s, plan.jail)
-    left = {x.name for x in zfs.snapshots(c, s, plan.dataset)}
+    destroyed = []
+    for part in plan.parts:
+        left = {x.name for x in zfs.snapshots(c, s, part.dataset)}
+        destroyed += [x.full for x in part.destroys if x.name not in left]
     result = plan.as_dict()
-    result.update(jail_stopped=stopped, jail_restarted=stopped,
-                  destroyed=[x.full for x in plan.destroys if x.name not in left])
+    result.update(jail_stopped=stopped, jail_restarted=stopped, destroyed=destroyed)
     return result

@@ -32,7 +32,8 @@ def datasets(s: Settings) -> dict[str, str]:
 
 
 def render(s: Settings) -> str:
-    """The whole sanoid.conf: one section per dataset, one template per class.
+    """The whole sanoid.conf: one section per jail dataset (with its descendants), one
+    template per class.
 
     Every period is written out (weekly, yearly and frequently as 0) so sanoid's own
     defaults (48 hourly, 90 daily, 6 monthly) never leak into the policy."""
@@ -44,7 +45,10 @@ def render(s: Settings) -> str:
         "",
     ]
     for ds, cls in chosen.items():
-        lines += [f"[{ds}]", f"\tuse_template = {TEMPLATE.format(cls=cls)}", ""]
+        # recursive = zfs: one atomic `zfs snapshot -r`, so the jail's `root` child (where
+        # bastille keeps its files) is snapshotted and pruned with it (sanoid 2.1 and 2.3)
+        lines += [f"[{ds}]", f"\tuse_template = {TEMPLATE.format(cls=cls)}",
+                  "\trecursive = zfs", ""]
     for cls in sorted(set(chosen.values())):
         r = RETENTION[cls]
         lines += [

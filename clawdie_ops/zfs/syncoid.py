@@ -45,7 +45,9 @@ def ssh_args(h: SshHost) -> list[str]:
 class SyncOptions:
     compress: str = "none"  # a syncoid --compress value
     bwlimit: str = ""  # e.g. 20m: mbuffer's rate limit on the sending side
-    force_delete: bool = False  # replace a target that shares no snapshot with the source
+    # ZFS delegation (`zfs allow`) instead of root: syncoid otherwise prepends sudo for a
+    # non-root user, and FreeBSD's base system has no sudo.
+    no_privilege_elevation: bool = False
 
     def __post_init__(self) -> None:
         if self.compress not in COMPRESS_CHOICES or self.compress == "auto":
@@ -57,16 +59,34 @@ class SyncOptions:
 
 
 def command(syncoid: str, source: str, target: str, h: SshHost, opts: SyncOptions) -> Shell:
-    """One dataset, local source to the remote target; stdout and stderr merged so pv's
-    byte counts come out between the INFO lines of the transfer they belong to."""
-    args = [syncoid, f"--compress={opts.compress}", f"--pv-options={PV_OPTIONS}"]
+    """One jail dataset and its descendants (`--recursive`: bastille keeps the jail's files
+    in the child `root`), local source to the remote target; stdout and stderr merged so
+    pv's byte counts come out between the INFO lines of the transfer they belong to.
+
+    Never `--force-delete`: a target that shares no snapshot is renamed aside beforehand
+    (replication.py), and on a dataset with children it would destroy them all. No
+    `--sshconfig` either (syncoid 2.2+ only; Debian 12 ships 2.1): ssh_args carries the
+    resolved settings. syncoid resumes an interrupted receive by itself where ZFS keeps
+    resume tokens (OpenZFS)."""
+    args = [syncoid, "--recursive", f"--compress={opts.compress}",
+            f"--pv-options={PV_OPTIONS}"]
     if opts.bwlimit:
         args.append(f"--source-bwlimit={opts.bwlimit}")
-    if opts.force_delete:
-        args.append("--force-delete")
+    if opts.no_privilege_elevation:
+        args.append("--no-privilege-elevation")
     args += ssh_args(h)
     args += [check_dataset(source), target_spec(h, target)]
     return Shell(shlex.join(args) + " 2>&1")
+
+
+def version_cmd(syncoid: str) -> Shell:
+    return Shell(shlex.join([syncoid, "--version"]) + " 2>&1")
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """`/usr/sbin/syncoid version 2.1.0` -> (2, 1, 0); None when it says no version."""
+    m = re.search(r"version\s+v?([0-9]+(?:\.[0-9]+)*)", text)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
 
 
 def probe_cmd() -> list[str]:
@@ -88,10 +108,11 @@ def choose_compress(local: set[str], remote: set[str]) -> str:
 
 @dataclass
 class Transfer:
-    kind: str  # "full" or "incremental"
-    what: str
+    kind: str  # "full", "incremental" or "resumed" (from a receive_resume_token)
+    what: str  # the source snapshot(s), as syncoid names them
     estimate: int | None = None  # syncoid's `zfs send -nP` estimate, where ZFS has one
     counted: int | None = None  # bytes pv counted in the stream
+    target: str = ""  # syncoid 2.3 names it; 2.1 does not
 
 
 @dataclass
@@ -103,9 +124,10 @@ class SyncReport:
 
     @property
     def kind(self) -> str:
-        if any(t.kind == "full" for t in self.transfers):
-            return "full"
-        return "incremental" if self.transfers else "none"
+        for kind in ("full", "resumed", "incremental"):
+            if any(t.kind == kind for t in self.transfers):
+                return kind
+        return "none"
 
     @property
     def method(self) -> str | None:
@@ -125,9 +147,22 @@ class SyncReport:
         return None
 
 
-_START = re.compile(r"^(?:INFO: )?(Sending oldest full snapshot|Sending incremental|"
-                    r"Updating new target filesystem with incremental)\s+(.*?)"
-                    r"(?:\s+\(~ ([^)]*)\))?(?: to new target filesystem)?:?\s*$")
+# The lines that open a transfer, as syncoid 2.1 (Debian 12) and 2.3 (FreeBSD) print them
+# (tests/data/syncoid holds samples of both). 2.1 puts the size before "to new target
+# filesystem" and names no target; 2.3 names the target, then the size; 2.3 prefixes every
+# line with its level (INFO:, WARNING:, CRITICAL ERROR:), where 2.1 printed WARN: and left
+# the resume line bare.
+_SIZE = r"(?: \(~ (?P<size>[^)]*?)(?: remaining)?\))?"
+_TRANSFERS = (
+    ("full", re.compile(r"^(?:INFO: )?Sending oldest full snapshot (?P<what>\S+)"
+                        r"(?: \(~ (?P<size21>[^)]*)\))? to new target filesystem"
+                        r"(?: (?P<target>\S+))?" + _SIZE + r":\s*$")),
+    ("incremental", re.compile(r"^(?:INFO: )?(?:Sending incremental|Updating new target "
+                               r"filesystem with incremental) (?P<what>\S+ \.\.\. \S+)"
+                               r"(?: to (?P<target>\S+))?" + _SIZE + r":\s*$")),
+    ("resumed", re.compile(r"^(?:INFO: )?Resuming interrupted zfs send/receive from "
+                           r"(?P<what>\S+) to (?P<target>\S+)" + _SIZE + r":\s*$")),
+)
 _UNITS = {"KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
 
 
@@ -135,26 +170,35 @@ def _estimate(text: str | None) -> int | None:
     if not text:
         return None
     m = re.match(r"^([0-9.]+)\s*(KB|MB|GB)$", text.strip())
-    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None  # UNKNOWN: None
+
+
+def _transfer(line: str) -> Transfer | None:
+    for kind, pattern in _TRANSFERS:
+        m = pattern.match(line)
+        if m:
+            size = m.groupdict().get("size21") or m.group("size")
+            return Transfer(kind, m.group("what"), _estimate(size),
+                            target=m.group("target") or "")
+    return None
 
 
 def parse_output(text: str) -> SyncReport:
-    """syncoid's merged output: INFO lines open a transfer, pv's numbers count its bytes."""
+    """syncoid's merged output: a transfer's opening line, then pv's numbers count its bytes."""
     report = SyncReport()
     for raw in text.splitlines():
         line = raw.strip("\r ").strip()
         if not line:
             continue
-        m = _START.match(line)
-        if m:
-            kind = "full" if m.group(1).startswith("Sending oldest full") else "incremental"
-            report.transfers.append(Transfer(kind, m.group(2), _estimate(m.group(3))))
+        transfer = _transfer(line)
+        if transfer is not None:
+            report.transfers.append(transfer)
         elif line.isdigit() and report.transfers:
             # Cumulative within one pv; the last number is the transfer's total.
             report.transfers[-1].counted = int(line)
-        elif line.startswith("WARN:"):
-            report.warnings.append(line[5:].strip())
-        elif line.startswith(("CRITICAL ERROR:", "cannot ")):
+        elif line.startswith(("WARN:", "WARNING:")):
+            report.warnings.append(line.split(":", 1)[1].strip())
+        elif line.startswith(("CRITICAL ERROR:", "CRITICAL:", "cannot ")):
             report.errors.append(line)
         if "Cowardly refusing to destroy your existing target" in line:
             report.refused_existing = True

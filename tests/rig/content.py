@@ -9,6 +9,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+ZFS = "/usr/sbin/zfs"
+
 # Passwords an operator might really pick: spaces, quotes, dollars, a backslash.
 MEMORY_PASSWORD = "mem pass 'q' \"dq\" $HOME$x \\b"
 SKILLS_PASSWORD = "sk $ill's \"pw\" x:y"
@@ -182,3 +184,33 @@ def fill_database(conn: psycopg.Connection, key: str, *, rows: int, seed: int = 
                             [(1 + i % max(1, rows // 4), f"chunk {i}", _embedding(rng))
                              for i in range(rows)])
     conn.commit()
+
+
+def _mountpoint(dataset: str) -> Path:
+    import subprocess
+    out = subprocess.run([ZFS, "get", "-H", "-o", "value", "mountpoint", dataset],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return Path(out)
+
+
+def bastille_create(pool: str, jails: str, name: str, address: str, *,
+                    populated: bool = True) -> None:
+    """A jail as `bastille create` makes it on ZFS (its create.sh): POOL/PREFIX/jails/NAME
+    holding jail.conf and fstab, the jail's files in the child dataset NAME/root."""
+    import subprocess
+    ds = f"{pool}/{jails}/{name}"
+    for each in (ds, f"{ds}/root"):
+        subprocess.run([ZFS, "create", each], capture_output=True, text=True, check=True)
+    top, root = _mountpoint(ds), _mountpoint(f"{ds}/root")
+    (top / "jail.conf").write_text(
+        f"{name} {{\n  exec.start = '/bin/sh /etc/rc';\n  host.hostname = {name};\n"
+        f"  mount.devfs;\n  mount.fstab = {top}/fstab;\n  path = {root};\n"
+        f"  ip4.addr = lo1|{address};\n}}\n")
+    (top / "fstab").write_text(f"/usr/local/bastille/releases/14.3-RELEASE {root}/.bastille "
+                               "nullfs ro 0 0\n")
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc" / "rc.conf").write_text(f"# jail {name}\nhostname={name}\n")
+    if populated:
+        (root / "usr" / "local" / "etc").mkdir(parents=True, exist_ok=True)
+        (root / "usr" / "local" / "etc" / f"{name}.conf").write_text(f"{name} = 1\n")
+        (root / "data.bin").write_bytes(random.Random(name).randbytes(200_000))

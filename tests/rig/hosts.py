@@ -13,7 +13,8 @@ from pathlib import Path
 
 from . import content
 from .postgres import DEFAULT_MAJOR, Cluster, bindir_for
-from .services import ZFS as ZFS_BIN, Pool, Sshd, ensure_zfs_fuse, sh, stale_pools, zfs_retry
+from .services import (ZFS as ZFS_BIN, Pool, Sshd, ensure_zfs_fuse, sh, stale_pools,
+                       without_bash, zfs_retry)
 
 RIG_BIN = Path(__file__).parent / "bin"
 FAKE_AGENT = Path(__file__).parent / "fake_agent.py"
@@ -32,8 +33,12 @@ def linux_commands(python: str = sys.executable) -> dict[str, str]:
         "agent_stop": "pid=$(cat {pidfile}) && kill $pid && "
                       "while kill -0 $pid 2>/dev/null; do sleep 0.1; done",
         "jail_status": "test -f {home}/.rig-jails/{jail_name}",
-        "jail_start": "mkdir -p {home}/.rig-jails && touch {home}/.rig-jails/{jail_name}",
+        # A started jail records its path as the kernel does (jls -j NAME path): the
+        # mountpoint of its root dataset at the time it started.
+        "jail_start": "mkdir -p {home}/.rig-jails && {zfs} get -H -o value mountpoint "
+                      "{root_dataset} > {home}/.rig-jails/{jail_name}",
         "jail_stop": "rm -f {home}/.rig-jails/{jail_name}",
+        "jail_path": "cat {home}/.rig-jails/{jail_name}",
         "skills_regen": "echo regenerate skills > {root}/skills-regenerated",
         "pg_install_hint": "apt-get install postgresql-client-{major}",
         # A per-host crontab file stands in for each user's crontab (all rig hosts share
@@ -56,6 +61,8 @@ class SimHost:
     alias: str = ""
     rows: int = 200
     env: dict[str, str] = field(default_factory=dict)
+    no_bash: bool = False  # its sshd sessions run where bash fails (FreeBSD has none)
+    login_shell: str = "/bin/sh"  # root's, for those sessions (bin/csh-like: as csh would)
 
     @property
     def root(self) -> Path:
@@ -70,12 +77,19 @@ class SimHost:
         return self.pool.name
 
     def dataset(self, jail: str) -> str:
+        """bastille's jail dataset (jail.conf, fstab); the jail's files are in its `root`."""
         return f"{self.pool.name}/{PREFIX}/jails/{jail}"
 
     @property
     def vector(self) -> bool:
         """memory_db keeps pgvector embeddings (the PostgreSQL 18 hosts, as Clawdie runs)."""
         return self.cluster.major >= 18
+    def root_dataset(self, jail: str) -> str:
+        return f"{self.dataset(jail)}/root"
+
+    def jail_files(self, jail: str) -> Path:
+        """Where the jail's own files are: the mountpoint of its `root` dataset."""
+        return self.pool.mount_of(self.root_dataset(jail))
 
     def clawdie_config(self) -> dict:
         """The tool's config section for this host (what an operator writes in ~/.invoke.yaml).
@@ -179,7 +193,8 @@ class Rig:
     # -- hosts ----------------------------------------------------------------------
     def host(self, name: str, *, populated: bool = True, datasets: bool = True,
              rows: int = 200, ssh: bool = False, with_roles: bool | None = None,
-             tool_on_path: bool = True, pg: int = DEFAULT_MAJOR) -> SimHost:
+             tool_on_path: bool = True, pg: int = DEFAULT_MAJOR, no_bash: bool = False,
+             login_shell: str = "/bin/sh") -> SimHost:
         """A host with its pool and PostgreSQL; `populated` fills root, databases, datasets.
 
         `pg`: the server's major version, 18 (with pgvector in memory_db) or 15.
@@ -199,7 +214,8 @@ class Rig:
         address = f"{self.net}.{idx}"
         pool = Pool(f"crig{self.tag}{name}", base / "pool.img", base / "mnt")
         cluster = Cluster(base / "pg" / "data", address, bindir=bindir_for(pg))
-        h = SimHost(name, address, base, pool, cluster, rows=rows)
+        h = SimHost(name, address, base, pool, cluster, rows=rows, no_bash=no_bash,
+                    login_shell=login_shell)
         self.hosts[name] = h
         pool.create()
         cluster.init()
@@ -229,13 +245,8 @@ class Rig:
         if datasets:
             sh(ZFS_BIN, "create", "-p", f"{pool.name}/{PREFIX}/jails")
             for jail in JAILS:
-                ds = h.dataset(jail)
-                sh(ZFS_BIN, "create", ds)
-                if populated:
-                    mnt = pool.mount_of(ds)
-                    (mnt / "etc").mkdir(exist_ok=True)
-                    (mnt / "etc" / "rc.conf").write_text(f"# jail {jail}\nhostname={jail}\n")
-                    (mnt / "data.bin").write_bytes(random.Random(jail).randbytes(200_000))
+                content.bastille_create(pool.name, f"{PREFIX}/jails", jail, address,
+                                        populated=populated)
         (h.home / ".invoke.json").write_text(json.dumps(h.invoke_overrides(), indent=2))
         if ssh:
             self.start_sshd(h, tool_on_path=tool_on_path)
@@ -246,7 +257,8 @@ class Rig:
         path = f"{RIG_BIN}:{venv}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         h.sshd = Sshd(h.address, SSH_PORT, h.base / "sshd",
                       {"PATH": path, "HOME": str(h.home), "CLAWDIE_ROOT": str(h.root)},
-                      (self.client_key.with_suffix(".pub")).read_text().strip())
+                      (self.client_key.with_suffix(".pub")).read_text().strip(),
+                      wrap=without_bash([], self.base, h.login_shell) if h.no_bash else [])
         h.sshd.start()
         h.alias = f"rig-{h.name}"
         with open(self.known_hosts, "a") as fh:

@@ -1,10 +1,11 @@
 """zfs-fuse pools and sshd instances for the simulated hosts."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ZFS = "/usr/sbin/zfs"
@@ -74,6 +75,32 @@ def stale_pools(prefix: str) -> list[str]:
     return [p for p in out if p.startswith(prefix)]
 
 
+# FreeBSD has no bash in its base system: these run a program in a mount namespace where
+# /bin/bash is /bin/false, and where root's login shell (which sshd runs every session
+# through) is /bin/sh. The namespace lets go of its copies of the zfs-fuse mounts (every
+# rig's on this machine), which would otherwise keep them busy for `zfs destroy`; the rig's
+# zfs wrapper runs zfs in the daemon's namespace, and nothing here reads a dataset's files.
+_NO_BASH = ('mount --bind /bin/false /bin/bash && mount --bind "$1" /etc/passwd && shift && '
+            "for m in $(awk '$3 == \"fuse.zfs\" {print $2}' /proc/self/mounts | sort -r); "
+            'do umount -l "$m"; done; exec "$@"')
+
+
+def passwd_without_bash(where: Path, shell: str = "/bin/sh") -> Path:
+    """A copy of /etc/passwd whose bash login shells are `shell`."""
+    path = where / f"passwd-without-bash-{Path(shell).name}"
+    if not path.exists():
+        lines = [re.sub(r":(/usr)?/bin/bash$", f":{shell}", ln)
+                 for ln in Path("/etc/passwd").read_text().splitlines()]
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def without_bash(argv: list[str], where: Path, shell: str = "/bin/sh") -> list[str]:
+    """`argv` run where bash fails, as on FreeBSD, with root's login shell `shell`."""
+    return ["unshare", "-m", "--propagation", "slave", "sh", "-c", _NO_BASH, "sh",
+            str(passwd_without_bash(where, shell)), *argv]
+
+
 @dataclass
 class Sshd:
     """One sshd for one simulated host, with its own address, port, HOME and PATH."""
@@ -84,6 +111,7 @@ class Sshd:
     setenv: dict[str, str]
     authorized_key: str
     proc: subprocess.Popen | None = None
+    wrap: list[str] = field(default_factory=list)  # a prefix: without_bash([], ...)
 
     @property
     def host_pubkey(self) -> str:
@@ -114,8 +142,8 @@ SetEnv {setenv}
 Subsystem sftp /usr/lib/openssh/sftp-server
 """)
         log = open(self.dir / "sshd.log", "w")
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f",
-                                      str(self.dir / "sshd_config")], stdout=log, stderr=log)
+        argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.dir / "sshd_config")]
+        self.proc = subprocess.Popen([*self.wrap, *argv], stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         import socket
         while True:

@@ -106,13 +106,31 @@ def test_a_new_host_with_data_is_refused_unless_forced_or_left_by_this_migration
     assert mc.new_host_data(facts("source"), new, force=False, ours=True).status == "warn"
 
 
-def test_a_diverged_dataset_on_the_new_host_counts_as_data():
+def test_the_new_hosts_own_jail_datasets_are_set_aside_not_a_reason_to_stop():
     new = facts("target")
-    new["zfs"]["datasets"]["tank/c/jails/db"] = {"exists": True, "snapshots": ["other"]}
-    ch = mc.new_host_data(facts("source"), new, force=False, ours=False)
-    assert ch.status == "fail" and "tank/c/jails/db" in ch.detail
-    new["zfs"]["datasets"]["tank/c/jails/db"]["snapshots"] = ["s1"]  # received before: fine
+    new["zfs"]["datasets"]["tank/c/jails/db"] = {"exists": True, "snapshots": ["other"],
+                                                "children": ["tank/c/jails/db/root"]}
+    # made by the new host's own `bastille create` (runbook step 1): no reason to stop
     assert mc.new_host_data(facts("source"), new, force=False, ours=False).status == "ok"
+    assert mc.set_aside(facts("source"), new) == ["tank/c/jails/db"]
+    ch = mc.datasets_aside(facts("source"), new, "pre-migrate-X")
+    assert ch.status == "warn" and "tank/c/jails/db -> tank/c/jails/db.pre-migrate-X" in ch.detail
+    new["zfs"]["datasets"]["tank/c/jails/db"]["snapshots"] = ["s1"]  # received before: fine
+    assert mc.set_aside(facts("source"), new) == []
+    new["zfs"]["datasets"]["tank/c/jails/db"].update(snapshots=[], resume_token=True)
+    assert mc.set_aside(facts("source"), new) == []  # an interrupted receive: resumed
+    # data of its own still stops it
+    busy = facts("target", agent_running=True)
+    assert mc.new_host_data(facts("source"), busy, force=False, ours=False).status == "fail"
+
+
+def test_pool_space_counts_used_with_the_jails_children_not_referenced():
+    old = facts("source")
+    old["zfs"]["datasets"]["zroot/c/jails/db"].update(referenced=100 << 10, used=5 << 30)
+    new = facts("target")
+    new["zfs"]["available"] = 1 << 30  # room for the parent's own files, not for its root
+    ch = by_name(mc.space(old, new))["space in the new pool"]
+    assert ch.status == "fail" and "5.0 GiB" in ch.detail
 
 
 def test_space_checks_name_the_place_and_the_amounts():

@@ -56,13 +56,18 @@ def test_the_old_host_here_runs_this_very_clawdie_ops_and_the_new_host_its_own()
     assert "-f '<tmp>/config.json' restore '<archive>' --yes --no-start --json" in \
         restore.command
     presync = next(s for s in p.steps if s.id == "presync")
-    assert "replicate --to newbox --yes --json" in presync.command
+    assert "replicate --to newbox --replace-existing --aside-suffix pre-migrate-" in \
+        presync.command and presync.command.endswith("--yes --json")
     assert p.journal == Path("/home/op/.clawdie-ops/migrations/local--to--newbox.json")
 
 
-def test_force_lets_replicate_replace_diverged_datasets():
-    p = plan(migrate.Options(to="newbox", force=True))
-    assert "--replace-existing" in next(s for s in p.steps if s.id == "presync").command
+def test_the_new_hosts_own_jail_datasets_are_set_aside_without_force_and_named():
+    p = plan(migrate.Options(to="newbox", aside_suffix="pre-migrate-20261129-101500"))
+    presync = next(s for s in p.steps if s.id == "presync")
+    # set aside (renamed, kept), never replaced: no --force needed, no --force-delete ever
+    assert "--replace-existing --aside-suffix pre-migrate-20261129-101500" in presync.command
+    assert "NAME.pre-migrate-20261129-101500" in presync.why
+    assert "force-delete" not in "\n".join(p.describe())
 
 
 def test_plan_text_and_data_never_show_a_password():

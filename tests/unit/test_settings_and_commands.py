@@ -43,10 +43,25 @@ def test_runbook_defaults(tmp_path):
     assert s.datasets[0] == "zroot/clawdie/jails/db"
     assert s.memory.name == "memory_db" and s.skills.name == "skills_db"
     assert str(s.allowlist).endswith(".config/clawdie-cp/mount-allowlist.json")
-    assert s.command("jail_start", jail="db") == "bastille start clawdie-db"
+    # bastille's jail `db` is the dataset jails/db, its files in jails/db/root
+    assert s.command("jail_start", jail="db") == "bastille start db"
+    assert s.root_dataset("db") == "zroot/clawdie/jails/db/root"
+    assert s.command("jail_path", jail="db") == "jls -j db path"
     # the hint names the client of the server's major version, 18 when none is known
     assert pg.install_hint(s, 15) == "pkg install postgresql15-client"
     assert pg.install_hint(s) == "pkg install postgresql18-client"
+
+
+def test_one_setting_names_the_jail_and_its_dataset(tmp_path):
+    s = load(tmp_path, {"jail_name": "clawdie-{jail}"}, ZFS_PREFIX="bastille")
+    assert s.command("jail_stop", jail="git") == "bastille stop clawdie-git"
+    assert s.dataset("git") == "zroot/bastille/jails/clawdie-git"
+    assert s.root_dataset("git") == "zroot/bastille/jails/clawdie-git/root"
+    assert s.command("jail_path", jail="git") == "jls -j clawdie-git path"
+    for bad in ("{name}", "a/{jail}", "-{jail}"):
+        with pytest.raises(ConfigError) as err:
+            load(tmp_path, {"jail_name": bad}).dataset("db")
+        assert "clawdie.jail_name" in err.value.message
 
 
 def test_env_then_config_precedence(tmp_path):

@@ -86,7 +86,7 @@ def test_jail_shorthand_and_datasets_outside_the_set():
 
 def test_snapshot_of_several_datasets_is_one_atomic_command_on_openzfs():
     s = settings()
-    both = f"zfs snapshot {DB}@t1 {GIT}@t1"
+    both = f"zfs snapshot -r {DB}@t1 {GIT}@t1"  # each with its descendants (root)
     c = MockContext(run={both: ok()})
     assert zfs.snapshot_each(c, s, [DB, GIT], "t1") is True
     assert [call.args[0] for call in c.run.call_args_list] == [both]
@@ -94,16 +94,16 @@ def test_snapshot_of_several_datasets_is_one_atomic_command_on_openzfs():
 
 def test_snapshot_falls_back_to_one_per_dataset_on_old_zfs():
     s = settings()
-    c = MockContext(run={f"zfs snapshot {DB}@t1 {GIT}@t1": ok(stderr="too many arguments",
-                                                             exited=2),
-                         f"zfs snapshot {DB}@t1": ok(), f"zfs snapshot {GIT}@t1": ok()})
+    c = MockContext(run={f"zfs snapshot -r {DB}@t1 {GIT}@t1": ok(stderr="too many arguments",
+                                                                exited=2),
+                         f"zfs snapshot -r {DB}@t1": ok(), f"zfs snapshot -r {GIT}@t1": ok()})
     assert zfs.snapshot_each(c, s, [DB, GIT], "t1") is False
     assert [call.args[0] for call in c.run.call_args_list][1:] == [
-        f"zfs snapshot {DB}@t1", f"zfs snapshot {GIT}@t1"]
+        f"zfs snapshot -r {DB}@t1", f"zfs snapshot -r {GIT}@t1"]
 
 
 def test_snapshot_failure_names_the_dataset():
-    c = MockContext(run={f"zfs snapshot {DB}@t1": ok(stderr="permission denied", exited=1)})
+    c = MockContext(run={f"zfs snapshot -r {DB}@t1": ok(stderr="permission denied", exited=1)})
     with pytest.raises(ZfsError, match=f"{DB}@t1 failed: permission denied"):
         zfs.snapshot_each(c, settings(), [DB], "t1")
 
@@ -117,12 +117,13 @@ def snapshot_mock(extra: dict | None = None, written: Result | None = None) -> M
                     f"{n}\treferenced\t{5000 + i}\n" for i, n in enumerate(names))
     run = {LIST: ok("\n".join(names) + "\n"),
            f"zfs list -H -o name {DB}": ok(DB + "\n"),
+           f"zfs list -H -o name -r {DB}": ok(DB + "\n"),
            "zfs get -Hp -o name,property,value creation,used,referenced " + " ".join(names):
                ok(props),
            f"zfs get -Hp -o name,property,value referenced {DB}": ok(f"{DB}\treferenced\t7000\n"),
            f"zfs get -Hp -o value written@a {DB}":
                written or ok(stderr="bad property list: invalid property 'written@a'", exited=2),
-           "jls -j clawdie-db jid": ok(exited=1)}
+           "jls -j db jid": ok(exited=1)}
     run.update(extra or {})
     return MockContext(run=run)
 
@@ -138,9 +139,9 @@ def test_rollback_plan_lists_exactly_the_newer_snapshots_and_their_size():
     plan = rollback.make_plan(snapshot_mock(), s, "db@a")
     assert [x.full for x in plan.destroys] == [f"{DB}@c", f"{DB}@b"]
     assert plan.snapshot_bytes == 500
-    assert plan.command == f"zfs rollback -r {DB}@a"
+    assert plan.commands == [f"zfs rollback -r {DB}@a"]
     assert plan.jail == "db" and not plan.jail_running
-    assert plan.written is None  # old ZFS: no written@, so the plan says what it can
+    assert plan.parts[0].written is None  # old ZFS: no written@: the plan says what it can
     text = "\n".join(plan.describe(s))
     assert "2 newer snapshots" in text and "cannot count bytes written" in text
     assert "6.8 KiB now, 4.9 KiB at the snapshot (+2.0 KiB)" in text
@@ -149,7 +150,7 @@ def test_rollback_plan_lists_exactly_the_newer_snapshots_and_their_size():
 def test_rollback_plan_uses_written_at_where_zfs_has_it():
     c = snapshot_mock(written=ok("123456\n"))
     plan = rollback.make_plan(c, settings(), f"{DB}@a")
-    assert plan.written == 123456
+    assert plan.parts[0].written == 123456
     assert "120.6 KiB written since" in "\n".join(plan.describe(settings()))
 
 
@@ -166,16 +167,16 @@ def test_rollback_of_running_jail_stops_and_restarts_it_even_when_zfs_fails():
     s = settings(commands={"jail_status": "jls -j {jail_name} jid",
                            "jail_stop": "bastille stop {jail_name}",
                            "jail_start": "bastille start {jail_name}"})
-    c = snapshot_mock({"jls -j clawdie-db jid": [ok("7"), ok("7"), ok(exited=1)],
+    c = snapshot_mock({"jls -j db jid": [ok("7"), ok("7"), ok(exited=1)],
                        f"zfs rollback -r {DB}@a": ok(stderr="dataset is busy", exited=1),
-                       "bastille stop clawdie-db": ok(), "bastille start clawdie-db": ok()})
+                       "bastille stop db": ok(), "bastille start db": ok()})
     plan = rollback.make_plan(c, s, "db@a")
     assert plan.jail_running
     with pytest.raises(ZfsError, match="rollback to .*dataset is busy"):
         rollback.run(c, s, plan)
     issued = [call.args[0] for call in c.run.call_args_list]
-    assert issued.index("bastille stop clawdie-db") < issued.index(f"zfs rollback -r {DB}@a") \
-        < issued.index("bastille start clawdie-db")
+    assert issued.index("bastille stop db") < issued.index(f"zfs rollback -r {DB}@a") \
+        < issued.index("bastille start db")
 
 
 # -- sanoid --------------------------------------------------------------------------------
@@ -244,7 +245,8 @@ def test_syncoid_command_carries_the_ssh_config_quoted_for_its_shell(tmp_path):
     line = runner.line(syncoid.command("syncoid", DB, "tank/clawdie/jails/db", h,
                                        syncoid.SyncOptions("zstd-fast", "20m")))
     assert line == (
-        "syncoid --compress=zstd-fast '--pv-options=-n -b -i 5' --source-bwlimit=20m "
+        "syncoid --recursive --compress=zstd-fast '--pv-options=-n -b -i 5' "
+        "--source-bwlimit=20m "
         "--sshport=2222 '--sshkey='\"'\"'~/.ssh/clawdie_ed25519'\"'\"'' "
         "--sshoption=IdentitiesOnly=yes --sshoption=BatchMode=yes "
         "--sshoption=StrictHostKeyChecking=true "
@@ -310,33 +312,72 @@ def test_target_pool_and_inventory_overrides_map_the_dataset_names():
     ts, alias = replication.target_settings(s, cfg, "new")
     assert alias == "newbox" and ts.zfs_pool == "tank" and str(ts.root) == "/srv/clawdie"
     assert replication.map_dataset(s, ts, DB) == "tank/clawdie/jails/db"
-    assert ts.command("jail_stop", jail="db") == "service jail stop clawdie-db"
+    assert ts.command("jail_stop", jail="db") == "service jail stop db"
     ts2, alias2 = replication.target_settings(s, cfg, "other")
     assert alias2 == "other" and replication.map_dataset(s, ts2, DB) == DB
 
 
-def test_replication_refuses_a_target_that_shares_no_snapshot():
-    s = settings()
+def replication_mocks(remote_snaps: str, token: str = "-") -> tuple[MockContext, MockContext]:
     local = MockContext(run={
         f"zfs list -H -o name {DB}": ok(DB),
+        f"zfs list -H -o name -r {DB}": ok(f"{DB}\n{DB}/root\n"),
         "ssh -G newbox": ok(ALIAS_G), "ssh -G -F /dev/null 10.1.2.3": ok(DEFAULT_G),
         runner.line(syncoid.probe_cmd()): ok("/usr/bin/zstd\n"),
+        runner.line(syncoid.version_cmd("syncoid")): ok("/usr/local/bin/syncoid version 2.3.0\n"),
         LIST: ok(f"{DB}@a\n"),
         f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@a":
             ok(f"{DB}@a\tcreation\t1\n")})
     remote = MockContext(run={
         runner.line(syncoid.probe_cmd()): ok("/usr/bin/zstd\n"),
         f"zfs list -H -o name {DB}": ok(DB),
-        LIST: ok(f"{DB}@other\n"),
+        f"zfs list -H -o name {DB}.pre-test": ok(stderr="does not exist", exited=1),
+        f"zfs list -H -o name {DB}/root": ok(stderr="does not exist", exited=1),
+        f"zfs get -H -o value receive_resume_token {DB}": ok(token + "\n"),
+        LIST: ok(remote_snaps),
         f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@other":
             ok(f"{DB}@other\tcreation\t1\n")})
-    with pytest.raises(ZfsError, match="share no snapshot"):
-        replication.make_plan(local, s, {}, "newbox", ["db"], conn=remote)
+    return local, remote
+
+
+def test_replication_sets_aside_a_target_that_shares_no_snapshot_and_never_destroys_it():
+    s = settings()
+    local, remote = replication_mocks(f"{DB}@other\n")
+    with pytest.raises(ZfsError, match="shares no snapshot") as err:
+        replication.make_plan(local, s, {}, "newbox", ["db"], conn=remote,
+                              aside_suffix="pre-test")
+    assert "set" in err.value.hint and "aside" in err.value.hint
     plan = replication.make_plan(local, s, {}, "newbox", ["db"], replace_existing=True,
-                                 conn=remote)
-    assert plan.pairs[0].state == "diverged" and plan.options.force_delete
-    assert "--force-delete" in runner.line(plan.command(plan.pairs[0]))
+                                 conn=remote, aside_suffix="pre-test")
+    pair = plan.pairs[0]
+    assert pair.state == "diverged" and pair.aside == f"{DB}.pre-test"
+    assert pair.children == (f"{DB}/root",)
+    command = runner.line(plan.command(pair))
+    # the jail's files are in the child `root`: -r, and never --force-delete (it would
+    # destroy the target's children too)
+    assert "--recursive" in command and "--force-delete" not in command
+    text = "\n".join(plan.describe())
+    assert f"zfs rename {DB} {DB}.pre-test" in text and f"with {DB}/root" in text
+    assert "syncoid version 2.3.0" in text
     assert plan.options.compress == "zstd-fast"
+
+
+def test_replication_classes_a_target_holding_a_resume_token_as_resumable():
+    local, remote = replication_mocks("", token="1-e604ea4bf-e0-789c63a2")
+    plan = replication.make_plan(local, settings(), {}, "newbox", ["db"], conn=remote)
+    assert plan.pairs[0].state == "resumable" and plan.pairs[0].aside is None
+    assert "receive_resume_token" in "\n".join(plan.describe())
+
+
+def test_zfs_delegation_runs_syncoid_without_privilege_elevation():
+    local, remote = replication_mocks(f"{DB}@a\n")
+    remote.set_result_for("run", f"zfs get -Hp -o name,property,value creation,used,referenced "
+                                 f"{DB}@a", ok(f"{DB}@a\tcreation\t1\n"))
+    plan = replication.make_plan(local, settings(), {"zfs_delegation": True}, "newbox", ["db"],
+                                 conn=remote)
+    assert plan.pairs[0].state == "common"
+    assert "--no-privilege-elevation" in runner.line(plan.command(plan.pairs[0]))
+    plain = replication.make_plan(local, settings(), {}, "newbox", ["db"], conn=remote)
+    assert "--no-privilege-elevation" not in runner.line(plain.command(plain.pairs[0]))
 
 
 @pytest.mark.parametrize("task", ["snapshot", "snapshots", "rollback", "sanoid-config",
@@ -352,3 +393,20 @@ def test_every_flag_has_help_text(task):
     described = [line for line in flags
                  if re.match(r"^\s*(-\w(\s\w+)?, )?--[\w-]+(=\w+)?\s{2,}\S", line)]
     assert flags and described == flags, res.stdout
+
+
+def test_fabric_connections_hand_every_command_to_sh_c():
+    """Fabric passes a command to the remote login shell as it is (csh on older FreeBSD
+    installs); clawdie-ops' Connections wrap it in `/bin/sh -c '...'` (tested against a
+    csh-like login shell in tests/integration/test_freebsd_like_host.py)."""
+    from unittest.mock import Mock
+
+    h = ssh.SshHost("box", "192.0.2.7", "root", 22)
+    conn = ssh.connect(h)
+    assert conn.config.run.shell == "/bin/sh"
+    remote_runner = conn.config.runners.remote
+    r = remote_runner.__new__(remote_runner)
+    r.clawdie_shell, r.channel = "/bin/sh", Mock()
+    r.send_start_message('mktemp -d "${TMPDIR:-/tmp}/x.XXXX"')
+    r.channel.exec_command.assert_called_once_with(
+        "/bin/sh -c 'mktemp -d \"${TMPDIR:-/tmp}/x.XXXX\"'")

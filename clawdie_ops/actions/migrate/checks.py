@@ -254,10 +254,10 @@ def space(old: dict[str, Any], new: dict[str, Any]) -> list[Check]:
         checks.append(Check("space for the installation", "fail",
                             f"{human_size(root_free)} free at {new.get('root')}, the restored "
                             f"files need {human_size(files)}", "free space there"))
-    new_ds = (new.get("zfs") or {}).get("datasets") or {}
-    need = sum(i.get("referenced", 0) for d, i in ((old.get("zfs") or {}).get("datasets")
-                                                    or {}).items()
-               if not new_ds.get(_mapped(d, old, new), {}).get("exists"))
+    # `used` of each jail dataset: its `root` child and snapshots travel with it (syncoid
+    # -r); one the new host made itself is set aside, not reused, so it counts in full
+    need = sum(i.get("used", i.get("referenced", 0)) for i in
+               ((old.get("zfs") or {}).get("datasets") or {}).values())
     avail = (new.get("zfs") or {}).get("available")
     if avail is not None and avail < int(need * SPACE_MARGIN):
         checks.append(Check("space in the new pool", "fail",
@@ -279,9 +279,24 @@ def _mapped(dataset: str, old: dict[str, Any], new: dict[str, Any]) -> str:
     return np_ + dataset[len(op):] if op and dataset.startswith(op + "/") else dataset
 
 
+def set_aside(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The new host's jail datasets that share no snapshot with the old host's (made by its
+    own `bastille create`, runbook step 1): renamed aside by the pre-sync, never destroyed."""
+    new_ds = (new.get("zfs") or {}).get("datasets") or {}
+    found = []
+    for ds, info in ((old.get("zfs") or {}).get("datasets") or {}).items():
+        target = new_ds.get(_mapped(ds, old, new)) or {}
+        if target.get("exists") and not target.get("resume_token") and not \
+                set(target.get("snapshots", [])) & set(info.get("snapshots", [])):
+            found.append(_mapped(ds, old, new))
+    return found
+
+
 def new_host_data(old: dict[str, Any], new: dict[str, Any], *, force: bool,
                   ours: bool) -> Check:
-    """Refuse to overwrite a new host that already runs an agent or holds data."""
+    """Refuse to overwrite a new host that already runs an agent or holds data.
+
+    Jail datasets of its own are no reason to stop: they are set aside (set_aside)."""
     found = []
     if new.get("agent_running"):
         found.append("an agent is running")
@@ -291,13 +306,6 @@ def new_host_data(old: dict[str, Any], new: dict[str, Any], *, force: bool,
     for db in (new.get("databases") or {}).values():
         if db.get("non_empty_tables"):
             found.append(f"{db['database']} has data ({db['non_empty_tables']} non-empty tables)")
-    new_ds = (new.get("zfs") or {}).get("datasets") or {}
-    old_ds = (old.get("zfs") or {}).get("datasets") or {}
-    for ds, info in old_ds.items():
-        target = new_ds.get(_mapped(ds, old, new)) or {}
-        if target.get("exists") and not set(target.get("snapshots", [])) & \
-                set(info.get("snapshots", [])):
-            found.append(f"dataset {_mapped(ds, old, new)} exists with no snapshot in common")
     if not found:
         return Check("new host is empty", "ok", "no agent running, no data to overwrite")
     detail = "; ".join(found)
@@ -308,6 +316,27 @@ def new_host_data(old: dict[str, Any], new: dict[str, Any], *, force: bool,
         return Check("new host is empty", "warn", f"{detail}: overwriting (--force)")
     return Check("new host is empty", "fail", f"the new host is not empty: {detail}",
                  "pick another host, empty it, or pass --force to overwrite it")
+
+
+def datasets_aside(old: dict[str, Any], new: dict[str, Any], suffix: str) -> Check:
+    aside = set_aside(old, new)
+    if not aside:
+        return Check("new host's jail datasets", "ok",
+                     "none to set aside (missing, or sharing a snapshot with the old host)")
+    return Check("new host's jail datasets", "warn",
+                 "set aside by the pre-sync (renamed with their children, kept until you drop "
+                 "them): " + ", ".join(f"{d} -> {d}.{suffix}" for d in aside))
+
+
+def jail_paths(old: dict[str, Any], new: dict[str, Any]) -> list[Check]:
+    """Each host's running jails run in the mountpoint of their `root` dataset."""
+    checks = []
+    for role, facts in (("old", old), ("new", new)):
+        found = facts.get("jail_paths")
+        if found:
+            checks.append(Check(f"jail paths on {role} host", found.get("status", "warn"),
+                                found.get("detail", ""), found.get("fix", "")))
+    return checks
 
 
 def old_host(old: dict[str, Any]) -> list[Check]:
@@ -350,7 +379,7 @@ def directories(old: dict[str, Any], new: dict[str, Any], new_name: str) -> list
 
 
 def evaluate(old: dict[str, Any], new: dict[str, Any], *, new_name: str, force: bool = False,
-             ours: bool = False) -> list[Check]:
+             ours: bool = False, aside_suffix: str = "pre-migrate") -> list[Check]:
     """Every preflight check, in the order an operator would read them."""
     checks = old_host(old) + directories(old, new, new_name)
     checks.append(tool_versions(old, new))
@@ -360,7 +389,9 @@ def evaluate(old: dict[str, Any], new: dict[str, Any], *, new_name: str, force: 
     checks.append(identity_guard(old, new, new_name))
     checks += zfs_ready(old, new, new_name)
     checks += space(old, new)
+    checks += jail_paths(old, new)
     checks.append(new_host_data(old, new, force=force, ours=ours))
+    checks.append(datasets_aside(old, new, aside_suffix))
     return checks
 
 

@@ -35,9 +35,12 @@ def _datasets(syncs: list[dict[str, Any]]) -> dict[str, Any]:
     for sync in syncs:
         for d in sync.get("datasets", []):
             entry = datasets.setdefault(d.get("source"), {"target": d.get("target"),
-                                                          "bytes": 0, "sends": []})
+                                                          "bytes": 0, "sends": [],
+                                                          "children": d.get("children")})
             entry["bytes"] += d.get("bytes") or 0
             entry["sends"].append(d.get("mode"))
+            if d.get("set_aside"):
+                entry["set_aside"] = d["set_aside"]
     return datasets
 
 
@@ -67,6 +70,8 @@ def report(m: Migration, status: str, failed: Step | None = None, error: str = "
             "datasets": datasets,
             "dataset_bytes": sum(d["bytes"] for d in datasets.values()),
         },
+        # the new host's own jail datasets, renamed and kept: the operator drops them
+        "set_aside": [d["set_aside"] for d in datasets.values() if d.get("set_aside")],
         "copy": {k: v for k, v in j.result("copy-archive").items()
                  if k in ("attempts", "resumed_from", "bytes_sent", "seconds",
                           "already_there", "errors")},

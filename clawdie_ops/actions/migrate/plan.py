@@ -6,6 +6,7 @@ only when the preflight finds where clawdie-ops runs on a host (make_steps).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ class Options:
     accept_new_host_key: bool = False
     retries: int = 5
     install: bool = True  # install clawdie-ops where it is missing
+    # the new host's own jail datasets are renamed to NAME.<aside_suffix> (kept, not reused)
+    aside_suffix: str = field(default_factory=lambda: f"pre-migrate-{datetime.now():%Y%m%d-%H%M%S}")
 
 
 @dataclass
@@ -169,10 +172,11 @@ def host_dict(h: Host) -> dict[str, Any]:
             "overrides": masked(dict(h.overrides)), "in_inventory": h.in_inventory}
 
 
-def replicate_args(new_name: str, force: bool) -> list[str]:
-    # --yes: no terminal there; --replace-existing only when the operator forced
-    return ["replicate", "--to", new_name, *(["--replace-existing"] if force else []),
-            "--yes", "--json"]
+def replicate_args(new_name: str, aside_suffix: str) -> list[str]:
+    # --yes: no terminal there. --replace-existing sets aside (renames) what the new host
+    # made itself: nothing there is destroyed, so it needs no --force
+    return ["replicate", "--to", new_name, "--replace-existing", "--aside-suffix",
+            aside_suffix, "--yes", "--json"]
 
 
 def _on(sid: StepId, phase: str, where: str, h: Host, args: list[str], why: str, *,
@@ -216,7 +220,7 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
     """Every step of the migration in order. Long on purpose: one table, a row per step,
     reads best whole (the runbook's order is the point)."""
     new_cfg = bool(new.settings_overrides())
-    replicate = replicate_args(new.name, opts.force)
+    replicate = replicate_args(new.name, opts.aside_suffix)
 
     def step(sid: StepId, phase: str, where: str, action: str, why: str) -> Step:
         h = old if where == "old" else new
@@ -241,13 +245,16 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
             "the same, evaluated with the old .env's database settings (on stdin, never "
             "argv): the databases the restore would really use"),
         Step(StepId.EVALUATE, "preflight", "here",
-             "compare: clawdie-ops and PostgreSQL versions, roles, disk space, ZFS pools, "
-             "new host empty, database identity guard", "any failure stops here"),
+             "compare: clawdie-ops and PostgreSQL versions, roles, disk space (`used` of the "
+             "jail datasets), ZFS pools, jail paths, new host empty, database identity guard",
+             "any failure stops here"),
         step(StepId.PAUSE_NEW_SCHEDULE, "presync", "new", "schedule-pause",
              "its scheduled jobs (clawdie.schedule) commented out: sanoid must not snapshot "
              "or prune the datasets while they are received"),
         _on(StepId.PRESYNC, "presync", "old", old, replicate,
-            "syncoid of the jail datasets while the agent runs: only the increment is left",
+            "syncoid -r of the jail datasets and their `root` children while the agent runs: "
+            "only the increment is left; the new host's own jail datasets (runbook step 1) "
+            f"are first renamed to NAME.{opts.aside_suffix}, kept until you drop them",
             config=True),
         step(StepId.STOP_OLD_AGENT, "downtime", "old", "agent-stop", "downtime starts"),
         _on(StepId.FINAL_SYNC, "downtime", "old", old, replicate,

@@ -52,6 +52,10 @@ def describe_report(report: dict[str, Any]) -> list[str]:
     if moved.get("datasets"):
         lines.append(f"  datasets: {len(moved['datasets'])} "
                      f"({human_size(moved.get('dataset_bytes') or 0)} sent)")
+    for ds in report.get("set_aside") or []:
+        lines.append(f"  new host: its own jail dataset from before the migration is kept as "
+                     f"{ds} (with its children): drop it once the migration is confirmed "
+                     f"(zfs destroy -r {ds})")
     kept = ((report.get("restore") or {}).get("safety") or {}).get("databases") or {}
     for item, db in kept.items():
         lines.append(f"  new host: its {item.removesuffix('.sql')} from before the restore is "

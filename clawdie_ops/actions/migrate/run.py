@@ -70,6 +70,7 @@ class Migration(HostSession):
             StepId.COPY_ARCHIVE: self.do_copy, StepId.TRUST_OLD_KEY: self.do_trust_key,
             StepId.RESTORE: self.do_restore,
             StepId.POINT_ENV: self.do_point_env, StepId.DOCTOR: self.do_doctor,
+            StepId.START_NEW_JAILS: self.do_start_new_jails,
         }
 
     # -- helpers -------------------------------------------------------------------------
@@ -169,7 +170,8 @@ class Migration(HostSession):
         ours = bool(self.journal.data.get("touched_new"))
         self.checks = migrate_checks.evaluate(self.facts["old"], self.facts["new"],
                                               new_name=self.plan.new.name,
-                                              force=self.opts.force, ours=ours)
+                                              force=self.opts.force, ours=ours,
+                                              aside_suffix=self.opts.aside_suffix)
         failed = migrate_checks.failures(self.checks)
         up = migrate_checks.upgrade(self.facts["old"], self.facts["new"])
         if up and f"PostgreSQL: {up}" not in self.plan.notes:
@@ -193,6 +195,15 @@ class Migration(HostSession):
         self.journal.set("touched_new", True)
         return self.run_plan_step(step)
 
+
+    def do_start_new_jails(self, step: Step) -> dict[str, Any]:
+        """The jails whose datasets were just received: named by the pool and prefix that
+        replicate sent to (the new host has no .env of its own before the restore)."""
+        st = self.facts["new"]["settings"]
+        h = self.plan.host("new")
+        return self.run_plan_step(step, config={**h.settings_overrides(),
+                                                "zfs_pool": st["zfs_pool"],
+                                                "zfs_prefix": st["zfs_prefix"]})
 
     def do_stop_old_agent(self, step: Step) -> dict[str, Any]:
         stopped_at = time.time()
