@@ -5,6 +5,7 @@ manifest.json is the last member, so an archive cut short has no manifest.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -19,6 +20,7 @@ from typing import IO
 from collections.abc import Iterator
 
 from .errors import ArchiveCorrupt, OutputError
+from .lifeline import popen
 
 CHUNK = 1 << 20
 SUFFIX = {"gzip": ".tar.gz", "zstd": ".tar.zst"}
@@ -92,8 +94,7 @@ class ArchiveWriter:
         self.size = 0
         self.error: BaseException | None = None
         self.cmd = compressor(compression)
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE)
+        self.proc = popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.pump = threading.Thread(target=self._pump, daemon=True)
         self.pump.start()
         # 1 MiB blocks and copies instead of tarfile's 10 KiB / 16 KiB: a hundred times
@@ -172,7 +173,7 @@ class ArchiveWriter:
             self.out.flush()
             os.fsync(self.out.fileno())
             self.out.close()
-            os.replace(self.tmp, self.final)
+            self.final = publish(self.tmp, self.final)
             dirfd = os.open(self.final.parent, os.O_RDONLY)
             try:
                 os.fsync(dirfd)
@@ -196,7 +197,56 @@ class ArchiveWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def _numbered(final: Path, n: int) -> Path:
+    stem, dot, rest = final.name.partition(".tar.")
+    return final.with_name(f"{stem}-{n}{dot}{rest}")
+
+
+def publish(tmp: Path, final: Path) -> Path:
+    """Give `tmp` the name `final`, or `final` numbered -2, -3, ... when that is taken: an
+    archive never replaces another. A hard link cannot replace; where the file system has
+    none, a rename after checking (the backup folder's lock keeps other backups out)."""
+    for n in range(1, 1000):
+        dest = final if n == 1 else _numbered(final, n)
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            if dest.exists() or dest.is_symlink():
+                continue
+            os.rename(tmp, dest)
+            return dest
+        os.unlink(tmp)
+        return dest
+    raise OutputError(f"no free name for {final}", "move older archives away")
+
+
 # -- reading ---------------------------------------------------------------------------
+# Our own extended headers hold a path and a few numbers; tarfile would read whatever
+# size a header declares into memory before looking at it.
+MAX_EXTENDED_HEADER = 256 << 10
+_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+             tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class ExtendedHeaderTooLarge(tarfile.HeaderError):
+    """An extended (PAX / GNU long name) header larger than any clawdie-ops writes."""
+
+
+class CappedTarInfo(tarfile.TarInfo):
+    """TarInfo refusing an extended header over MAX_EXTENDED_HEADER before reading it."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
+            raise ExtendedHeaderTooLarge(
+                f"an extended tar header declares {self.size} bytes (at most "
+                f"{MAX_EXTENDED_HEADER} are accepted)")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
 class ArchiveReader:
     """A streaming pass over an archive's members (`with ArchiveReader(p) as r: for m, f in r`)."""
 
@@ -206,11 +256,17 @@ class ArchiveReader:
         self.path = path
         self.kind = detect(path)
         self.src = open(path, "rb")
-        self.proc = subprocess.Popen(decompressor(self.kind), stdin=self.src,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = popen(decompressor(self.kind), stdin=self.src, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
         # Read the decompressor's pipe 1 MiB at a time, not tarfile's 10 KiB records:
         # verify and extract pass over the archive in about 60% of the time.
-        self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|", bufsize=CHUNK)
+        try:  # tarfile reads the first header here already
+            self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|", bufsize=CHUNK,
+                                    tarinfo=CappedTarInfo)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            self.__exit__()
+            raise ArchiveCorrupt(f"{path} is damaged or not a tar archive at its start: {exc}",
+                                 "use another copy of the archive, or an older backup") from None
 
     def __enter__(self) -> ArchiveReader:
         return self

@@ -13,6 +13,7 @@ import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from . import __version__, zfs
+from . import __version__, leftovers, locks, zfs
 from .archive import SUFFIX, ArchiveWriter
 from .config import DbSpec, Settings
 from .errors import ClawdieError, OutputError, SourceError
@@ -38,6 +39,7 @@ class BackupOptions:
     snapshot: bool = True
     compression: str | None = None
     dry_run: bool = False
+    wait: float = 0  # seconds to wait for another run holding the installation or folder
 
 
 @dataclass
@@ -152,6 +154,24 @@ def dump_database(c, s: Settings, db: DbSpec, dest: Path) -> dict[str, Any]:
 
 
 def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
+    """The backup, holding the installation's and the backup folder's locks: a second
+    backup, or a restore, waits (opts.wait) or is refused naming this one."""
+    if opts.dry_run:
+        return _run(c, s, opts, out)
+    folder = _output_dir(s, opts)
+    with ExitStack() as held:
+        with out.step("lock the installation and the backup folder"):
+            held.enter_context(locks.hold(locks.installation(s.state_dir, s.root), opts.wait))
+            held.enter_context(locks.hold(locks.backup_dir(s.state_dir, folder), opts.wait))
+        swept = leftovers.sweep(leftovers.in_backup_dir(folder) + leftovers.passfiles())
+        for line in swept:
+            out.warn(f"removed what a killed run left: {line}")
+        result = _run(c, s, opts, out)
+    result["swept"] = swept
+    return result
+
+
+def _run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
     started = time.monotonic()
     with out.step("plan and preflight"):
         plan = make_plan(c, s, opts)
@@ -177,9 +197,12 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
                                 timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
                                 host=socket.gethostname(), tool_version=__version__,
                                 snapshots=snapshots)
+            # Each file's mode goes into the manifest, so restore gives it back (a 0600
+            # messages.db stays 0600).
+            db_mode = s.sqlite_path.stat().st_mode & 0o777
             manifest.files["messages.db"] = {
-                **entries.pop("messages.db"),
-                **writer.add_file("messages.db", spool / "messages.db", 0o644)}
+                **entries.pop("messages.db"), "mode": db_mode,
+                **writer.add_file("messages.db", spool / "messages.db", db_mode)}
             for db in plan.databases:
                 info = pre.servers[db.key]
                 manifest.files[db.item] = {
@@ -189,8 +212,9 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
             for item in plan.files:
                 mode = 0o600 if item.name == "env" else None
                 try:
-                    manifest.files[item.name] = {"kind": "file",
-                                                 **writer.add_file(item.name, item.source, mode)}
+                    manifest.files[item.name] = {
+                        "kind": "file", "mode": item.source.stat().st_mode & 0o777,
+                        **writer.add_file(item.name, item.source, mode)}
                 except FileNotFoundError:
                     raise SourceError(f"{item.source} vanished during the backup",
                                       "run the backup again") from None

@@ -55,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "pg_bin": "",  # directory holding pg_dump/psql/pg_restore; empty: PATH
     "zfs": "zfs",
     "backup_dir": "~",
+    # private state (restore staging, locks): outside the agent's checkout, 0700
+    "state_dir": "/var/tmp/clawdie-ops",
     "compression": "zstd",  # measured faster and smaller than gzip: BENCHMARKS.md
     "hostd_url": "",
     "commands": dict(DEFAULT_COMMANDS),
@@ -113,6 +115,7 @@ class Settings:
     compression: str
     hostd_url: str
     commands: Mapping[str, str]
+    state_dir: Path = Path("/var/tmp/clawdie-ops")
 
     @property
     def env_file(self) -> Path:
@@ -258,4 +261,9 @@ def load(config: Any, root: str | os.PathLike[str] | None = None,
         db_admin=dict(cfg["db_admin"]), pg_bin=str(cfg.get("pg_bin") or ""),
         backup_dir=Path(backup_dir), compression=compression,
         hostd_url=str(cfg.get("hostd_url") or ""), commands=dict(cfg["commands"]),
+        state_dir=Path(_home_path(str(cfg.get("state_dir") or DEFAULTS["state_dir"]), home)),
     )
+
+
+def _home_path(value: str, home: Path) -> str:
+    return str(home / value[2:]) if value.startswith("~/") else value

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -20,7 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import agent, config, doctor, pgaside, pgroles, zfs
+from . import agent, config, doctor, fileattrs, leftovers, lifeline, locks, pgaside, pgroles
+from . import statedir, zfs
 from .config import DbSpec, Settings
 from .dumpfile import quote, rewrite_owners
 from .errors import (
@@ -33,6 +35,7 @@ from .errors import (
     RestoreFailed,
     Terminated,
 )
+from .interrupts import deferred, shielded
 from .masking import mask_text
 from .output import Reporter
 from .sources import postgres as pg
@@ -47,7 +50,6 @@ ALIASES = {".env": "env", "messages": "messages.db", "memory_db": "memory_db.sql
            "mount-allowlist": "mount-allowlist.json"}
 DB_ITEMS = ("memory_db.sql", "skills_db.sql")
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|PASS$", re.IGNORECASE)
-WORK = ".clawdie-ops"
 
 
 @dataclass
@@ -275,19 +277,24 @@ def _choose_aside(t: DbTarget, admin: DbSpec, stamp: str) -> None:
 def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
             out: Reporter | None = None) -> RestorePlan:
     """Verify and decide everything; the installation does not change. Unless a dry run,
-    the archive is staged in the same pass into a private folder below ROOT/.clawdie-ops,
-    which is removed again when anything here fails (and by `discard`)."""
+    the archive is staged in the same pass into a private folder in clawdie.state_dir
+    (outside the agent's checkout), which is removed again when anything here fails (and
+    by `discard`). Call it holding the installation's lock (`installation_lock`): it sweeps
+    what a killed restore of this installation left."""
     out = out or Reporter()
     current = config.load(cfg, root, require_env=False)
     if not current.root.is_dir():
         raise ConfigError(f"Clawdie root not found: {current.root}",
                           "clone and install Clawdie first (runbook step 1), or pass --root")
     items = requested(opts.only)
-    work = _work_dir(current.root)
     if opts.dry_run:
+        work = _work_dir(current, create=False)
         with out.step(f"verify {archive.name}"):
             v = verify(archive)
         return _decide(c, cfg, root, opts, out, v, current, work)
+    work = _work_dir(current, create=True)
+    swept = leftovers.sweep([x for x in leftovers.restores(work.parent) if x.path != work]
+                            + leftovers.passfiles())
     _private_dirs(work)
     try:
         with out.step(f"verify {archive.name} while staging it"):
@@ -297,7 +304,20 @@ def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
         _remove_work(work)
         raise
     plan.staged = True
+    plan.notes[:0] = [f"removed what a killed run left: {line}" for line in swept]
+    if os.stat(work).st_dev != os.stat(current.root).st_dev:
+        plan.notes.append(f"the staging folder {work} is on another file system than "
+                          f"{current.root}: items are copied into place, not renamed (set "
+                          "clawdie.state_dir to a private folder on the same file system to "
+                          "move them in one step)")
     return plan
+
+
+def installation_lock(cfg: Any, root: str | None, wait: float = 0) -> Any:
+    """The installation's lock (a context manager): a backup or another restore of it
+    waits up to `wait` seconds, else is refused naming the holder."""
+    s = config.load(cfg, root, require_env=False)
+    return locks.hold(locks.installation(s.state_dir, s.root), wait)
 
 
 def discard(p: RestorePlan) -> None:
@@ -307,19 +327,15 @@ def discard(p: RestorePlan) -> None:
 
 
 def _private_dirs(work: Path) -> None:
-    """ROOT/.clawdie-ops/restore-STAMP/staging, each 0700 before any secret lands there."""
-    work.parent.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(work.parent, 0o700)
+    """STATE/installs/ROOT-SLUG/restore-STAMP/staging, each 0700 before any secret lands
+    there; `pid` says which process works in it (the next run sweeps it once that is gone)."""
     work.mkdir(mode=0o700)
+    (work / leftovers.RUNNING).write_text(f"{os.getpid()}\n")
     (work / "staging").mkdir(mode=0o700)
 
 
 def _remove_work(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
-    try:
-        work.parent.rmdir()  # only when empty: earlier restores' before/ stay
-    except OSError:
-        pass
 
 
 def _decide(c, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter, v: Verified,
@@ -396,13 +412,16 @@ def _differences(current: Settings, s: Settings, targets: list[DbTarget], v: Ver
     return notes
 
 
-def _work_dir(root: Path) -> Path:
+def _work_dir(s: Settings, create: bool) -> Path:
+    """A new restore-STAMP folder name in this installation's private state folder."""
+    parent = (statedir.installation_dir(s.state_dir, s.root) if create else
+              s.state_dir / "installs" / statedir.slug(s.root))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / WORK / f"restore-{stamp}"
+    base = parent / f"restore-{stamp}"
     n = 1
     while base.exists():
         n += 1
-        base = root / WORK / f"restore-{stamp}-{n}"
+        base = parent / f"restore-{stamp}-{n}"
     return base
 
 
@@ -499,16 +518,17 @@ def _remove(path: Path) -> None:
 
 
 def _swap_in(new: Path, target: Path, keep: Path, undo: _Undo, what: str,
-             mode: int | None = None) -> None:
-    """Move `target` aside to `keep` (if it exists) and `new` into its place."""
+             fix: Callable[[Path], None] | None = None) -> None:
+    """Move `target` aside to `keep` (if it exists) and `new` into its place; `fix` gives
+    it its mode and owner."""
     had = target.exists() or target.is_symlink()
     if had:
         _move(target, keep)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         _move(new, target)
-        if mode is not None:
-            os.chmod(target, mode)
+        if fix is not None:
+            fix(target)
     except BaseException:
         _remove(target)
         if had:
@@ -526,8 +546,21 @@ def _sqlite_files(path: Path) -> list[Path]:
     return [path.with_name(path.name + sfx) for sfx in ("", "-wal", "-shm", "-journal")]
 
 
+def _fixer(p: RestorePlan, name: str, target: Path, cap: int = 0o777,
+           default: int | None = None) -> Callable[[Path], None]:
+    """Mode as recorded in the manifest (else `default`), owner of what is replaced."""
+    files = p.verified.manifest.files
+    mode = fileattrs.recorded_mode(files, name, cap)
+    mode = default if mode is None else mode
+    owner = fileattrs.owner_like(target)
+    if name.endswith("/"):
+        return lambda path: fileattrs.settle_tree(path, name.rstrip("/"), files, owner)
+    return lambda path: fileattrs.settle(path, mode, owner)
+
+
 def _restore_messages(p: RestorePlan, undo: _Undo) -> None:
     s = p.settings
+    fix = _fixer(p, "messages.db", s.sqlite_path)
     kept = []
     for f in _sqlite_files(s.sqlite_path):
         if f.exists():
@@ -536,6 +569,7 @@ def _restore_messages(p: RestorePlan, undo: _Undo) -> None:
     try:
         s.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         _move(p.staging / "messages.db", s.sqlite_path)
+        fix(s.sqlite_path)
     except BaseException:
         _back_messages(p, kept)
         raise
@@ -571,8 +605,16 @@ def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None]) -> None:
         action(conn)
 
 
-def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
+def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo,
+                      stop: threading.Event | None = None) -> None:
+    """One database, in its own thread. Each change is recorded in `undo` as soon as it is
+    made; `stop` (an interrupt in the main thread) ends it before its next change."""
     s = p.settings
+
+    def check() -> None:
+        if stop is not None and stop.is_set():
+            raise Terminated
+    check()
     if t.aside:
         assert t.shape is not None
         _admin_do(s, t.db, lambda conn: pgaside.set_aside(conn, t.db.name, t.aside, t.shape))
@@ -594,12 +636,21 @@ def _restore_database(c, p: RestorePlan, t: DbTarget, undo: _Undo) -> None:
         _admin_do(s, t.db, lambda conn, r=role: pgroles.create_nologin_role(conn, r, t.db.user))
         undo.push(f"role {role} (created)",
                   lambda r=role: _admin_do(s, t.db, lambda conn: pgroles.drop_role(conn, r)))
-    with pg.passfile(t.db) as env:
-        pg.run_checked(c, pg.psql_cmd(s, t.db, p.staging / t.item), env,
-                       f"restore of {t.item} into {t.db.name} at {t.server.address}")
-    if t.exists and not t.aside:
+    check()
+    replay_back = t.exists and not t.aside
+    if replay_back:
+        # Pushed before the replay: a psql ended by an interrupt may have committed just
+        # before it went; replaying the pre-restore dump is right either way.
         undo.push(f"{t.db.name} (from its pre-restore dump)",
                   lambda: _replay_old(c, s, t.db, p.before))
+    try:
+        with pg.passfile(t.db) as env:
+            pg.run_checked(c, pg.psql_cmd(s, t.db, p.staging / t.item), env,
+                           f"restore of {t.item} into {t.db.name} at {t.server.address}")
+    except ClawdieError:
+        if replay_back and not (stop is not None and stop.is_set()):
+            undo.actions.pop()  # psql failed on its own: its one transaction left nothing
+        raise
     with pg.connect(t.db) as conn:
         counts = pg.table_counts(conn)
     wrong = [f"{name}: {counts.get(name, 'missing')} rows, manifest says {n}"
@@ -615,13 +666,27 @@ def _restore_databases(c, p: RestorePlan, undo: _Undo) -> tuple[str, BaseExcepti
     (BENCHMARKS.md, restore pair). Waits for all before returning the first failure (item,
     exception): a rollback must not race a restore that is still running."""
     # Each its own undo list, joined in plan order: rollback order stays as if sequential.
+    # Joined however this ends: an interrupt must not lose what the threads did.
     undos = [_Undo() for _ in p.targets]
-    with ThreadPoolExecutor(max_workers=len(p.targets)) as pool:
-        futures = [pool.submit(_restore_database, c, p, t, u)
-                   for t, u in zip(p.targets, undos, strict=True)]
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=len(p.targets))
+    futures = [pool.submit(_restore_database, c, p, t, u, stop)
+               for t, u in zip(p.targets, undos, strict=True)]
+    try:
         wait(futures)
-    for u in undos:
-        undo.actions.extend(u.actions)
+    except BaseException:
+        # Interrupted: end the replays now instead of waiting for them (psql ended midway
+        # commits nothing), and let the threads finish before anything is rolled back.
+        with shielded():
+            stop.set()
+            while not wait(futures, timeout=0.2).not_done == set():
+                lifeline.terminate_children()
+        raise
+    finally:
+        with shielded():
+            pool.shutdown(wait=True)
+            for u in undos:
+                undo.actions.extend(u.actions)
     for t, future in zip(p.targets, futures, strict=True):
         exc = future.exception()
         if exc is not None:
@@ -659,17 +724,46 @@ def _write_howto(p: RestorePlan) -> None:
             "the restore never renamed it, or its rollback renamed it back.)\n"))
 
 
+def _confirmed_back(p: RestorePlan) -> list[DbTarget]:
+    """The databases set aside that are NOT confirmed back under their names (the aside
+    name still exists, or the server could not be asked)."""
+    stuck = []
+    for t in _asides(p):
+        try:
+            admin = pgroles.admin_spec(p.settings, t.db.host, t.db.port)
+            assert admin is not None
+            with pg.connect(admin) as conn:
+                if pgroles.database_exists(conn, t.aside or ""):
+                    stuck.append(t)
+        except Exception:  # noqa: BLE001 -- unknown is not confirmed
+            stuck.append(t)
+    return stuck
+
+
+def _keep_howto(p: RestorePlan, stuck: list[DbTarget]) -> None:
+    """databases.txt names what is still set aside; it goes once every one is back."""
+    if stuck:
+        (p.before / HOWTO).write_text("".join(t.howto() + "\n" for t in stuck))
+    else:
+        (p.before / HOWTO).unlink(missing_ok=True)
+
+
 def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
-    """Run the plan; on failure roll back and raise RestoreFailed naming what was undone."""
+    """Run the plan; on failure roll back and raise RestoreFailed naming what was undone.
+
+    An interrupt (Ctrl-C, SIGTERM, SIGHUP) is a failure like any other: each step and its
+    undo record complete together (signals wait for them), and the rollback, once begun,
+    finishes whatever else arrives."""
     started = time.monotonic()
     s = p.settings
     assert p.staged, "prepare a plan without dry_run to execute it"
-    p.before.mkdir(mode=0o700)
-    _write_howto(p)
     undo = _Undo()
     agent_stopped = False
     current = "keep the current state"
     try:
+        with deferred():
+            p.before.mkdir(mode=0o700)
+            _write_howto(p)
         with out.step("keep the current state"):
             if p.snapshot:
                 ds, name = p.snapshot.split("@")
@@ -682,13 +776,15 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
         for step in p.steps:
             current = f"{step.kind} {step.item}".strip()
             if step.kind == "env":
-                with out.step(f"restore .env -> {s.env_file}"):
-                    _swap_in(p.staging / "env", s.env_file, p.before / "env", undo, ".env", 0o600)
+                with out.step(f"restore .env -> {s.env_file}"), deferred():
+                    # Never readable by others, whatever the archive recorded.
+                    _swap_in(p.staging / "env", s.env_file, p.before / "env", undo, ".env",
+                             _fixer(p, "env", s.env_file, cap=0o700, default=0o600))
             elif step.kind == "agent-stop":
                 with out.step("stop the agent"):
                     agent_stopped = agent.stop(c, s)
             elif step.kind == "messages":
-                with out.step(f"restore messages.db -> {s.sqlite_path}"):
+                with out.step(f"restore messages.db -> {s.sqlite_path}"), deferred():
                     _restore_messages(p, undo)
             elif step.kind == "database":
                 if step.item != p.targets[0].item:
@@ -704,44 +800,53 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                 with out.step("regenerate skills_db"):
                     _regen(c, p, undo)
             elif step.kind == "groups":
-                with out.step(f"restore groups/ -> {s.groups_dir}"):
+                with out.step(f"restore groups/ -> {s.groups_dir}"), deferred():
                     _swap_in(p.staging / "groups", s.groups_dir, p.before / "groups", undo,
-                             "groups/")
+                             "groups/", _fixer(p, "groups/", s.groups_dir))
             elif step.kind == "allowlist":
-                with out.step(f"restore mount-allowlist.json -> {s.allowlist}"):
+                with out.step(f"restore mount-allowlist.json -> {s.allowlist}"), deferred():
                     _swap_in(p.staging / "mount-allowlist.json", s.allowlist,
-                             p.before / "mount-allowlist.json", undo, "mount-allowlist.json")
+                             p.before / "mount-allowlist.json", undo, "mount-allowlist.json",
+                             _fixer(p, "mount-allowlist.json", s.allowlist))
             elif step.kind == "agent-start" and p.start_agent:
-                with out.step("start the agent"):
+                with out.step("start the agent"), deferred():
                     agent.start(c, s)
-                undo.push("agent start", lambda: agent.stop(c, s))
+                    undo.push("agent start", lambda: agent.stop(c, s))
     except BaseException as exc:  # noqa: BLE001 -- Ctrl-C midway must roll back too
-        done, failed = undo.run()
-        restarted = ""
-        if agent_stopped:
-            try:
-                agent.start(c, s)
-                restarted = "; the agent was started again"
-            except ClawdieError as again:
-                failed.append(f"agent start ({again.message})")
-        shutil.rmtree(p.staging, ignore_errors=True)
+        with shielded() as late:  # a second interrupt must not cut the rollback short
+            done, failed = undo.run()
+            restarted = ""
+            if agent_stopped:
+                try:
+                    agent.start(c, s)
+                    restarted = "; the agent was started again"
+                except ClawdieError as again:
+                    failed.append(f"agent start ({again.message})")
+            shutil.rmtree(p.staging, ignore_errors=True)
+            stuck = _confirmed_back(p) if p.before.is_dir() else []
+            if p.before.is_dir():
+                _keep_howto(p, stuck)
+            (p.work / leftovers.RUNNING).unlink(missing_ok=True)
         why = exc.message if isinstance(exc, ClawdieError) else (
             "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
         rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
-        msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}"
-        stuck = [t for t in _asides(p)
-                 if any(f.startswith(f"{t.db.name} (renamed back") for f in failed)]
-        if failed:
-            raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(failed)}",
+        held = "; further interrupts were held off until the rollback finished" if late else ""
+        msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}{held}"
+        if failed or stuck:
+            could_not = failed + [f"{t.db.name} is still set aside as {t.aside}" for t in stuck
+                                  if not any(f.startswith(f"{t.db.name} (renamed back")
+                                             for f in failed)]
+            raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(could_not)}",
                                 f"the pre-restore state is in {p.before}"
                                 + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
                                 + ": put those back by hand"
                                 + "".join(f"; {t.howto()}" for t in stuck)
                                 + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
-        (p.before / HOWTO).unlink(missing_ok=True)  # every database is back in its place
         raise RestoreFailed(msg, f"the installation is as it was before; the pre-restore copies "
                                  f"are kept in {p.before}") from None
-    shutil.rmtree(p.staging, ignore_errors=True)
+    with shielded():
+        shutil.rmtree(p.staging, ignore_errors=True)
+        (p.work / leftovers.RUNNING).unlink(missing_ok=True)
     with out.step("doctor"):
         checks = doctor.run_checks(c, s, p.limits)
     return {"archive": str(p.verified.path), "root": str(s.root), "items": p.items,

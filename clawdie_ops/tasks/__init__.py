@@ -2,6 +2,7 @@
 from invoke import Collection
 
 from ..config import DEFAULTS
+from ..lifeline import LocalRunner
 from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
@@ -16,4 +17,5 @@ for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspe
     namespace.add_task(_task)
 namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
-namespace.configure({"clawdie": DEFAULTS})
+# Local commands die with the tool (a killed run leaves no psql replaying on its own).
+namespace.configure({"clawdie": DEFAULTS, "runners": {"local": LocalRunner}})

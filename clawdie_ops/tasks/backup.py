@@ -7,7 +7,7 @@ from rich.console import Console
 
 from .. import backup as action
 from ..output import Reporter, human_size
-from .base import operator_task, settings
+from .base import operator_task, seconds, settings
 
 
 @operator_task(help={
@@ -18,9 +18,11 @@ from .base import operator_task, settings
     "compression": "gzip (.tar.gz, the runbook's format) or zstd (.tar.zst, faster)",
     "dry-run": "print the plan (every command, every path) and change nothing",
     "json": "print a JSON summary (path, size, sha256, items, duration) on stdout",
+    "wait": "when another backup or a restore holds the installation or the backup folder, "
+            "wait up to this many seconds for it (default 0: refuse at once, naming it)",
 })
 def backup(c, root=None, output=None, skip_skills=False, no_snapshot=False, compression=None,
-           dry_run=False, json=False):
+           dry_run=False, json=False, wait=0):
     """Back up the installation into one archive (mode 0600).
 
     ZFS snapshots of the jail datasets, messages.db, memory_db and skills_db, .env, groups/
@@ -29,7 +31,8 @@ def backup(c, root=None, output=None, skip_skills=False, no_snapshot=False, comp
     s = settings(c, root)
     opts = action.BackupOptions(output=Path(output) if output else None,
                                 skip_skills=skip_skills, snapshot=not no_snapshot,
-                                compression=compression, dry_run=dry_run)
+                                compression=compression, dry_run=dry_run,
+                                wait=seconds(wait))
     result = action.run(c, s, opts, out)
 
     def human(con: Console) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .. import config
 from .. import drill as action
@@ -67,7 +68,8 @@ def drill(c, archive=None, latest=None, json=False, junit=None, pg_host=None, pg
             table.add_column(col, justify="right" if col == "seconds" else "left",
                              overflow="fold")
         for ch in result["checks"]:
-            table.add_row(ch["name"], MARK[ch["status"]], f"{ch['seconds']:.2f}", ch["detail"])
+            table.add_row(Text(ch["name"]), MARK[ch["status"]], f"{ch['seconds']:.2f}",
+                          Text(ch["detail"]))
         con.print(table)
         verdict = "[green]passed[/]" if result["ok"] else "[bold red]failed[/]"
         con.print(f"drill {verdict} in {result['duration_s']:.1f}s")

@@ -1,13 +1,14 @@
 """`inv restore`: flags in, plan and summary out; the work is in clawdie_ops.restore."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
 
 from .. import restore as action
 from ..output import Reporter
-from .base import confirm, operator_task
+from .base import confirm, operator_task, seconds
 from .doctor import print_checks
 from .positional import help_requested
 
@@ -24,9 +25,11 @@ from .positional import help_requested
     "start": "start the agent at the end (default: when it was running, or on a full restore)",
     "no-start": "leave the agent stopped at the end",
     "json": "print a JSON summary (items, connections used, safety copies, doctor) on stdout",
+    "wait": "when a backup or another restore holds the installation, wait up to this many "
+            "seconds for it (default 0: refuse at once, naming it)",
 })
 def restore(c, archive, root=None, only=None, dry_run=False, yes=False, start=False,
-            no_start=False, json=False):
+            no_start=False, json=False, wait=0):
     """Restore an archive in the runbook's order, keeping the current state to roll back to.
 
     Verifies the archive first (nothing changes if it fails), then: .env, stop the agent,
@@ -37,47 +40,51 @@ def restore(c, archive, root=None, only=None, dry_run=False, yes=False, start=Fa
     out = Reporter(as_json=json)
     opts = action.RestoreOptions(only=list(only or []), dry_run=dry_run,
                                  start_agent=True if start else (False if no_start else None))
-    plan = action.prepare(c, c.config, Path(archive), root, opts, out)
-    lines = plan.describe()
-    if dry_run:
-        data = {"dry_run": True, "archive": str(plan.verified.path), "items": plan.items,
-                "plan": lines,
-                "connections": {t.item: t.report() for t in plan.targets}}
+    held = ExitStack()
+    if not dry_run:  # one backup or restore of an installation at a time
+        held.enter_context(action.installation_lock(c.config, root, seconds(wait)))
+    with held:
+        plan = action.prepare(c, c.config, Path(archive), root, opts, out)
+        lines = plan.describe()
+        if dry_run:
+            data = {"dry_run": True, "archive": str(plan.verified.path), "items": plan.items,
+                    "plan": lines,
+                    "connections": {t.item: t.report() for t in plan.targets}}
 
-        def show_plan(con: Console) -> None:
-            con.print("[bold]plan[/] (dry run, nothing changed):")
+            def show_plan(con: Console) -> None:
+                con.print("[bold]plan[/] (dry run, nothing changed):")
+                for line in lines:
+                    con.print(f"  {line}", markup=False)
+            out.result(data, show_plan)
+            return
+        if not json:
+            out.err.print("[bold]plan:[/]")
             for line in lines:
-                con.print(f"  {line}", markup=False)
-        out.result(data, show_plan)
-        return
-    if not json:
-        out.err.print("[bold]plan:[/]")
-        for line in lines:
-            out.err.print(f"  {line}", markup=False)
-    try:
-        confirm(f"Restore {', '.join(plan.items)} from {plan.verified.path.name} onto "
-                f"{plan.settings.root}?", yes)
-    except BaseException:
-        action.discard(plan)  # the staged copy goes; nothing else was changed
-        raise
-    result = action.execute(c, plan, out)
+                out.err.print(f"  {line}", markup=False)
+        try:
+            confirm(f"Restore {', '.join(plan.items)} from {plan.verified.path.name} onto "
+                    f"{plan.settings.root}?", yes)
+        except BaseException:
+            action.discard(plan)  # the staged copy goes; nothing else was changed
+            raise
+        result = action.execute(c, plan, out)
 
-    def human(con: Console) -> None:
-        con.print(f"restored {', '.join(result['items'])} from {plan.verified.path.name} "
-                  f"into {result['root']} ({result['duration_s']:.1f}s)", markup=False)
-        for item, conn in result["connections"].items():
-            con.print(f"  {item} -> {conn['database']} as {conn['user']} at {conn['address']} "
-                      f"(PostgreSQL {conn['version']}, system identifier "
-                      f"{conn['system_identifier']})", markup=False)
-        con.print(f"  pre-restore state kept in {result['safety']['dir']}"
-                  + (f" and ZFS snapshot {result['safety']['snapshot']}"
-                     if result["safety"]["snapshot"] else ""), markup=False)
-        for t in plan.targets:
-            if t.aside:
-                con.print(f"  {t.howto()}", markup=False)
-        for note in result["notes"]:
-            con.print(f"  note: {note}", markup=False)
-        con.print("doctor:")
-        print_checks(con, result["doctor"])
+        def human(con: Console) -> None:
+            con.print(f"restored {', '.join(result['items'])} from {plan.verified.path.name} "
+                      f"into {result['root']} ({result['duration_s']:.1f}s)", markup=False)
+            for item, conn in result["connections"].items():
+                con.print(f"  {item} -> {conn['database']} as {conn['user']} at {conn['address']} "
+                          f"(PostgreSQL {conn['version']}, system identifier "
+                          f"{conn['system_identifier']})", markup=False)
+            con.print(f"  pre-restore state kept in {result['safety']['dir']}"
+                      + (f" and ZFS snapshot {result['safety']['snapshot']}"
+                         if result["safety"]["snapshot"] else ""), markup=False)
+            for t in plan.targets:
+                if t.aside:
+                    con.print(f"  {t.howto()}", markup=False)
+            for note in result["notes"]:
+                con.print(f"  note: {note}", markup=False)
+            con.print("doctor:")
+            print_checks(con, result["doctor"])
 
-    out.result(result, human)
+        out.result(result, human)

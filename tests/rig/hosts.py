@@ -65,6 +65,11 @@ class SimHost:
         return self.base / "home"
 
     @property
+    def state_dir(self) -> Path:
+        """The tool's private state folder on this host (clawdie.state_dir)."""
+        return self.base / "state"
+
+    @property
     def pool_name(self) -> str:
         return self.pool.name
 
@@ -74,7 +79,8 @@ class SimHost:
     def clawdie_config(self) -> dict:
         """The tool's config section for this host (what an operator writes in ~/.invoke.yaml)."""
         return {"root": str(self.root), "home": str(self.home),
-                "commands": linux_commands(), "backup_dir": str(self.home / "backups")}
+                "commands": linux_commands(), "backup_dir": str(self.home / "backups"),
+                "state_dir": str(self.state_dir)}
 
     def invoke_overrides(self) -> dict:
         return {"clawdie": self.clawdie_config()}
