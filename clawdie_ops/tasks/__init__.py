@@ -1,7 +1,7 @@
 """The task collection: one module per user action."""
 from invoke import Collection
 
-from ..config import DEFAULTS
+from ..config.settings import DEFAULTS
 from ..lifeline import LocalRunner
 from . import backup
 from . import doctor, drill, inspect_archive, restore

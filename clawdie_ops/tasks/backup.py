@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import backup as action
+from ..actions import backup as action
 from ..output import Reporter, human_size
 from .base import operator_task, seconds, settings
 

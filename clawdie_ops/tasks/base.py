@@ -13,7 +13,7 @@ from invoke.exceptions import Exit, UnexpectedExit
 from rich.console import Console
 from rich.markup import escape
 
-from .. import config
+from ..config import settings as config
 from ..errors import ClawdieError, Terminated
 
 

@@ -6,8 +6,8 @@ from typing import Any
 from invoke.exceptions import Exit
 from rich.console import Console
 
-from .. import config
-from .. import doctor as action
+from ..config import settings as config
+from ..actions import doctor as action
 from ..output import Reporter
 from .base import operator_task, settings
 

@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import config
-from .. import drill as action
+from ..config import settings as config
+from ..actions import drill as action
 from ..errors import ConfigError, DrillFailed
 from ..output import Reporter
 from .base import operator_task, settings

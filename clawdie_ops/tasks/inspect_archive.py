@@ -7,9 +7,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..contents import describe
+from ..archive.contents import describe
 from ..output import Reporter, human_size
-from ..verify import verify
+from ..archive.verify import verify
 from .base import operator_task
 from .positional import help_requested
 

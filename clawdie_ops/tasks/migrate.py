@@ -9,10 +9,14 @@ from typing import Any
 
 from rich.console import Console
 
-from .. import agent, config, envfile, facts, inventory, migrate as action, transfer
+from ..hosts import agent, facts, transfer
+from ..config import settings as config, envfile, inventory
+from ..actions.migrate import run as action
 from ..errors import ConfigError, MigrationFailed, ScheduleError
-from ..migrate_report import describe_report
+from ..actions.migrate.report import describe_report
 from ..output import Reporter
+from .. import runner
+from ..runner import Shell
 from .base import operator_task
 
 
@@ -100,11 +104,8 @@ def _payload(stdin: bool) -> dict[str, Any]:
 
 def _schedule(c, s: config.Settings, key: str) -> dict[str, Any]:
     cmd = s.command(key)
-    res = c.run(cmd, hide=True, warn=True, in_stream=False)
-    if res.exited != 0:
-        raise ScheduleError(f"{key.replace('_', ' ')} failed (exit {res.exited}): "
-                            f"{res.stderr.strip()[-300:]}",
-                            f"check clawdie.commands.{key} on this host: {cmd}")
+    runner.run(c, Shell(cmd), check=True, what=key.replace("_", " "), error=ScheduleError,
+               hint=f"check clawdie.commands.{key} on this host: {cmd}")
     return {"command": cmd}
 
 

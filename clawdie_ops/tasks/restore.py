@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import restore as action
+from ..actions.restore import run as action
 from ..output import Reporter
 from .base import confirm, operator_task, seconds
 from .doctor import print_checks
@@ -48,7 +48,7 @@ def restore(c, archive, root=None, only=None, dry_run=False, yes=False, start=Fa
         lines = plan.describe()
         if dry_run:
             data = {"dry_run": True, "archive": str(plan.verified.path), "items": plan.items,
-                    "plan": lines,
+                    "plan": lines, "commands": plan.commands(),
                     "connections": {t.item: t.report() for t in plan.targets}}
 
             def show_plan(con: Console) -> None:

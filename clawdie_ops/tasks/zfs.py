@@ -8,10 +8,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import config, datasets, replication, sanoid, zfs
-from .. import rollback as rb
+from ..config import settings as config
+from ..zfs import datasets, replication, sanoid, commands as zfs
+from ..zfs import rollback as rb
 from ..errors import ConfigError, DatasetMissing, OutputError
 from ..output import Reporter, human_size
+from .. import runner
 from .base import confirm, operator_task, settings
 from .positional import help_requested
 
@@ -58,7 +60,7 @@ def snapshot(c, dataset=None, tag="clawdie", root=None, dry_run=False, json=Fals
                              f"{', '.join(missing)}",
                              "check ZFS_POOL / ZFS_PREFIX in .env, clawdie.jails, or --dataset")
     command = (s.command("snapshot", parent=s.jails_parent, name=name) if everything
-               else zfs.snapshot_cmd(s, chosen, name))
+               else runner.line(zfs.snapshot_cmd(s, chosen, name)))
     result = {"name": name, "snapshots": [f"{d}@{name}" for d in chosen],
               "recursive_parent": s.jails_parent if everything else None,
               "command": command, "dry_run": dry_run}

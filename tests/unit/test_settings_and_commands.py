@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from clawdie_ops import backup, config, zfs
+from clawdie_ops import runner
+from clawdie_ops.actions import backup
+from clawdie_ops.config import settings as config
+from clawdie_ops.zfs import commands as zfs
 from clawdie_ops.errors import ConfigError, EnvFileError, InvalidName, ToolMissing, ToolTooOld
-from clawdie_ops.manifest import archive_stem
-from clawdie_ops.sources import postgres as pg
+from clawdie_ops.archive.manifest import archive_stem
+from clawdie_ops.sources.postgres import commands as pg
 from tests.rig.content import env_text
 
 TRICKY = "p a$s 'q' \"d\" \\ x:y #z"
@@ -84,7 +87,7 @@ def test_command_templates_quote_values(tmp_path):
 
 def test_pg_dump_line_has_no_password(tmp_path):
     s = load(tmp_path)
-    line = pg.pg_dump_cmd(s, s.memory, Path("/spool/memory_db.sql"), "00000003-1")
+    line = runner.line(pg.pg_dump_cmd(s, s.memory, Path("/spool/memory_db.sql"), "00000003-1"))
     assert TRICKY not in line and "password" not in line.replace("--no-password", "")
     assert "--clean --if-exists" in line and "--snapshot=00000003-1" in line
 

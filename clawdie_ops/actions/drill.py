@@ -1,0 +1,480 @@
+"""`drill`: restore an archive into a scratch sandbox and prove it whole, away from production.
+
+The sandbox is a temporary Clawdie root and scratch databases, on a PostgreSQL server given
+by flags or config, or on a throwaway cluster the drill starts itself (initdb / pg_ctl, as the
+postgres user when run as root, reachable only through a socket in the sandbox). Every check
+is timed; the sandbox, the scratch databases and any role the drill created are removed at
+the end, and the drill checks that nothing is left behind.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import secrets
+import shlex
+import shutil
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from .. import runner
+from ..runner import Shell
+from ..sources.postgres import roles as pgroles
+from ..archive.writer import sha256_stream
+from ..config.settings import DbSpec, Settings
+from ..sources.postgres.dumpfile import rewrite_owners
+from ..errors import ClawdieError, ConfigError, DatabaseError, DrillFailed, ToolMissing
+from ..archive.manifest import MONTHS
+from ..output import Reporter
+from ..sources.postgres import commands as pg
+from ..sources import sqlite
+from ..archive.verify import Verified, stage
+
+_STEM = re.compile(r"^clawdie-backup-(\d\d)\.([a-z]{3})\.(\d{4})-(\d\d)(\d\d)(?:-(\d+))?"
+                   r"\.tar\.(?:gz|zst)$")
+BOOTSTRAP_USER = "clawdie_drill"
+# Where an installation keeps each item, relative to the sandbox.
+LAYOUT = {"env": "root/.env", "messages.db": "root/store/messages.db",
+          "mount-allowlist.json": "home/.config/clawdie-cp/mount-allowlist.json"}
+STAGED = "staged"  # below the sandbox: the verifying pass writes here
+
+
+def _layout(name: str) -> str:
+    """Where a member goes below the sandbox, as in an installation."""
+    if name in LAYOUT:
+        return LAYOUT[name]
+    return f"root/{name}" if name.startswith("groups/") else f"dumps/{name}"
+
+
+@dataclass
+class Check:
+    name: str
+    item: str
+    status: str  # pass, fail, skip
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class DrillOptions:
+    archive: Path | None = None
+    latest: Path | None = None
+    pg_host: str = ""
+    pg_port: str = ""
+    pg_user: str = ""
+    pg_bin: str = ""
+
+
+# -- choosing the archive -----------------------------------------------------------------
+def _stem_key(p: Path) -> tuple:
+    m = _STEM.match(p.name)
+    if not m or m.group(2) not in MONTHS:
+        return (datetime.min, 0, p.stat().st_mtime)
+    day, mon, year, hh, mm, n = m.groups()
+    when = datetime(int(year), MONTHS.index(mon) + 1, int(day), int(hh), int(mm))
+    return (when, int(n or 1), p.stat().st_mtime)
+
+
+def newest_archive(directory: Path) -> Path:
+    """The newest clawdie-backup-* archive in a directory, by the time in its name."""
+    if not directory.is_dir():
+        raise ConfigError(f"backup directory not found: {directory}", "check --latest")
+    found = [p for p in directory.iterdir() if p.is_file() and p.name.startswith("clawdie-backup-")
+             and p.name.endswith((".tar.gz", ".tar.zst"))]
+    if not found:
+        raise ConfigError(f"no clawdie-backup-* archive in {directory}",
+                          "run clawdie-ops backup --output there, or check --latest")
+    return max(found, key=_stem_key)
+
+
+# -- the scratch server -------------------------------------------------------------------
+def find_server_bin(c, s: Settings, explicit: str) -> Path:
+    """initdb, pg_ctl and psql of one version: the given folder, PATH, or the newest known."""
+    if explicit:
+        path = Path(explicit)
+    else:
+        res = runner.run(c, Shell("command -v initdb"))
+        if res.exited == 0 and res.stdout.strip():
+            path = Path(res.stdout.strip()).resolve().parent  # a symlink to the real bin folder
+        else:
+            # Debian keeps server binaries off PATH, one folder per major version.
+            known = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                           key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+            known += [p for p in (Path("/usr/local/bin/initdb"),) if p.exists()]
+            if not known:
+                raise ToolMissing("initdb not found (PATH, /usr/lib/postgresql/*/bin, "
+                                  "/usr/local/bin)",
+                                  "install the PostgreSQL server package, set "
+                                  "clawdie.drill.pg_bin, or give a server with --pg-host")
+            path = known[-1].parent
+    for tool in ("initdb", "pg_ctl", "psql"):
+        if not (path / tool).exists():
+            raise ToolMissing(f"{tool} not found in {path}",
+                              "point --pg-bin / clawdie.drill.pg_bin at a PostgreSQL bin folder")
+    return path
+
+
+def reachable(path: Path, uid: int, gid: int) -> bool:
+    """Can the user (uid, gid) walk down to `path`? (root can; the postgres user may not)."""
+    for d in [path, *path.parents]:
+        st = d.stat()
+        bit = 0o100 if st.st_uid == uid else (0o010 if st.st_gid == gid else 0o001)
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+class Throwaway:
+    """A PostgreSQL cluster in the sandbox: a Unix socket only, trust for its owner, no TCP."""
+
+    def __init__(self, c, s: Settings, bindir: Path, base: Path, os_user: str) -> None:
+        self.c, self.s, self.bindir, self.base = c, s, bindir, base
+        self.data = base / "data"
+        self.sock = base / "sock"
+        self.port = 5432  # only names the socket file in our own folder
+        self.as_root = os.geteuid() == 0
+        self.os_user = os_user
+        self.started = False
+
+    def _run(self, *args: str) -> None:
+        inner = f"cd {shlex.quote(str(self.base))} && {runner.line(args)}"
+        cmd = self.s.command("as_postgres", user=self.os_user, cmd=inner) if self.as_root \
+            else inner
+        res = runner.run(self.c, Shell(cmd))
+        if res.exited != 0:
+            log = self.base / "server.log"
+            server_log = log.read_text(errors="replace") if log.exists() else ""
+            raise runner.failure(res, Path(args[0]).name, "check clawdie.drill.pg_bin and "
+                                 "clawdie.drill.os_user", error=DatabaseError,
+                                 detail=f"{res.stderr or res.stdout}\n{server_log}")
+
+    def start(self) -> DbSpec:
+        self.base.mkdir(mode=0o700)
+        self.sock.mkdir(mode=0o700)
+        if self.as_root:
+            pw = self.user()
+            if not reachable(self.base.parent, pw.pw_uid, pw.pw_gid):
+                raise ConfigError(f"the {self.os_user} user cannot reach {self.base.parent}",
+                                  "set TMPDIR to a folder it can reach (e.g. /tmp)")
+            for d in (self.base, self.sock):
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", BOOTSTRAP_USER,
+                  "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        opts = (f"-c listen_addresses='' -c port={self.port} "
+                f"-c unix_socket_directories={shlex.quote(str(self.sock))} -c fsync=off "
+                "-c full_page_writes=off -c synchronous_commit=off")
+        self.started = True
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
+                  str(self.base / "server.log"), "-o", opts, "-w", "-t", "60", "start")
+        return DbSpec(key="drill", name="postgres", user=BOOTSTRAP_USER, password="",
+                      host=str(self.sock), port=self.port)
+
+    def user(self) -> pwd.struct_passwd:
+        return self.user_of(self.os_user)
+
+    @staticmethod
+    def user_of(name: str) -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"user {name!r} does not exist to run the drill's "
+                              "PostgreSQL", "set clawdie.drill.os_user") from None
+
+    def stop(self) -> None:
+        if self.started and (self.data / "postmaster.pid").exists():
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                      "-w", "stop")
+        self.started = False
+
+
+def given_server(cfg: Mapping[str, Any], opts: DrillOptions) -> DbSpec | None:
+    host = opts.pg_host or str(cfg.get("host") or "")
+    if not host:
+        return None
+    port = str(opts.pg_port or cfg.get("port") or 5432)
+    if not port.isdigit():
+        raise ConfigError(f"drill server port {port!r} is not a number", "check --pg-port")
+    user = opts.pg_user or str(cfg.get("user") or "") or os.environ.get("PGUSER", "postgres")
+    return DbSpec(key="drill", name=str(cfg.get("dbname") or "postgres"), user=user,
+                  password=str(cfg.get("password") or ""), host=host, port=int(port))
+
+
+# -- the drill ----------------------------------------------------------------------------
+@dataclass
+class Drill:
+    c: Any
+    s: Settings
+    cfg: Mapping[str, Any]
+    opts: DrillOptions
+    out: Reporter
+    checks: list[Check] = field(default_factory=list)
+    token: str = field(default_factory=lambda: secrets.token_hex(4))
+    sandbox: Path | None = None
+    admin: DbSpec | None = None
+    cluster: Throwaway | None = None
+    cluster_parent: Path | None = None  # when the sandbox is out of the postgres user's reach
+    server: pg.ServerInfo | None = None
+    created_dbs: list[str] = field(default_factory=list)
+    created_roles: list[str] = field(default_factory=list)
+
+    def step(self, name: str, item: str, fn: Callable[[], Any]) -> Any:
+        """Run one timed check; a ClawdieError is a failure naming it, not a crash."""
+        start = time.monotonic()
+        status, detail, value = "pass", "", None
+        try:
+            with self.out.step(name):
+                value = fn()
+            if isinstance(value, str):
+                detail = value
+        except ClawdieError as exc:
+            status, detail = "fail", exc.message
+        except psycopg.Error as exc:
+            status, detail = "fail", f"{item}: {str(exc).strip().splitlines()[0]}"
+        except OSError as exc:
+            status, detail = "fail", f"{item or name}: {exc}"
+        self.checks.append(Check(name, item, status, detail,
+                                 round(time.monotonic() - start, 3)))
+        return value if status == "pass" else None
+
+    @property
+    def failed(self) -> bool:
+        return any(ch.status == "fail" for ch in self.checks)
+
+    def skip(self, name: str, item: str, why: str) -> None:
+        self.checks.append(Check(name, item, "skip", why))
+
+    # individual checks
+    def start_server(self, v: Verified) -> str:
+        given = given_server(self.cfg, self.opts)
+        if given is not None:
+            self.admin = given
+            try:
+                with pg.connect(given) as conn:
+                    self.server = pg.server_info(conn)
+            except ClawdieError as exc:
+                raise DatabaseError(f"drill server: {exc.message}",
+                                    "check --pg-host / --pg-port / --pg-user and "
+                                    "clawdie.drill.password (or PGPASSWORD)") from None
+            kind = "given"
+        else:
+            bindir = find_server_bin(self.c, self.s, self.opts.pg_bin or
+                                     str(self.cfg.get("pg_bin") or ""))
+            self.s = replace(self.s, pg_bin=str(bindir))
+            assert self.sandbox is not None
+            os_user = str(self.cfg.get("os_user") or "postgres")
+            base = self.sandbox / "pg"
+            if os.geteuid() == 0:
+                pw = Throwaway.user_of(os_user)
+                if not reachable(self.sandbox, pw.pw_uid, pw.pw_gid):
+                    # A private TMPDIR (a CI runner's 0700 one): the cluster goes to /tmp.
+                    self.cluster_parent = Path(tempfile.mkdtemp(prefix="clawdie-drill-pg-",
+                                                                dir="/tmp"))
+                    os.chmod(self.cluster_parent, 0o711)
+                    base = self.cluster_parent / "pg"
+            self.cluster = Throwaway(self.c, self.s, bindir, base, os_user)
+            self.admin = self.cluster.start()
+            with pg.connect(self.admin) as conn:
+                self.server = pg.server_info(conn)
+            kind = f"throwaway cluster ({bindir})"
+        majors = {n: int(str(v.manifest.files[n].get("pg_dump_version") or "0").split(".")[0])
+                  for n in v.dumps}
+        too_new = {n: m for n, m in majors.items() if m > self.server.major}
+        if too_new:
+            names = ", ".join(f"{n} (pg_dump {v.manifest.files[n].get('pg_dump_version')})"
+                              for n in too_new)
+            raise DatabaseError(f"{names} newer than the drill's PostgreSQL "
+                                f"{self.server.version}", "give a newer server (--pg-host or "
+                                "--pg-bin)")
+        return f"PostgreSQL {self.server.version} at {self.server.address}, {kind}"
+
+    def verify_and_stage(self, archive: Path) -> Verified:
+        """One pass: every member checked against the manifest and written to the sandbox."""
+        # mkdtemp: private (0700); 0711 lets the postgres user reach its own subfolder.
+        self.sandbox = Path(tempfile.mkdtemp(prefix="clawdie-drill-"))
+        os.chmod(self.sandbox, 0o711)
+        staged = self.sandbox / STAGED
+        staged.mkdir(mode=0o700)
+        return stage(archive, staged, lambda name: True)
+
+    def extract_all(self, v: Verified) -> str:
+        """Move the staged members to where an installation keeps them; map dump owners."""
+        assert self.sandbox is not None and self.admin is not None
+        staged = self.sandbox / STAGED
+        for name in v.members:
+            dest = self.sandbox / _layout(name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged / name, dest)
+        for name in v.dumps:
+            dump_user = str(v.manifest.files[name].get("user") or "")
+            if dump_user and dump_user != self.admin.user:
+                rewrite_owners(self.sandbox / _layout(name), {dump_user: self.admin.user})
+        shutil.rmtree(staged)
+        return f"{len(v.members)} files into {self.sandbox} (staged while verifying)"
+
+    def check_sqlite(self, v: Verified) -> str:
+        assert self.sandbox is not None
+        path = self.sandbox / LAYOUT["messages.db"]
+        result = sqlite.integrity(path)
+        if result != "ok":
+            raise DrillFailed(f"messages.db: integrity_check failed: {result}")
+        expected = v.manifest.files["messages.db"].get("tables", {})
+        got = sqlite.table_counts(path)
+        _compare_counts("messages.db", expected, got)
+        return f"integrity ok, {len(got)} tables, {sum(got.values())} rows match"
+
+    def check_files(self, v: Verified) -> str:
+        assert self.sandbox is not None
+        n = 0
+        for name, entry in v.manifest.files.items():
+            if entry.get("kind") != "file":
+                continue
+            rel = LAYOUT.get(name, f"root/{name}")
+            path = self.sandbox / rel
+            if not path.is_file():
+                raise DrillFailed(f"{name}: not restored to {rel}")
+            with open(path, "rb") as fh:
+                size, digest = sha256_stream(fh)
+            if size != entry.get("size") or digest != entry.get("sha256"):
+                raise DrillFailed(f"{name}: restored file differs from the manifest")
+            n += 1
+        return f"{n} files match their size and sha256"
+
+    def replay(self, v: Verified, name: str) -> str:
+        assert self.admin is not None and self.sandbox is not None
+        key = name.removesuffix("_db.sql")
+        scratch = f"clawdie_drill_{self.token}_{key}"
+        facts = v.dumps.get(name)
+        with pg.connect(self.admin, autocommit=True) as conn:
+            pgroles.create_database(conn, scratch, self.admin.user)
+            self.created_dbs.append(scratch)
+            dump_user = str(v.manifest.files[name].get("user") or "")
+            wanted = set(facts.roles if facts else ()) - {dump_user, self.admin.user}
+            for role in sorted(wanted - pgroles.existing_roles(conn, wanted)):
+                pgroles.create_nologin_role(conn, role, self.admin.user)
+                self.created_roles.append(role)
+        db = replace(self.admin, key=key, name=scratch)
+        cmd = pg.psql_cmd(self.s, db, self.sandbox / "dumps" / name)
+        if db.password:
+            with pg.passfile(db) as env:
+                pg.run_checked(self.c, cmd, env, f"{name}: replay")
+        else:
+            pg.run_checked(self.c, cmd, {}, f"{name}: replay")
+        with pg.connect(db) as conn:
+            got = pg.table_counts(conn)
+        expected = v.manifest.files[name].get("tables", {})
+        _compare_counts(name, expected, got)
+        return f"replayed into {scratch}: {len(got)} tables, {sum(got.values())} rows match"
+
+    def cleanup(self) -> str:
+        problems = []
+        if self.admin is not None and (self.created_dbs or self.created_roles):
+            try:
+                with pg.connect(self.admin, autocommit=True) as conn:
+                    for name in self.created_dbs:
+                        pgroles.drop_database(conn, name)
+                    for role in self.created_roles:
+                        pgroles.drop_role(conn, role)
+                    left = [r[0] for r in conn.execute(
+                        "SELECT datname FROM pg_database WHERE datname LIKE %s",
+                        [f"clawdie_drill_{self.token}_%"])]
+                    if left:
+                        problems.append(f"databases {', '.join(left)}")
+            except (ClawdieError, psycopg.Error) as exc:
+                problems.append(f"scratch databases ({getattr(exc, 'message', exc)})")
+        if self.cluster is not None:
+            try:
+                self.cluster.stop()
+            except ClawdieError as exc:
+                problems.append(f"throwaway cluster ({exc.message})")
+        for folder in (self.sandbox, self.cluster_parent):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+                if folder.exists():
+                    problems.append(f"folder {folder}")
+        if problems:
+            raise DrillFailed(f"cleanup: left behind {'; '.join(problems)}",
+                              "remove them by hand")
+        return (f"dropped {len(self.created_dbs)} scratch database(s)"
+                + (f" and role(s) {', '.join(self.created_roles)}" if self.created_roles else "")
+                + (", stopped the throwaway cluster" if self.cluster else "")
+                + ", removed the sandbox")
+
+
+def _compare_counts(item: str, expected: Mapping[str, int], got: Mapping[str, int]) -> None:
+    wrong = [f"table {t} has {got[t]} rows, manifest says {n}" if t in got
+             else f"table {t} is missing" for t, n in expected.items() if got.get(t) != n]
+    wrong += [f"table {t} is not in the manifest" for t in got if t not in expected]
+    if wrong:
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise DrillFailed(f"{item}: {'; '.join(wrong[:3])}{more}")
+
+
+def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporter) -> dict:
+    started = time.monotonic()
+    archive = opts.archive if opts.archive else newest_archive(Path(opts.latest or "."))
+    d = Drill(c, s, cfg, opts, out)
+    planned = ["postgres server", "extract", "messages.db", "files"]
+    try:
+        v = d.step("verify archive", archive.name, lambda: d.verify_and_stage(archive))
+        if v is None:
+            for name in planned:
+                d.skip(name, "", "the archive failed verification")
+        else:
+            d.checks[-1].detail = (f"{len(v.members)} files match the manifest "
+                                   f"(format {v.manifest.format}, {v.compression})")
+            if v.dumps:
+                d.step("postgres server", "", lambda: d.start_server(v))
+            else:
+                d.skip("postgres server", "", "the archive holds no database dump")
+            if not d.failed:
+                d.step("extract", "", lambda: d.extract_all(v))
+            if not d.failed:
+                d.step("messages.db", "messages.db", lambda: d.check_sqlite(v))
+                d.step("files", "env, groups/, mount-allowlist.json", lambda: d.check_files(v))
+                for name in sorted(v.dumps):
+                    d.step(f"replay {name}", name, lambda n=name: d.replay(v, n))
+            else:
+                done = {ch.name for ch in d.checks}
+                for name in [*planned, *[f"replay {n}" for n in sorted(v.dumps)]]:
+                    if name not in done:
+                        d.skip(name, "", "an earlier step failed")
+    finally:
+        d.step("cleanup", "", d.cleanup)
+    ok = not d.failed
+    return {"archive": str(archive), "ok": ok, "checks": [asdict(ch) for ch in d.checks],
+            "server": ({"address": d.server.address, "version": d.server.version,
+                        "throwaway": d.cluster is not None} if d.server else None),
+            "duration_s": round(time.monotonic() - started, 3)}
+
+
+def junit_xml(result: dict) -> bytes:
+    """A JUnit report: one testcase per check, a <failure> naming the mismatch."""
+    checks = result["checks"]
+    suite = ET.Element("testsuite", name="clawdie-ops restore drill",
+                       tests=str(len(checks)),
+                       failures=str(sum(ch["status"] == "fail" for ch in checks)),
+                       skipped=str(sum(ch["status"] == "skip" for ch in checks)),
+                       errors="0", time=f"{result['duration_s']:.3f}")
+    ET.SubElement(ET.SubElement(suite, "properties"), "property", name="archive",
+                  value=result["archive"])
+    for ch in checks:
+        case = ET.SubElement(suite, "testcase", classname="drill." + Path(result["archive"]).name,
+                             name=ch["name"], time=f"{ch['seconds']:.3f}")
+        if ch["status"] == "fail":
+            ET.SubElement(case, "failure", message=ch["detail"]).text = ch["detail"]
+        elif ch["status"] == "skip":
+            ET.SubElement(case, "skipped", message=ch["detail"])
+        elif ch["detail"]:
+            ET.SubElement(case, "system-out").text = ch["detail"]
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
