@@ -272,13 +272,17 @@ class Drill:
             os_user = str(self.cfg.get("os_user") or "postgres")
             base = self.sandbox / "pg"
             if os.geteuid() == 0:
+                # The sandbox stays 0700. The postgres user gets a folder of its own beside
+                # it (0711: it may pass, nobody may list), holding only the cluster's data
+                # and socket; psql, run as this user, reads the dumps from the sandbox.
                 pw = Throwaway.user_of(os_user)
-                if not reachable(self.sandbox, pw.pw_uid, pw.pw_gid):
-                    # A private TMPDIR (a CI runner's 0700 one): the cluster goes to /tmp.
-                    self.cluster_parent = Path(tempfile.mkdtemp(prefix="clawdie-drill-pg-",
-                                                                dir="/tmp"))
-                    os.chmod(self.cluster_parent, 0o711)
-                    base = self.cluster_parent / "pg"
+                parent = Path(tempfile.gettempdir())
+                if not reachable(parent, pw.pw_uid, pw.pw_gid):
+                    parent = Path("/tmp")  # a private TMPDIR (a CI runner's 0700 one)
+                self.cluster_parent = Path(tempfile.mkdtemp(prefix="clawdie-drill-pg-",
+                                                            dir=parent))
+                os.chmod(self.cluster_parent, 0o711)
+                base = self.cluster_parent / "pg"
             self.cluster = Throwaway(self.c, self.s, bindir, base, os_user)
             self.admin = self.cluster.start()
             with pg.connect(self.admin) as conn:
@@ -297,9 +301,9 @@ class Drill:
 
     def verify_and_stage(self, archive: Path) -> Verified:
         """One pass: every member checked against the manifest and written to the sandbox."""
-        # mkdtemp: private (0700); 0711 lets the postgres user reach its own subfolder.
+        # mkdtemp: private (0700), and it stays so: the drilled messages.db and .env are
+        # the installation's own.
         self.sandbox = Path(tempfile.mkdtemp(prefix="clawdie-drill-"))
-        os.chmod(self.sandbox, 0o711)
         staged = self.sandbox / STAGED
         staged.mkdir(mode=0o700)
         return stage(archive, staged, lambda name: True)
@@ -453,6 +457,12 @@ def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporte
             "server": ({"address": d.server.address, "version": d.server.version,
                         "throwaway": d.cluster is not None} if d.server else None),
             "duration_s": round(time.monotonic() - started, 3)}
+
+
+def failed_before_start(archive: str, why: str) -> dict:
+    """The report of a drill that could not run at all (no archive found, a bad flag)."""
+    return {"archive": archive, "ok": False, "server": None, "duration_s": 0.0,
+            "checks": [asdict(Check("drill", "", "fail", why))]}
 
 
 def junit_xml(result: dict) -> bytes:

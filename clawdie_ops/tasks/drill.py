@@ -50,14 +50,17 @@ def drill(c, archive=None, latest=None, json=False, junit=None, pg_host=None, pg
                                latest=Path(latest) if latest else None,
                                pg_host=pg_host or "", pg_port=str(pg_port or ""),
                                pg_user=pg_user or "", pg_bin=pg_bin or "")
-    result = action.run(c, s, config.section(c.config)["drill"], opts, out)
+    try:
+        result = action.run(c, s, config.section(c.config)["drill"], opts, out)
+    except Exception as exc:
+        # CI shows the JUnit report: it says why even when the drill could not start.
+        if junit:
+            _write_junit(Path(junit), action.failed_before_start(
+                str(archive or latest), getattr(exc, "message", f"{type(exc).__name__}: {exc}")))
+        raise
     if junit:
-        path = Path(junit)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(action.junit_xml(result))
-        os.replace(tmp, path)
-        result["junit"] = str(path)
+        _write_junit(Path(junit), result)
+        result["junit"] = str(junit)
 
     def human(con: Console) -> None:
         if not con.is_terminal:
@@ -81,3 +84,10 @@ def drill(c, archive=None, latest=None, json=False, junit=None, pg_host=None, pg
         raise DrillFailed(f"drill of {Path(result['archive']).name} failed: "
                           f"{failures[0]['name']}: {failures[0]['detail']}{more}",
                           "do not rely on this archive for a restore; see the report above")
+
+
+def _write_junit(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(action.junit_xml(result))
+    os.replace(tmp, path)
