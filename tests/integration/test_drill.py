@@ -3,6 +3,7 @@ and the drill leaves no scratch database, cluster or folder behind."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -207,3 +208,42 @@ def test_drill_stopped_by_sigterm_cleans_up(source, tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert_nothing_left(tmp_path)
+
+
+def test_drill_sandbox_is_private_and_the_cluster_gets_only_its_folder(source, tmp_path):
+    """The sandbox (drilled messages.db, .env, dumps) is 0700; the postgres user gets a
+    folder of its own holding only the cluster (0711: it may pass, nobody may list)."""
+    import stat
+
+    from tests.helpers import wait_until
+
+    h, good, _ = source
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    earlier = set(Path("/tmp").glob("clawdie-drill-pg-*"))
+    proc = subprocess.Popen([CLI, "drill", str(good)], env={**h.proc_env(), "TMPDIR": str(scratch)},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen: dict = {}
+
+    def look() -> bool:
+        try:
+            for p in scratch.glob("clawdie-drill-*"):
+                seen["sandbox"] = stat.S_IMODE(p.stat().st_mode)
+            for p in set(Path("/tmp").glob("clawdie-drill-pg-*")) - earlier:
+                pg = p / "pg"
+                if pg.stat().st_uid == os.geteuid():
+                    continue  # not handed to the postgres user yet
+                seen["cluster"] = (stat.S_IMODE(p.stat().st_mode), sorted(x.name for x in
+                                                                           p.iterdir()),
+                                   stat.S_IMODE(pg.stat().st_mode), pg.stat().st_uid)
+        except FileNotFoundError:
+            pass
+        return ("sandbox" in seen and "cluster" in seen) or proc.poll() is not None
+
+    wait_until(look, 120, "the drill's sandbox and cluster folder")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert seen["sandbox"] == 0o700
+    import pwd
+    assert seen["cluster"] == (0o711, ["pg"], 0o700, pwd.getpwnam("postgres").pw_uid)

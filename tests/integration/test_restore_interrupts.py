@@ -148,10 +148,14 @@ def test_restore_killed_outright_then_run_again_succeeds(host, tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert state(host) == original
-    # The killed run's staging is swept, its pre-restore copies are kept, and the report
-    # says so.
+    # The killed run's staging and its psql password files are swept, its pre-restore
+    # copies are kept, and the report says so.
     swept = [n for n in report["notes"] if n.startswith("removed what a killed run left")]
-    assert len(swept) == 1 and first in swept[0] and "pre-restore copies stay" in swept[0]
+    (restore,) = [n for n in swept if "interrupted restore" in n]
+    assert first in restore and "pre-restore copies stay" in restore
+    passfiles = [n for n in swept if "password file" in n]
+    assert passfiles and all(f"clawdie-pgpass-{proc.pid}-" in n for n in passfiles)
+    assert not list(Path("/tmp").glob(f"clawdie-pgpass-{proc.pid}-*"))
     assert sorted(p.name for p in (work_base(host) / first).iterdir()) == ["before"]
     assert (work_base(host) / first / "before" / "env").is_file()
     assert children_of_run(host) == []

@@ -806,7 +806,8 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                 step.title.removeprefix("restore ") for step in group)
             with out.step(title):
                 if group[0].kind is Kind.AGENT_STOP:
-                    agent_stopped = bool(group[0].run(c, undo))
+                    with deferred():  # a stopped agent is known, so the rollback starts it
+                        agent_stopped = bool(group[0].run(c, undo))
                     continue
                 failed_step = run_together(c, group, undo)
                 if failed_step:
