@@ -69,6 +69,18 @@ def interrupt(proc: subprocess.Popen, how: str) -> None:
                           "sigkill": signal.SIGKILL}[how])
 
 
+def interrupted_restore(h, archive: Path, how: str) -> tuple[int, str, int]:
+    """Start a restore of a slowed archive, interrupt it once memory_db's replay is under
+    way; (exit code, stderr on one line, its pid)."""
+    proc = start_restore(h, archive)
+    wait_until(lambda: sleeping(h) or proc.poll() is not None, 120,
+               "the memory_db replay to be under way")
+    assert proc.poll() is None, proc.communicate()
+    interrupt(proc, how)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, " ".join(err.split()), proc.pid
+
+
 def change_after_backup(h) -> None:
     """The installation moves on after the backup: a restore would overwrite all this."""
     with h.db_connect("memory") as conn:
@@ -84,14 +96,8 @@ def test_interrupt_during_the_database_step_rolls_back_everything(host, tmp_path
     change_after_backup(host)
     before, before_modes = state(host), modes(host)
 
-    proc = start_restore(host, archive)
-    wait_until(lambda: sleeping(host) or proc.poll() is not None, 120,
-               "the memory_db replay to be under way")
-    assert proc.poll() is None, proc.communicate()
-    interrupt(proc, how)
-    _, err = proc.communicate(timeout=120)
-    err = " ".join(err.split())
-    assert proc.returncode == 1, err
+    code, err, _ = interrupted_restore(host, archive, how)
+    assert code == 1, err
     assert "Traceback" not in err
     assert "restore failed at step 'database memory_db.sql, skills_db.sql': interrupted" in err
     # skills_db finished its replay in the other thread: its undo is not lost.
@@ -110,13 +116,8 @@ def test_interrupt_with_databases_set_aside_renames_them_back(host, tmp_path):
     change_after_backup(host)
     before, oids = state(host), databases(host)
 
-    proc = start_restore(host, archive)
-    wait_until(lambda: sleeping(host) or proc.poll() is not None, 120,
-               "the memory_db replay to be under way")
-    interrupt(proc, "sigterm")
-    _, err = proc.communicate(timeout=120)
-    err = " ".join(err.split())
-    assert proc.returncode == 1 and "interrupted" in err, err
+    code, err, _ = interrupted_restore(host, archive, "sigterm")
+    assert code == 1 and "interrupted" in err, err
     assert {x.split(" (")[0] for x in rolled_back(err)} == {"memory_db", "skills_db",
                                                             "messages.db", ".env"}
     assert databases(host) == oids  # the very same databases, under their names
@@ -133,11 +134,8 @@ def test_restore_killed_outright_then_run_again_succeeds(host, tmp_path):
     original = state(host)
     change_after_backup(host)
 
-    proc = start_restore(host, archive)
-    wait_until(lambda: sleeping(host) or proc.poll() is not None, 120,
-               "the memory_db replay to be under way")
-    interrupt(proc, "sigkill")
-    proc.wait(timeout=30)
+    code, _, pid = interrupted_restore(host, archive, "sigkill")
+    assert code == -signal.SIGKILL
     # The psql replaying the dump dies with the tool (parent-death signal).
     wait_until(lambda: children_of_run(host) == [], 10, "the killed run's psql to end")
     (first,) = work_dirs(host)
@@ -154,8 +152,8 @@ def test_restore_killed_outright_then_run_again_succeeds(host, tmp_path):
     (restore,) = [n for n in swept if "interrupted restore" in n]
     assert first in restore and "pre-restore copies stay" in restore
     passfiles = [n for n in swept if "password file" in n]
-    assert passfiles and all(f"clawdie-pgpass-{proc.pid}-" in n for n in passfiles)
-    assert not list(Path("/tmp").glob(f"clawdie-pgpass-{proc.pid}-*"))
+    assert passfiles and all(f"clawdie-pgpass-{pid}-" in n for n in passfiles)
+    assert not list(Path("/tmp").glob(f"clawdie-pgpass-{pid}-*"))
     assert sorted(p.name for p in (work_base(host) / first).iterdir()) == ["before"]
     assert (work_base(host) / first / "before" / "env").is_file()
     assert children_of_run(host) == []
