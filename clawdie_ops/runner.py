@@ -62,6 +62,20 @@ def tail(text: str) -> str:
     return "\n".join(lines[-TAIL_LINES:])[-TAIL_CHARS:]
 
 
+# Secret values this process knows (the .env's passwords and keys, db_admin's password):
+# masked in every command the runner shows, records or puts in an error, whoever calls it.
+_known_secrets: set[str] = set()
+
+
+def keep_secret(*values: str) -> None:
+    """Mask these values wherever a command is shown from now on (Settings.load calls it)."""
+    _known_secrets.update(v for v in values if v and len(v) >= 3)
+
+
+def mask(text: str, secrets: Sequence[str] = ()) -> str:
+    return mask_text(text, [*_known_secrets, *secrets])
+
+
 # -- the recorder: tests (and --dry-run comparisons) see every command, masked, in order ---
 Recorder = Callable[[str, str], None]  # (host label, masked command line)
 _recorders: list[Recorder] = []
@@ -101,7 +115,7 @@ def host_label(c: Context) -> str:
 def shell_of(c: Context) -> str:
     """`clawdie.shell` of the context's config, else /bin/sh (sshd picks the remote one)."""
     try:
-        value = c.config.clawdie.shell  # type: ignore[attr-defined]
+        value = c.config.clawdie.shell
     except (AttributeError, KeyError):
         return DEFAULT_SHELL
     return str(value or DEFAULT_SHELL)
@@ -131,7 +145,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
     With `check`, an exit code outside `ok` raises `error` (a CommandFailed) with the
     masked command, the exit code, the output's tail and `hint`."""
     text = line(cmd)
-    shown = mask_text(text, list(secrets))
+    shown = mask(text, secrets)
     label = host or host_label(c)
     _record(label, shown)
     kw: dict[str, Any] = {"hide": True, "warn": True, "shell": shell_of(c),
@@ -143,7 +157,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
     remote = _is_remote(c)
     was_connected = bool(getattr(c, "is_connected", False))
     try:
-        res = c.run(text, **kw)
+        ran = c.run(text, **kw)
     except ThreadException:
         # sending stdin failed: the command ended before it read its input
         raise HostError(f"{what or 'a command'} on {label} ended before it read its input",
@@ -158,6 +172,8 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
                             "host key") from None
         raise HostError(f"lost the connection to {label} during {what or shown}: {reason}",
                         RESUME_HINT) from None
+    assert ran is not None  # None only with asynchronous or disowned runs, never used here
+    res: Result = ran
     if isinstance(c, Connection) and res.exited == -1 and not c.is_connected:
         raise HostError(f"lost the connection to {label} during {what or shown}", RESUME_HINT)
     if check and res.exited not in ok:
@@ -168,7 +184,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
 def failure(res: Result, what: str, hint: str = "", command: str = "",
             error: type[CommandFailed] = CommandFailed, detail: str = "") -> CommandFailed:
     """The error for a failed command: `what failed: <tail of stderr, else stdout> (exit N)`."""
-    out = tail(detail or res.stderr or res.stdout) or "no output"
+    out = mask(tail(detail or res.stderr or res.stdout)) or "no output"
     return error(f"{what} failed: {out} (exit {res.exited})", hint,
-                 command=command or res.command, exited=res.exited, output=out)
+                 command=mask(command or res.command), exited=res.exited, output=out)
 

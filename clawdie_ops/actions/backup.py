@@ -15,6 +15,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,13 @@ class BackupPlan:
         return lines + [f"note       {n}" for n in self.notes]
 
 
+def _dump_action(db: DbSpec, plan: BackupPlan, dump: list[str],
+                 entries: dict[str, dict[str, Any]]) -> Callable[[Context, Undo], None]:
+    def act(c: Context, undo: Undo) -> None:
+        entries[db.item] = dump_database(c, db, plan, dump)
+    return act
+
+
 def _steps(s: Settings, plan: BackupPlan, entries: dict[str, dict[str, Any]]) -> list[Step]:
     """What the backup runs before it writes the archive; each step's result lands in
     `entries` (item -> manifest entry)."""
@@ -94,8 +102,7 @@ def _steps(s: Settings, plan: BackupPlan, entries: dict[str, dict[str, Any]]) ->
     for db in plan.databases:
         dump = pg.pg_dump_cmd(s, db, Path(SPOOL) / db.item, EXPORTED)
         steps.append(Step(Kind.DUMP, db.item, [f"{runner.line(dump)}  (PGPASSFILE, 0600)"],
-                          [dump], action=lambda c, undo, db=db, dump=dump: entries.update(
-                              {db.item: dump_database(c, db, plan, dump)}),
+                          [dump], action=_dump_action(db, plan, dump, entries),
                           title=f"dump {db.name}", together=True))
     return steps
 
@@ -114,7 +121,8 @@ def _output_dir(s: Settings, opts: BackupOptions) -> Path:
     return out
 
 
-def make_plan(c, s: Settings, opts: BackupOptions, now: datetime | None = None) -> BackupPlan:
+def make_plan(c: Context, s: Settings, opts: BackupOptions,
+              now: datetime | None = None) -> BackupPlan:
     """Decide everything (names, items, order) without changing anything."""
     out = _output_dir(s, opts)
     compression = opts.compression or s.compression
@@ -147,7 +155,7 @@ class Preflight:
     servers: dict[str, pg.ServerInfo]
 
 
-def preflight(c, s: Settings, plan: BackupPlan) -> Preflight:
+def preflight(c: Context, s: Settings, plan: BackupPlan) -> Preflight:
     """Every check that can fail before anything is written."""
     if not s.env_file.is_file() or not os.access(s.env_file, os.R_OK):
         raise SourceError(f".env unreadable: {s.env_file}", "check its owner and mode")
@@ -177,7 +185,7 @@ def dump_database(c: Context, db: DbSpec, plan: BackupPlan, dump: list[str]) -> 
     with pg.connect(db, autocommit=False) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        snap = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        snap = pg.scalar(conn, "SELECT pg_export_snapshot()")
         counts = pg.table_counts(conn)
         with pg.passfile(db) as env:
             pg.run_checked(c, fill(dump, {SPOOL: str(plan.spool), EXPORTED: snap}), env,
@@ -187,7 +195,7 @@ def dump_database(c: Context, db: DbSpec, plan: BackupPlan, dump: list[str]) -> 
             "format": "plain"}
 
 
-def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
+def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
     """The backup, holding the installation's and the backup folder's locks: a second
     backup, or a restore, waits (opts.wait) or is refused naming this one."""
     if opts.dry_run:
@@ -205,7 +213,7 @@ def run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
     return result
 
 
-def _run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
+def _run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
     started = time.monotonic()
     with out.step("plan and preflight"):
         plan = make_plan(c, s, opts)
@@ -217,7 +225,6 @@ def _run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
         out.warn(note)
     spool = Path(tempfile.mkdtemp(prefix=".clawdie-backup-spool-", dir=plan.archive.parent))
     plan.spool = spool
-    entries = plan.entries
     writer: ArchiveWriter | None = None
     snapshots: list[str] = []
     try:
@@ -233,36 +240,7 @@ def _run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
                 snapshots = [plan.snapshot] + [f"{d}@{name}" for d in plan.datasets]
         with out.step(f"write {plan.archive.name}"):
             writer = ArchiveWriter(plan.archive, plan.top, plan.compression)
-            manifest = Manifest(agent_name=s.agent_name,
-                                timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-                                host=socket.gethostname(), tool_version=__version__,
-                                snapshots=snapshots)
-            # Each file's mode goes into the manifest, so restore gives it back (a 0600
-            # messages.db stays 0600).
-            db_mode = s.sqlite_path.stat().st_mode & 0o777
-            manifest.files["messages.db"] = {
-                **entries.pop("messages.db"), "mode": db_mode,
-                **writer.add_file("messages.db", spool / "messages.db", db_mode)}
-            for db in plan.databases:
-                info = pre.servers[db.key]
-                manifest.files[db.item] = {
-                    **entries.pop(db.item), **writer.add_file(db.item, spool / db.item, 0o600),
-                    "server_version": info.version, "system_identifier": info.system_identifier,
-                    "pg_dump_version": pre.pg_dump_version}
-            for item in plan.files:
-                mode = 0o600 if item.name == "env" else None
-                try:
-                    manifest.files[item.name] = {
-                        "kind": "file", "mode": item.source.stat().st_mode & 0o777,
-                        **writer.add_file(item.name, item.source, mode)}
-                except FileNotFoundError:
-                    raise SourceError(f"{item.source} vanished during the backup",
-                                      "run the backup again") from None
-            manifest.items = _item_list(manifest.files)
-            if opts.skip_skills:
-                manifest.skipped["skills_db.sql"] = "--skip-skills"
-            manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
-                                 "servers": {k: v.version for k, v in pre.servers.items()}}
+            manifest = _write_items(writer, s, plan, pre, opts, snapshots)
             writer.add_bytes(MANIFEST, manifest.to_json(), 0o644)
             written = writer.commit()
             writer = None
@@ -284,6 +262,43 @@ def _run(c, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
             "items": manifest.items, "snapshots": snapshots,
             "duration_s": round(time.monotonic() - started, 3), "steps": out.timings,
             "tables": {n: f["tables"] for n, f in manifest.files.items() if "tables" in f}}
+
+
+def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Preflight,
+                 opts: BackupOptions, snapshots: list[str]) -> Manifest:
+    """Every item into the archive, in the runbook's order; the manifest that describes them."""
+    assert plan.spool is not None
+    entries, spool = plan.entries, plan.spool
+    manifest = Manifest(agent_name=s.agent_name,
+                        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+                        host=socket.gethostname(), tool_version=__version__, snapshots=snapshots)
+    # Each file's mode goes into the manifest, so restore gives it back (a 0600 messages.db
+    # stays 0600).
+    db_mode = s.sqlite_path.stat().st_mode & 0o777
+    manifest.files["messages.db"] = {**entries.pop("messages.db"), "mode": db_mode,
+                                     **writer.add_file("messages.db", spool / "messages.db",
+                                                       db_mode)}
+    for db in plan.databases:
+        info = pre.servers[db.key]
+        manifest.files[db.item] = {
+            **entries.pop(db.item), **writer.add_file(db.item, spool / db.item, 0o600),
+            "server_version": info.version, "system_identifier": info.system_identifier,
+            "pg_dump_version": pre.pg_dump_version}
+    for item in plan.files:
+        mode = 0o600 if item.name == "env" else None
+        try:
+            manifest.files[item.name] = {"kind": "file",
+                                         "mode": item.source.stat().st_mode & 0o777,
+                                         **writer.add_file(item.name, item.source, mode)}
+        except FileNotFoundError:
+            raise SourceError(f"{item.source} vanished during the backup",
+                              "run the backup again") from None
+    manifest.items = _item_list(manifest.files)
+    if opts.skip_skills:
+        manifest.skipped["skills_db.sql"] = "--skip-skills"
+    manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
+                         "servers": {k: v.version for k, v in pre.servers.items()}}
+    return manifest
 
 
 def _copy_sqlite(s: Settings, plan: BackupPlan) -> dict[str, Any]:

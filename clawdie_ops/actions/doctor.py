@@ -4,11 +4,14 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import leftovers, locks, statedir
+from invoke import Context
+
+from ..archive import catalog
+from ..checks import Check
 from ..hosts import agent
 from ..zfs import commands as zfs
 from ..config.settings import DEFAULTS, Settings
@@ -17,18 +20,6 @@ from ..output import human_size
 from ..sources.postgres import commands as pg
 
 SEVERITY = {"ok": 0, "warn": 1, "fail": 2}
-ARCHIVE_GLOBS = ("clawdie-backup-*.tar.gz", "clawdie-backup-*.tar.zst")
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # ok, warn, fail
-    detail: str
-    fix: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def worst(checks: list[Check]) -> str:
@@ -58,11 +49,6 @@ def _by_age(age_s: float, warn_h: float, fail_h: float) -> str:
     return "ok"
 
 
-def newest_archive(directory: Path) -> Path | None:
-    found = [p for g in ARCHIVE_GLOBS for p in directory.glob(g) if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
 def check_env(s: Settings) -> Check:
     if s.env_file.is_file() and s.env:
         return Check(".env", "ok", f"{s.env_file} ({len(s.env)} settings)")
@@ -70,7 +56,7 @@ def check_env(s: Settings) -> Check:
                  "restore it from a backup (clawdie-ops restore ARCHIVE --only env)")
 
 
-def check_agent(c, s: Settings) -> Check:
+def check_agent(c: Context, s: Settings) -> Check:
     try:
         if agent.running(c, s):
             return Check("agent", "ok", f"agent {s.agent_name} is running")
@@ -91,8 +77,7 @@ def check_databases(s: Settings) -> tuple[list[Check], dict[str, pg.ServerInfo],
         try:
             with pg.connect(db) as conn:
                 info = pg.server_info(conn)
-                total += conn.execute("SELECT pg_database_size(current_database())"
-                                      ).fetchone()[0]
+                total += pg.scalar(conn, "SELECT pg_database_size(current_database())")
         except DatabaseUnreachable as exc:
             checks.append(Check(name, "fail", exc.message, exc.hint))
             continue
@@ -102,7 +87,7 @@ def check_databases(s: Settings) -> tuple[list[Check], dict[str, pg.ServerInfo],
     return checks, servers, total
 
 
-def check_pg_dump(c, s: Settings, servers: dict[str, pg.ServerInfo]) -> Check:
+def check_pg_dump(c: Context, s: Settings, servers: dict[str, pg.ServerInfo]) -> Check:
     try:
         major, version = pg.client_version(c, s, "pg_dump")
     except ClawdieError as exc:
@@ -119,7 +104,7 @@ def check_pg_dump(c, s: Settings, servers: dict[str, pg.ServerInfo]) -> Check:
     return Check("pg_dump", "ok", f"pg_dump {version} (server {newest.version})")
 
 
-def check_datasets(c, s: Settings) -> tuple[Check, list[str]]:
+def check_datasets(c: Context, s: Settings) -> tuple[Check, list[str]]:
     if not s.zfs_prefix:
         return Check("jail datasets", "warn", "ZFS_PREFIX is not set: datasets not checked",
                      "add ZFS_PREFIX=... to .env (or set clawdie.zfs_prefix)"), []
@@ -132,7 +117,8 @@ def check_datasets(c, s: Settings) -> tuple[Check, list[str]]:
     return Check("jail datasets", "ok", f"{len(present)} present under {s.jails_parent}"), present
 
 
-def check_snapshots(c, s: Settings, datasets: list[str], limits: Mapping[str, Any]) -> Check:
+def check_snapshots(c: Context, s: Settings, datasets: list[str],
+                    limits: Mapping[str, Any]) -> Check:
     if not datasets:
         return Check("snapshots", "warn", "no jail dataset to look at", "see jail datasets")
     now = time.time()
@@ -162,7 +148,7 @@ def check_backups(s: Settings, limits: Mapping[str, Any]) -> tuple[Check, Path |
     fix = f"run clawdie-ops backup --output {d}, and schedule it (README: Backup)"
     if not d.is_dir():
         return Check("backups", "fail", f"backup directory {d} does not exist", fix), None
-    newest = newest_archive(d)
+    newest = catalog.newest(d)
     if newest is None:
         return Check("backups", "fail", f"no clawdie-backup-* archive in {d}", fix), None
     age = time.time() - newest.stat().st_mtime
@@ -214,7 +200,7 @@ def check_leftovers(s: Settings) -> Check:
                  "again, or put its pre-restore copies back by hand")
 
 
-def run_checks(c, s: Settings, limits: Mapping[str, Any] | None = None) -> list[Check]:
+def run_checks(c: Context, s: Settings, limits: Mapping[str, Any] | None = None) -> list[Check]:
     limits = {**DEFAULTS["doctor"], **dict(limits or {})}
     checks = [check_env(s), check_agent(c, s)]
     db_checks, servers, db_bytes = check_databases(s)

@@ -8,39 +8,36 @@ the end, and the drill checks that nothing is left behind.
 """
 from __future__ import annotations
 
+import functools
 import os
-import pwd
-import re
 import secrets
-import shlex
 import shutil
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from .. import runner
-from ..runner import Shell
+from invoke import Context
+
 from ..sources.postgres import roles as pgroles
+from ..sources.postgres.cluster import Throwaway, find_server_bin, reachable
 from ..archive.writer import sha256_stream
 from ..config.settings import DbSpec, Settings
 from ..sources.postgres.dumpfile import rewrite_owners
-from ..errors import ClawdieError, ConfigError, DatabaseError, DrillFailed, ToolMissing
-from ..archive.manifest import MONTHS
+from ..errors import ClawdieError, ConfigError, DatabaseError, DrillFailed
+from ..archive import catalog
+from ..archive.manifest import count_differences, summary
+from ..checks import Check
 from ..output import Reporter
 from ..sources.postgres import commands as pg
 from ..sources import sqlite
 from ..archive.verify import Verified, stage
 
-_STEM = re.compile(r"^clawdie-backup-(\d\d)\.([a-z]{3})\.(\d{4})-(\d\d)(\d\d)(?:-(\d+))?"
-                   r"\.tar\.(?:gz|zst)$")
-BOOTSTRAP_USER = "clawdie_drill"
 # Where an installation keeps each item, relative to the sandbox.
 LAYOUT = {"env": "root/.env", "messages.db": "root/store/messages.db",
           "mount-allowlist.json": "home/.config/clawdie-cp/mount-allowlist.json"}
@@ -55,15 +52,6 @@ def _layout(name: str) -> str:
 
 
 @dataclass
-class Check:
-    name: str
-    item: str
-    status: str  # pass, fail, skip
-    detail: str = ""
-    seconds: float = 0.0
-
-
-@dataclass
 class DrillOptions:
     archive: Path | None = None
     latest: Path | None = None
@@ -74,127 +62,18 @@ class DrillOptions:
 
 
 # -- choosing the archive -----------------------------------------------------------------
-def _stem_key(p: Path) -> tuple:
-    m = _STEM.match(p.name)
-    if not m or m.group(2) not in MONTHS:
-        return (datetime.min, 0, p.stat().st_mtime)
-    day, mon, year, hh, mm, n = m.groups()
-    when = datetime(int(year), MONTHS.index(mon) + 1, int(day), int(hh), int(mm))
-    return (when, int(n or 1), p.stat().st_mtime)
-
-
 def newest_archive(directory: Path) -> Path:
-    """The newest clawdie-backup-* archive in a directory, by the time in its name."""
+    """The newest clawdie-backup-* archive in a directory (archive/catalog.py's rule)."""
     if not directory.is_dir():
         raise ConfigError(f"backup directory not found: {directory}", "check --latest")
-    found = [p for p in directory.iterdir() if p.is_file() and p.name.startswith("clawdie-backup-")
-             and p.name.endswith((".tar.gz", ".tar.zst"))]
-    if not found:
+    found = catalog.newest(directory)
+    if found is None:
         raise ConfigError(f"no clawdie-backup-* archive in {directory}",
                           "run clawdie-ops backup --output there, or check --latest")
-    return max(found, key=_stem_key)
+    return found
 
 
 # -- the scratch server -------------------------------------------------------------------
-def find_server_bin(c, s: Settings, explicit: str) -> Path:
-    """initdb, pg_ctl and psql of one version: the given folder, PATH, or the newest known."""
-    if explicit:
-        path = Path(explicit)
-    else:
-        res = runner.run(c, Shell("command -v initdb"))
-        if res.exited == 0 and res.stdout.strip():
-            path = Path(res.stdout.strip()).resolve().parent  # a symlink to the real bin folder
-        else:
-            # Debian keeps server binaries off PATH, one folder per major version.
-            known = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                           key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
-            known += [p for p in (Path("/usr/local/bin/initdb"),) if p.exists()]
-            if not known:
-                raise ToolMissing("initdb not found (PATH, /usr/lib/postgresql/*/bin, "
-                                  "/usr/local/bin)",
-                                  "install the PostgreSQL server package, set "
-                                  "clawdie.drill.pg_bin, or give a server with --pg-host")
-            path = known[-1].parent
-    for tool in ("initdb", "pg_ctl", "psql"):
-        if not (path / tool).exists():
-            raise ToolMissing(f"{tool} not found in {path}",
-                              "point --pg-bin / clawdie.drill.pg_bin at a PostgreSQL bin folder")
-    return path
-
-
-def reachable(path: Path, uid: int, gid: int) -> bool:
-    """Can the user (uid, gid) walk down to `path`? (root can; the postgres user may not)."""
-    for d in [path, *path.parents]:
-        st = d.stat()
-        bit = 0o100 if st.st_uid == uid else (0o010 if st.st_gid == gid else 0o001)
-        if not st.st_mode & bit:
-            return False
-    return True
-
-
-class Throwaway:
-    """A PostgreSQL cluster in the sandbox: a Unix socket only, trust for its owner, no TCP."""
-
-    def __init__(self, c, s: Settings, bindir: Path, base: Path, os_user: str) -> None:
-        self.c, self.s, self.bindir, self.base = c, s, bindir, base
-        self.data = base / "data"
-        self.sock = base / "sock"
-        self.port = 5432  # only names the socket file in our own folder
-        self.as_root = os.geteuid() == 0
-        self.os_user = os_user
-        self.started = False
-
-    def _run(self, *args: str) -> None:
-        inner = f"cd {shlex.quote(str(self.base))} && {runner.line(args)}"
-        cmd = self.s.command("as_postgres", user=self.os_user, cmd=inner) if self.as_root \
-            else inner
-        res = runner.run(self.c, Shell(cmd))
-        if res.exited != 0:
-            log = self.base / "server.log"
-            server_log = log.read_text(errors="replace") if log.exists() else ""
-            raise runner.failure(res, Path(args[0]).name, "check clawdie.drill.pg_bin and "
-                                 "clawdie.drill.os_user", error=DatabaseError,
-                                 detail=f"{res.stderr or res.stdout}\n{server_log}")
-
-    def start(self) -> DbSpec:
-        self.base.mkdir(mode=0o700)
-        self.sock.mkdir(mode=0o700)
-        if self.as_root:
-            pw = self.user()
-            if not reachable(self.base.parent, pw.pw_uid, pw.pw_gid):
-                raise ConfigError(f"the {self.os_user} user cannot reach {self.base.parent}",
-                                  "set TMPDIR to a folder it can reach (e.g. /tmp)")
-            for d in (self.base, self.sock):
-                os.chown(d, pw.pw_uid, pw.pw_gid)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", BOOTSTRAP_USER,
-                  "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
-        opts = (f"-c listen_addresses='' -c port={self.port} "
-                f"-c unix_socket_directories={shlex.quote(str(self.sock))} -c fsync=off "
-                "-c full_page_writes=off -c synchronous_commit=off")
-        self.started = True
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
-                  str(self.base / "server.log"), "-o", opts, "-w", "-t", "60", "start")
-        return DbSpec(key="drill", name="postgres", user=BOOTSTRAP_USER, password="",
-                      host=str(self.sock), port=self.port)
-
-    def user(self) -> pwd.struct_passwd:
-        return self.user_of(self.os_user)
-
-    @staticmethod
-    def user_of(name: str) -> pwd.struct_passwd:
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            raise ConfigError(f"user {name!r} does not exist to run the drill's "
-                              "PostgreSQL", "set clawdie.drill.os_user") from None
-
-    def stop(self) -> None:
-        if self.started and (self.data / "postmaster.pid").exists():
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                      "-w", "stop")
-        self.started = False
-
-
 def given_server(cfg: Mapping[str, Any], opts: DrillOptions) -> DbSpec | None:
     host = opts.pg_host or str(cfg.get("host") or "")
     if not host:
@@ -240,8 +119,8 @@ class Drill:
             status, detail = "fail", f"{item}: {str(exc).strip().splitlines()[0]}"
         except OSError as exc:
             status, detail = "fail", f"{item or name}: {exc}"
-        self.checks.append(Check(name, item, status, detail,
-                                 round(time.monotonic() - start, 3)))
+        self.checks.append(Check(name, status, detail, item=item,
+                                 seconds=round(time.monotonic() - start, 3)))
         return value if status == "pass" else None
 
     @property
@@ -249,7 +128,7 @@ class Drill:
         return any(ch.status == "fail" for ch in self.checks)
 
     def skip(self, name: str, item: str, why: str) -> None:
-        self.checks.append(Check(name, item, "skip", why))
+        self.checks.append(Check(name, "skip", why, item=item))
 
     # individual checks
     def start_server(self, v: Verified) -> str:
@@ -413,15 +292,12 @@ class Drill:
 
 
 def _compare_counts(item: str, expected: Mapping[str, int], got: Mapping[str, int]) -> None:
-    wrong = [f"table {t} has {got[t]} rows, manifest says {n}" if t in got
-             else f"table {t} is missing" for t, n in expected.items() if got.get(t) != n]
-    wrong += [f"table {t} is not in the manifest" for t in got if t not in expected]
+    wrong = count_differences(expected, got)
     if wrong:
-        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
-        raise DrillFailed(f"{item}: {'; '.join(wrong[:3])}{more}")
+        raise DrillFailed(f"{item}: {summary(wrong)}")
 
 
-def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporter) -> dict:
+def run(c: Context, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporter) -> dict:
     started = time.monotonic()
     archive = opts.archive if opts.archive else newest_archive(Path(opts.latest or "."))
     d = Drill(c, s, cfg, opts, out)
@@ -444,7 +320,7 @@ def run(c, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out: Reporte
                 d.step("messages.db", "messages.db", lambda: d.check_sqlite(v))
                 d.step("files", "env, groups/, mount-allowlist.json", lambda: d.check_files(v))
                 for name in sorted(v.dumps):
-                    d.step(f"replay {name}", name, lambda n=name: d.replay(v, n))
+                    d.step(f"replay {name}", name, functools.partial(d.replay, v, name))
             else:
                 done = {ch.name for ch in d.checks}
                 for name in [*planned, *[f"replay {n}" for n in sorted(v.dumps)]]:

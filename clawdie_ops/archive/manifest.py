@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ArchiveCorrupt
@@ -20,6 +21,22 @@ ITEMS = ("messages.db", "memory_db.sql", "skills_db.sql", "env", "groups/",
          "mount-allowlist.json")
 
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+
+def count_differences(expected: Mapping[str, int], got: Mapping[str, int], *,
+                      extra_tables: bool = False) -> list[str]:
+    """Each table whose row count differs from `expected`, missing or (unless
+    `extra_tables`) not expected at all."""
+    wrong = [f"table {t} has {got[t]} rows, manifest says {n}" if t in got
+             else f"table {t} is missing" for t, n in expected.items() if got.get(t) != n]
+    if not extra_tables:
+        wrong += [f"table {t} is not in the manifest" for t in got if t not in expected]
+    return wrong
+
+
+def summary(wrong: list[str], limit: int = 3) -> str:
+    more = f" (and {len(wrong) - limit} more)" if len(wrong) > limit else ""
+    return "; ".join(wrong[:limit]) + more
 
 
 def archive_stem(when: datetime) -> str:

@@ -101,7 +101,7 @@ class ArchiveWriter:
         # fewer pipe writes and hash updates per GB (BENCHMARKS.md).
         self.tar = tarfile.open(fileobj=self.proc.stdin, mode="w|", format=tarfile.PAX_FORMAT,
                                 bufsize=CHUNK)
-        self.tar.copybufsize = CHUNK
+        self.tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # CPython has it, typeshed not
         self.add_dir("")
 
     def _pump(self) -> None:
@@ -140,7 +140,7 @@ class ArchiveWriter:
             reader = _HashingReader(fh)
             info = self._info(name, st.st_size, mode if mode is not None else st.st_mode & 0o777,
                               st.st_mtime)
-            self._write(lambda: self.tar.addfile(info, reader))  # type: ignore[arg-type]
+            self._write(lambda: self.tar.addfile(info, reader))
         return {"size": reader.size, "sha256": reader.sha.hexdigest()}
 
     def add_bytes(self, name: str, data: bytes, mode: int = 0o600) -> dict:

@@ -33,7 +33,7 @@ from ..errors import ConfigError
 LOCAL = "local"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:\[\]-]*$")
 ENTRY_KEYS = {"ssh", "root", "peer_ssh", "tool", "install", "overrides"}
-# How migrate installs clawdie-ops on a host that lacks it (toolinstall.py).
+# How migrate installs clawdie-ops on a host that lacks it (hosts/install.py).
 INSTALL_KEYS = {"python": str, "dir": str, "pip_args": str, "system_site_packages": bool}
 # Settings that a host may not take from the inventory: they describe the operator's machine.
 NOT_PER_HOST = {"hosts"}

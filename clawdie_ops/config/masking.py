@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "***"
 
-# MEMORY_DB_PASSWORD, db_admin.password, ANTHROPIC_API_KEY, TELEGRAM_BOT_TOKEN, ...
-_SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|credential|private|(^|_)key)$|api_?key",
-                         re.IGNORECASE)
+# The one rule for "this key holds a secret", for config, .env, plans, reports and journals:
+# MEMORY_DB_PASSWORD, db_admin.password, ANTHROPIC_API_KEY, TELEGRAM_BOT_TOKEN, SECRET_KEY_BASE,
+# DB_PASS, ... as a whole word of the key (so not `keyboard` or `monkey_count`).
+_SECRET_KEY = re.compile(r"(^|[_.-])(pass(word|wd|phrase)?|secrets?|tokens?|credentials?|private"
+                         r"|keys?)($|[_.-])|api_?key", re.IGNORECASE)
 
 
 def is_secret_key(key: object) -> bool:
@@ -23,6 +26,13 @@ def masked(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [masked(v) for v in value]
     return value
+
+
+def secret_values(*envs: Mapping[str, str] | None, extra: Iterable[str] = ()) -> list[str]:
+    """The values of the secret-looking keys of `envs` (and `extra`), for mask_text."""
+    found = {v for env in envs if env for k, v in env.items() if is_secret_key(k) and v}
+    found.update(x for x in extra if x)
+    return [x for x in found if len(x) >= 3]
 
 
 def mask_text(text: str, secrets: list[str]) -> str:

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 
 from dotenv import dotenv_values
 
+from .. import runner
 from ..errors import ConfigError, EnvFileError
+from .masking import secret_values
 
 # Host-specific commands are templates; `{name}` fields are filled with shell-quoted values.
 # FreeBSD defaults (bastille jails, the runbook's npm scripts); the test rig sets Linux ones.
@@ -171,10 +173,30 @@ class Settings:
                               f"fields available: {', '.join(sorted(quoted))}") from None
 
 
+# Settings whose value is a mapping with keys of its own; `commands` takes the template
+# names of DEFAULT_COMMANDS, `hosts` is checked by the inventory (inventory.py).
+_NESTED = ("db_admin", "drill", "doctor", "commands")
+
+
+def check_keys(raw: Mapping[str, Any], where: str = "clawdie") -> None:
+    """Refuse a setting this tool does not know, naming it (a typo would be ignored)."""
+    for key, value in raw.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"unknown setting {where}.{key}",
+                              f"check the spelling; known settings: {', '.join(sorted(DEFAULTS))}")
+        if key in _NESTED and hasattr(value, "keys"):
+            unknown = sorted(set(value) - set(DEFAULTS[key]))
+            if unknown:
+                raise ConfigError(f"unknown setting {where}.{key}.{unknown[0]}",
+                                  f"{where}.{key} takes: {', '.join(sorted(DEFAULTS[key]))}")
+
+
 def section(config: Any) -> dict[str, Any]:
-    """The `clawdie` section of an invoke config as a plain dict, defaults filled in."""
+    """The `clawdie` section of an invoke config as a plain dict, defaults filled in;
+    unknown settings are refused (ConfigError naming the key)."""
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     raw = config.get("clawdie", {}) if config is not None else {}
+    check_keys(dict(raw))
     for key, value in dict(raw).items():
         if isinstance(merged.get(key), dict) and value is not None:
             merged[key] = {**merged[key], **dict(value)}
@@ -251,6 +273,8 @@ def load(config: Any, root: str | os.PathLike[str] | None = None,
     compression = str(cfg["compression"])
     if compression not in ("gzip", "zstd"):
         raise ConfigError(f"compression {compression!r} is not known", "use gzip or zstd")
+    runner.keep_secret(*secret_values(env, extra=(
+        str(cfg["db_admin"].get("password") or ""), str(cfg["drill"].get("password") or ""))))
     return Settings(
         root=root_path, home=home, env=env,
         agent_name=env.get("AGENT_NAME", "clawdie"),

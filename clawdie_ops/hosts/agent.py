@@ -16,11 +16,11 @@ def _run(c: Context, s: Settings, key: str, **values: str) -> Result:
     return runner.run(c, Shell(s.command(key, **values)))
 
 
-def running(c, s: Settings) -> bool:
+def running(c: Context, s: Settings) -> bool:
     return _run(c, s, "agent_status").exited == 0
 
 
-def stop(c, s: Settings) -> bool:
+def stop(c: Context, s: Settings) -> bool:
     """Stop the agent if it runs; True when it was running (so the caller can restart it)."""
     if not running(c, s):
         return False
@@ -31,7 +31,7 @@ def stop(c, s: Settings) -> bool:
     return True
 
 
-def start(c, s: Settings) -> None:
+def start(c: Context, s: Settings) -> None:
     res = _run(c, s, "agent_start")
     if res.exited != 0 or not running(c, s):
         why = res.stderr.strip() or "not running after start"
@@ -39,11 +39,11 @@ def start(c, s: Settings) -> None:
                          f"start it by hand ({s.command('agent_start')}) and check its log")
 
 
-def jail_running(c, s: Settings, jail: str) -> bool:
+def jail_running(c: Context, s: Settings, jail: str) -> bool:
     return _run(c, s, "jail_status", jail=jail).exited == 0
 
 
-def jail_stop(c, s: Settings, jail: str) -> bool:
+def jail_stop(c: Context, s: Settings, jail: str) -> bool:
     """Stop a jail if it runs; True when it was running."""
     if not jail_running(c, s, jail):
         return False
@@ -54,7 +54,7 @@ def jail_stop(c, s: Settings, jail: str) -> bool:
     return True
 
 
-def jail_start(c, s: Settings, jail: str) -> None:
+def jail_start(c: Context, s: Settings, jail: str) -> None:
     res = _run(c, s, "jail_start", jail=jail)
     if res.exited != 0:
         raise AgentError(f"could not start jail {jail}: {res.stderr.strip()}",

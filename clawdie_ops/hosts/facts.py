@@ -1,7 +1,7 @@
 """What is true on this host for a migration, read-only: versions, space, ZFS, PostgreSQL, data.
 
 Runs on each host (`clawdie-ops migrate-step check`); the operator compares the two reports
-(migrate_checks.py). On the target, the database settings are evaluated with the source's
+(actions/migrate/checks.py). On the target, the database settings are evaluated with the source's
 .env values (they arrive on stdin), because that .env is what the restore brings: so the
 guard sees which PostgreSQL the new host would really use after the cutover.
 """
@@ -14,77 +14,21 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-import psycopg
+
+from invoke import Context
 
 from .. import __version__, runner
 from . import agent
-from ..sources.postgres import roles as pgroles
 from ..zfs import commands as zfs
-from ..config.settings import DbSpec, Settings, load
+from ..config.settings import Settings, load
 from ..errors import ClawdieError
-from ..sources.postgres import commands as pg
+from ..sources.postgres import commands as pg, server
 from .transfer import free_bytes
 
 # The .env keys a target needs to know where the restored installation will point.
 MIGRATION_ENV_KEYS = ("AGENT_NAME", "ZFS_POOL", "ZFS_PREFIX", "WARDEN_DB_IP", "WARDEN_SUBNET",
                       "DB_PORT", "MEMORY_DB_NAME", "MEMORY_DB_USER", "MEMORY_DB_PASSWORD",
                       "SKILLS_DB_NAME", "SKILLS_DB_USER", "SKILLS_DB_PASSWORD")
-
-
-def _error(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, ClawdieError) else f"{type(exc).__name__}: {exc}"
-
-
-def identity(conn: psycopg.Connection, info: pg.ServerInfo) -> str:
-    """Which server this is: its system identifier, else its start time and address."""
-    if info.system_identifier:
-        return info.system_identifier
-    row = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()
-    return f"started {row[0]} at {info.address}"
-
-
-def _non_empty_tables(conn: psycopg.Connection) -> int:
-    rows = conn.execute(
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
-        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-        "AND n.nspname NOT LIKE 'pg_toast%'").fetchall()
-    # EXISTS per table: cheap at any size, unlike count(*).
-    return sum(1 for (t,) in rows
-               if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0])
-
-
-def probe_database(db: DbSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {"host": db.host, "port": db.port, "database": db.name,
-                           "user": db.user, "login": False}
-    try:
-        with pg.connect(db) as conn:
-            info = pg.server_info(conn)
-            out.update(login=True, version=info.version, version_num=info.version_num,
-                       identity=identity(conn, info), non_empty_tables=_non_empty_tables(conn),
-                       size=conn.execute("SELECT pg_database_size(current_database())")
-                       .fetchone()[0])
-    except (ClawdieError, psycopg.Error) as exc:
-        out["error"] = _error(exc)
-    return out
-
-
-def probe_admin(s: Settings) -> dict[str, Any]:
-    spec = pgroles.admin_spec(s, s.db_host, s.db_port)
-    out: dict[str, Any] = {"configured": spec is not None, "login": False}
-    if spec is None:
-        return out
-    try:
-        with pg.connect(spec) as conn:
-            info = pg.server_info(conn)
-            row = conn.execute("SELECT rolsuper OR rolcreaterole, rolsuper OR rolcreatedb "
-                               "FROM pg_roles WHERE rolname = current_user").fetchone()
-            out.update(login=True, version=info.version, version_num=info.version_num,
-                       identity=identity(conn, info), create_role=bool(row and row[0]),
-                       create_db=bool(row and row[1]))
-    except (ClawdieError, psycopg.Error) as exc:
-        out["error"] = _error(exc)
-    return out
 
 
 def _sqlite_facts(path: Path) -> dict[str, Any]:
@@ -116,7 +60,7 @@ def _tree_bytes(top: Path) -> int:
     return total
 
 
-def _zfs_facts(c, s: Settings) -> dict[str, Any]:
+def _zfs_facts(c: Context, s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {"pool": s.zfs_pool, "datasets": {}}
     try:
         out["pool_exists"] = zfs.exists(c, s, zfs.check_dataset(s.zfs_pool))
@@ -138,7 +82,7 @@ def _zfs_facts(c, s: Settings) -> dict[str, Any]:
     return out
 
 
-def _pg_clients(c, s: Settings) -> dict[str, Any]:
+def _pg_clients(c: Context, s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tool in ("pg_dump", "psql"):
         try:
@@ -149,7 +93,7 @@ def _pg_clients(c, s: Settings) -> dict[str, Any]:
     return out
 
 
-def gather(c, cfg: Mapping[str, Any], role: str, env: Mapping[str, str] | None = None,
+def gather(c: Context, cfg: Mapping[str, Any], role: str, env: Mapping[str, str] | None = None,
            with_db_env: bool = False) -> dict[str, Any]:
     """This host's facts; `env` (on a target) stands in for the .env the restore brings."""
     config = {"clawdie": dict(cfg)}
@@ -178,8 +122,8 @@ def gather(c, cfg: Mapping[str, Any], role: str, env: Mapping[str, str] | None =
         facts["agent_running"] = None
         facts["agent_error"] = exc.message
     if effective.db_host:
-        facts["databases"] = {db.key: probe_database(db) for db in effective.databases()}
-        facts["admin"] = probe_admin(effective)
+        facts["databases"] = {db.key: server.probe_database(db) for db in effective.databases()}
+        facts["admin"] = server.probe_admin(effective)
     else:
         facts["databases"] = {}
         facts["admin"] = {"configured": False, "login": False}

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from invoke import Context
+
 from .. import __version__, runner
 from ..runner import Shell
 from . import remote, wheel
@@ -81,14 +83,14 @@ def _parse(stdout: str) -> tuple[str | None, str | None]:
     return (m.group(1) if m else None), path
 
 
-def probe(c, host: Host) -> str | None:
+def probe(c: Context, host: Host) -> str | None:
     """The version of the clawdie-ops `host` is configured to run, or None."""
     res = remote.run(c, host, [*host.tool_argv(), "--version"],
                      what="clawdie-ops --version")
     return _parse(res.stdout)[0] if res.exited == 0 else None
 
 
-def probe_installed(c, host: Host) -> tuple[str | None, str | None]:
+def probe_installed(c: Context, host: Host) -> tuple[str | None, str | None]:
     """(version, path) of an earlier install in the host's install dir."""
     res = remote.run(c, host, _sh(_FIND, settings(host)["dir"]), what="clawdie-ops --version")
     return _parse(res.stdout) if res.exited == 0 else (None, None)
@@ -103,7 +105,7 @@ def plan_text(host: Host, minimum: str | None) -> str:
             + ", pip install" + (" with install.pip_args" if s["pip_args"] else "") + ")")
 
 
-def find(c, host: Host, minimum: str | None) -> Found:
+def find(c: Context, host: Host, minimum: str | None) -> Found:
     """The host's clawdie-ops if it is there and new enough, else an earlier install's."""
     have = probe(c, host)
     if have and version_tuple(have) >= version_tuple(minimum):
@@ -114,7 +116,7 @@ def find(c, host: Host, minimum: str | None) -> Found:
     return Found(None, have, "older" if have else "missing")
 
 
-def install(c, host: Host) -> Found:
+def install(c: Context, host: Host) -> Found:
     """Upload this clawdie-ops and pip-install it on `host` (a Fabric Connection)."""
     s = settings(host)
     tmp = remote.make_temp_dir(c, host)

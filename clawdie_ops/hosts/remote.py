@@ -12,7 +12,6 @@ key that differs from the recorded one is always refused.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -33,22 +32,6 @@ CONNECT_TIMEOUT = 15
 KEEPALIVE_S = 15
 
 
-class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """OpenSSH's accept-new: trust a host seen for the first time and record its key."""
-
-    def __init__(self, known_hosts: Path) -> None:
-        self.known_hosts = known_hosts
-        self.accepted: list[str] = []
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.known_hosts, "a", encoding="ascii") as fh:
-            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        self.accepted.append(f"{hostname} {key.get_name()} {key.fingerprint}")
-
-
 def _endpoint(conn: Connection) -> str:
     return f"{conn.host}:{conn.port}" if conn.port != 22 else conn.host
 
@@ -60,16 +43,7 @@ def connection(local: Context, host: Host, cfg: Mapping[str, Any], *,
     Whatever StrictHostKeyChecking the ssh config says, an unknown key is refused here
     unless the operator passed --accept-new-host-key."""
     h = ssh.resolve(local, host.ssh, str(cfg.get("ssh_config") or ""))
-    conn = ssh.connect(h, timeout=timeout)
-    files = [Path(os.path.expanduser(f)) for f in h.known_hosts] or \
-        [Path(os.path.expanduser("~/.ssh/known_hosts"))]
-    policy: paramiko.MissingHostKeyPolicy = (
-        AcceptNewPolicy(files[0]) if accept_new_host_key else paramiko.RejectPolicy())
-    conn.client.set_missing_host_key_policy(policy)
-    # On the paramiko client, not the Connection: setting a Context attribute sets config.
-    conn.client.clawdie_known_hosts = files  # type: ignore[attr-defined]
-    conn.client.clawdie_policy = policy  # type: ignore[attr-defined]
-    return conn
+    return ssh.connect(h, timeout=timeout, accept_new=accept_new_host_key)
 
 
 def open_checked(conn: Connection, host: Host) -> None:

@@ -10,7 +10,10 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import paramiko
+from fabric import Config, Connection
 from invoke import Context
 
 from .. import runner
@@ -121,15 +124,30 @@ def resolve(c: Context, host: str, config_file: str = "") -> SshHost:
                          config_file)
 
 
-def connect(h: SshHost, timeout: int | None = None):
+class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's accept-new: trust a host seen for the first time and record its key."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+        self.accepted: list[str] = []
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="ascii") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.accepted.append(f"{hostname} {key.get_name()} {key.fingerprint}")
+
+
+def connect(h: SshHost, timeout: int | None = None, accept_new: bool = False) -> Connection:
     """A Fabric Connection to `h` with exactly the resolved settings.
 
-    Host keys are checked as ssh would: known-hosts files from the config, and an unknown key
-    is refused unless the config says StrictHostKeyChecking no/accept-new (Fabric's own
-    default would silently accept it)."""
-    import paramiko
-    from fabric import Config, Connection
-
+    The one host-key policy: the known-hosts files of the ssh config are loaded and an
+    unknown key is refused (paramiko's RejectPolicy; Fabric's own default would silently
+    accept it), whatever StrictHostKeyChecking says. Only `accept_new` (the operator's
+    --accept-new-host-key) trusts a first-seen key, recorded like OpenSSH's accept-new. A key
+    that differs from the recorded one is always refused."""
     kwargs: dict = {}
     if h.identity_files:
         kwargs["key_filename"] = [os.path.expanduser(f) for f in h.identity_files
@@ -155,8 +173,12 @@ def connect(h: SshHost, timeout: int | None = None):
     for path in (h.option("GlobalKnownHostsFile") or "/etc/ssh/ssh_known_hosts").split():
         if os.path.isfile(path):
             conn.client.load_system_host_keys(path)
-    strict = h.strict.lower()
-    policy = paramiko.AutoAddPolicy() if strict in ("no", "false", "off", "accept-new") \
-        else paramiko.RejectPolicy()
+    files = [Path(os.path.expanduser(f)) for f in h.known_hosts] or \
+        [Path(os.path.expanduser("~/.ssh/known_hosts"))]
+    policy: paramiko.MissingHostKeyPolicy = (
+        AcceptNewPolicy(files[0]) if accept_new else paramiko.RejectPolicy())
     conn.client.set_missing_host_key_policy(policy)
+    # On the paramiko client, not the Connection: setting a Context attribute sets config.
+    conn.client.clawdie_known_hosts = files
+    conn.client.clawdie_policy = policy
     return conn

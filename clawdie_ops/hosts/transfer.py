@@ -93,7 +93,7 @@ class SftpFiles:
         fh = self.sftp().open(path, "rb")
         fh.seek(offset)
         fh.prefetch()
-        return fh  # type: ignore[return-value]
+        return fh
 
     def open_write(self, path: str, offset: int) -> IO[bytes]:
         fh = self.sftp().open(path, "r+b" if offset else "wb")
@@ -101,7 +101,7 @@ class SftpFiles:
             self.sftp().chmod(path, 0o600)
         fh.seek(offset)
         fh.set_pipelined(True)
-        return fh  # type: ignore[return-value]
+        return fh
 
     def rename(self, src: str, dst: str) -> None:
         self.sftp().posix_rename(src, dst)

@@ -6,7 +6,7 @@ from ..lifeline import LocalRunner
 from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
-from . import migrate
+from . import migrate, positional
 
 namespace = Collection()
 namespace.add_task(backup.backup)
@@ -19,3 +19,4 @@ namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
 # Local commands die with the tool (a killed run leaves no psql replaying on its own).
 namespace.configure({"clawdie": DEFAULTS, "runners": {"local": LocalRunner}})
+positional.register(namespace)  # TASK --help prints this collection's help

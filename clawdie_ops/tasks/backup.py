@@ -1,9 +1,11 @@
-"""`inv backup`: flags in, summary out; the work is in clawdie_ops.backup."""
+"""`inv backup`: flags in, summary out; the work is in clawdie_ops.actions.backup."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from rich.console import Console
+
+from invoke import Context
 
 from ..actions import backup as action
 from ..output import Reporter, human_size
@@ -21,8 +23,8 @@ from .base import operator_task, seconds, settings
     "wait": "when another backup or a restore holds the installation or the backup folder, "
             "wait up to this many seconds for it (default 0: refuse at once, naming it)",
 })
-def backup(c, root=None, output=None, skip_skills=False, no_snapshot=False, compression=None,
-           dry_run=False, json=False, wait=0):
+def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=False,
+           compression=None, dry_run=False, json=False, wait=0):
     """Back up the installation into one archive (mode 0600).
 
     ZFS snapshots of the jail datasets, messages.db, memory_db and skills_db, .env, groups/

@@ -94,19 +94,3 @@ def seconds(value: Any) -> float:
     if n < 0:
         raise ConfigError(f"--wait {value!r} is not a number of seconds", "e.g. --wait 600")
     return n
-
-
-def confirm(question: str, yes: bool) -> None:
-    """Ask before a destructive step; without a terminal, `--yes` is required."""
-    import sys
-
-    from ..errors import Aborted
-
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise Aborted(f"{question} (needs confirmation, and there is no terminal to ask)",
-                      "run it again with --yes once you have read the plan (--dry-run)")
-    answer = input(f"{question} [y/N] ").strip().lower()
-    if answer not in ("y", "yes"):
-        raise Aborted("stopped: not confirmed", "nothing was changed")

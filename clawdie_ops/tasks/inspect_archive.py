@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from invoke import Context
+
 from ..archive.contents import describe
 from ..output import Reporter, human_size
 from ..archive.verify import verify
@@ -18,7 +20,7 @@ from .positional import help_requested
     "archive": "the clawdie-backup-*.tar.gz / .tar.zst archive to look into",
     "json": "print what it holds as JSON (items, sizes, row counts, checksums)",
 })
-def inspect(c, archive, json=False):
+def inspect(c: Context, archive, json=False):
     """Verify an archive and list what it holds: items, sizes, row counts.
 
     Every member's checksum and size against the manifest, safe member names and types;

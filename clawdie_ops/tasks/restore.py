@@ -1,4 +1,4 @@
-"""`inv restore`: flags in, plan and summary out; the work is in clawdie_ops.restore."""
+"""`inv restore`: flags in, plan and summary out; the work is in clawdie_ops.actions.restore."""
 from __future__ import annotations
 
 from contextlib import ExitStack
@@ -6,9 +6,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from invoke import Context
+
 from ..actions.restore import run as action
-from ..output import Reporter
-from .base import confirm, operator_task, seconds
+from ..output import Reporter, confirm
+from .base import operator_task, seconds
 from .doctor import print_checks
 from .positional import help_requested
 
@@ -28,7 +30,7 @@ from .positional import help_requested
     "wait": "when a backup or another restore holds the installation, wait up to this many "
             "seconds for it (default 0: refuse at once, naming it)",
 })
-def restore(c, archive, root=None, only=None, dry_run=False, yes=False, start=False,
+def restore(c: Context, archive, root=None, only=None, dry_run=False, yes=False, start=False,
             no_start=False, json=False, wait=0):
     """Restore an archive in the runbook's order, keeping the current state to roll back to.
 

@@ -65,11 +65,11 @@ def _run(c: Context, s: Settings, *args: str) -> Result:
     return runner.run(c, cmd(s, *args))
 
 
-def exists(c, s: Settings, name: str) -> bool:
+def exists(c: Context, s: Settings, name: str) -> bool:
     return _run(c, s, "list", "-H", "-o", "name", name).exited == 0
 
 
-def require(c, s: Settings, datasets: list[str]) -> None:
+def require(c: Context, s: Settings, datasets: list[str]) -> None:
     missing = [d for d in datasets if not exists(c, s, check_dataset(d))]
     if missing:
         raise DatasetMissing(
@@ -107,7 +107,7 @@ class Snapshot:
         return f"{self.dataset}@{self.name}"
 
 
-def snapshots(c, s: Settings, dataset: str) -> list[Snapshot]:
+def snapshots(c: Context, s: Settings, dataset: str) -> list[Snapshot]:
     """Snapshots of one dataset, newest first."""
     check_dataset(dataset)
     res = _run(c, s, "list", "-H", "-o", "name", "-t", "snapshot", "-r", "-d", "1", dataset)
@@ -125,7 +125,8 @@ def snapshots(c, s: Settings, dataset: str) -> list[Snapshot]:
     return sorted(snaps, key=lambda x: (x.creation, names.index(x.full)), reverse=True)
 
 
-def numbers(c, s: Settings, names: list[str], props: tuple[str, ...]) -> dict[str, dict[str, int]]:
+def numbers(c: Context, s: Settings, names: list[str],
+            props: tuple[str, ...]) -> dict[str, dict[str, int]]:
     """Numeric properties of datasets or snapshots via `zfs get -Hp` (old ZFS has no `list -p`)."""
     if not names:
         return {}
@@ -144,7 +145,7 @@ def snapshot_cmd(s: Settings, datasets: list[str], name: str) -> list[str]:
     return cmd(s, "snapshot", *[f"{check_dataset(d)}@{name}" for d in datasets])
 
 
-def snapshot_each(c, s: Settings, datasets: list[str], name: str) -> bool:
+def snapshot_each(c: Context, s: Settings, datasets: list[str], name: str) -> bool:
     """Snapshot several datasets under one name; True when it was one atomic command.
 
     Older ZFS (zfs-fuse) takes one snapshot per command ("too many arguments"): then each
@@ -168,13 +169,13 @@ def rollback_cmd(s: Settings, full: str) -> list[str]:
     return cmd(s, "rollback", "-r", f"{ds}@{snap}")
 
 
-def rollback(c, s: Settings, full: str) -> None:
+def rollback(c: Context, s: Settings, full: str) -> None:
     runner.run(c, rollback_cmd(s, full), check=True, what=f"rollback to {full}", error=ZfsError,
                hint="check that nothing holds the dataset busy (a running jail, a shell "
                     "inside its mountpoint) and try again")
 
 
-def written_since(c, s: Settings, dataset: str, snap: str) -> int | None:
+def written_since(c: Context, s: Settings, dataset: str, snap: str) -> int | None:
     """Bytes written to `dataset` since `snap` (OpenZFS `written@snap`); None where unknown."""
     check_dataset(dataset)
     check_snapname(snap)
@@ -183,7 +184,7 @@ def written_since(c, s: Settings, dataset: str, snap: str) -> int | None:
     return int(value) if res.exited == 0 and value.isdigit() else None
 
 
-def create_parents(c, s: Settings, dataset: str) -> None:
+def create_parents(c: Context, s: Settings, dataset: str) -> None:
     """`zfs create -p dataset`: the dataset and any missing parents (none changed if present)."""
     runner.run(c, cmd(s, "create", "-p", check_dataset(dataset)), check=True,
                what=f"creating {dataset}", error=ZfsError,
@@ -191,7 +192,7 @@ def create_parents(c, s: Settings, dataset: str) -> None:
                     "datasets")
 
 
-def mountpoint(c, s: Settings, dataset: str) -> str:
+def mountpoint(c: Context, s: Settings, dataset: str) -> str:
     res = _run(c, s, "get", "-H", "-o", "value", "mountpoint", check_dataset(dataset))
     if res.exited != 0:
         raise DatasetMissing(f"ZFS dataset not found: {dataset}", "check `zfs list`")

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from invoke import Context
+
 from .. import runner
 from ..hosts import agent, ssh
 from . import datasets, syncoid, commands as zfs
+from ..config import inventory
 from ..config.settings import Settings
 from ..errors import ConfigError, DatasetMissing, ZfsError
 from ..output import Reporter, human_size
@@ -78,11 +81,11 @@ def target_settings(s: Settings, cfg: Mapping[str, Any], to: str) -> tuple[Setti
 
     From the inventory entry `clawdie.hosts[to]` = {ssh, root, overrides} when there is one;
     otherwise the target is assumed to be laid out like this host."""
-    entry = dict((cfg.get("hosts") or {}).get(to) or {})
-    over = dict(entry.get("overrides") or {})
+    host = inventory.resolve(cfg, to)  # validated: unknown keys and settings are refused
+    over = dict(host.overrides)
     changes: dict[str, Any] = {}
-    if entry.get("root"):
-        changes["root"] = Path(str(entry["root"]))
+    if host.root:
+        changes["root"] = Path(host.root)
     if over.get("home"):
         changes["home"] = Path(str(over["home"]))
     for key in ("zfs", "zfs_pool", "zfs_prefix", "jail_name"):
@@ -92,7 +95,7 @@ def target_settings(s: Settings, cfg: Mapping[str, Any], to: str) -> tuple[Setti
         changes["commands"] = {**s.commands, **dict(over["commands"])}
     if over.get("jails"):
         changes["jails"] = tuple(over["jails"])
-    return dataclasses.replace(s, **changes), str(entry.get("ssh") or to)
+    return dataclasses.replace(s, **changes), host.ssh
 
 
 def map_dataset(s: Settings, ts: Settings, dataset: str) -> str:
@@ -113,9 +116,10 @@ def _probe_pair(conn, ts: Settings, c, s: Settings, jd: datasets.JailDataset,
     return Pair(jd.jail, jd.dataset, target, "common" if common else "diverged", common)
 
 
-def make_plan(c, s: Settings, cfg: Mapping[str, Any], to: str, names: list[str] | None = None,
-              target_pool: str = "", target_prefix: str = "", compress: str = "auto",
-              bwlimit: str = "", replace_existing: bool = False, conn=None) -> ReplicationPlan:
+def make_plan(c: Context, s: Settings, cfg: Mapping[str, Any], to: str,
+              names: list[str] | None = None, target_pool: str = "", target_prefix: str = "",
+              compress: str = "auto", bwlimit: str = "", replace_existing: bool = False,
+              conn: Context | None = None) -> ReplicationPlan:
     """Resolve the target, probe it read-only, and decide each dataset's transfer."""
     ssh.check_host(to)
     ts, alias = target_settings(s, cfg, to)
@@ -151,7 +155,7 @@ def make_plan(c, s: Settings, cfg: Mapping[str, Any], to: str, names: list[str] 
                            remote_tools=remote, notes=notes, conn=conn)
 
 
-def replicate_one(c, conn, plan: ReplicationPlan, pair: Pair) -> dict[str, Any]:
+def replicate_one(c: Context, conn: Context, plan: ReplicationPlan, pair: Pair) -> dict[str, Any]:
     """One dataset: jail on the target stopped while it receives, syncoid, jail back."""
     ts = plan.target_settings
     stopped = agent.jail_stop(conn, ts, pair.jail) if pair.jail else False
@@ -160,7 +164,7 @@ def replicate_one(c, conn, plan: ReplicationPlan, pair: Pair) -> dict[str, Any]:
         res = runner.run(c, plan.command(pair))
     finally:
         duration = round(time.monotonic() - start, 3)
-        if stopped:
+        if stopped and pair.jail:
             agent.jail_start(conn, ts, pair.jail)
     report = syncoid.parse_output(res.stdout)
     if res.exited != 0:
@@ -178,7 +182,7 @@ def replicate_one(c, conn, plan: ReplicationPlan, pair: Pair) -> dict[str, Any]:
             "duration_s": duration, "jail_stopped": stopped, "warnings": report.warnings}
 
 
-def run(c, plan: ReplicationPlan, out: Reporter) -> dict[str, Any]:
+def run(c: Context, plan: ReplicationPlan, out: Reporter) -> dict[str, Any]:
     conn = plan.conn or ssh.connect(plan.host)
     ts = plan.target_settings
     start = time.monotonic()

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from invoke import Context
+
 from .. import runner
 from ..hosts import agent
 from . import datasets, commands as zfs
@@ -86,7 +88,7 @@ def parse_target(s: Settings, target: str) -> tuple[str, str]:
     return zfs.split_snapshot(f"{datasets.name_to_dataset(s, ds)}@{snap}")
 
 
-def make_plan(c, s: Settings, target: str, force: bool = False) -> RollbackPlan:
+def make_plan(c: Context, s: Settings, target: str, force: bool = False) -> RollbackPlan:
     """Everything the rollback would do and destroy; changes nothing."""
     ds, snap = parse_target(s, target)
     managed = ds in s.datasets
@@ -113,13 +115,13 @@ def make_plan(c, s: Settings, target: str, force: bool = False) -> RollbackPlan:
         command=runner.line(zfs.rollback_cmd(s, f"{ds}@{snap}")), notes=notes)
 
 
-def run(c, s: Settings, plan: RollbackPlan) -> dict[str, Any]:
+def run(c: Context, s: Settings, plan: RollbackPlan) -> dict[str, Any]:
     """Stop the jail, roll back, start the jail again if it was running (even on failure)."""
     stopped = agent.jail_stop(c, s, plan.jail) if plan.jail else False
     try:
         zfs.rollback(c, s, plan.snapshot.full)
     finally:
-        if stopped:
+        if stopped and plan.jail:
             agent.jail_start(c, s, plan.jail)
     left = {x.name for x in zfs.snapshots(c, s, plan.dataset)}
     result = plan.as_dict()

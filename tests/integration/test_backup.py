@@ -192,13 +192,13 @@ def test_backup_while_agent_writes_is_consistent(host, tmp_path):
 
 
 def test_dry_run_shows_plan_and_changes_nothing(host):
-    # This host's pool only: other runs on the machine take snapshots of their own.
-    before = sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot", "-r", host.pool.name).stdout
+    # this host's pool only: other tests on the machine snapshot their own pools meanwhile
+    before = sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot", "-r", host.pool_name).stdout
     res = cli(host, "backup", "--dry-run", check=True)
     assert "pg_dump --clean --if-exists" in res.stdout and "snapshot -r" in res.stdout
     assert content.MEMORY_PASSWORD not in res.stdout + res.stderr
     assert list((host.home / "backups").iterdir()) == []
-    assert sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot", "-r", host.pool.name
+    assert sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot", "-r", host.pool_name
               ).stdout == before
 
 

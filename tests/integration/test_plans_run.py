@@ -69,7 +69,7 @@ def test_migrate_runs_the_commands_its_dry_run_shows(rig, tmp_path):
     assert dry.returncode == 0, dry.stderr
     plan = planned(json.loads(dry.stdout))
     flat = [line for group in plan for line in group]
-    for task in ("migrate-step check", "replicate --to", "backup --json", "restore <archive>",
+    for task in ("migrate-step check", "replicate --to", "backup --json", "restore '<archive>'",
                  "migrate-step env-apply", "doctor --json", "migrate-step schedule-resume"):
         assert any(task in line for line in flat), task
     log = tmp_path / "migrate.jsonl"

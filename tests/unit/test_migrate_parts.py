@@ -15,7 +15,7 @@ from invoke import MockContext, Result
 from clawdie_ops import runner
 from clawdie_ops.config import envfile, inventory
 from clawdie_ops.actions.migrate import checks as mc
-from clawdie_ops.hosts import remote, transfer
+from clawdie_ops.hosts import remote, ssh, transfer
 from clawdie_ops.config.settings import read_env
 from clawdie_ops.errors import ConfigError, HostError, RemoteTaskFailed
 from clawdie_ops.actions.migrate.journal import Journal
@@ -304,7 +304,7 @@ def test_temporary_config_paths_are_checked_before_rm(tmp_path):
 
 def test_accepting_a_new_host_key_records_it_like_accept_new(tmp_path):
     known = tmp_path / "ssh" / "known_hosts"
-    policy = remote.AcceptNewPolicy(known)
+    policy = ssh.AcceptNewPolicy(known)
     key = paramiko.Ed25519Key.from_private_key(io.StringIO(_ed25519()))
     client = paramiko.SSHClient()
     policy.missing_host_key(client, "[10.0.0.9]:2222", key)

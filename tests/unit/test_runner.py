@@ -75,3 +75,19 @@ def test_planned_commands_match_what_ran_placeholders_included():
     assert in_order([["a"], ["b", "c"], ["d"]], ran) == []  # b and c run at once
     assert in_order([["a"], ["d"], ["b"]], ran) == ["b"]  # b ran before d
     assert in_order([["x"]], ran) == ["x"]
+
+
+def test_secrets_the_settings_know_are_masked_in_every_command_shown(tmp_path):
+    from clawdie_ops.config import settings as config
+    from tests.rig.content import env_text
+    (tmp_path / ".env").write_text(env_text({"WARDEN_DB_IP": "10.0.0.3",
+                                             "ANTHROPIC_API_KEY": "sk-ant-known-1"}))
+    config.load(Config(overrides={"clawdie": {}}), root=tmp_path)
+    seen: list[str] = []
+    c = Seen(Result("", exited=1))
+    with runner.recording(lambda host, cmd: seen.append(cmd)):
+        with pytest.raises(CommandFailed) as exc:
+            runner.run(c, runner.Shell("ANTHROPIC_API_KEY=sk-ant-known-1 npm start"),
+                       check=True)
+    assert seen == ["ANTHROPIC_API_KEY=*** npm start"]
+    assert "sk-ant-known-1" not in exc.value.command + exc.value.message

@@ -154,3 +154,14 @@ def test_plan_lists_every_step_without_secrets(tmp_path):
     assert "groups/ not found" in text
     skip = backup.make_plan(c, s, backup.BackupOptions(skip_skills=True, snapshot=False))
     assert [d.key for d in skip.databases] == ["memory"] and skip.snapshot is None
+
+
+def test_an_unknown_setting_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"unknown setting clawdie\.zfs_pol\b"):
+        config.section(Config(overrides={"clawdie": {"zfs_pol": "tank"}}))
+    with pytest.raises(ConfigError, match=r"unknown setting clawdie\.drill\.hostt"):
+        config.section(Config(overrides={"clawdie": {"drill": {"hostt": "db"}}}))
+    with pytest.raises(ConfigError, match=r"clawdie\.commands\.agent_stpo"):
+        config.section(Config(overrides={"clawdie": {"commands": {"agent_stpo": "x"}}}))
+    assert config.section(Config(overrides={"clawdie": {"shell": "/bin/dash"}}))["shell"] == \
+        "/bin/dash"

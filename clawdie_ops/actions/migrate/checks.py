@@ -1,4 +1,4 @@
-"""Preflight of a migration, decided from the two hosts' facts (facts.py), before any change.
+"""Preflight of a migration, decided from the two hosts' facts (hosts/facts.py), before any change.
 
 Plain functions over plain data: every rule is unit-tested without a host. A failing check
 stops the migration before anything changes; a warning is reported and the run goes on.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..doctor import Check
+from ...checks import Check
 from ...output import human_size
 
 # Room to spare on the new host beyond the data itself (the archive plus what it restores).

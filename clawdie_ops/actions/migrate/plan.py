@@ -212,6 +212,8 @@ def make_plan(cfg: Mapping[str, Any], opts: Options, home: Path) -> Plan:
 
 
 def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> list[Step]:
+    """Every step of the migration in order. Long on purpose: one table, a row per step,
+    reads best whole (the runbook's order is the point)."""
     new_cfg = bool(new.settings_overrides())
     replicate = replicate_args(new.name, opts.force)
 

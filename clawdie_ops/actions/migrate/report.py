@@ -7,7 +7,8 @@ from ...output import human_size
 
 
 def describe_report(report: dict[str, Any]) -> list[str]:
-    """The report as lines for a person."""
+    """The report as lines for a person. Long on purpose: one line per fact, in the order a
+    person reads a report, top to bottom; pieces of it would hide that order."""
     lines = []
     frm, to = report["from"], report["to"]
     lines.append(f"migration {frm['name']} -> {to['name']}: {report['status']}"

@@ -9,16 +9,16 @@ failure undoes the steps already done, newest first, and says what it rolled bac
 """
 from __future__ import annotations
 
+import functools
 import os
-import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from invoke import Context
 
@@ -33,10 +33,11 @@ from ...config.settings import DbSpec, Settings
 from ...sources.postgres.dumpfile import quote, rewrite_owners
 from ...errors import (ClawdieError, ConfigError, DatabaseError, DatabaseUnreachable, DumpTooNew,
                        OutputError, RestoreFailed, Terminated)
-from ...config.masking import mask_text
+from ...config.masking import mask_text, secret_values
 from ...interrupts import deferred, shielded
 from ...output import Reporter
 from ...sources.postgres import commands as pg
+from ...archive.manifest import count_differences, summary
 from ...archive.verify import Verified, stage, verify
 from ...steps import Step, Undo, groups, planned, run_together
 
@@ -48,7 +49,6 @@ ALIASES = {".env": "env", "messages": "messages.db", "memory_db": "memory_db.sql
            "groups": "groups/", "allowlist": "mount-allowlist.json",
            "mount-allowlist": "mount-allowlist.json"}
 DB_ITEMS = ("memory_db.sql", "skills_db.sql")
-SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|PASS$", re.IGNORECASE)
 
 
 @dataclass
@@ -210,13 +210,11 @@ def select_items(v: Verified, only: list[str]) -> tuple[list[str], bool, list[st
     return items, regen, notes
 
 
-def secrets_of(*envs: dict[str, str] | None, extra: tuple[str, ...] = ()) -> list[str]:
-    found = {v for env in envs if env for k, v in env.items() if SECRET_KEY.search(k) and v}
-    found.update(x for x in extra if x)
-    return [x for x in found if len(x) >= 3]
+def secrets_of(*envs: Mapping[str, str] | None, extra: tuple[str, ...] = ()) -> list[str]:
+    return secret_values(*envs, extra=extra)
 
 
-def _probe(c, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
+def _probe(c: Context, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
     """Look at the server a dump goes to; raise before anything changes when it cannot go."""
     db = s.memory if item == "memory_db.sql" else s.skills
     entry = v.manifest.files[item]
@@ -292,7 +290,7 @@ def _choose_aside(t: DbTarget, admin: DbSpec, stamp: str) -> None:
     t.aside, t.shape = name, shape
 
 
-def prepare(c, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
+def prepare(c: Context, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
             out: Reporter | None = None) -> RestorePlan:
     """Verify and decide everything; the installation does not change. Unless a dry run,
     the archive is staged in the same pass into a private folder in clawdie.state_dir
@@ -356,8 +354,8 @@ def _remove_work(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _decide(c, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter, v: Verified,
-            current: Settings, work: Path) -> RestorePlan:
+def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter,
+            v: Verified, current: Settings, work: Path) -> RestorePlan:
     items, regen, notes = select_items(v, opts.only)
     if "env" in items:
         if v.env is None:
@@ -644,7 +642,7 @@ def _safety_dump(c: Context, db: DbSpec, dump: list[str]) -> None:
         pg.run_checked(c, dump, env, f"pre-restore pg_dump of {db.name} at {db.host}:{db.port}")
 
 
-def _replay_old(c, s: Settings, db: DbSpec, before: Path) -> None:
+def _replay_old(c: Context, s: Settings, db: DbSpec, before: Path) -> None:
     """Back to the pre-restore dump: drop what the restore made, replay, in one transaction."""
     drop = before / f"{db.key}_db.drop.sql"
     drop.write_text(f"DROP OWNED BY {quote(db.user)};\n")
@@ -660,6 +658,14 @@ def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None]) -> None:
         action(conn)
 
 
+def _create_nologin(conn: Any, role: str, member: str) -> None:
+    pgroles.create_nologin_role(conn, role, member)
+
+
+def _drop_role(conn: Any, role: str) -> None:
+    pgroles.drop_role(conn, role)
+
+
 def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
                       keep: list[str] | None, replay: list[str]) -> None:
     """One database, in its own thread. Each change is recorded in `undo` as soon as it is
@@ -671,8 +677,9 @@ def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
             raise Terminated
     check()
     if t.aside:
-        assert t.shape is not None
-        _admin_do(s, t.db, lambda conn: pgaside.set_aside(conn, t.db.name, t.aside, t.shape))
+        aside, shape = t.aside, t.shape
+        assert shape is not None
+        _admin_do(s, t.db, lambda conn: pgaside.set_aside(conn, t.db.name, aside, shape))
         # Pushed before the replay: a failed replay leaves an empty or half database now.
         undo.push(f"{t.db.name} (renamed back from {t.aside})",
                   lambda: _admin_do(s, t.db, lambda conn: pgaside.put_back(
@@ -688,9 +695,9 @@ def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
         undo.push(f"database {t.db.name} (created)",
                   lambda: _admin_do(s, t.db, lambda conn: pgroles.drop_database(conn, t.db.name)))
     for role in t.extra_roles:
-        _admin_do(s, t.db, lambda conn, r=role: pgroles.create_nologin_role(conn, r, t.db.user))
+        _admin_do(s, t.db, functools.partial(_create_nologin, role=role, member=t.db.user))
         undo.push(f"role {role} (created)",
-                  lambda r=role: _admin_do(s, t.db, lambda conn: pgroles.drop_role(conn, r)))
+                  functools.partial(_admin_do, s, t.db, functools.partial(_drop_role, role=role)))
     check()
     if keep is not None:
         # Pushed before the replay: a psql ended by an interrupt may have committed just
@@ -707,11 +714,10 @@ def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
         raise
     with pg.connect(t.db) as conn:
         counts = pg.table_counts(conn)
-    wrong = [f"{name}: {counts.get(name, 'missing')} rows, manifest says {n}"
-             for name, n in t.tables.items() if counts.get(name) != n]
+    wrong = count_differences(t.tables, counts, extra_tables=True)
     if wrong:
         raise DatabaseError(f"{t.item} restored into {t.db.name} but row counts differ: "
-                            f"{'; '.join(wrong[:3])}", "the dump and manifest disagree")
+                            f"{summary(wrong)}", "the dump and manifest disagree")
 
 
 def _regen(c: Context, p: RestorePlan, db: DbSpec, undo: Undo, keep: list[str] | None,
@@ -772,7 +778,46 @@ def _keep_howto(p: RestorePlan, stuck: list[DbTarget]) -> None:
         (p.before / HOWTO).unlink(missing_ok=True)
 
 
-def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
+def _roll_back(c: Context, p: RestorePlan, undo: Undo, agent_stopped: bool, current: str,
+               exc: BaseException) -> NoReturn:
+    """Undo what execute did, newest first, and raise RestoreFailed saying what was rolled
+    back, and what could not be (with where the pre-restore state is). A second interrupt
+    does not cut it short; databases.txt stays until each database is confirmed back."""
+    s = p.settings
+    with shielded() as late:
+        done, failed = undo.run()
+        restarted = ""
+        if agent_stopped:
+            try:
+                agent.start(c, s)
+                restarted = "; the agent was started again"
+            except ClawdieError as again:
+                failed.append(f"agent start ({again.message})")
+        shutil.rmtree(p.staging, ignore_errors=True)
+        stuck = _confirmed_back(p) if p.before.is_dir() else []
+        if p.before.is_dir():
+            _keep_howto(p, stuck)
+        (p.work / leftovers.RUNNING).unlink(missing_ok=True)
+    why = exc.message if isinstance(exc, ClawdieError) else (
+        "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
+    rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
+    held = "; further interrupts were held off until the rollback finished" if late else ""
+    msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}{held}"
+    if failed or stuck:
+        could_not = failed + [f"{t.db.name} is still set aside as {t.aside}" for t in stuck
+                              if not any(f.startswith(f"{t.db.name} (renamed back")
+                                         for f in failed)]
+        raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(could_not)}",
+                            f"the pre-restore state is in {p.before}"
+                            + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
+                            + ": put those back by hand"
+                            + "".join(f"; {t.howto()}" for t in stuck)
+                            + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
+    raise RestoreFailed(msg, f"the installation is as it was before; the pre-restore copies "
+                             f"are kept in {p.before}") from None
+
+
+def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
     """Run the plan; on failure roll back and raise RestoreFailed naming what was undone.
 
     An interrupt (Ctrl-C, SIGTERM, SIGHUP) is a failure like any other: each step and its
@@ -814,37 +859,7 @@ def execute(c, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                     current = f"{failed_step[0].kind} {failed_step[0].item}"
                     raise failed_step[1]
     except BaseException as exc:  # noqa: BLE001 -- Ctrl-C midway must roll back too
-        with shielded() as late:  # a second interrupt must not cut the rollback short
-            done, failed = undo.run()
-            restarted = ""
-            if agent_stopped:
-                try:
-                    agent.start(c, s)
-                    restarted = "; the agent was started again"
-                except ClawdieError as again:
-                    failed.append(f"agent start ({again.message})")
-            shutil.rmtree(p.staging, ignore_errors=True)
-            stuck = _confirmed_back(p) if p.before.is_dir() else []
-            if p.before.is_dir():
-                _keep_howto(p, stuck)
-            (p.work / leftovers.RUNNING).unlink(missing_ok=True)
-        why = exc.message if isinstance(exc, ClawdieError) else (
-            "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
-        rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
-        held = "; further interrupts were held off until the rollback finished" if late else ""
-        msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}{held}"
-        if failed or stuck:
-            could_not = failed + [f"{t.db.name} is still set aside as {t.aside}" for t in stuck
-                                  if not any(f.startswith(f"{t.db.name} (renamed back")
-                                             for f in failed)]
-            raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(could_not)}",
-                                f"the pre-restore state is in {p.before}"
-                                + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
-                                + ": put those back by hand"
-                                + "".join(f"; {t.howto()}" for t in stuck)
-                                + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
-        raise RestoreFailed(msg, f"the installation is as it was before; the pre-restore copies "
-                                 f"are kept in {p.before}") from None
+        _roll_back(c, p, undo, agent_stopped, current, exc)
     with shielded():
         shutil.rmtree(p.staging, ignore_errors=True)
         (p.work / leftovers.RUNNING).unlink(missing_ok=True)

@@ -80,9 +80,10 @@ def database_shape(conn: psycopg.Connection, name: str) -> DbShape | str:
     version = conn.info.server_version
     if version >= 150000:
         column = "datlocale" if version >= 170000 else "daticulocale"
-        provider, locale = conn.execute(
+        found = conn.execute(
             sql.SQL("SELECT datlocprovider::text, {} FROM pg_database WHERE oid = %s").format(
                 sql.Identifier(column)), [oid]).fetchone()
+        provider, locale = found if found is not None else ("", None)
         if provider == "i":
             shape.icu_locale = locale
         elif provider != "c":

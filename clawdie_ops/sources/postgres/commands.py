@@ -10,7 +10,8 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -55,7 +56,7 @@ def passfile(*dbs: DbSpec) -> Iterator[dict[str, str]]:
         os.unlink(path)
 
 
-def connect(db: DbSpec, **kw: object) -> psycopg.Connection:
+def connect(db: DbSpec, **kw: Any) -> psycopg.Connection:
     try:
         return psycopg.connect(**db.conninfo(), **kw)
     except psycopg.OperationalError as exc:
@@ -87,17 +88,30 @@ def server_info(conn: psycopg.Connection) -> ServerInfo:
     return ServerInfo(version, num, ident, address)
 
 
-def table_counts(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row counts of every user table, in the connection's current transaction."""
-    rows = conn.execute(
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(schema, table) of every user table (plain and partitioned), in name order."""
+    return conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2").fetchall()
+
+
+def scalar(conn: psycopg.Connection, query: sql.Composed | sql.SQL | str,
+           params: Sequence[Any] | None = None) -> Any:
+    """The first column of the one row a query returns (count, EXISTS, a setting)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise DatabaseError(f"PostgreSQL returned no row for {query!r}", "")
+    return row[0]
+
+
+def table_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row counts of every user table, in the connection's current transaction."""
     counts = {}
-    for schema, table in rows:
+    for schema, table in user_tables(conn):
         q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema),
                                                         sql.Identifier(table))
-        counts[f"{schema}.{table}"] = conn.execute(q).fetchone()[0]
+        counts[f"{schema}.{table}"] = scalar(conn, q)
     return counts
 
 

@@ -69,7 +69,7 @@ def drop_role(conn: psycopg.Connection, name: str) -> None:
 
 def execute(conn: psycopg.Connection, stmt: sql.Composable, what: str) -> None:
     try:
-        conn.execute(stmt)
+        conn.execute(stmt)  # type: ignore[call-overload]  # Composed and SQL alike
     except psycopg.Error as exc:
         where = f"{conn.info.host}:{conn.info.port} as {conn.info.user}"
         raise DatabaseError(f"{what} failed on {where}: {str(exc).strip().splitlines()[0]}",
