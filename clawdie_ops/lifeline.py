@@ -38,8 +38,12 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
     parent = os.getppid()
     try:
         if sys.platform.startswith("linux") and _libc is not None:
-            _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+            ulong = ctypes.c_ulong
+            _libc.prctl(_PR_SET_PDEATHSIG, ulong(sig), ulong(0), ulong(0), ulong(0))
         elif sys.platform.startswith("freebsd") and _libc is not None:
+            # int procctl(idtype_t, id_t (64 bits), int, void *); id 0: this process
+            _libc.procctl.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int,
+                                      ctypes.c_void_p]
             value = ctypes.c_int(sig)
             _libc.procctl(_P_PID, 0, _PROC_PDEATHSIG_CTL, ctypes.byref(value))
     except Exception:  # noqa: BLE001 -- never keep a child from starting

@@ -2,7 +2,8 @@
 
 The sandbox is a temporary Clawdie root and scratch databases, on a PostgreSQL server given
 by flags or config, or on a throwaway cluster the drill starts itself (initdb / pg_ctl, as the
-postgres user when run as root, reachable only through a socket in the sandbox). Every check
+postgres user when run as root, in a folder of its own beside the 0700 sandbox, reachable only
+through its socket). Every check
 is timed; the sandbox, the scratch databases and any role the drill created are removed at
 the end, and the drill checks that nothing is left behind.
 """
@@ -99,7 +100,7 @@ class Drill:
     sandbox: Path | None = None
     admin: DbSpec | None = None
     cluster: Throwaway | None = None
-    cluster_parent: Path | None = None  # when the sandbox is out of the postgres user's reach
+    cluster_parent: Path | None = None  # run as root: the postgres user's folder for it
     server: pg.ServerInfo | None = None
     created_dbs: list[str] = field(default_factory=list)
     created_roles: list[str] = field(default_factory=list)
@@ -338,7 +339,7 @@ def run(c: Context, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out
 def failed_before_start(archive: str, why: str) -> dict:
     """The report of a drill that could not run at all (no archive found, a bad flag)."""
     return {"archive": archive, "ok": False, "server": None, "duration_s": 0.0,
-            "checks": [asdict(Check("drill", "", "fail", why))]}
+            "checks": [Check("drill", "fail", why).as_dict()]}
 
 
 def junit_xml(result: dict) -> bytes:
