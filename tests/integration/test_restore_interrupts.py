@@ -139,6 +139,12 @@ def test_restore_killed_outright_then_run_again_succeeds(host, tmp_path):
     # The psql replaying the dump dies with the tool (parent-death signal).
     wait_until(lambda: children_of_run(host) == [], 10, "the killed run's psql to end")
     (first,) = work_dirs(host)
+    # doctor names the interrupted restore (and where its pre-restore copies are).
+    doc = subprocess.run([CLI, "doctor", "--json"], env=host.proc_env(), capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL, cwd=host.root)
+    left = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}["leftovers"]
+    assert left["status"] == "warn" and f"interrupted restore {work_base(host) / first}" in \
+        left["detail"] and "restore again" in left["fix"], left
 
     res = subprocess.run([CLI, "restore", str(archive), "--yes", "--no-start", "--json"],
                          env=host.proc_env(), capture_output=True, text=True, timeout=300,

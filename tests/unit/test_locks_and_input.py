@@ -20,14 +20,18 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from clawdie_ops import locks
-with locks.hold(locks.installation(Path(sys.argv[1]), Path(sys.argv[2]))):
+state, what, seconds = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+lock = locks.host(state, what[5:]) if what.startswith("host:") else \
+    locks.installation(state, Path(what))
+with locks.hold(lock):
     print("held", flush=True)
-    time.sleep(float(sys.argv[3]))
+    time.sleep(seconds)
 """
 
 
-def holder(state: Path, root: Path, seconds: float) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(state), str(root), str(seconds)],
+def holder(state: Path, what: Path | str, seconds: float) -> subprocess.Popen:
+    """Another process holding a lock: an installation's (a path) or a host's ("host:NAME")."""
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(state), str(what), str(seconds)],
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -111,3 +115,25 @@ def test_state_dir_is_private_and_refused_when_not_ours(tmp_path):
         os.chown(other, 65534, 65534)
         with pytest.raises(ConfigError, match="belongs to uid 65534"):
             statedir.ensure_private(other)
+
+
+def test_a_second_migration_of_a_host_is_refused_before_it_connects(tmp_path):
+    from clawdie_ops.actions.migrate import plan as migrate_plan
+    from clawdie_ops.actions.migrate import run as migrate_run
+    from clawdie_ops.config import settings as config
+    from clawdie_ops.output import Reporter
+
+    cfg = config.section({})
+    cfg["hosts"] = {"newbox": {"ssh": "newbox", "root": "/srv/clawdie"}}
+    cfg["state_dir"] = str(tmp_path / "state")
+    p = holder(tmp_path / "state", "host:newbox", 30)
+    try:
+        with pytest.raises(LockHeld) as err:
+            migrate_run.run(None, cfg, migrate_plan.Options(to="newbox", yes=True),
+                            Reporter(), tmp_path / "home")
+        assert "host newbox (a migration) is busy" in err.value.message
+        assert f"pid {p.pid}" in err.value.message
+        assert not (tmp_path / "home").exists()  # refused before any journal was written
+    finally:
+        p.kill()
+        p.wait()
