@@ -30,8 +30,10 @@ class Leftover:
     keep: Path | None = None  # what stays after sweeping (an interrupted restore's before/)
 
     def describe(self) -> str:
-        kept = f" (its pre-restore copies stay in {self.keep})" if self.keep else ""
-        return f"{self.what} {self.path}{kept}"
+        kept = f" (its pre-restore copies stay in {self.keep}" if self.keep else ""
+        if self.keep and (self.keep / "databases.txt").exists():
+            kept += f"; the databases it set aside are named in {self.keep}/databases.txt"
+        return f"{self.what} {self.path}{kept + ')' if kept else ''}"
 
 
 def in_backup_dir(directory: Path) -> list[Leftover]:
