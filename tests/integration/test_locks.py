@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.conftest import CLI, cli
 from tests.helpers import leftovers, set_config, wait_until
-from tests.integration.test_restore import backup, state, work_dirs
+from tests.integration.test_restore import state, work_dirs
 from tests.rig.hosts import linux_commands
 
 HOLD = 8  # seconds the slowed backup holds its locks
