@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 
 from invoke import Context
 
-from ... import fileattrs, leftovers, locks, runner, statedir
+from ... import leftovers, locks, runner, statedir
+from . import fileattrs
 from ...hosts import agent
 from ...runner import Shell
 from ...config import settings as config
