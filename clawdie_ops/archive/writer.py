@@ -237,7 +237,8 @@ class ExtendedHeaderTooLarge(tarfile.HeaderError):
 
 
 class CappedTarInfo(tarfile.TarInfo):
-    """TarInfo refusing an extended header over MAX_EXTENDED_HEADER before reading it."""
+    """TarInfo refusing an extended header over MAX_EXTENDED_HEADER before reading it, and
+    sparse members (whose maps tarfile would also read whole into memory) outright."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
@@ -245,6 +246,12 @@ class CappedTarInfo(tarfile.TarInfo):
                 f"an extended tar header declares {self.size} bytes (at most "
                 f"{MAX_EXTENDED_HEADER} are accepted)")
         return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    def _no_sparse(self, *args: object) -> None:
+        raise ExtendedHeaderTooLarge(f"member {self.name!r} is a sparse file "
+                                     "(clawdie-ops archives hold none)")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _no_sparse
 
 
 class ArchiveReader:

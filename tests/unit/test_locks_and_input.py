@@ -137,3 +137,38 @@ def test_a_second_migration_of_a_host_is_refused_before_it_connects(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+def _pax_records(fields: dict[str, str]) -> bytes:
+    out = b""
+    for key, value in fields.items():
+        rec = f" {key}={value}\n".encode()
+        n = len(rec) + 1
+        while len(str(n)) + len(rec) != n:
+            n += 1
+        out += str(n).encode() + rec
+    return out
+
+
+def test_a_sparse_member_is_refused_before_its_map_is_read(tmp_path):
+    """GNU sparse 1.0: tarfile would read a map of as many numbers as the header claims
+    (999999999 here) into memory; the archive is refused first."""
+    import gzip
+    import tarfile
+
+    from clawdie_ops.archive.verify import verify
+
+    body = _pax_records({"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                         "GNU.sparse.name": "top/x", "GNU.sparse.realsize": "10"})
+    pax = tarfile.TarInfo("top/PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(body)
+    member = tarfile.TarInfo("top/x")
+    member.size = 1024
+    data = b"999999999\n" + b"1\n" * 400
+    raw = (pax.tobuf(format=tarfile.USTAR_FORMAT) + body + b"\0" * (512 - len(body) % 512)
+           + member.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * (1024 - len(data))
+           + b"\0" * 1024)
+    archive = tmp_path / "sparse.tar.gz"
+    archive.write_bytes(gzip.compress(raw))
+    with pytest.raises(ArchiveCorrupt, match="is a sparse file"):
+        verify(archive)
