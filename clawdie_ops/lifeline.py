@@ -3,8 +3,10 @@
 Each child asks the kernel for a signal when its parent dies (Linux prctl
 PR_SET_PDEATHSIG, FreeBSD procctl PROC_PDEATHSIG_CTL; elsewhere nothing), so a run killed
 with SIGKILL takes its replay, dump or compressor with it. Invoke's local runner is
-subclassed to do the same for `c.run`, and keeps the live children at hand so that an
-interrupted restore can end them at once instead of waiting for them.
+subclassed to do the same for `c.run`, with each command in a process group of its own:
+a run unwinding from a signal (SIGTERM, SIGHUP) ends the whole command, also what it
+started (`su` and the initdb under it), and Ctrl-C is passed on to that group. The live
+children are kept at hand so that an interrupted restore can end them at once.
 """
 from __future__ import annotations
 
@@ -57,15 +59,29 @@ def popen(args: Any, **kw: Any) -> subprocess.Popen:
     return subprocess.Popen(args, preexec_fn=die_with_parent, **kw)
 
 
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # its own group (process_group=0): the command and its own
+    except OSError:
+        pass
+
+
+def end(proc: subprocess.Popen, grace: float = 5) -> None:
+    """SIGTERM to the command's group, SIGKILL after `grace` seconds."""
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
 def terminate_children() -> int:
     """Send SIGTERM to every command `c.run` has running now; how many there were."""
     with _lock:
         live = [p for p in _children if p.poll() is None]
     for p in live:
-        try:
-            p.terminate()
-        except OSError:
-            pass
+        _signal_group(p, signal.SIGTERM)
     return len(live)
 
 
@@ -78,13 +94,37 @@ class LocalRunner(Local):
             return
         self.process = subprocess.Popen(command, shell=True, executable=shell, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        stdin=subprocess.PIPE, preexec_fn=die_with_parent)
+                                        stdin=subprocess.PIPE, preexec_fn=die_with_parent,
+                                        process_group=0)
         with _lock:
             _children.add(self.process)
 
-    def stop(self) -> None:
-        super().stop()
+    def send_interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        """Ctrl-C reaches the tool's group only: pass it on to the command's."""
         proc = getattr(self, "process", None)
+        if self.using_pty or proc is None:
+            super().send_interrupt(interrupt)
+        else:
+            _signal_group(proc, signal.SIGINT)
+
+    def wait(self) -> None:
+        try:
+            super().wait()
+        except KeyboardInterrupt:
+            raise  # invoke passes it on (send_interrupt) and keeps waiting
+        except BaseException:
+            # SIGTERM / SIGHUP unwinding: end the command now, or invoke would wait for
+            # its output to close, i.e. for the command to finish on its own.
+            proc = getattr(self, "process", None)
+            if proc is not None and not self.using_pty and proc.poll() is None:
+                end(proc)
+            raise
+
+    def stop(self) -> None:
+        proc = getattr(self, "process", None)
+        if proc is not None and not self.using_pty and proc.poll() is None:
+            end(proc)  # unwinding (a signal, an error) with the command still running
+        super().stop()
         if proc is not None:
             with _lock:
                 _children.discard(proc)
