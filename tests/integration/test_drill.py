@@ -248,9 +248,8 @@ def test_drill_stopped_by_sigterm_cleans_up(source, tmp_path):
 def test_drill_sandbox_is_private_and_the_cluster_gets_only_its_folder(source, tmp_path):
     """The sandbox (drilled messages.db, .env, dumps) is 0700; the postgres user gets a
     folder of its own holding only the cluster (0711: it may pass, nobody may list)."""
+    import pwd
     import stat
-
-    from tests.helpers import wait_until
 
     h, good, _ = source
     scratch = tmp_path / "tmpdir"
@@ -280,5 +279,4 @@ def test_drill_sandbox_is_private_and_the_cluster_gets_only_its_folder(source, t
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
     assert seen["sandbox"] == 0o700
-    import pwd
     assert seen["cluster"] == (0o711, ["pg"], 0o700, pwd.getpwnam("postgres").pw_uid)
