@@ -124,6 +124,12 @@ class MigrationFailed(ClawdieError):
     """A migration stopped; the message says where, and what was undone on the old host."""
 
 
+class LockHeld(ClawdieError):
+    """Another clawdie-ops run holds the installation, backup folder or host."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
 class Aborted(ClawdieError):
     """The operator declined, or confirmation was needed and not given."""
 

@@ -10,6 +10,7 @@ from typing import Any
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import Aborted
 
@@ -32,9 +33,9 @@ class Reporter:
     def step(self, label: str) -> Iterator[None]:
         start = time.monotonic()
         if self.interactive:
-            with self.err.status(label):
+            with self.err.status(escape(label)):
                 yield
-            self.err.print(f"[green]✓[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")
+            self.err.print(f"[green]✓[/] {escape(label)} [dim]({time.monotonic() - start:.1f}s)[/]")
         else:
             yield
         self.timings[label] = round(time.monotonic() - start, 3)
@@ -46,7 +47,7 @@ class Reporter:
             self.err.print(text)
 
     def warn(self, text: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {text}")
+        self.err.print(f"[yellow]warning:[/] {escape(text)}")
         RECENT.append(f"warning: {text}")
 
     def result(self, data: dict[str, Any], human: Callable[[Console], None]) -> None:

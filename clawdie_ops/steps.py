@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from typing import Any
 
 from invoke import Context
 
-from . import runner
+from . import lifeline, runner
+from .interrupts import shielded
 from .runner import Command
 
 PLACEHOLDER = re.compile(r"<[^<>]+>")  # a value known only when the step runs: <archive>
@@ -49,8 +51,12 @@ class Step:
 class Undo:
     """What a run did so far, each with the action that takes it back."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: threading.Event | None = None) -> None:
         self.actions: list[tuple[str, Callable[[], Any]]] = []
+        self.stop = stop  # set when the run was interrupted: make no further change
+
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def push(self, what: str, action: Callable[[], Any]) -> None:
         self.actions.append((what, action))
@@ -82,16 +88,29 @@ def run_together(c: Context, group: Sequence[Step], undo: Undo
                  ) -> tuple[Step, BaseException] | None:
     """Run the steps of a group at once, each in its thread; wait for all of them, then the
     first failure (step, exception): a rollback must not race a step still running. Each
-    step has its own undo list, joined in plan order, so rollback order stays sequential."""
+    step has its own undo list, joined in plan order, so rollback order stays sequential,
+    and joined however the group ends: an interrupt (in the main thread) stops the steps,
+    ends their commands and waits for them, and nothing they did is left off the list."""
     if len(group) == 1:
         group[0].run(c, undo)
         return None
-    undos = [Undo() for _ in group]
-    with ThreadPoolExecutor(max_workers=len(group)) as pool:
-        futures = [pool.submit(step.run, c, u) for step, u in zip(group, undos, strict=True)]
+    stop = threading.Event()
+    undos = [Undo(stop) for _ in group]
+    pool = ThreadPoolExecutor(max_workers=len(group))
+    futures = [pool.submit(step.run, c, u) for step, u in zip(group, undos, strict=True)]
+    try:
         wait(futures)
-    for u in undos:
-        undo.actions.extend(u.actions)
+    except BaseException:
+        with shielded():
+            stop.set()
+            while wait(futures, timeout=0.2).not_done:
+                lifeline.terminate_children()
+        raise
+    finally:
+        with shielded():
+            pool.shutdown(wait=True)
+            for u in undos:
+                undo.actions.extend(u.actions)
     for step, future in zip(group, futures, strict=True):
         exc = future.exception()
         if exc is not None:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 import psycopg
 from invoke import Context
 
-from .. import __version__, runner
+from .. import __version__, leftovers, locks, runner
 from ..zfs import commands as zfs
 from ..archive import encryption, signing
 from ..archive.writer import SUFFIX, ArchiveWriter
@@ -43,6 +44,7 @@ class BackupOptions:
     snapshot: bool = True
     compression: str | None = None
     dry_run: bool = False
+    wait: float = 0  # seconds to wait for another run holding the installation or folder
 
 
 class Kind(StrEnum):
@@ -214,6 +216,24 @@ def dump_database(c: Context, db: DbSpec, plan: BackupPlan, dump: list[str]) -> 
 
 
 def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
+    """The backup, holding the installation's and the backup folder's locks: a second
+    backup, or a restore, waits (opts.wait) or is refused naming this one."""
+    if opts.dry_run:
+        return _run(c, s, opts, out)
+    folder = _output_dir(s, opts)
+    with ExitStack() as held:
+        with out.step("lock the installation and the backup folder"):
+            held.enter_context(locks.hold(locks.installation(s.state_dir, s.root), opts.wait))
+            held.enter_context(locks.hold(locks.backup_dir(s.state_dir, folder), opts.wait))
+        swept = leftovers.sweep(leftovers.in_backup_dir(folder) + leftovers.passfiles())
+        for line in swept:
+            out.warn(f"removed what a killed run left: {line}")
+        result = _run(c, s, opts, out)
+    result["swept"] = swept
+    return result
+
+
+def _run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
     started = time.monotonic()
     with out.step("plan and preflight"):
         plan = make_plan(c, s, opts)
@@ -302,8 +322,12 @@ def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Pref
     manifest = Manifest(agent_name=s.agent_name,
                         timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
                         host=socket.gethostname(), tool_version=__version__, snapshots=snapshots)
-    manifest.files["messages.db"] = {**entries.pop("messages.db"), **writer.add_file(
-        "messages.db", spool / "messages.db", 0o644)}
+    # Each file's mode goes into the manifest, so restore gives it back (a 0600 messages.db
+    # stays 0600).
+    db_mode = s.sqlite_path.stat().st_mode & 0o777
+    manifest.files["messages.db"] = {**entries.pop("messages.db"), "mode": db_mode,
+                                     **writer.add_file("messages.db", spool / "messages.db",
+                                                       db_mode)}
     for db in plan.databases:
         info = pre.servers[db.key]
         manifest.files[db.item] = {
@@ -314,6 +338,7 @@ def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Pref
         mode = 0o600 if item.name == "env" else None
         try:
             manifest.files[item.name] = {"kind": "file",
+                                         "mode": item.source.stat().st_mode & 0o777,
                                          **writer.add_file(item.name, item.source, mode)}
         except FileNotFoundError:
             raise SourceError(f"{item.source} vanished during the backup",

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import leftovers, locks, statedir
 from invoke import Context
 
 from ..archive import catalog
@@ -231,6 +232,25 @@ def check_space(s: Settings, newest: Path | None, db_bytes: int,
     return Check("free space", "ok", detail)
 
 
+def check_leftovers(s: Settings) -> Check:
+    """What killed runs left: partial archives and spools, password files, interrupted
+    restores. Read only: the next backup or restore sweeps them (restore keeps the
+    pre-restore copies)."""
+    busy = locks.holder_if_held(
+        s.state_dir / "locks" / f"backups-{statedir.slug(s.backup_dir)}.lock")
+    found = [] if busy else leftovers.in_backup_dir(s.backup_dir)
+    found += leftovers.passfiles()
+    found += leftovers.restores(s.state_dir / "installs" / statedir.slug(s.root))
+    if not found:
+        detail = "none" + (f" (a backup is running: {busy.describe()})" if busy else "")
+        return Check("leftovers", "ok", detail)
+    more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+    return Check("leftovers", "warn", "; ".join(x.describe() for x in found[:3]) + more,
+                 "the next backup or restore removes them (pre-restore copies stay); an "
+                 "interrupted restore may have left the installation partly restored: restore "
+                 "again, or put its pre-restore copies back by hand")
+
+
 def run_checks(c: Context, s: Settings, limits: Mapping[str, Any] | None = None) -> list[Check]:
     limits = {**DEFAULTS["doctor"], **dict(limits or {})}
     checks = [check_env(s), check_agent(c, s)]
@@ -244,4 +264,5 @@ def run_checks(c: Context, s: Settings, limits: Mapping[str, Any] | None = None)
     backups, newest = check_backups(s, limits)
     checks.append(backups)
     checks.append(check_space(s, newest, db_bytes, limits))
+    checks.append(check_leftovers(s))
     return checks

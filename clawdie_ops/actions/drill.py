@@ -2,7 +2,8 @@
 
 The sandbox is a temporary Clawdie root and scratch databases, on a PostgreSQL server given
 by flags or config, or on a throwaway cluster the drill starts itself (initdb / pg_ctl, as the
-postgres user when run as root, reachable only through a socket in the sandbox). Every check
+postgres user when run as root, in a folder of its own beside the 0700 sandbox, reachable only
+through its socket). Every check
 is timed; the sandbox, the scratch databases and any role the drill created are removed at
 the end, and the drill checks that nothing is left behind.
 """
@@ -103,7 +104,7 @@ class Drill:
     sandbox: Path | None = None
     admin: DbSpec | None = None
     cluster: Throwaway | None = None
-    cluster_parent: Path | None = None  # when the sandbox is out of the postgres user's reach
+    cluster_parent: Path | None = None  # run as root: the postgres user's folder for it
     server: pg.ServerInfo | None = None
     created_dbs: list[str] = field(default_factory=list)
     created_roles: list[str] = field(default_factory=list)
@@ -157,13 +158,17 @@ class Drill:
             os_user = str(self.cfg.get("os_user") or "postgres")
             base = self.sandbox / "pg"
             if os.geteuid() == 0:
+                # The sandbox stays 0700. The postgres user gets a folder of its own beside
+                # it (0711: it may pass, nobody may list), holding only the cluster's data
+                # and socket; psql, run as this user, reads the dumps from the sandbox.
                 pw = Throwaway.user_of(os_user)
-                if not reachable(self.sandbox, pw.pw_uid, pw.pw_gid):
-                    # A private TMPDIR (a CI runner's 0700 one): the cluster goes to /tmp.
-                    self.cluster_parent = Path(tempfile.mkdtemp(prefix="clawdie-drill-pg-",
-                                                                dir="/tmp"))
-                    os.chmod(self.cluster_parent, 0o711)
-                    base = self.cluster_parent / "pg"
+                parent = Path(tempfile.gettempdir())
+                if not reachable(parent, pw.pw_uid, pw.pw_gid):
+                    parent = Path("/tmp")  # a private TMPDIR (a CI runner's 0700 one)
+                self.cluster_parent = Path(tempfile.mkdtemp(prefix="clawdie-drill-pg-",
+                                                            dir=parent))
+                os.chmod(self.cluster_parent, 0o711)
+                base = self.cluster_parent / "pg"
             self.cluster = Throwaway(self.c, self.s, bindir, base, os_user)
             self.admin = self.cluster.start()
             with pg.connect(self.admin) as conn:
@@ -187,9 +192,9 @@ class Drill:
     def verify_and_stage(self, archive: Path) -> Verified:
         """One pass: every member checked against the manifest and written to the sandbox."""
         keys = keys_for(self.s, self.opts.allow_unsigned)  # before anything is created
-        # mkdtemp: private (0700); 0711 lets the postgres user reach its own subfolder.
+        # mkdtemp: private (0700), and it stays so: the drilled messages.db and .env are
+        # the installation's own.
         self.sandbox = Path(tempfile.mkdtemp(prefix="clawdie-drill-"))
-        os.chmod(self.sandbox, 0o711)
         staged = self.sandbox / STAGED
         staged.mkdir(mode=0o700)
         return stage(archive, staged, lambda name: True, keys)
@@ -368,6 +373,12 @@ def run(c: Context, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out
             "server": ({"address": d.server.address, "version": d.server.version,
                         "throwaway": d.cluster is not None} if d.server else None),
             "duration_s": round(time.monotonic() - started, 3)}
+
+
+def failed_before_start(archive: str, why: str) -> dict:
+    """The report of a drill that could not run at all (no archive found, a bad flag)."""
+    return {"archive": archive, "ok": False, "server": None, "duration_s": 0.0,
+            "checks": [Check("drill", "fail", why).as_dict()]}
 
 
 def junit_xml(result: dict) -> bytes:

@@ -76,6 +76,11 @@ class Manifest:
             raise ArchiveCorrupt(
                 f"{origin} has format {fmt!r}; this clawdie-ops reads format {FORMAT}",
                 "use the clawdie-ops version that wrote it (see tool_version in the manifest)")
+        problem = shape_problem(doc)
+        if problem:
+            raise ArchiveCorrupt(f"{origin} has the wrong shape: {problem}",
+                                 "the archive is damaged or not a clawdie-ops backup; use "
+                                 "another copy")
         try:
             return cls(agent_name=doc["agent_name"], timestamp=doc["timestamp"],
                        host=doc.get("host", ""), tool_version=doc.get("tool_version", ""),
@@ -89,3 +94,45 @@ class Manifest:
 
     def database_files(self) -> dict[str, dict[str, Any]]:
         return {n: f for n, f in self.files.items() if f.get("kind") == "postgres"}
+
+
+# What each field must be: an archive is untrusted input, and a wrong type must end in this
+# one clear error, not in a crash somewhere later.
+_TOP: dict[str, Any] = {
+    "agent_name": str, "timestamp": str, "host": str, "tool_version": str, "items": list,
+    "files": dict, "snapshots": list, "postgres": dict, "skipped": dict}
+_ENTRY: dict[str, Any] = {
+    "kind": str, "size": int, "sha256": str, "tables": dict, "user": str, "mode": int,
+    "database": str, "format": str, "integrity": str, "pg_dump_version": str,
+    "server_version": str, "system_identifier": (str, type(None))}
+
+
+def _is(value: Any, kind: Any) -> bool:
+    return isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
+
+
+def shape_problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's structure and types, or None."""
+    for key, kind in _TOP.items():
+        if key in doc and not _is(doc[key], kind):
+            return f"{key!r} is a {type(doc[key]).__name__}, not a {kind.__name__}"
+    for key in ("items", "snapshots"):
+        if not all(isinstance(x, str) for x in doc.get(key, [])):
+            return f"{key!r} holds something other than names"
+    if not all(isinstance(v, str) for v in doc.get("skipped", {}).values()):
+        return "'skipped' holds something other than reasons"
+    for name, entry in doc.get("files", {}).items():
+        if not isinstance(entry, dict):
+            return f"files[{name!r}] is a {type(entry).__name__}, not an object"
+        for key, kind in _ENTRY.items():
+            if key in entry and not _is(entry[key], kind):
+                return f"files[{name!r}].{key} has the wrong type ({type(entry[key]).__name__})"
+        if not _is(entry.get("size"), int) or entry["size"] < 0:
+            return f"files[{name!r}] has no size"
+        if not isinstance(entry.get("sha256"), str):
+            return f"files[{name!r}] has no sha256"
+        if "mode" in entry and not 0 <= entry["mode"] <= 0o7777:
+            return f"files[{name!r}].mode {entry['mode']} is not a file mode"
+        if not all(isinstance(t, str) and _is(n, int) for t, n in entry.get("tables", {}).items()):
+            return f"files[{name!r}].tables holds something other than row counts"
+    return None

@@ -5,6 +5,7 @@ manifest.json is the last member, so an archive cut short has no manifest.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 
 from . import encryption
 from ..errors import ArchiveCorrupt, OutputError
+from ..lifeline import popen
 
 CHUNK = 1 << 20
 SUFFIX = {"gzip": ".tar.gz", "zstd": ".tar.zst"}
@@ -99,14 +101,13 @@ class ArchiveWriter:
         self.size = 0
         self.error: BaseException | None = None
         self.cmd = compressor(compression)
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE)
+        self.proc = popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         # Encryption is one more process in the pipe: compressed bytes go straight into
         # age, and only ciphertext reaches the disk.
         self.enc: subprocess.Popen | None = None
         if encrypt:
             assert self.proc.stdout
-            self.enc = subprocess.Popen(encrypt, stdin=self.proc.stdout, stdout=subprocess.PIPE)
+            self.enc = popen(encrypt, stdin=self.proc.stdout, stdout=subprocess.PIPE)
             self.proc.stdout.close()
         self.pump = threading.Thread(target=self._pump, daemon=True)
         self.pump.start()
@@ -193,7 +194,7 @@ class ArchiveWriter:
             self.out.flush()
             os.fsync(self.out.fileno())
             self.out.close()
-            os.replace(self.tmp, self.final)
+            self.final = publish(self.tmp, self.final)
             dirfd = os.open(self.final.parent, os.O_RDONLY)
             try:
                 os.fsync(dirfd)
@@ -218,7 +219,63 @@ class ArchiveWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def _numbered(final: Path, n: int) -> Path:
+    stem, dot, rest = final.name.partition(".tar.")
+    return final.with_name(f"{stem}-{n}{dot}{rest}")
+
+
+def publish(tmp: Path, final: Path) -> Path:
+    """Give `tmp` the name `final`, or `final` numbered -2, -3, ... when that is taken: an
+    archive never replaces another. A hard link cannot replace; where the file system has
+    none, a rename after checking (the backup folder's lock keeps other backups out)."""
+    for n in range(1, 1000):
+        dest = final if n == 1 else _numbered(final, n)
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            if dest.exists() or dest.is_symlink():
+                continue
+            os.rename(tmp, dest)
+            return dest
+        os.unlink(tmp)
+        return dest
+    raise OutputError(f"no free name for {final}", "move older archives away")
+
+
 # -- reading ---------------------------------------------------------------------------
+# Our own extended headers hold a path and a few numbers; tarfile would read whatever
+# size a header declares into memory before looking at it.
+MAX_EXTENDED_HEADER = 256 << 10
+_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+             tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class ExtendedHeaderTooLarge(tarfile.HeaderError):
+    """An extended (PAX / GNU long name) header larger than any clawdie-ops writes."""
+
+
+class CappedTarInfo(tarfile.TarInfo):
+    """TarInfo refusing an extended header over MAX_EXTENDED_HEADER before reading it, and
+    sparse members (whose maps tarfile would also read whole into memory) outright."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
+            raise ExtendedHeaderTooLarge(
+                f"an extended tar header declares {self.size} bytes (at most "
+                f"{MAX_EXTENDED_HEADER} are accepted)")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    def _no_sparse(self, *args: object) -> None:
+        raise ExtendedHeaderTooLarge(f"member {self.name!r} is a sparse file "
+                                     "(clawdie-ops archives hold none)")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _no_sparse
+
+
 class ArchiveReader:
     """A streaming pass over an archive's members (`with ArchiveReader(p) as r: for m, f in r`).
 
@@ -242,25 +299,26 @@ class ArchiveReader:
             self.kind = detect(path)
         self.src = open(path, "rb")
         if self.encrypted:
-            self.dec = subprocess.Popen(cmd, stdin=self.src, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
+            self.dec = popen(cmd, stdin=self.src, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
             feed: Any = self.dec.stdout
         else:
             feed = self.src
-        self.proc = subprocess.Popen(decompressor(self.kind), stdin=feed,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = popen(decompressor(self.kind), stdin=feed,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if self.dec is not None and self.dec.stdout is not None:
             self.dec.stdout.close()  # the decompressor holds it now
         # Read the decompressor's pipe 1 MiB at a time, not tarfile's 10 KiB records:
         # verify and extract pass over the archive in about 60% of the time.
-        try:
-            self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|", bufsize=CHUNK)
+        try:  # tarfile reads the first header here already
+            self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|", bufsize=CHUNK,
+                                    tarinfo=CappedTarInfo)
         except (tarfile.TarError, EOFError, OSError) as exc:
             try:
                 self.check_decrypt()  # a wrong identity: age's own message, not "empty"
-                raise ArchiveCorrupt(f"{path} is damaged or cut short at its start: {exc}",
-                                     "use another copy of the archive, or an older backup"
-                                     ) from None
+                raise ArchiveCorrupt(f"{path} is damaged or not a tar archive at its start: "
+                                     f"{exc}", "use another copy of the archive, or an older "
+                                     "backup") from None
             finally:
                 self.__exit__()
 

@@ -66,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
     "zfs": "zfs",
     "shell": "/bin/sh",  # runs every local command (POSIX: FreeBSD has no /bin/bash)
     "backup_dir": "~",
+    # private state (restore staging, locks): outside the agent's checkout, 0700
+    "state_dir": "/var/tmp/clawdie-ops",
     "compression": "zstd",  # measured faster and smaller than gzip: BENCHMARKS.md
     "hostd_url": "",
     "commands": dict(DEFAULT_COMMANDS),
@@ -154,6 +156,7 @@ class Settings:
     agent_start_timeout: float = 120
     signing: Mapping[str, Any] = field(default_factory=dict)
     encryption: Mapping[str, Any] = field(default_factory=dict)
+    state_dir: Path = Path("/var/tmp/clawdie-ops")
 
     @property
     def env_file(self) -> Path:
@@ -350,7 +353,12 @@ def load(config: Any, root: str | os.PathLike[str] | None = None,
         hostd_url=str(cfg.get("hostd_url") or ""), commands=dict(cfg["commands"]),
         agent_start_timeout=_seconds(cfg, "agent_start_timeout"),
         signing=dict(cfg["signing"]), encryption=dict(cfg["encryption"]),
+        state_dir=Path(_home_path(str(cfg.get("state_dir") or DEFAULTS["state_dir"]), home)),
     )
+
+
+def _home_path(value: str, home: Path) -> str:
+    return str(home / value[2:]) if value.startswith("~/") else value
 
 
 def _seconds(cfg: Mapping[str, Any], key: str) -> float:

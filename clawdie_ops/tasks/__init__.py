@@ -2,6 +2,7 @@
 from invoke import Collection
 
 from ..config.settings import DEFAULTS
+from ..lifeline import LocalRunner
 from . import backup
 from . import doctor, drill, inspect_archive, keys, restore
 from . import zfs as zfs_tasks
@@ -20,6 +21,8 @@ namespace.add_task(migrate.migrate_step)
 for _task in (copy.copy, prune.prune, schedule.schedule, fleet.fleet):
     namespace.add_task(_task)
 # run.shell too (the runner passes clawdie.shell on each call): invoke's own default is
-# /bin/bash, which FreeBSD's base system does not have
-namespace.configure({"clawdie": DEFAULTS, "run": {"shell": DEFAULTS["shell"]}})
+# /bin/bash, which FreeBSD's base system does not have. Local commands die with the tool
+# (a killed run leaves no psql replaying on its own).
+namespace.configure({"clawdie": DEFAULTS, "run": {"shell": DEFAULTS["shell"]},
+                     "runners": {"local": LocalRunner}})
 positional.register(namespace)  # TASK --help prints this collection's help

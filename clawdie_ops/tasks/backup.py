@@ -13,7 +13,7 @@ from ..config import settings as config
 from ..errors import ClawdieError, HostError
 from ..monitoring import count_archives
 from ..output import Reporter, human_size
-from .base import operator_task, settings
+from .base import operator_task, seconds, settings
 from .copy import COPY_HELP, print_copy
 
 
@@ -29,10 +29,12 @@ from .copy import COPY_HELP, print_copy
     "accept-new-host-key": "with --copy-to: " + COPY_HELP["accept-new-host-key"],
     "dry-run": "print the plan (every command, every path) and change nothing",
     "json": "print a JSON summary (path, size, sha256, items, duration) on stdout",
+    "wait": "when another backup or a restore holds the installation or the backup folder, "
+            "wait up to this many seconds for it (default 0: refuse at once, naming it)",
 })
 def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=False,
            compression=None, copy_to=None, retries=5, accept_new_host_key=False,
-           dry_run=False, json=False):
+           dry_run=False, json=False, wait=0):
     """Back up the installation into one archive (mode 0600).
 
     ZFS snapshots of the jail datasets, messages.db, memory_db and skills_db, .env, groups/
@@ -41,7 +43,8 @@ def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=Fa
     s = settings(c, root)
     opts = action.BackupOptions(output=Path(output) if output else None,
                                 skip_skills=skip_skills, snapshot=not no_snapshot,
-                                compression=compression, dry_run=dry_run)
+                                compression=compression, dry_run=dry_run,
+                                wait=seconds(wait))
     cfg = config.section(c.config)
     target = copy_action.target(cfg, copy_to) if copy_to else None  # before anything is written
     result = action.run(c, s, opts, out)

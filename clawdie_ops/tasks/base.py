@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import threading
 from typing import Any
 from collections.abc import Callable
 
 from invoke import Context, task as invoke_task
-from invoke.exceptions import Exit
+from invoke.exceptions import Exit, UnexpectedExit
 from rich.console import Console
+from rich.markup import escape
 
 from .. import monitoring
 from ..config import settings as config
@@ -30,9 +32,10 @@ def operator_task(*args: Any, monitor: str = "", **kwargs: Any) -> Callable:
     def wrap(fn: Callable) -> Any:
         @functools.wraps(fn)
         def run(c: Context, *a: Any, **kw: Any) -> Any:
-            # SIGTERM (kill, a CI timeout, systemd) unwinds the task, so every step's
-            # cleanup and rollback runs: no partial archive, no orphaned scratch cluster.
-            previous = _on_sigterm(_interrupt)
+            # SIGTERM (kill, a CI timeout, systemd) and SIGHUP (the ssh session dropped)
+            # unwind the task, so every step's cleanup and rollback runs: no partial
+            # archive, no orphaned scratch cluster, no half-restored installation.
+            previous = _on_signals(_interrupt)
             mon = _monitor(c, monitor, kw)
             try:
                 result = fn(c, *a, **kw)
@@ -41,16 +44,27 @@ def operator_task(*args: Any, monitor: str = "", **kwargs: Any) -> Callable:
             except ClawdieError as exc:
                 text = exc.message + (f"\n  -> {exc.hint}" if exc.hint else "")
                 _finish(mon, False, None, f"error: {text}")
-                _red(f"[bold red]error:[/] {exc.message}"
-                     + (f"\n  [yellow]->[/] {exc.hint}" if exc.hint else ""))
+                # Messages quote archive member names: never read them as markup.
+                _red(f"[bold red]error:[/] {escape(exc.message)}"
+                     + (f"\n  [yellow]->[/] {escape(exc.hint)}" if exc.hint else ""))
                 raise Exit(code=exc.exit_code) from None
             except (KeyboardInterrupt, Terminated):
                 _finish(mon, False, None, "interrupted")
                 _red("[bold red]interrupted:[/] stopped; what was under way was cleaned up "
                      "or rolled back (see above)")
                 raise Exit(code=130) from None
+            except (Exit, UnexpectedExit):
+                raise
+            except Exception as exc:  # a defect: one clear line, the traceback on request
+                _finish(mon, False, None, f"error: unexpected {type(exc).__name__}: {exc}")
+                if os.environ.get("CLAWDIE_OPS_DEBUG"):
+                    raise
+                _red(f"[bold red]error:[/] unexpected {escape(type(exc).__name__)}: "
+                     f"{escape(str(exc))}\n  [yellow]->[/] this is a defect in clawdie-ops; "
+                     "CLAWDIE_OPS_DEBUG=1 shows where it happened")
+                raise Exit(code=70) from None
             finally:
-                _on_sigterm(previous)
+                _on_signals(previous)
 
         made = invoke_task(run, *args, **kwargs)
         # invoke pops each flag's help while parsing; `TASK --help` (positional.py) puts
@@ -91,8 +105,27 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-def _on_sigterm(handler: Any) -> Any:
-    """Set the SIGTERM handler (main thread only, where Python allows it); return the old."""
+SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _on_signals(handler: Any) -> Any:
+    """Set the SIGTERM and SIGHUP handlers (main thread only, where Python allows it);
+    return the old ones."""
     if threading.current_thread() is not threading.main_thread() or handler is None:
         return None
-    return signal.signal(signal.SIGTERM, handler)
+    if isinstance(handler, dict):
+        return {sig: signal.signal(sig, h) for sig, h in handler.items()}
+    return {sig: signal.signal(sig, handler) for sig in SIGNALS}
+
+
+def seconds(value: Any) -> float:
+    """A --wait value: seconds, 0 or more."""
+    from ..errors import ConfigError
+
+    try:
+        n = float(value or 0)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise ConfigError(f"--wait {value!r} is not a number of seconds", "e.g. --wait 600")
+    return n

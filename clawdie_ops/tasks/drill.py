@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from invoke import Context
 
@@ -54,14 +55,17 @@ def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host
                                pg_host=pg_host or "", pg_port=str(pg_port or ""),
                                pg_user=pg_user or "", pg_bin=pg_bin or "",
                                allow_unsigned=allow_unsigned)
-    result = action.run(c, s, config.section(c.config)["drill"], opts, out)
+    try:
+        result = action.run(c, s, config.section(c.config)["drill"], opts, out)
+    except Exception as exc:
+        # CI shows the JUnit report: it says why even when the drill could not start.
+        if junit:
+            _write_junit(Path(junit), action.failed_before_start(
+                str(archive or latest), getattr(exc, "message", f"{type(exc).__name__}: {exc}")))
+        raise
     if junit:
-        path = Path(junit)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(action.junit_xml(result))
-        os.replace(tmp, path)
-        result["junit"] = str(path)
+        _write_junit(Path(junit), result)
+        result["junit"] = str(junit)
 
     def human(con: Console) -> None:
         if not con.is_terminal:
@@ -72,7 +76,8 @@ def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host
             table.add_column(col, justify="right" if col == "seconds" else "left",
                              overflow="fold")
         for ch in result["checks"]:
-            table.add_row(ch["name"], MARK[ch["status"]], f"{ch['seconds']:.2f}", ch["detail"])
+            table.add_row(Text(ch["name"]), MARK[ch["status"]], f"{ch['seconds']:.2f}",
+                          Text(ch["detail"]))
         con.print(table)
         verdict = "[green]passed[/]" if result["ok"] else "[bold red]failed[/]"
         con.print(f"drill {verdict} in {result['duration_s']:.1f}s")
@@ -85,3 +90,10 @@ def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host
                           f"{failures[0]['name']}: {failures[0]['detail']}{more}",
                           "do not rely on this archive for a restore; see the report above")
     return result
+
+
+def _write_junit(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(action.junit_xml(result))
+    os.replace(tmp, path)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from invoke import Context
 
@@ -49,8 +50,8 @@ def inspect(c: Context, archive, json=False, allow_unsigned=False):
         for col in ("item", "kind", "files", "size", "rows"):
             table.add_column(col, justify="right" if col in ("files", "size", "rows") else "left")
         for it in data["items"]:
-            table.add_row(it["item"], it["kind"], str(it["files"]), human_size(it["size"]),
-                          str(it.get("rows", "")))
+            table.add_row(Text(it["item"]), Text(str(it["kind"])), str(it["files"]),
+                          human_size(it["size"]), str(it.get("rows", "")))
         con.print(table)
         for it in data["items"]:
             for name, n in it.get("tables", {}).items():

@@ -1,6 +1,7 @@
 """`inv restore`: flags in, plan and summary out; the work is in clawdie_ops.actions.restore."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -9,7 +10,7 @@ from invoke import Context
 
 from ..actions.restore import run as action
 from ..output import Reporter, confirm
-from .base import operator_task
+from .base import operator_task, seconds
 from .doctor import print_checks
 from .positional import help_requested
 
@@ -32,9 +33,11 @@ from .positional import help_requested
     "use-archive-server": "send the database passwords to the server the archive's .env "
                           "names, when neither clawdie.db_host nor this installation's .env "
                           "names one (check the address in --dry-run first)",
+    "wait": "when a backup or another restore holds the installation, wait up to this many "
+            "seconds for it (default 0: refuse at once, naming it)",
 })
 def restore(c: Context, archive, root=None, only=None, dry_run=False, yes=False, start=False,
-            no_start=False, json=False, allow_unsigned=False, use_archive_server=False):
+            no_start=False, json=False, allow_unsigned=False, use_archive_server=False, wait=0):
     """Restore an archive in the runbook's order, keeping the current state to roll back to.
 
     Verifies the archive first (nothing changes if it fails), then: .env, stop the agent,
@@ -47,49 +50,53 @@ def restore(c: Context, archive, root=None, only=None, dry_run=False, yes=False,
                                  start_agent=True if start else (False if no_start else None),
                                  allow_unsigned=allow_unsigned,
                                  use_archive_server=use_archive_server)
-    plan = action.prepare(c, c.config, Path(archive), root, opts, out)
-    if plan.verified.signer is None:
-        out.warn(plan.verified.unsigned_warning)
-    lines = plan.describe()
-    if dry_run:
-        data = {"dry_run": True, "archive": str(plan.verified.path), "items": plan.items,
-                "plan": lines, "commands": plan.commands(),
-                "connections": {t.item: t.report() for t in plan.targets}}
+    held = ExitStack()
+    if not dry_run:  # one backup or restore of an installation at a time
+        held.enter_context(action.installation_lock(c.config, root, seconds(wait)))
+    with held:
+        plan = action.prepare(c, c.config, Path(archive), root, opts, out)
+        if plan.verified.signer is None:
+            out.warn(plan.verified.unsigned_warning)
+        lines = plan.describe()
+        if dry_run:
+            data = {"dry_run": True, "archive": str(plan.verified.path), "items": plan.items,
+                    "plan": lines, "commands": plan.commands(),
+                    "connections": {t.item: t.report() for t in plan.targets}}
 
-        def show_plan(con: Console) -> None:
-            con.print("[bold]plan[/] (dry run, nothing changed):")
+            def show_plan(con: Console) -> None:
+                con.print("[bold]plan[/] (dry run, nothing changed):")
+                for line in lines:
+                    con.print(f"  {line}", markup=False)
+            out.result(data, show_plan)
+            return
+        if not json:
+            out.err.print("[bold]plan:[/]")
             for line in lines:
-                con.print(f"  {line}", markup=False)
-        out.result(data, show_plan)
-        return
-    if not json:
-        out.err.print("[bold]plan:[/]")
-        for line in lines:
-            out.err.print(f"  {line}", markup=False)
-    try:
-        confirm(f"Restore {', '.join(plan.items)} from {plan.verified.path.name} onto "
-                f"{plan.settings.root}?", yes)
-    except BaseException:
-        action.discard(plan)  # the staged copy goes; nothing else was changed
-        raise
-    result = action.execute(c, plan, out)
+                out.err.print(f"  {line}", markup=False)
+        try:
+            confirm(f"Restore {', '.join(plan.items)} from {plan.verified.path.name} onto "
+                    f"{plan.settings.root}?", yes)
+        except BaseException:
+            action.discard(plan)  # the staged copy goes; nothing else was changed
+            raise
+        result = action.execute(c, plan, out)
 
-    def human(con: Console) -> None:
-        con.print(f"restored {', '.join(result['items'])} from {plan.verified.path.name} "
-                  f"into {result['root']} ({result['duration_s']:.1f}s)", markup=False)
-        for item, conn in result["connections"].items():
-            con.print(f"  {item} -> {conn['database']} as {conn['user']} at {conn['address']} "
-                      f"(PostgreSQL {conn['version']}, system identifier "
-                      f"{conn['system_identifier']})", markup=False)
-        con.print(f"  pre-restore state kept in {result['safety']['dir']}"
-                  + (f" and ZFS snapshot {result['safety']['snapshot']}"
-                     if result["safety"]["snapshot"] else ""), markup=False)
-        for t in plan.targets:
-            if t.aside:
-                con.print(f"  {t.howto()}", markup=False)
-        for note in result["notes"]:
-            con.print(f"  note: {note}", markup=False)
-        con.print("doctor:")
-        print_checks(con, result["doctor"])
+        def human(con: Console) -> None:
+            con.print(f"restored {', '.join(result['items'])} from {plan.verified.path.name} "
+                      f"into {result['root']} ({result['duration_s']:.1f}s)", markup=False)
+            for item, conn in result["connections"].items():
+                con.print(f"  {item} -> {conn['database']} as {conn['user']} at {conn['address']} "
+                          f"(PostgreSQL {conn['version']}, system identifier "
+                          f"{conn['system_identifier']})", markup=False)
+            con.print(f"  pre-restore state kept in {result['safety']['dir']}"
+                      + (f" and ZFS snapshot {result['safety']['snapshot']}"
+                         if result["safety"]["snapshot"] else ""), markup=False)
+            for t in plan.targets:
+                if t.aside:
+                    con.print(f"  {t.howto()}", markup=False)
+            for note in result["notes"]:
+                con.print(f"  note: {note}", markup=False)
+            con.print("doctor:")
+            print_checks(con, result["doctor"])
 
-    out.result(result, human)
+        out.result(result, human)

@@ -13,7 +13,7 @@ from tests.rig.postgres import pg14_bindir
 from tests.rig.services import ZFS, sh, zfs_retry
 
 NAMES = [".env", "agent", "database memory_db", "database skills_db", "pg_dump",
-         "jail datasets", "jail paths", "snapshots", "backups", "free space"]
+         "jail datasets", "jail paths", "snapshots", "backups", "free space", "leftovers"]
 
 
 def doctor(h) -> tuple[int, dict[str, dict]]:
@@ -55,7 +55,7 @@ def test_doctor_fails_for_each_real_condition(host):
     assert status == {".env": "ok", "agent": "fail", "database memory_db": "ok",
                       "database skills_db": "fail", "pg_dump": "fail", "jail datasets": "fail",
                       "jail paths": "ok", "snapshots": "fail", "backups": "fail",
-                      "free space": "fail"}, checks
+                      "free space": "fail", "leftovers": "ok"}, checks
     assert code == 2
     assert "not running" in checks["agent"]["detail"] and "fake_agent" in checks["agent"]["fix"]
     assert "refused the password" in checks["database skills_db"]["detail"]

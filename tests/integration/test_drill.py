@@ -40,6 +40,28 @@ def drill_traces() -> set[str]:
             | {line for line in ps if "clawdie-drill" in line})
 
 
+def descendants(pid: int) -> list[str]:
+    """The command lines of every process below `pid` (its children, theirs, ...)."""
+    parent: dict[int, int] = {}
+    args: dict[int, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            parent[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            args[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [k for k, v in parent.items() if v == p]
+        found += [args[k] for k in kids]
+        todo += kids
+    return found
+
+
 def drill(h, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a drill with its own TMPDIR, so that what it leaves there is easy to see."""
     scratch = tmp / "tmpdir"
@@ -218,7 +240,7 @@ def test_drill_stopped_by_sigterm_cleans_up(source, tmp_path):
     proc = subprocess.Popen([CLI, "drill", str(good)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not any("postgres" in t for t in new_traces(tmp_path)):
+    while not any("postgres" in t for t in descendants(proc.pid)):  # its own initdb / pg_ctl
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the drill never started its cluster"
         time.sleep(0.05)
@@ -227,3 +249,40 @@ def test_drill_stopped_by_sigterm_cleans_up(source, tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert_nothing_left(tmp_path)
+
+
+def test_drill_sandbox_is_private_and_the_cluster_gets_only_its_folder(source, tmp_path):
+    """The sandbox (drilled messages.db, .env, dumps) is 0700; the postgres user gets a
+    folder of its own holding only the cluster (0711: it may pass, nobody may list)."""
+    import pwd
+    import stat
+
+    h, good, _ = source
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    earlier = set(Path("/tmp").glob("clawdie-drill-pg-*"))
+    proc = subprocess.Popen([CLI, "drill", str(good)], env={**h.proc_env(), "TMPDIR": str(scratch)},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen: dict = {}
+
+    def look() -> bool:
+        try:
+            for p in scratch.glob("clawdie-drill-*"):
+                seen["sandbox"] = stat.S_IMODE(p.stat().st_mode)
+            for p in set(Path("/tmp").glob("clawdie-drill-pg-*")) - earlier:
+                pg = p / "pg"
+                if pg.stat().st_uid == os.geteuid():
+                    continue  # not handed to the postgres user yet
+                seen["cluster"] = (stat.S_IMODE(p.stat().st_mode), sorted(x.name for x in
+                                                                           p.iterdir()),
+                                   stat.S_IMODE(pg.stat().st_mode), pg.stat().st_uid)
+        except FileNotFoundError:
+            pass
+        return ("sandbox" in seen and "cluster" in seen) or proc.poll() is not None
+
+    wait_until(look, 120, "the drill's sandbox and cluster folder")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert seen["sandbox"] == 0o700
+    assert seen["cluster"] == (0o711, ["pg"], 0o700, pwd.getpwnam("postgres").pw_uid)

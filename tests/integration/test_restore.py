@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from clawdie_ops import statedir
 from tests import archive_kit as kit
 from tests.conftest import cli
 from tests.helpers import (CACHE, pg_objects, pg_rows, set_config, sqlite_rows, tree_digest,
@@ -94,8 +95,13 @@ def rolled_back(err: str) -> set[str]:
     return {x.strip() for x in m.group(1).split(", ")}
 
 
+def work_base(h) -> Path:
+    """Where restore stages and keeps its copies for this host: its private state folder."""
+    return h.state_dir / "installs" / statedir.slug(h.root)
+
+
 def work_dirs(h) -> list[str]:
-    base = h.root / ".clawdie-ops"
+    base = work_base(h)
     return sorted(p.name for p in base.iterdir()) if base.exists() else []
 
 
@@ -175,7 +181,7 @@ def test_restore_that_fails_midway_rolls_back_and_restarts_the_agent(host, tmp_p
         assert conn.execute("SELECT count(*) FROM added_later").fetchone()[0] == 2
     # Nothing half-done is left: only the kept pre-restore copies.
     (work,) = work_dirs(host)
-    assert sorted(p.name for p in (host.root / ".clawdie-ops" / work).iterdir()) == ["before"]
+    assert sorted(p.name for p in (work_base(host) / work).iterdir()) == ["before"]
 
 
 def test_restore_whose_last_step_fails_rolls_back_every_item(host):
@@ -312,9 +318,9 @@ def test_restore_with_db_admin_that_fails_renames_the_databases_back(admin_host,
     assert state(h) == before
     assert {db: db_level(h, db) for db in ("memory_db", "skills_db")} == shape
     (work,) = work_dirs(h)
-    assert sorted(p.name for p in (h.root / ".clawdie-ops" / work).iterdir()) == ["before"]
-    assert list((h.root / ".clawdie-ops" / work / "before").glob("*.sql")) == []
-    assert not (h.root / ".clawdie-ops" / work / "before" / "databases.txt").exists()
+    assert sorted(p.name for p in (work_base(h) / work).iterdir()) == ["before"]
+    assert list((work_base(h) / work / "before").glob("*.sql")) == []
+    assert not (work_base(h) / work / "before" / "databases.txt").exists()
 
 
 # -- archives that must be refused before anything changes -------------------------------------

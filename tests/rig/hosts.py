@@ -73,6 +73,11 @@ class SimHost:
         return self.base / "home"
 
     @property
+    def state_dir(self) -> Path:
+        """The tool's private state folder on this host (clawdie.state_dir)."""
+        return self.base / "state"
+
+    @property
     def pool_name(self) -> str:
         return self.pool.name
 
@@ -102,6 +107,7 @@ class SimHost:
         from tests.archive_kit import KIT_PUBLIC
         cfg = {"root": str(self.root), "home": str(self.home),
                "commands": linux_commands(), "backup_dir": str(self.home / "backups"),
+               "state_dir": str(self.state_dir),
                "signing": {"trusted_keys": [KIT_PUBLIC]},
                "schedule": {"tool": str(Path(sys.executable).parent / "clawdie-ops"),
                             "sanoid": shutil.which("sanoid") or "/usr/sbin/sanoid",

@@ -21,13 +21,14 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Mapping
 
 from invoke import Context
 
-from ... import __version__
+from ... import __version__, locks
 from . import journal as journal_mod, checks as migrate_checks
 from ...hosts import remote, install as toolinstall, transfer
 from ...errors import Aborted, ClawdieError, MigrationFailed, Terminated
@@ -404,4 +405,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 def run(c: Context, cfg: Mapping[str, Any], opts: Options, out: Reporter,
         home: Path) -> dict[str, Any]:
     plan = make_plan(cfg, opts, home)
-    return Migration(c, cfg, plan, opts, out).run()
+    if opts.dry_run:
+        return Migration(c, cfg, plan, opts, out).run()
+    # One migration of a host at a time (either end); on each host, its backup and restore
+    # take that installation's lock as well.
+    state = Path(str(cfg.get("state_dir") or "/var/tmp/clawdie-ops"))
+    state = home / str(state)[2:] if str(state).startswith("~/") else state
+    with ExitStack() as held:
+        for name in sorted({plan.old.name, plan.new.name}):
+            held.enter_context(locks.hold(locks.host(state, name)))
+        return Migration(c, cfg, plan, opts, out).run()

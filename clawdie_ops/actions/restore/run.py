@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 
 from invoke import Context
 
-from ... import runner
+from ... import leftovers, locks, runner, statedir
+from . import fileattrs
 from ...hosts import agent
 from ...runner import Shell
 from ...config import settings as config
@@ -34,6 +35,7 @@ from ...sources.postgres.dumpfile import quote, rewrite_owners
 from ...errors import (ClawdieError, ConfigError, DatabaseError, DatabaseUnreachable, DumpTooNew,
                        OutputError, RestoreFailed, Terminated)
 from ...config.masking import mask_text, secret_values
+from ...interrupts import deferred, shielded
 from ...output import Reporter
 from ...sources.postgres import commands as pg
 from ...archive.manifest import count_differences, summary
@@ -48,7 +50,6 @@ ALIASES = {".env": "env", "messages": "messages.db", "memory_db": "memory_db.sql
            "groups": "groups/", "allowlist": "mount-allowlist.json",
            "mount-allowlist": "mount-allowlist.json"}
 DB_ITEMS = ("memory_db.sql", "skills_db.sql")
-WORK = ".clawdie-ops"
 
 
 @dataclass
@@ -363,20 +364,25 @@ def _choose_aside(t: DbTarget, admin: DbSpec, stamp: str) -> None:
 def prepare(c: Context, cfg: Any, archive: Path, root: str | None, opts: RestoreOptions,
             out: Reporter | None = None) -> RestorePlan:
     """Verify and decide everything; the installation does not change. Unless a dry run,
-    the archive is staged in the same pass into a private folder below ROOT/.clawdie-ops,
-    which is removed again when anything here fails (and by `discard`)."""
+    the archive is staged in the same pass into a private folder in clawdie.state_dir
+    (outside the agent's checkout), which is removed again when anything here fails (and
+    by `discard`). Call it holding the installation's lock (`installation_lock`): it sweeps
+    what a killed restore of this installation left."""
     out = out or Reporter()
     current = config.load(cfg, root, require_env=False)
     if not current.root.is_dir():
         raise ConfigError(f"Clawdie root not found: {current.root}",
                           "clone and install Clawdie first (runbook step 1), or pass --root")
     items = requested(opts.only)
-    work = _work_dir(current.root)
     keys = keys_for(current, opts.allow_unsigned)
     if opts.dry_run:
+        work = _work_dir(current, create=False)
         with out.step(f"verify {archive.name}"):
             v = verify(archive, keys)
         return _decide(c, cfg, root, opts, out, v, current, work)
+    work = _work_dir(current, create=True)
+    swept = leftovers.sweep([x for x in leftovers.restores(work.parent) if x.path != work]
+                            + leftovers.passfiles())
     _private_dirs(work)
     try:
         with out.step(f"verify {archive.name} while staging it"):
@@ -386,7 +392,20 @@ def prepare(c: Context, cfg: Any, archive: Path, root: str | None, opts: Restore
         _remove_work(work)
         raise
     plan.staged = True
+    plan.notes[:0] = [f"removed what a killed run left: {line}" for line in swept]
+    if os.stat(work).st_dev != os.stat(current.root).st_dev:
+        plan.notes.append(f"the staging folder {work} is on another file system than "
+                          f"{current.root}: items are copied into place, not renamed (set "
+                          "clawdie.state_dir to a private folder on the same file system to "
+                          "move them in one step)")
     return plan
+
+
+def installation_lock(cfg: Any, root: str | None, wait: float = 0) -> Any:
+    """The installation's lock (a context manager): a backup or another restore of it
+    waits up to `wait` seconds, else is refused naming the holder."""
+    s = config.load(cfg, root, require_env=False)
+    return locks.hold(locks.installation(s.state_dir, s.root), wait)
 
 
 def discard(p: RestorePlan) -> None:
@@ -396,19 +415,15 @@ def discard(p: RestorePlan) -> None:
 
 
 def _private_dirs(work: Path) -> None:
-    """ROOT/.clawdie-ops/restore-STAMP/staging, each 0700 before any secret lands there."""
-    work.parent.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(work.parent, 0o700)
+    """STATE/installs/ROOT-SLUG/restore-STAMP/staging, each 0700 before any secret lands
+    there; `pid` says which process works in it (the next run sweeps it once that is gone)."""
     work.mkdir(mode=0o700)
+    (work / leftovers.RUNNING).write_text(f"{os.getpid()}\n")
     (work / "staging").mkdir(mode=0o700)
 
 
 def _remove_work(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
-    try:
-        work.parent.rmdir()  # only when empty: earlier restores' before/ stay
-    except OSError:
-        pass
 
 
 def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter,
@@ -528,13 +543,16 @@ def _differences(current: Settings, s: Settings, targets: list[DbTarget], v: Ver
     return notes
 
 
-def _work_dir(root: Path) -> Path:
+def _work_dir(s: Settings, create: bool) -> Path:
+    """A new restore-STAMP folder name in this installation's private state folder."""
+    parent = (statedir.installation_dir(s.state_dir, s.root) if create else
+              s.state_dir / "installs" / statedir.slug(s.root))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / WORK / f"restore-{stamp}"
+    base = parent / f"restore-{stamp}"
     n = 1
     while base.exists():
         n += 1
-        base = root / WORK / f"restore-{stamp}-{n}"
+        base = parent / f"restore-{stamp}-{n}"
     return base
 
 
@@ -546,8 +564,10 @@ def _steps(p: RestorePlan) -> list[Step]:
         steps.append(Step(
             Kind.ENV, "env", [f"{s.env_file} <- {st}/env (0600); the old one moves to "
                               f"{p.before}/env"],
-            action=lambda c, undo: _swap_in(st / "env", s.env_file, p.before / "env", undo,
-                                            ".env", 0o600),
+            # Never readable by others, whatever mode the archive recorded.
+            action=_atomic(lambda c, undo: _swap_in(
+                st / "env", s.env_file, p.before / "env", undo, ".env",
+                _fixer(p, "env", s.env_file, cap=0o700, default=0o600))),
             undo=".env", title=f"restore .env -> {s.env_file}"))
     stop = Shell(s.command("agent_stop"))
     steps.append(Step(Kind.AGENT_STOP, "", [str(stop) if p.agent_running else "(not running)"],
@@ -558,7 +578,7 @@ def _steps(p: RestorePlan) -> list[Step]:
             Kind.MESSAGES, "messages.db",
             [(f"{s.sqlite_path} <- {st}/messages.db; the old one (with -wal, -shm) moves to "
               f"{p.before}/store/")],
-            action=lambda c, undo: _restore_messages(p, undo), undo="messages.db",
+            action=_atomic(lambda c, undo: _restore_messages(p, undo)), undo="messages.db",
             title=f"restore messages.db -> {s.sqlite_path}"))
     steps.extend(_database_step(p, t) for t in p.targets)
     if p.regen is not None:
@@ -568,22 +588,24 @@ def _steps(p: RestorePlan) -> list[Step]:
         steps.append(Step(
             Kind.GROUPS, "groups/", [(f"{s.groups_dir}/ <- {st}/groups/ ({n} files); the old "
                                       f"one moves to {p.before}/groups/")],
-            action=lambda c, undo: _swap_in(st / "groups", s.groups_dir, p.before / "groups",
-                                            undo, "groups/"),
+            action=_atomic(lambda c, undo: _swap_in(
+                st / "groups", s.groups_dir, p.before / "groups", undo, "groups/",
+                _fixer(p, "groups/", s.groups_dir))),
             undo="groups/", title=f"restore groups/ -> {s.groups_dir}"))
     if "mount-allowlist.json" in p.items:
         steps.append(Step(
             Kind.ALLOWLIST, "mount-allowlist.json",
             [(f"{s.allowlist} <- {st}/mount-allowlist.json; the old one moves to "
               f"{p.before}/mount-allowlist.json")],
-            action=lambda c, undo: _swap_in(st / "mount-allowlist.json", s.allowlist,
-                                            p.before / "mount-allowlist.json", undo,
-                                            "mount-allowlist.json"),
+            action=_atomic(lambda c, undo: _swap_in(
+                st / "mount-allowlist.json", s.allowlist, p.before / "mount-allowlist.json",
+                undo, "mount-allowlist.json", _fixer(p, "mount-allowlist.json", s.allowlist))),
             undo="mount-allowlist.json", title=f"restore mount-allowlist.json -> {s.allowlist}"))
     start = Shell(s.command("agent_start"))
     if p.start_agent:
         steps.append(Step(Kind.AGENT_START, "", [str(start)], [start],
-                          action=lambda c, undo: _start_agent(c, s, undo), undo="agent start",
+                          action=_atomic(lambda c, undo: _start_agent(c, s, undo)),
+                          undo="agent start",
                           title="start the agent"))
     else:
         steps.append(Step(Kind.AGENT_START, "", ["no: it was not running (--start starts it)"]))
@@ -660,6 +682,15 @@ def _regen_step(p: RestorePlan, db: DbSpec) -> Step:
 
 
 # -- acting ------------------------------------------------------------------------------
+def _atomic(action: Callable[[Context, Undo], Any]) -> Callable[[Context, Undo], Any]:
+    """A step and its undo record complete together: a signal waits for both (quick steps:
+    file moves, the agent's start)."""
+    def run(c: Context, undo: Undo) -> Any:
+        with deferred():
+            return action(c, undo)
+    return run
+
+
 def _move(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(src), str(dest))
@@ -673,16 +704,17 @@ def _remove(path: Path) -> None:
 
 
 def _swap_in(new: Path, target: Path, keep: Path, undo: Undo, what: str,
-             mode: int | None = None) -> None:
-    """Move `target` aside to `keep` (if it exists) and `new` into its place."""
+             fix: Callable[[Path], None] | None = None) -> None:
+    """Move `target` aside to `keep` (if it exists) and `new` into its place; `fix` gives
+    it its mode and owner."""
     had = target.exists() or target.is_symlink()
     if had:
         _move(target, keep)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         _move(new, target)
-        if mode is not None:
-            os.chmod(target, mode)
+        if fix is not None:
+            fix(target)
     except BaseException:
         _remove(target)
         if had:
@@ -700,8 +732,21 @@ def _sqlite_files(path: Path) -> list[Path]:
     return [path.with_name(path.name + sfx) for sfx in ("", "-wal", "-shm", "-journal")]
 
 
+def _fixer(p: RestorePlan, name: str, target: Path, cap: int = 0o777,
+           default: int | None = None) -> Callable[[Path], None]:
+    """Mode as recorded in the manifest (else `default`), owner of what is replaced."""
+    files = p.verified.manifest.files
+    mode = fileattrs.recorded_mode(files, name, cap)
+    mode = default if mode is None else mode
+    owner = fileattrs.owner_like(target)
+    if name.endswith("/"):
+        return lambda path: fileattrs.settle_tree(path, name.rstrip("/"), files, owner)
+    return lambda path: fileattrs.settle(path, mode, owner)
+
+
 def _restore_messages(p: RestorePlan, undo: Undo) -> None:
     s = p.settings
+    fix = _fixer(p, "messages.db", s.sqlite_path)
     kept = []
     for f in _sqlite_files(s.sqlite_path):
         if f.exists():
@@ -710,6 +755,7 @@ def _restore_messages(p: RestorePlan, undo: Undo) -> None:
     try:
         s.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         _move(p.staging / "messages.db", s.sqlite_path)
+        fix(s.sqlite_path)
     except BaseException:
         _back_messages(p, kept)
         raise
@@ -783,7 +829,14 @@ def _drop_role(conn: Any, role: str) -> None:
 
 def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
                       keep: list[str] | None, replay: list[str], restrict: Path | None) -> None:
+    """One database, in its own thread. Each change is recorded in `undo` as soon as it is
+    made; an interrupt in the main thread (undo.stopped()) ends it before its next change."""
     s = p.settings
+
+    def check() -> None:
+        if undo.stopped():
+            raise Terminated
+    check()
     if t.set_password:
         _set_password(s, t, undo)
     if t.aside:
@@ -811,12 +864,20 @@ def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
     _make_extensions(s, t, undo)
     if restrict is not None:
         pg.write_restrict(restrict)  # its key made now, after the dump was staged
-    with pg.passfile(t.db) as env:
-        pg.run_checked(c, replay, env,
-                       f"restore of {t.item} into {t.db.name} at {t.server.address}")
+    check()
     if keep is not None:
+        # Pushed before the replay: a psql ended by an interrupt may have committed just
+        # before it went; replaying the pre-restore dump is right either way.
         undo.push(f"{t.db.name} (from its pre-restore dump)",
                   lambda: _replay_old(c, s, t.db, p.before))
+    try:
+        with pg.passfile(t.db) as env:
+            pg.run_checked(c, replay, env,
+                           f"restore of {t.item} into {t.db.name} at {t.server.address}")
+    except ClawdieError:
+        if keep is not None and not undo.stopped():
+            undo.actions.pop()  # psql failed on its own: its one transaction left nothing
+        raise
     with pg.connect(t.db) as conn:
         counts = pg.table_counts(conn)
     wrong = count_differences(t.tables, counts, extra_tables=True)
@@ -859,49 +920,85 @@ def _write_howto(p: RestorePlan) -> None:
             "the restore never renamed it, or its rollback renamed it back.)\n"))
 
 
+def _confirmed_back(p: RestorePlan) -> list[DbTarget]:
+    """The databases set aside that are NOT confirmed back under their names (the aside
+    name still exists, or the server could not be asked)."""
+    stuck = []
+    for t in _asides(p):
+        try:
+            admin = pgroles.admin_spec(p.settings, t.db.host, t.db.port)
+            assert admin is not None
+            with pg.connect(admin) as conn:
+                if pgroles.database_exists(conn, t.aside or ""):
+                    stuck.append(t)
+        except Exception:  # noqa: BLE001 -- unknown is not confirmed
+            stuck.append(t)
+    return stuck
+
+
+def _keep_howto(p: RestorePlan, stuck: list[DbTarget]) -> None:
+    """databases.txt names what is still set aside; it goes once every one is back."""
+    if stuck:
+        (p.before / HOWTO).write_text("".join(t.howto() + "\n" for t in stuck))
+    else:
+        (p.before / HOWTO).unlink(missing_ok=True)
+
+
 def _roll_back(c: Context, p: RestorePlan, undo: Undo, agent_stopped: bool, current: str,
                exc: BaseException) -> NoReturn:
     """Undo what execute did, newest first, and raise RestoreFailed saying what was rolled
-    back, and what could not be (with where the pre-restore state is)."""
+    back, and what could not be (with where the pre-restore state is). A second interrupt
+    does not cut it short; databases.txt stays until each database is confirmed back."""
     s = p.settings
-    done, failed = undo.run()
-    restarted = ""
-    if agent_stopped:
-        try:
-            agent.start(c, s)
-            restarted = "; the agent was started again"
-        except ClawdieError as again:
-            failed.append(f"agent start ({again.message})")
-    shutil.rmtree(p.staging, ignore_errors=True)
+    with shielded() as late:
+        done, failed = undo.run()
+        restarted = ""
+        if agent_stopped:
+            try:
+                agent.start(c, s)
+                restarted = "; the agent was started again"
+            except ClawdieError as again:
+                failed.append(f"agent start ({again.message})")
+        shutil.rmtree(p.staging, ignore_errors=True)
+        stuck = _confirmed_back(p) if p.before.is_dir() else []
+        if p.before.is_dir():
+            _keep_howto(p, stuck)
+        (p.work / leftovers.RUNNING).unlink(missing_ok=True)
     why = exc.message if isinstance(exc, ClawdieError) else (
         "interrupted" if isinstance(exc, (KeyboardInterrupt, Terminated)) else repr(exc))
     rolled = f"rolled back: {', '.join(done)}" if done else "nothing needed rolling back"
-    msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}"
-    stuck = [t for t in _asides(p)
-             if any(f.startswith(f"{t.db.name} (renamed back") for f in failed)]
-    if failed:
-        raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(failed)}",
+    held = "; further interrupts were held off until the rollback finished" if late else ""
+    msg = f"restore failed at step '{current}': {why}; {rolled}{restarted}{held}"
+    if failed or stuck:
+        could_not = failed + [f"{t.db.name} is still set aside as {t.aside}" for t in stuck
+                              if not any(f.startswith(f"{t.db.name} (renamed back")
+                                         for f in failed)]
+        raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(could_not)}",
                             f"the pre-restore state is in {p.before}"
                             + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
                             + ": put those back by hand"
                             + "".join(f"; {t.howto()}" for t in stuck)
                             + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
-    (p.before / HOWTO).unlink(missing_ok=True)  # every database is back in its place
     raise RestoreFailed(msg, f"the installation is as it was before; the pre-restore copies "
                              f"are kept in {p.before}") from None
 
 
 def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
-    """Run the plan; on failure roll back and raise RestoreFailed naming what was undone."""
+    """Run the plan; on failure roll back and raise RestoreFailed naming what was undone.
+
+    An interrupt (Ctrl-C, SIGTERM, SIGHUP) is a failure like any other: each step and its
+    undo record complete together (signals wait for them), and the rollback, once begun,
+    finishes whatever else arrives."""
     started = time.monotonic()
     s = p.settings
     assert p.staged, "prepare a plan without dry_run to execute it"
-    p.before.mkdir(mode=0o700)
-    _write_howto(p)
     undo = Undo()
     agent_stopped = False
     current = "keep the current state"
     try:
+        with deferred():
+            p.before.mkdir(mode=0o700)
+            _write_howto(p)
         with out.step("keep the current state"):
             snap = p.snapshot_command()
             if snap is not None and p.snapshot:
@@ -921,7 +1018,8 @@ def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                 step.title.removeprefix("restore ") for step in group)
             with out.step(title):
                 if group[0].kind is Kind.AGENT_STOP:
-                    agent_stopped = bool(group[0].run(c, undo))
+                    with deferred():  # a stopped agent is known, so the rollback starts it
+                        agent_stopped = bool(group[0].run(c, undo))
                     continue
                 failed_step = run_together(c, group, undo)
                 if failed_step:
@@ -929,7 +1027,9 @@ def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                     raise failed_step[1]
     except BaseException as exc:  # noqa: BLE001 -- Ctrl-C midway must roll back too
         _roll_back(c, p, undo, agent_stopped, current, exc)
-    shutil.rmtree(p.staging, ignore_errors=True)
+    with shielded():
+        shutil.rmtree(p.staging, ignore_errors=True)
+        (p.work / leftovers.RUNNING).unlink(missing_ok=True)
     with out.step(last.title):
         checks = last.run(c, undo)
     return {"archive": str(p.verified.path), "root": str(s.root), "items": p.items,

@@ -46,7 +46,8 @@ def passfile_line(db: DbSpec) -> str:
 @contextmanager
 def passfile(*dbs: DbSpec) -> Iterator[dict[str, str]]:
     """Environment for pg_dump/psql: PGPASSFILE pointing at a private 0600 file."""
-    fd, path = tempfile.mkstemp(prefix="clawdie-pgpass-")
+    # The pid in the name lets the next run sweep the file of a run killed outright.
+    fd, path = tempfile.mkstemp(prefix=f"clawdie-pgpass-{os.getpid()}-")
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as fh:
