@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (everything, on the rig), unit, lint, drill, bench."""
+"""Sessions: `nox -s tests` (everything, on the rig), unit, lint (ruff, mypy), drill, bench."""
 import nox
 
 nox.options.reuse_existing_virtualenvs = True
@@ -21,8 +21,10 @@ def unit(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff on everything, and mypy on the package (settings in pyproject.toml)."""
+    session.install("-e", ".[test]")
     session.run("ruff", "check", "clawdie_ops", "tests", "tasks.py", "noxfile.py")
+    session.run("mypy")
 
 
 @nox.session

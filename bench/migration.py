@@ -23,7 +23,8 @@ from tests.migrate_helpers import NEW_CRONTAB, OLD_CRONTAB, write_inventory
 from tests.rig.hosts import JAILS
 from tests.rig.postgres import SUPERPASS
 
-from clawdie_ops import agent, config
+from clawdie_ops.hosts import agent
+from clawdie_ops.config import settings as config
 
 from . import data
 from .measure import Run, measure

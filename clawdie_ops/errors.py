@@ -21,6 +21,17 @@ class ClawdieError(Exception):
         return f"{self.message}\n  -> {self.hint}" if self.hint else self.message
 
 
+class CommandFailed(ClawdieError):
+    """An external command failed: the (masked) command, its exit code and output's tail."""
+
+    def __init__(self, message: str, hint: str = "", *, command: str = "",
+                 exited: int | None = None, output: str = "") -> None:
+        super().__init__(message, hint)
+        self.command = command
+        self.exited = exited
+        self.output = output
+
+
 class ConfigError(ClawdieError):
     """A setting or the installation's .env is missing or wrong."""
 
@@ -41,7 +52,7 @@ class DatabaseUnreachable(ClawdieError):
     """PostgreSQL cannot be reached or refuses the credentials."""
 
 
-class DatabaseError(ClawdieError):
+class DatabaseError(CommandFailed):
     """A dump, replay or query failed inside PostgreSQL."""
 
 
@@ -49,7 +60,7 @@ class DatasetMissing(ClawdieError):
     """A ZFS dataset or snapshot does not exist."""
 
 
-class ZfsError(ClawdieError):
+class ZfsError(CommandFailed):
     """A zfs / zpool / syncoid command failed."""
 
 
@@ -89,7 +100,7 @@ class RestoreFailed(ClawdieError):
     """A restore step failed; the message says what was rolled back."""
 
 
-class AgentError(ClawdieError):
+class AgentError(CommandFailed):
     """The agent's stop / start / status command failed."""
 
 
@@ -97,7 +108,7 @@ class HostError(ClawdieError):
     """A remote host is unreachable, unknown, or not ready."""
 
 
-class ScheduleError(ClawdieError):
+class ScheduleError(CommandFailed):
     """The command that pauses or resumes scheduled backups and snapshots failed."""
 
 

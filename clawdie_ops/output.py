@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 from rich.console import Console
 
+from .errors import Aborted
+
 
 class Reporter:
     def __init__(self, as_json: bool = False, verbose: bool = False) -> None:
@@ -53,3 +55,15 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before a destructive step; without a terminal, `--yes` is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise Aborted(f"{question} (needs confirmation, and there is no terminal to ask)",
+                      "run it again with --yes once you have read the plan (--dry-run)")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise Aborted("stopped: not confirmed", "nothing was changed")

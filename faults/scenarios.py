@@ -20,9 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clawdie_ops import agent, config
+from clawdie_ops.config import settings as config
+from clawdie_ops.hosts import agent
 from tests.conftest import CLI, context_for
-from tests.helpers import descendants, set_config, tree_digest
+from tests.helpers import descendants, set_config, tree_digest, wait_until
 from tests.migrate_helpers import (NEW_CRONTAB, OLD_CRONTAB, dataset_state, db_state,
                                    files_state, journal_path, snapshots, sqlite_state, two_hosts,
                                    write_inventory)
@@ -97,7 +98,7 @@ def stop_agent(h: SimHost) -> None:
             os.kill(int(pidfile.read_text()), 15)
         except (ProcessLookupError, ValueError, OSError):
             return
-        st.wait_for(lambda: not h.agent_running(), 10, every=0.02)
+        wait_until(lambda: not h.agent_running(), 20, "the rig's agent to stop")
 
 
 def cli(h: SimHost, *args: str, env: dict | None = None,

@@ -10,7 +10,6 @@ import os
 import re
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 from tests.conftest import CLI
@@ -143,12 +142,3 @@ class ArchiveChecker:
                 else:
                     self._ok[p] = key
         return bad
-
-
-def wait_for(pred, timeout: float, every: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(every)
-    return True

@@ -5,6 +5,8 @@ import hashlib
 import json
 import sqlite3
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -13,6 +15,16 @@ from psycopg import sql
 # pg14 binaries and other downloads, kept between runs (shared by the backup, restore and
 # doctor tests)
 CACHE = Path("/var/cache/clawdie-ops-tests")
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str,
+               poll: float = 0.05) -> None:
+    """Wait for `condition` to hold (a fixed sleep is too short on a loaded machine and too
+    long on an idle one); fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(poll)
 
 
 def set_config(h, **values) -> None:

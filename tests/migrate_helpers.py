@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clawdie_ops import agent, config
+from clawdie_ops.hosts import agent
+from clawdie_ops.config import settings as config
 from tests.conftest import REPO, cli, context_for
 from tests.helpers import pg_rows, sqlite_rows, tree_digest
 from tests.rig.hosts import JAILS, Rig, SimHost

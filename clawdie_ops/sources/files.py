@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
 
-from ..config import Settings
+from ..config.settings import Settings
 
 
 @dataclass(frozen=True)

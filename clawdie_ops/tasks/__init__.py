@@ -1,11 +1,11 @@
 """The task collection: one module per user action."""
 from invoke import Collection
 
-from ..config import DEFAULTS
+from ..config.settings import DEFAULTS
 from . import backup
 from . import doctor, drill, inspect_archive, restore
 from . import zfs as zfs_tasks
-from . import migrate
+from . import migrate, positional
 
 namespace = Collection()
 namespace.add_task(backup.backup)
@@ -17,3 +17,4 @@ for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspe
 namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
 namespace.configure({"clawdie": DEFAULTS})
+positional.register(namespace)  # TASK --help prints this collection's help

@@ -1,11 +1,13 @@
-"""`inv backup`: flags in, summary out; the work is in clawdie_ops.backup."""
+"""`inv backup`: flags in, summary out; the work is in clawdie_ops.actions.backup."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from rich.console import Console
 
-from .. import backup as action
+from invoke import Context
+
+from ..actions import backup as action
 from ..output import Reporter, human_size
 from .base import operator_task, settings
 
@@ -19,8 +21,8 @@ from .base import operator_task, settings
     "dry-run": "print the plan (every command, every path) and change nothing",
     "json": "print a JSON summary (path, size, sha256, items, duration) on stdout",
 })
-def backup(c, root=None, output=None, skip_skills=False, no_snapshot=False, compression=None,
-           dry_run=False, json=False):
+def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=False,
+           compression=None, dry_run=False, json=False):
     """Back up the installation into one archive (mode 0600).
 
     ZFS snapshots of the jail datasets, messages.db, memory_db and skills_db, .env, groups/

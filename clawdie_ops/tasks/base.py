@@ -11,7 +11,7 @@ from invoke import Context, task as invoke_task
 from invoke.exceptions import Exit
 from rich.console import Console
 
-from .. import config
+from ..config import settings as config
 from ..errors import ClawdieError, Terminated
 
 
@@ -62,19 +62,3 @@ def _on_sigterm(handler: Any) -> Any:
     if threading.current_thread() is not threading.main_thread() or handler is None:
         return None
     return signal.signal(signal.SIGTERM, handler)
-
-
-def confirm(question: str, yes: bool) -> None:
-    """Ask before a destructive step; without a terminal, `--yes` is required."""
-    import sys
-
-    from ..errors import Aborted
-
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise Aborted(f"{question} (needs confirmation, and there is no terminal to ask)",
-                      "run it again with --yes once you have read the plan (--dry-run)")
-    answer = input(f"{question} [y/N] ").strip().lower()
-    if answer not in ("y", "yes"):
-        raise Aborted("stopped: not confirmed", "nothing was changed")

@@ -6,8 +6,10 @@ from typing import Any
 from invoke.exceptions import Exit
 from rich.console import Console
 
-from .. import config
-from .. import doctor as action
+from invoke import Context
+
+from ..config import settings as config
+from ..actions import doctor as action
 from ..output import Reporter
 from .base import operator_task, settings
 
@@ -27,7 +29,7 @@ def print_checks(con: Console, checks: list[dict[str, Any]]) -> None:
     "root": "Clawdie checkout to check (default: $CLAWDIE_ROOT, else the current directory)",
     "json": "print the checks as JSON ({status, checks: [{name, status, detail, fix}]})",
 })
-def doctor(c, root=None, json=False):
+def doctor(c: Context, root=None, json=False):
     """Check the installation's health, one line per check (ok / warn / fail).
 
     Agent alive, databases reachable with the .env credentials, pg_dump present and not
@@ -37,7 +39,8 @@ def doctor(c, root=None, json=False):
     out = Reporter(as_json=json)
     s = settings(c, root, require_env=False)
     checks = action.run_checks(c, s, config.section(c.config)["doctor"])
-    data = {"status": action.worst(checks), "checks": [ch.as_dict() for ch in checks]}
+    data: dict[str, Any] = {"status": action.worst(checks),
+                            "checks": [ch.as_dict() for ch in checks]}
 
     def human(con: Console) -> None:
         print_checks(con, data["checks"])

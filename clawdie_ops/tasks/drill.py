@@ -1,4 +1,4 @@
-"""`inv drill`: flags in, report table / JSON / JUnit out; the work is in clawdie_ops.drill."""
+"""`inv drill`: flags in, report / JSON / JUnit out; the work is in clawdie_ops.actions.drill."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .. import config
-from .. import drill as action
+from invoke import Context
+
+from ..config import settings as config
+from ..actions import drill as action
 from ..errors import ConfigError, DrillFailed
 from ..output import Reporter
 from .base import operator_task, settings
@@ -31,7 +33,7 @@ MARK = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]ski
     "pg-bin": "folder with initdb, pg_ctl and psql for the throwaway cluster "
               "(default: clawdie.drill.pg_bin, else found on this host)",
 })
-def drill(c, archive=None, latest=None, json=False, junit=None, pg_host=None, pg_port=None,
+def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host=None, pg_port=None,
           pg_user=None, pg_bin=None):
     """Restore an archive into a scratch sandbox and check it against its manifest.
 

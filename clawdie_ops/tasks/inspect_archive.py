@@ -6,9 +6,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..contents import describe
+from invoke import Context
+
+from ..archive.contents import describe
 from ..output import Reporter, human_size
-from ..verify import verify
+from ..archive.verify import verify
 from .base import operator_task
 from .positional import help_requested
 
@@ -17,7 +19,7 @@ from .positional import help_requested
     "archive": "the clawdie-backup-*.tar.gz / .tar.zst archive to look into",
     "json": "print what it holds as JSON (items, sizes, row counts, checksums)",
 })
-def inspect(c, archive, json=False):
+def inspect(c: Context, archive, json=False):
     """Verify an archive and list what it holds: items, sizes, row counts.
 
     Every member's checksum and size against the manifest, safe member names and types;

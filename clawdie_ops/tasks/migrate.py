@@ -1,5 +1,5 @@
-"""`inv migrate` (flags in, report out; the work is in clawdie_ops.migrate) and `migrate-step`,
-the few host-side actions migrate runs on each host through Fabric."""
+"""`inv migrate` (flags in, report out; the work is in clawdie_ops.actions.migrate) and
+`migrate-step`, the few host-side actions migrate runs on each host through Fabric."""
 from __future__ import annotations
 
 import json as jsonlib
@@ -9,10 +9,17 @@ from typing import Any
 
 from rich.console import Console
 
-from .. import agent, config, envfile, facts, inventory, migrate as action, transfer
+from invoke import Context
+
+from ..hosts import agent, facts, transfer
+from ..config import settings as config, envfile, inventory
+from ..actions.migrate import run as action
 from ..errors import ConfigError, MigrationFailed, ScheduleError
-from ..migrate_report import describe_report
+from ..actions.migrate.report import describe_report
 from ..output import Reporter
+from ..sources.postgres import server
+from .. import runner
+from ..runner import Shell
 from .base import operator_task
 
 
@@ -33,7 +40,7 @@ from .base import operator_task
                "clawdie.hosts.NAME.install); --no-install stops the preflight instead",
     "json": "print the report (steps, downtime_s, what moved, rollback) as JSON on stdout",
 })
-def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, restart=False,
+def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=False, restart=False,
             accept_new_host_key=False, retries=5, install=True, json=False):
     """Move the installation to new hardware: pre-sync live, then a short downtime window.
 
@@ -54,9 +61,10 @@ def migrate(c, to=None, from_=None, dry_run=False, yes=False, force=False, resta
     try:
         report = action.run(c, cfg, opts, out, s.home)
     except MigrationFailed as exc:
-        report = getattr(exc, "report", None)
-        if report is not None:
-            out.result(report, lambda con: _print(con, describe_report(report)))
+        failed: dict[str, Any] | None = getattr(exc, "report", None)
+        if failed is not None:
+            shown = failed
+            out.result(shown, lambda con: _print(con, describe_report(shown)))
         raise
     if dry_run:
         def show_plan(con: Console) -> None:
@@ -98,17 +106,14 @@ def _payload(stdin: bool) -> dict[str, Any]:
     return data
 
 
-def _schedule(c, s: config.Settings, key: str) -> dict[str, Any]:
+def _schedule(c: Context, s: config.Settings, key: str) -> dict[str, Any]:
     cmd = s.command(key)
-    res = c.run(cmd, hide=True, warn=True, in_stream=False)
-    if res.exited != 0:
-        raise ScheduleError(f"{key.replace('_', ' ')} failed (exit {res.exited}): "
-                            f"{res.stderr.strip()[-300:]}",
-                            f"check clawdie.commands.{key} on this host: {cmd}")
+    runner.run(c, Shell(cmd), check=True, what=key.replace("_", " "), error=ScheduleError,
+               hint=f"check clawdie.commands.{key} on this host: {cmd}")
     return {"command": cmd}
 
 
-def _env_apply(c, cfg: dict[str, Any]) -> dict[str, Any]:
+def _env_apply(c: Context, cfg: dict[str, Any]) -> dict[str, Any]:
     """Write this host's own db/pool settings into the restored .env, and say which servers
     the .env alone now reaches (the agent reads the .env, not the tool's config)."""
     s = config.load({"clawdie": cfg})
@@ -120,7 +125,7 @@ def _env_apply(c, cfg: dict[str, Any]) -> dict[str, Any]:
     plain = config.load({"clawdie": {**cfg, **{k: "" for k in envfile.ENV_KEY_OF_SETTING}}})
     dbs = {}
     for db in plain.databases():
-        probe = facts.probe_database(db)
+        probe = server.probe_database(db)
         dbs[db.key] = {k: probe.get(k) for k in ("host", "port", "identity", "error")}
     return {"env_file": str(s.env_file), "changed": changed, "databases": dbs,
             "agent_stopped": stopped}
@@ -134,7 +139,7 @@ def _env_apply(c, cfg: dict[str, Any]) -> dict[str, Any]:
              "host's inventory overrides and secrets: never on the command line)",
     "json": "print the result as JSON",
 })
-def migrate_step(c, action, path=None, role="target", stdin=False, json=False):
+def migrate_step(c: Context, action, path=None, role="target", stdin=False, json=False):
     """One host-side step of a migration, run by migrate on each host through SSH.
 
     By hand they undo a migration: agent-stop / agent-start, schedule-pause /
@@ -161,12 +166,12 @@ def migrate_step(c, action, path=None, role="target", stdin=False, json=False):
             agent.start(c, s)
         result = {"started": started, "running": True}
     elif action == "jails-start":
-        started = []
+        jails_started = []
         for jail in s.jails:
             if not agent.jail_running(c, s, jail):
                 agent.jail_start(c, s, jail)
-                started.append(jail)
-        result = {"started": started, "jails": list(s.jails)}
+                jails_started.append(jail)
+        result = {"started": jails_started, "jails": list(s.jails)}
     elif action in ("schedule-pause", "schedule-resume"):
         result = _schedule(c, s, action.replace("-", "_"))
     elif action == "checksum":

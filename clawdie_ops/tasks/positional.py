@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from invoke import Task
+from invoke import Collection, Program, Task
 from invoke.parser import Argument
+
+from .. import __version__
 
 
 def help_requested(task_name: str, value: object) -> bool:
@@ -13,10 +15,19 @@ def help_requested(task_name: str, value: object) -> bool:
     invoke hands `TASK --help` to a task as its positional argument."""
     if value not in ("-h", "--help"):
         return False
-    from ..cli import program  # the CLI imports the tasks: import it only when asked
-
-    program.run(["clawdie-ops", "--help", task_name], exit=False)
+    assert _namespace is not None, "tasks/__init__.py registers the collection"
+    Program(namespace=_namespace, version=__version__, name="clawdie-ops",
+            binary="clawdie-ops").run(["clawdie-ops", "--help", task_name], exit=False)
     return True
+
+
+_namespace: Collection | None = None
+
+
+def register(namespace: Collection) -> None:
+    """The collection whose help `help_requested` prints (set once it is built)."""
+    global _namespace
+    _namespace = namespace
 
 
 class _UnlessFlag(Argument):
@@ -24,7 +35,7 @@ class _UnlessFlag(Argument):
 
     instead: Argument
 
-    @property  # type: ignore[override]
+    @property
     def value(self) -> Any:
         value = Argument.value.fget(self)  # type: ignore[attr-defined]
         return "" if value is None and self.instead.value else value

@@ -1,13 +1,15 @@
-"""`inv restore`: flags in, plan and summary out; the work is in clawdie_ops.restore."""
+"""`inv restore`: flags in, plan and summary out; the work is in clawdie_ops.actions.restore."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from rich.console import Console
 
-from .. import restore as action
-from ..output import Reporter
-from .base import confirm, operator_task
+from invoke import Context
+
+from ..actions.restore import run as action
+from ..output import Reporter, confirm
+from .base import operator_task
 from .doctor import print_checks
 from .positional import help_requested
 
@@ -25,7 +27,7 @@ from .positional import help_requested
     "no-start": "leave the agent stopped at the end",
     "json": "print a JSON summary (items, connections used, safety copies, doctor) on stdout",
 })
-def restore(c, archive, root=None, only=None, dry_run=False, yes=False, start=False,
+def restore(c: Context, archive, root=None, only=None, dry_run=False, yes=False, start=False,
             no_start=False, json=False):
     """Restore an archive in the runbook's order, keeping the current state to roll back to.
 
@@ -41,7 +43,7 @@ def restore(c, archive, root=None, only=None, dry_run=False, yes=False, start=Fa
     lines = plan.describe()
     if dry_run:
         data = {"dry_run": True, "archive": str(plan.verified.path), "items": plan.items,
-                "plan": lines,
+                "plan": lines, "commands": plan.commands(),
                 "connections": {t.item: t.report() for t in plan.targets}}
 
         def show_plan(con: Console) -> None:

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 
-from .. import config, datasets, replication, sanoid, zfs
-from .. import rollback as rb
+from invoke import Context
+
+from ..config import settings as config
+from ..zfs import datasets, replication, sanoid, commands as zfs
+from ..zfs import rollback as rb
 from ..errors import ConfigError, DatasetMissing, OutputError
-from ..output import Reporter, human_size
-from .base import confirm, operator_task, settings
+from ..output import Reporter, confirm, human_size
+from .. import runner
+from .base import operator_task, settings
 from .positional import help_requested
 
 ROOT_HELP = "Clawdie checkout whose .env names the pool (default: $CLAWDIE_ROOT, else the cwd)"
@@ -44,7 +49,7 @@ def _when(epoch: int) -> str:
     "dry-run": "print the zfs command and change nothing",
     "json": "print the snapshot name and the datasets as JSON",
 })
-def snapshot(c, dataset=None, tag="clawdie", root=None, dry_run=False, json=False):
+def snapshot(c: Context, dataset=None, tag="clawdie", root=None, dry_run=False, json=False):
     """Snapshot the jail datasets under one name (atomic: `zfs snapshot -r` of their parent)."""
     out = Reporter(as_json=json)
     s = settings(c, root)
@@ -58,7 +63,7 @@ def snapshot(c, dataset=None, tag="clawdie", root=None, dry_run=False, json=Fals
                              f"{', '.join(missing)}",
                              "check ZFS_POOL / ZFS_PREFIX in .env, clawdie.jails, or --dataset")
     command = (s.command("snapshot", parent=s.jails_parent, name=name) if everything
-               else zfs.snapshot_cmd(s, chosen, name))
+               else runner.line(zfs.snapshot_cmd(s, chosen, name)))
     result = {"name": name, "snapshots": [f"{d}@{name}" for d in chosen],
               "recursive_parent": s.jails_parent if everything else None,
               "command": command, "dry_run": dry_run}
@@ -84,13 +89,13 @@ def snapshot(c, dataset=None, tag="clawdie", root=None, dry_run=False, json=Fals
     "root": ROOT_HELP,
     "json": "print the snapshots as JSON (creation as epoch seconds, sizes in bytes)",
 })
-def snapshots(c, dataset=None, root=None, json=False):
+def snapshots(c: Context, dataset=None, root=None, json=False):
     """List the snapshots of the jail datasets, newest first, with creation time and size.
 
     `used` is what only that snapshot holds; `refer` what the dataset held at it."""
     out = Reporter(as_json=json)
     s = settings(c, root)
-    listing = []
+    listing: list[dict[str, Any]] = []
     for jd in datasets.select(s, dataset, allow_other=True):
         snaps = zfs.snapshots(c, s, jd.dataset)
         listing.append({"dataset": jd.dataset, "jail": jd.jail, "snapshots": [
@@ -121,7 +126,7 @@ ROLLBACK_HELP = {
 
 
 @operator_task(help=dict(ROLLBACK_HELP))
-def rollback(c, target, yes=False, force=False, root=None, dry_run=False, json=False):
+def rollback(c: Context, target, yes=False, force=False, root=None, dry_run=False, json=False):
     """Roll a jail dataset back to a snapshot: destroys every newer snapshot and change.
 
     Shows exactly what is destroyed, stops the jail using the dataset first (started again
@@ -147,7 +152,7 @@ def rollback(c, target, yes=False, force=False, root=None, dry_run=False, json=F
     def human(con: Console) -> None:
         con.print(f"rolled back {plan.dataset} to @{plan.snapshot.name}; destroyed "
                   f"{len(result['destroyed'])} snapshot(s)"
-                  f"{'; jail ' + plan.jail + ' restarted' if result['jail_restarted'] else ''}",
+                  f"{f'; jail {plan.jail} restarted' if result['jail_restarted'] else ''}",
                   markup=False)
 
     out.result(result, human)
@@ -161,7 +166,7 @@ def rollback(c, target, yes=False, force=False, root=None, dry_run=False, json=F
     "dry-run": "with --write: say what would be written where, and write nothing",
     "json": "print the config, the datasets with their retention class, and the path written",
 })
-def sanoid_config(c, write=None, yes=False, root=None, dry_run=False, json=False):
+def sanoid_config(c: Context, write=None, yes=False, root=None, dry_run=False, json=False):
     """sanoid.conf for the jail datasets with the runbook's retention.
 
     db: 24 hourly, 14 daily, 3 monthly; git, cms, management: 12, 7, 2. Autosnap and
@@ -226,9 +231,9 @@ def _write_atomic(path: Path, text: str) -> None:
     "dry-run": "resolve and probe the target, print every command, change nothing",
     "json": "print a summary: bytes sent and duration per dataset",
 })
-def replicate(c, to=None, dataset=None, target_pool=None, target_prefix=None, compress="auto",
-              bwlimit=None, replace_existing=False, yes=False, root=None, dry_run=False,
-              json=False):
+def replicate(c: Context, to=None, dataset=None, target_pool=None, target_prefix=None,
+              compress="auto", bwlimit=None, replace_existing=False, yes=False, root=None,
+              dry_run=False, json=False):
     """Replicate the jail datasets to another host with syncoid over SSH.
 
     Full the first time, incremental after; the jail using a dataset on the target is

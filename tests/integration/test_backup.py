@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import cli
-from tests.helpers import (extract, manifest_of, pg_objects, pg_rows, sqlite_rows,
+from tests.helpers import (wait_until, extract, manifest_of, pg_objects, pg_rows, sqlite_rows,
                            tree_digest)
 from tests.rig import content
 from tests.rig.services import ZFS, sh
@@ -134,12 +134,11 @@ def test_snapshots_exist_on_the_pool_after_backup(host):
 
 
 WRITER = r"""
-import sqlite3, sys, time
+import os, sqlite3, sys
 con = sqlite3.connect(sys.argv[1], timeout=30)
 con.execute("INSERT OR REPLACE INTO router_state VALUES ('writer_count', '0')"); con.commit()
 i = 0
-deadline = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < deadline:
+while not os.path.exists(sys.argv[2]):  # until the test says stop, however slow the backups
     i += 1
     with con:  # one transaction: a message and the counter that says how many there are
         con.execute("INSERT INTO messages VALUES (?, 'w@g.us', 'w', 'W', ?, '2026', 0)",
@@ -150,14 +149,29 @@ while time.monotonic() < deadline:
 """
 
 
+def writer_count(db: Path) -> int:
+    import sqlite3
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return con.execute("SELECT count(*) FROM messages WHERE chat_jid = 'w@g.us'"
+                           ).fetchone()[0]
+    finally:
+        con.close()
+
+
 def test_backup_while_agent_writes_is_consistent(host, tmp_path):
     db = host.root / "store" / "messages.db"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "8"],
+    stop = tmp_path / "stop-writing"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(stop)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "started"
         results = [run_backup(host, "--no-snapshot") for _ in range(3)]
+        after = writer_count(db)  # at least what the last backup's copy holds
+        wait_until(lambda: writer_count(db) > after, 30,
+                   "the writer to write again after the last backup")
     finally:
+        stop.touch()
         writer.wait(30)
     assert writer.returncode == 0
     for n, result in enumerate(results):
@@ -178,12 +192,14 @@ def test_backup_while_agent_writes_is_consistent(host, tmp_path):
 
 
 def test_dry_run_shows_plan_and_changes_nothing(host):
-    before = sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot").stdout
+    # this host's pool only: other tests on the machine snapshot their own pools meanwhile
+    before = sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot", "-r", host.pool_name).stdout
     res = cli(host, "backup", "--dry-run", check=True)
     assert "pg_dump --clean --if-exists" in res.stdout and "snapshot -r" in res.stdout
     assert content.MEMORY_PASSWORD not in res.stdout + res.stderr
     assert list((host.home / "backups").iterdir()) == []
-    assert sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot").stdout == before
+    assert sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot", "-r", host.pool_name
+              ).stdout == before
 
 
 def test_help_explains_every_flag(host):

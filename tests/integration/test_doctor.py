@@ -7,7 +7,7 @@ import json
 import time
 
 from tests.conftest import cli
-from tests.helpers import CACHE, set_config
+from tests.helpers import CACHE, set_config, wait_until
 from tests.integration.test_restore import backup, start_agent, stop_agent, write_env
 from tests.rig.postgres import pg14_bindir
 from tests.rig.services import ZFS, sh, zfs_retry
@@ -75,7 +75,9 @@ def test_doctor_warns_when_snapshots_and_backups_age(host):
     try:
         set_config(host, doctor={"snapshot_warn_hours": 0.0002, "snapshot_fail_hours": 24,
                                  "backup_warn_hours": 0.0002, "backup_fail_hours": 24})
-        time.sleep(1.0)  # older than 0.72s: past the warning, far from the failure
+        # older than 0.72s: past the warning, far from the failure
+        newest = max(p.stat().st_mtime for p in (host.home / "backups").iterdir())
+        wait_until(lambda: time.time() - newest > 1.0, 10, "the backup to age past 0.72s")
         code, checks = doctor(host)
         assert checks["snapshots"]["status"] == "warn", checks["snapshots"]
         assert checks["backups"]["status"] == "warn", checks["backups"]

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 from clawdie_ops import __version__
-from clawdie_ops.migrate_report import describe_report
+from clawdie_ops.actions.migrate.report import describe_report
 from tests.conftest import CLI, cli
 from tests.migrate_helpers import (NEW_CRONTAB, OLD_CRONTAB, dataset_state, db_state,
                                    files_state, install_entry, journal_path, migrate, snapshots,

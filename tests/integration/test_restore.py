@@ -15,7 +15,8 @@ import pytest
 
 from tests import archive_kit as kit
 from tests.conftest import cli
-from tests.helpers import CACHE, pg_objects, pg_rows, set_config, sqlite_rows, tree_digest
+from tests.helpers import (CACHE, pg_objects, pg_rows, set_config, sqlite_rows, tree_digest,
+                           wait_until)
 from tests.rig import content
 from tests.rig.hosts import linux_commands
 from tests.rig.postgres import SUPERPASS, Cluster, pg14_bindir
@@ -42,6 +43,17 @@ def stop_agent(h) -> None:
     deadline = time.monotonic() + 10
     while pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def agent_tick(h) -> str | None:
+    """The agent's heartbeat in messages.db: it changes while the agent writes."""
+    import sqlite3
+    con = sqlite3.connect(h.root / "store" / "messages.db", timeout=30)
+    try:
+        row = con.execute("SELECT value FROM router_state WHERE key = 'agent_tick'").fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None
 
 
 def backup(h, *args: str) -> Path:
@@ -142,7 +154,8 @@ def test_restore_that_fails_midway_rolls_back_and_restarts_the_agent(host, tmp_p
     (host.root / "groups" / "main" / "CLAUDE.md").write_text("changed after the backup\n")
     write_env(host, AGENT_NAME="renamed-after-backup")
     start_agent(host)
-    time.sleep(0.3)
+    tick = agent_tick(host)
+    wait_until(lambda: agent_tick(host) != tick, 30, "the agent to write (it holds the WAL)")
     before = state(host)
 
     res = cli(host, "restore", str(broken), "--yes")

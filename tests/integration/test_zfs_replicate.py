@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import CLI, cli
-from tests.helpers import children, cmdline, descendants, tree_digest
+from tests.helpers import children, cmdline, descendants, tree_digest, wait_until
 from tests.integration.test_zfs_snapshots import RIG_PATH, configure, zfs_snapshots
 from tests.rig.services import ZFS, sh
 
@@ -81,7 +82,8 @@ def test_replicate_delivers_every_dataset_then_only_the_increment(rig, host, tar
     mnt = host.pool.mount_of(host.dataset("db"))
     (mnt / "increment.bin").write_bytes(os.urandom(64_000))
     (mnt / "etc" / "rc.conf").write_text("hostname=db2\n")
-    time.sleep(1.1)  # syncoid's snapshot names have one-second resolution
+    done_at = int(time.time())  # syncoid's snapshot names have one-second resolution:
+    wait_until(lambda: int(time.time()) > done_at, 5, "the next second")
     second = json.loads(cli(host, "replicate", "--to", target.alias, "--target-pool", tpool,
                             "--json", env=RIG_PATH, check=True).stdout)
     by_jail = {d["jail"]: d for d in second["datasets"]}
@@ -113,6 +115,20 @@ def zfs_datasets(pool: str) -> list[str]:
     return sh(ZFS, "list", "-H", "-o", "name", "-r", pool).stdout.split()
 
 
+def received_bytes(sshd: int) -> int:
+    """Bytes the target's `zfs receive` processes have read so far (/proc/PID/io)."""
+    total = 0
+    for pid in descendants(sshd):
+        if "zfs receive" in cmdline(pid) or "zfs recv" in cmdline(pid):
+            try:
+                io = (Path("/proc") / str(pid) / "io").read_text()
+            except OSError:
+                continue
+            total += next((int(line.split()[1]) for line in io.splitlines()
+                           if line.startswith("rchar:")), 0)
+    return total
+
+
 def test_replication_killed_midway_completes_when_run_again(rig, host, target):
     point_at(host, target, rig)
     tpool = target.pool_name
@@ -132,7 +148,8 @@ def test_replication_killed_midway_completes_when_run_again(rig, host, target):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the receive never started on the target"
         time.sleep(0.1)
-    time.sleep(1.5)
+    # some of the stream has arrived before the link is cut
+    wait_until(lambda: received_bytes(sshd) > 100_000, 60, "the first 100 kB to arrive")
     # Cut the link: kill the target's per-connection sshd processes (the listener stays).
     for pid in children(sshd):
         os.kill(pid, signal.SIGKILL)
@@ -155,8 +172,8 @@ def test_ssh_options_with_spaces_survive_syncoids_shell(tmp_path):
     """syncoid pastes `-o VALUE` into a shell string: what ssh then reads is what we meant."""
     import shlex
 
-    from clawdie_ops import ssh as sshmod
-    from clawdie_ops import syncoid
+    from clawdie_ops.hosts import ssh as sshmod
+    from clawdie_ops.zfs import syncoid
 
     known = tmp_path / "known hosts"  # spaces in the paths
     key = tmp_path / "id one"

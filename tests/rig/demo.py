@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clawdie_ops import agent, config
+from clawdie_ops.hosts import agent
+from clawdie_ops.config import settings as config
 
 from tests.conftest import context_for
 

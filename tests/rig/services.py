@@ -33,14 +33,17 @@ def ensure_zfs_fuse() -> None:
         time.sleep(0.2)
 
 
-def zfs_retry(*args: str, attempts: int = 20) -> None:
-    """zfs-fuse unmounts asynchronously: `destroy` may say busy; try again after a pause."""
-    for _ in range(attempts):
+def zfs_retry(*args: str, timeout: float = 60) -> None:
+    """zfs-fuse unmounts asynchronously: `destroy` may say busy until the unmount is done,
+    which takes longer on a loaded machine; try again until it succeeds or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
         res = sh(ZFS, *args, check=False)
         if res.returncode == 0 or "does not exist" in res.stderr:
             return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"zfs {' '.join(args)}: {res.stderr.strip()}")
         time.sleep(0.3)
-    raise RuntimeError(f"zfs {' '.join(args)}: {res.stderr.strip()}")
 
 
 @dataclass

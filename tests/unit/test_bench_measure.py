@@ -5,7 +5,8 @@ import os
 import sys
 
 from bench.measure import measure
-from clawdie_ops import archive, config
+from clawdie_ops.archive import writer as archive
+from clawdie_ops.config import settings as config
 
 HOLD = "import time; x = bytearray({mib} << 20); x[::4096] = b'x' * len(x[::4096]); time.sleep(1)"
 

@@ -12,11 +12,14 @@ import paramiko
 import pytest
 from invoke import MockContext, Result
 
-from clawdie_ops import envfile, inventory, migrate_checks as mc, remote, transfer
-from clawdie_ops.config import read_env
+from clawdie_ops import runner
+from clawdie_ops.config import envfile, inventory
+from clawdie_ops.actions.migrate import checks as mc
+from clawdie_ops.hosts import remote, ssh, transfer
+from clawdie_ops.config.settings import read_env
 from clawdie_ops.errors import ConfigError, HostError, RemoteTaskFailed
-from clawdie_ops.journal import Journal
-from clawdie_ops.masking import MASK
+from clawdie_ops.actions.migrate.journal import Journal
+from clawdie_ops.config.masking import MASK
 
 
 # -- preflight rules -------------------------------------------------------------------------
@@ -267,7 +270,7 @@ def test_remote_commands_are_quoted_and_stdin_goes_in_one_piece():
     assert remote.tool_command(NEW, "restore", "/b/x y.tar.zst", "--json",
                                config_file="/tmp/clawdie-ops.ab/config.json") == \
         "clawdie-ops -f /tmp/clawdie-ops.ab/config.json restore '/b/x y.tar.zst' --json"
-    assert remote._Payload('{"a": 1}').read(1) == '{"a": 1}'
+    assert runner._Payload('{"a": 1}').read(1) == '{"a": 1}'
 
 
 def test_run_tool_parses_json_and_names_the_host_on_failure():
@@ -301,7 +304,7 @@ def test_temporary_config_paths_are_checked_before_rm(tmp_path):
 
 def test_accepting_a_new_host_key_records_it_like_accept_new(tmp_path):
     known = tmp_path / "ssh" / "known_hosts"
-    policy = remote.AcceptNewPolicy(known)
+    policy = ssh.AcceptNewPolicy(known)
     key = paramiko.Ed25519Key.from_private_key(io.StringIO(_ed25519()))
     client = paramiko.SSHClient()
     policy.missing_host_key(client, "[10.0.0.9]:2222", key)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from clawdie_ops import config, inventory, migrate_plan as migrate
-from clawdie_ops.migrate_report import describe_report
+from clawdie_ops.config import settings as config, inventory
+from clawdie_ops.actions.migrate import plan as migrate
+from clawdie_ops.actions.migrate.report import describe_report
 from clawdie_ops.errors import ConfigError
-from clawdie_ops.masking import MASK, is_secret_key, mask_text, masked
+from clawdie_ops.config.masking import MASK, is_secret_key, mask_text, masked
 
 ADMIN_PW = "adm1n s3cret 'x'"
 
@@ -154,3 +155,28 @@ def test_report_for_a_person_names_the_databases_the_new_host_set_aside():
     text = "\n".join(describe_report(report))
     assert ("new host: its memory_db from before the restore is kept as "
             "memory_db_pre_restore_20261125-150000 at 10.0.1.3:5432") in text
+
+
+def test_each_step_runs_the_argv_the_plan_shows_with_its_placeholders_filled():
+    p = plan()
+    steps = {s.id: s for s in p.steps}
+    restore = steps[migrate.StepId.RESTORE]
+    assert restore.argv(p.new, "/tmp/clawdie-ops.x/config.json", {"<archive>": "/b/a.tar.zst"}) \
+        == ["clawdie-ops", "-f", "/tmp/clawdie-ops.x/config.json", "restore", "/b/a.tar.zst",
+            "--yes", "--no-start", "--json"]
+    assert restore.command == "clawdie-ops -f '<tmp>/config.json' restore '<archive>' --yes " \
+        "--no-start --json"
+    backup = steps[migrate.StepId.FINAL_BACKUP]
+    assert backup.argv(p.old, None) == [sys.executable, "-m", "clawdie_ops", "backup", "--json"]
+    assert steps[migrate.StepId.CHECK_NEW].stdin and not backup.stdin
+    checksum = steps[migrate.StepId.COPY_ARCHIVE]
+    assert checksum.where == "here" and checksum.host_key == "new"
+    assert checksum.argv(p.new, None, {"<path>": "/b/x.partial"})[-4:] == \
+        ["--path", "/b/x.partial", "--stdin", "--json"]
+    assert not steps[migrate.StepId.CONNECT].args  # runs here, in-process
+    # the commands the recorder must find: the final sync runs at once with backup and copy
+    groups = p.commands()
+    alongside = next(g for g in groups if any("backup --json" in line for line in g))
+    assert any("replicate --to newbox" in line for line in alongside)
+    assert any("migrate-step checksum" in line for line in alongside)
+    assert len(alongside) == 3

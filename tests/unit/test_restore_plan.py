@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from clawdie_ops import config, doctor, drill, restore
-from clawdie_ops.dumpfile import Scanner, scan
+from clawdie_ops.config import settings as config
+from clawdie_ops.actions import doctor, drill
+from clawdie_ops.actions.restore import run as restore
+from clawdie_ops.sources.postgres.dumpfile import Scanner, scan
 from clawdie_ops.errors import ArchiveUnsafe, ConfigError
-from clawdie_ops.manifest import Manifest
-from clawdie_ops.sources.postgres import ServerInfo
-from clawdie_ops.verify import Member, Verified, check_member
+from clawdie_ops.archive.manifest import Manifest
+from clawdie_ops.sources.postgres.commands import ServerInfo
+from clawdie_ops.archive.verify import Member, Verified, check_member
 from tests.rig.content import env_text
 
 DUMP = b'''--
@@ -224,7 +226,7 @@ def _tiny_archive(tmp_path: Path) -> Path:
 
 
 def test_staging_never_follows_a_link_planted_in_its_target(tmp_path):
-    from clawdie_ops.verify import stage
+    from clawdie_ops.archive.verify import stage
     target = tmp_path / "target"
     outside = tmp_path / "outside"
     target.mkdir()
@@ -237,7 +239,7 @@ def test_staging_never_follows_a_link_planted_in_its_target(tmp_path):
 
 # -- one pass: verify while staging -------------------------------------------------------------
 def test_staging_writes_the_wanted_members_in_the_verifying_pass(tmp_path):
-    from clawdie_ops.verify import stage
+    from clawdie_ops.archive.verify import stage
     target = tmp_path / "staging"
     target.mkdir(mode=0o700)
     v = stage(_tiny_archive(tmp_path), target, lambda n: n == "env")
@@ -249,7 +251,7 @@ def test_staging_writes_the_wanted_members_in_the_verifying_pass(tmp_path):
 
 def test_staging_a_changed_member_fails_with_its_name(tmp_path):
     from clawdie_ops.errors import ArchiveCorrupt
-    from clawdie_ops.verify import stage
+    from clawdie_ops.archive.verify import stage
     from tests import archive_kit as kit
     bad = kit.repack(_tiny_archive(tmp_path), tmp_path / "bad.tar.gz",
                      kit.edit_member("groups/main/a.md", lambda b: b"changed\n"), sign=False)
@@ -261,7 +263,7 @@ def test_staging_a_changed_member_fails_with_its_name(tmp_path):
 def test_staging_refuses_to_fill_the_disk(tmp_path, monkeypatch):
     import shutil as sh
 
-    from clawdie_ops import verify as vf
+    from clawdie_ops.archive import verify as vf
     from clawdie_ops.errors import OutputError
     monkeypatch.setattr(vf.shutil, "disk_usage", lambda p: sh._ntuple_diskusage(100, 99, 1))
     (tmp_path / "staging").mkdir()
@@ -270,7 +272,7 @@ def test_staging_refuses_to_fill_the_disk(tmp_path, monkeypatch):
 
 
 def test_owner_mapping_of_a_staged_dump_keeps_its_mode_and_rows(tmp_path):
-    from clawdie_ops.dumpfile import rewrite_owners
+    from clawdie_ops.sources.postgres.dumpfile import rewrite_owners
     dump = tmp_path / "memory_db.sql"
     dump.write_bytes(DUMP)
     dump.chmod(0o600)
@@ -284,7 +286,7 @@ def test_owner_mapping_of_a_staged_dump_keeps_its_mode_and_rows(tmp_path):
 
 # -- the pre-restore copy without a dump ----------------------------------------------------------
 def test_aside_names_fit_postgresql_identifiers():
-    from clawdie_ops.pgaside import NAME_MAX, aside_name
+    from clawdie_ops.sources.postgres.aside import NAME_MAX, aside_name
     assert aside_name("memory_db", "20261125-132005") == \
         "memory_db_pre_restore_20261125-132005"
     long = aside_name("é" * 40, "20261125-132005-2")
@@ -292,7 +294,7 @@ def test_aside_names_fit_postgresql_identifiers():
 
 
 def test_plan_renames_a_database_aside_instead_of_dumping_it(tmp_path):
-    from clawdie_ops.pgaside import DbShape
+    from clawdie_ops.sources.postgres.aside import DbShape
     (tmp_path / ".env").write_text(env_text({"WARDEN_DB_IP": "10.0.0.3"}))
     cfg = Config(overrides={"clawdie": {"db_admin": {"user": "postgres", "password": "pw"}}})
     s = config.load(cfg, root=tmp_path)
@@ -309,3 +311,44 @@ def test_plan_renames_a_database_aside_instead_of_dumping_it(tmp_path):
     assert "pg_dump --clean" not in text
     assert 'ALTER DATABASE "memory_db_pre_restore_1" RENAME TO "memory_db"' in target.howto()
     assert target.report()["kept_as"] == "memory_db_pre_restore_1"
+
+
+def test_restore_steps_carry_the_argv_they_run(tmp_path):
+    (tmp_path / ".env").write_text(env_text({"WARDEN_DB_IP": "10.0.0.3", "ZFS_PREFIX": "clawdie",
+                                             "MEMORY_DB_PASSWORD": "mem-secret-1"}))
+    s = config.load(Config(overrides={"clawdie": {}}), root=tmp_path)
+    server = ServerInfo("15.18", 150018, "7712", "10.0.0.3:5432")
+    target = restore.DbTarget("memory_db.sql", s.memory, "memory_user", server, {},
+                              exists=True)
+    plan = restore.RestorePlan(verified("env", "memory_db.sql"), s, ["env", "memory_db.sql"],
+                               tmp_path / "w", "zroot/clawdie/jails/db@pre-1", [target], None,
+                               True, True, [], [])
+    plan.steps = restore._steps(plan)
+    kinds = [st.kind for st in plan.steps]
+    assert kinds == [restore.Kind.ENV, restore.Kind.AGENT_STOP, restore.Kind.DATABASE,
+                     restore.Kind.AGENT_START, restore.Kind.DOCTOR]
+    db = plan.steps[2]
+    assert db.commands == [
+        ["pg_dump", "--clean", "--if-exists", "-h", "10.0.0.3", "-p", "5432", "-U",
+         "memory_user", "--no-password", "-f", str(tmp_path / "w/before/memory_db.sql"),
+         "memory_db"],
+        ["psql", "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1", "-h", "10.0.0.3",
+         "-p", "5432", "-U", "memory_user", "--no-password", "-d", "memory_db", "-f",
+         str(tmp_path / "w/staging/memory_db.sql")]]
+    assert db.undo == "memory_db (from its pre-restore dump)" and db.together
+    assert [str(cmd) for cmd in plan.steps[1].commands] == [s.command("agent_stop")]
+    assert plan.steps[0].commands == [] and plan.steps[0].action is not None  # in-process
+    groups = plan.commands()
+    assert groups[0] == ["zfs snapshot -r zroot/clawdie/jails/db@pre-1"]
+    assert "mem-secret-1" not in repr(groups)
+
+
+def test_a_restore_that_does_not_start_the_agent_shows_a_step_that_runs_nothing(tmp_path):
+    (tmp_path / ".env").write_text(env_text({"WARDEN_DB_IP": "10.0.0.3"}))
+    s = config.load(Config(overrides={"clawdie": {}}), root=tmp_path)
+    plan = restore.RestorePlan(verified("groups/a"), s, ["groups/"], tmp_path / "w", None, [],
+                               None, False, False, [], [])
+    plan.steps = restore._steps(plan)
+    start = next(st for st in plan.steps if st.kind is restore.Kind.AGENT_START)
+    assert start.action is None and start.commands == []
+    assert start.run(MockContext(run={}), None) is None  # type: ignore[arg-type]

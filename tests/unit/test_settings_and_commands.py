@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 from invoke import Config, MockContext, Result
 
-from clawdie_ops import backup, config, zfs
+from clawdie_ops import runner
+from clawdie_ops.actions import backup
+from clawdie_ops.config import settings as config
+from clawdie_ops.zfs import commands as zfs
 from clawdie_ops.errors import ConfigError, EnvFileError, InvalidName, ToolMissing, ToolTooOld
-from clawdie_ops.manifest import archive_stem
-from clawdie_ops.sources import postgres as pg
+from clawdie_ops.archive.manifest import archive_stem
+from clawdie_ops.sources.postgres import commands as pg
 from tests.rig.content import env_text
 
 TRICKY = "p a$s 'q' \"d\" \\ x:y #z"
@@ -84,7 +87,7 @@ def test_command_templates_quote_values(tmp_path):
 
 def test_pg_dump_line_has_no_password(tmp_path):
     s = load(tmp_path)
-    line = pg.pg_dump_cmd(s, s.memory, Path("/spool/memory_db.sql"), "00000003-1")
+    line = runner.line(pg.pg_dump_cmd(s, s.memory, Path("/spool/memory_db.sql"), "00000003-1"))
     assert TRICKY not in line and "password" not in line.replace("--no-password", "")
     assert "--clean --if-exists" in line and "--snapshot=00000003-1" in line
 
@@ -151,3 +154,14 @@ def test_plan_lists_every_step_without_secrets(tmp_path):
     assert "groups/ not found" in text
     skip = backup.make_plan(c, s, backup.BackupOptions(skip_skills=True, snapshot=False))
     assert [d.key for d in skip.databases] == ["memory"] and skip.snapshot is None
+
+
+def test_an_unknown_setting_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"unknown setting clawdie\.zfs_pol\b"):
+        config.section(Config(overrides={"clawdie": {"zfs_pol": "tank"}}))
+    with pytest.raises(ConfigError, match=r"unknown setting clawdie\.drill\.hostt"):
+        config.section(Config(overrides={"clawdie": {"drill": {"hostt": "db"}}}))
+    with pytest.raises(ConfigError, match=r"clawdie\.commands\.agent_stpo"):
+        config.section(Config(overrides={"clawdie": {"commands": {"agent_stpo": "x"}}}))
+    assert config.section(Config(overrides={"clawdie": {"shell": "/bin/dash"}}))["shell"] == \
+        "/bin/dash"

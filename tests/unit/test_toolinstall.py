@@ -10,9 +10,11 @@ import zipfile
 import pytest
 from invoke import MockContext, Result
 
-from clawdie_ops import __version__, inventory, toolinstall, wheel
+from clawdie_ops import __version__
+from clawdie_ops.config import inventory
+from clawdie_ops.hosts import install as toolinstall, wheel
 from clawdie_ops.errors import ConfigError, HostError
-from clawdie_ops.inventory import Host
+from clawdie_ops.config.inventory import Host
 
 NEW = Host(name="newbox", ssh="newbox", install={"python": "python3.11"})
 

@@ -8,16 +8,10 @@ from datetime import datetime
 import pytest
 from invoke import Config, MockContext, Result
 
-from clawdie_ops import (
-    config,
-    datasets,
-    replication,
-    rollback,
-    sanoid,
-    ssh,
-    syncoid,
-    zfs,
-)
+from clawdie_ops import runner
+from clawdie_ops.config import settings as config
+from clawdie_ops.zfs import datasets, replication, rollback, sanoid, syncoid, commands as zfs
+from clawdie_ops.hosts import ssh
 from clawdie_ops.errors import DatasetMissing, InvalidName, NotManaged, ZfsError
 
 DB = "zroot/clawdie/jails/db"
@@ -247,8 +241,8 @@ def test_ssh_alias_resolves_to_what_the_config_changed(tmp_path):
 
 def test_syncoid_command_carries_the_ssh_config_quoted_for_its_shell(tmp_path):
     h = resolved_host(tmp_path)
-    line = syncoid.command("syncoid", DB, "tank/clawdie/jails/db", h,
-                           syncoid.SyncOptions("zstd-fast", "20m"))
+    line = runner.line(syncoid.command("syncoid", DB, "tank/clawdie/jails/db", h,
+                                       syncoid.SyncOptions("zstd-fast", "20m")))
     assert line == (
         "syncoid --compress=zstd-fast '--pv-options=-n -b -i 5' --source-bwlimit=20m "
         "--sshport=2222 '--sshkey='\"'\"'~/.ssh/clawdie_ed25519'\"'\"'' "
@@ -326,12 +320,12 @@ def test_replication_refuses_a_target_that_shares_no_snapshot():
     local = MockContext(run={
         f"zfs list -H -o name {DB}": ok(DB),
         "ssh -G newbox": ok(ALIAS_G), "ssh -G -F /dev/null 10.1.2.3": ok(DEFAULT_G),
-        syncoid.probe_cmd(): ok("/usr/bin/zstd\n"),
+        runner.line(syncoid.probe_cmd()): ok("/usr/bin/zstd\n"),
         LIST: ok(f"{DB}@a\n"),
         f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@a":
             ok(f"{DB}@a\tcreation\t1\n")})
     remote = MockContext(run={
-        syncoid.probe_cmd(): ok("/usr/bin/zstd\n"),
+        runner.line(syncoid.probe_cmd()): ok("/usr/bin/zstd\n"),
         f"zfs list -H -o name {DB}": ok(DB),
         LIST: ok(f"{DB}@other\n"),
         f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@other":
@@ -341,7 +335,7 @@ def test_replication_refuses_a_target_that_shares_no_snapshot():
     plan = replication.make_plan(local, s, {}, "newbox", ["db"], replace_existing=True,
                                  conn=remote)
     assert plan.pairs[0].state == "diverged" and plan.options.force_delete
-    assert "--force-delete" in plan.command(plan.pairs[0])
+    assert "--force-delete" in runner.line(plan.command(plan.pairs[0]))
     assert plan.options.compress == "zstd-fast"
 
 

@@ -1,0 +1,303 @@
+"""`backup`: snapshot, dump, copy and archive an installation; plan first, act second.
+
+Runs on the host that holds the data (Fabric runs the whole task there for a migration).
+Nothing is left behind on failure: the archive is written under a temporary name and
+renamed only once complete; the spool of dumps is removed either way.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, UTC
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from invoke import Context
+
+from .. import __version__, runner
+from ..zfs import commands as zfs
+from ..archive.writer import SUFFIX, ArchiveWriter
+from ..config.settings import DbSpec, Settings
+from ..errors import ClawdieError, OutputError, SourceError
+from ..archive.manifest import NAME as MANIFEST, Manifest, archive_stem
+from ..output import Reporter
+from ..sources import files as file_source
+from ..sources.postgres import commands as pg
+from ..sources import sqlite
+from ..steps import Step, Undo, fill, groups, planned, run_together
+
+
+@dataclass
+class BackupOptions:
+    output: Path | None = None
+    skip_skills: bool = False
+    snapshot: bool = True
+    compression: str | None = None
+    dry_run: bool = False
+
+
+class Kind(StrEnum):
+    SNAPSHOT = "snapshot"
+    COPY = "copy"  # messages.db, with SQLite's online backup API
+    DUMP = "dump"  # one database, at once with the copy and the other dumps
+
+
+# Known only when the step runs: the private spool folder, the exported snapshot's id.
+SPOOL, EXPORTED = "<spool>", "<exported-snapshot>"
+
+
+@dataclass
+class BackupPlan:
+    archive: Path
+    top: str
+    compression: str
+    snapshot: str | None  # "parent@name", or None with --no-snapshot
+    datasets: list[str]
+    databases: list[DbSpec]
+    files: list[file_source.FileItem]
+    notes: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)  # snapshot, then copy and dumps at once
+    spool: Path | None = None  # the private folder of the copy and the dumps, while running
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # item -> manifest entry
+
+    def describe(self, s: Settings) -> list[str]:
+        lines = [f"{step.kind:<10} {line}" for step in self.steps for line in step.lines]
+        for item in self.files:
+            lines.append(f"archive    {item.source} -> {item.name}")
+        lines.append(f"write      {self.archive} (mode 0600, via {self.archive.name}.partial)")
+        return lines + [f"note       {n}" for n in self.notes]
+
+
+def _dump_action(db: DbSpec, plan: BackupPlan, dump: list[str],
+                 entries: dict[str, dict[str, Any]]) -> Callable[[Context, Undo], None]:
+    def act(c: Context, undo: Undo) -> None:
+        entries[db.item] = dump_database(c, db, plan, dump)
+    return act
+
+
+def _steps(s: Settings, plan: BackupPlan, entries: dict[str, dict[str, Any]]) -> list[Step]:
+    """What the backup runs before it writes the archive; each step's result lands in
+    `entries` (item -> manifest entry)."""
+    steps = []
+    if plan.snapshot:
+        parent, name = plan.snapshot.split("@")
+        snap = zfs.snapshot_command(s, parent, name)
+        steps.append(Step(Kind.SNAPSHOT, "", [f"{snap}  (covers {', '.join(plan.datasets)})"],
+                          [snap], action=lambda c, undo: zfs.run_snapshot(c, snap, parent, name),
+                          title=f"snapshot {plan.snapshot}"))
+    steps.append(Step(Kind.COPY, "messages.db", [
+        f"{s.sqlite_path} via SQLite's online backup API, integrity_check"],
+        action=lambda c, undo: entries.update({"messages.db": _copy_sqlite(s, plan)}),
+        title="copy messages.db", together=True))
+    for db in plan.databases:
+        dump = pg.pg_dump_cmd(s, db, Path(SPOOL) / db.item, EXPORTED)
+        steps.append(Step(Kind.DUMP, db.item, [f"{runner.line(dump)}  (PGPASSFILE, 0600)"],
+                          [dump], action=_dump_action(db, plan, dump, entries),
+                          title=f"dump {db.name}", together=True))
+    return steps
+
+
+def _output_dir(s: Settings, opts: BackupOptions) -> Path:
+    out = (opts.output or s.backup_dir).expanduser()
+    if not out.is_dir():
+        raise OutputError(f"output directory does not exist: {out}",
+                          "create it, or pass another with --output")
+    try:  # a real write: access() says yes to root on a read-only mount
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output directory is not writable: {out} ({exc.strerror})",
+                          "fix its permissions or mount, or pass another with --output") from None
+    return out
+
+
+def make_plan(c: Context, s: Settings, opts: BackupOptions,
+              now: datetime | None = None) -> BackupPlan:
+    """Decide everything (names, items, order) without changing anything."""
+    out = _output_dir(s, opts)
+    compression = opts.compression or s.compression
+    when = now or datetime.now()
+    stem = archive_stem(when)
+    suffix = SUFFIX[compression]
+    existing = {p.name for p in out.iterdir()} if out.exists() else set()
+    n = 1
+    taken = set()
+    if opts.snapshot:
+        taken = {snap.name for snap in zfs.snapshots(c, s, s.jails_parent)} \
+            if zfs.exists(c, s, s.jails_parent) else set()
+    name = stem
+    while f"{name}{suffix}" in existing or name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    files, notes = file_source.items(s)
+    plan = BackupPlan(
+        archive=out / f"{name}{suffix}", top=name, compression=compression,
+        snapshot=f"{s.jails_parent}@{name}" if opts.snapshot else None,
+        datasets=s.datasets if opts.snapshot else [],
+        databases=s.databases(opts.skip_skills), files=files, notes=notes)
+    plan.steps = _steps(s, plan, plan.entries)
+    return plan
+
+
+@dataclass
+class Preflight:
+    pg_dump_version: str
+    servers: dict[str, pg.ServerInfo]
+
+
+def preflight(c: Context, s: Settings, plan: BackupPlan) -> Preflight:
+    """Every check that can fail before anything is written."""
+    if not s.env_file.is_file() or not os.access(s.env_file, os.R_OK):
+        raise SourceError(f".env unreadable: {s.env_file}", "check its owner and mode")
+    if not s.sqlite_path.is_file():
+        raise SourceError(f"messages.db not found: {s.sqlite_path}",
+                          "check --root / CLAWDIE_ROOT points at the Clawdie checkout")
+    if plan.datasets:
+        zfs.require(c, s, [s.jails_parent, *plan.datasets])
+    major, version = pg.client_version(c, s, "pg_dump")
+    servers = {}
+    for db in plan.databases:
+        with pg.connect(db) as conn:
+            info = pg.server_info(conn)
+        pg.check_dump_compatible(s, major, version, info)
+        servers[db.key] = info
+    need = s.sqlite_path.stat().st_size + sum(f.source.stat().st_size for f in plan.files)
+    free = shutil.disk_usage(plan.archive.parent).free
+    if free < need:
+        raise OutputError(f"not enough space in {plan.archive.parent}: {free} bytes free, "
+                          f"the files alone need {need}", "free space or pass --output")
+    return Preflight(version, servers)
+
+
+def dump_database(c: Context, db: DbSpec, plan: BackupPlan, dump: list[str]) -> dict[str, Any]:
+    """pg_dump inside an exported snapshot, so the row counts match the dump exactly."""
+    assert plan.spool is not None
+    with pg.connect(db, autocommit=False) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        snap = pg.scalar(conn, "SELECT pg_export_snapshot()")
+        counts = pg.table_counts(conn)
+        with pg.passfile(db) as env:
+            pg.run_checked(c, fill(dump, {SPOOL: str(plan.spool), EXPORTED: snap}), env,
+                           f"pg_dump of {db.name} at {db.host}:{db.port}")
+        conn.rollback()
+    return {"kind": "postgres", "database": db.name, "user": db.user, "tables": counts,
+            "format": "plain"}
+
+
+def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
+    started = time.monotonic()
+    with out.step("plan and preflight"):
+        plan = make_plan(c, s, opts)
+        pre = preflight(c, s, plan)
+    if opts.dry_run:
+        return {"dry_run": True, "archive": str(plan.archive), "plan": plan.describe(s),
+                "commands": planned(plan.steps)}
+    for note in plan.notes:
+        out.warn(note)
+    spool = Path(tempfile.mkdtemp(prefix=".clawdie-backup-spool-", dir=plan.archive.parent))
+    plan.spool = spool
+    writer: ArchiveWriter | None = None
+    snapshots: list[str] = []
+    try:
+        for group in groups(plan.steps):
+            title = group[0].title if len(group) == 1 else \
+                "copy messages.db and dump databases"
+            with out.step(title):
+                failed = run_together(c, group, Undo())  # nothing to undo: the spool goes
+                if failed:
+                    raise failed[1]
+            if group[0].kind is Kind.SNAPSHOT and plan.snapshot:
+                name = plan.snapshot.split("@")[1]
+                snapshots = [plan.snapshot] + [f"{d}@{name}" for d in plan.datasets]
+        with out.step(f"write {plan.archive.name}"):
+            writer = ArchiveWriter(plan.archive, plan.top, plan.compression)
+            manifest = _write_items(writer, s, plan, pre, opts, snapshots)
+            writer.add_bytes(MANIFEST, manifest.to_json(), 0o644)
+            written = writer.commit()
+            writer = None
+    except BaseException as exc:
+        if writer is not None:
+            writer.abort()
+        kept = f"; snapshot {plan.snapshot} was kept" if snapshots else ""
+        if _out_of_space(exc):
+            detail = exc.message if isinstance(exc, ClawdieError) else str(exc)
+            raise OutputError(f"{plan.archive.parent} ran out of space during the backup: {detail}",
+                              "free space there or pass --output; the partial archive and "
+                              f"spool were removed{kept}") from None
+        if isinstance(exc, ClawdieError) and kept:
+            exc.hint = f"{exc.hint}{kept} (a valid point in time; destroy it if unwanted)"
+        raise
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return {"archive": str(written.path), "size": written.size, "sha256": written.sha256,
+            "items": manifest.items, "snapshots": snapshots,
+            "duration_s": round(time.monotonic() - started, 3), "steps": out.timings,
+            "tables": {n: f["tables"] for n, f in manifest.files.items() if "tables" in f}}
+
+
+def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Preflight,
+                 opts: BackupOptions, snapshots: list[str]) -> Manifest:
+    """Every item into the archive, in the runbook's order; the manifest that describes them."""
+    assert plan.spool is not None
+    entries, spool = plan.entries, plan.spool
+    manifest = Manifest(agent_name=s.agent_name,
+                        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+                        host=socket.gethostname(), tool_version=__version__, snapshots=snapshots)
+    manifest.files["messages.db"] = {**entries.pop("messages.db"), **writer.add_file(
+        "messages.db", spool / "messages.db", 0o644)}
+    for db in plan.databases:
+        info = pre.servers[db.key]
+        manifest.files[db.item] = {
+            **entries.pop(db.item), **writer.add_file(db.item, spool / db.item, 0o600),
+            "server_version": info.version, "system_identifier": info.system_identifier,
+            "pg_dump_version": pre.pg_dump_version}
+    for item in plan.files:
+        mode = 0o600 if item.name == "env" else None
+        try:
+            manifest.files[item.name] = {"kind": "file",
+                                         **writer.add_file(item.name, item.source, mode)}
+        except FileNotFoundError:
+            raise SourceError(f"{item.source} vanished during the backup",
+                              "run the backup again") from None
+    manifest.items = _item_list(manifest.files)
+    if opts.skip_skills:
+        manifest.skipped["skills_db.sql"] = "--skip-skills"
+    manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
+                         "servers": {k: v.version for k, v in pre.servers.items()}}
+    return manifest
+
+
+def _copy_sqlite(s: Settings, plan: BackupPlan) -> dict[str, Any]:
+    """messages.db into the spool, checked, with its row counts."""
+    assert plan.spool is not None
+    dest = plan.spool / "messages.db"
+    sqlite.backup(s.sqlite_path, dest)
+    sqlite.check(dest)
+    return {"kind": "sqlite", "integrity": "ok", "tables": sqlite.table_counts(dest)}
+
+
+_FULL = ("no space left", "disk is full", "quota exceeded", "file too large")
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return isinstance(exc, ClawdieError) and any(m in str(exc).lower() for m in _FULL)
+
+
+def _item_list(files: dict[str, Any]) -> list[str]:
+    items = []
+    for name in files:
+        item = "groups/" if name.startswith("groups/") else name
+        if item not in items:
+            items.append(item)
+    return items

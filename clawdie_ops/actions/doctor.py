@@ -1,0 +1,195 @@
+"""`doctor`: the runbook's "verify health" step, one check per line: ok, warn or fail."""
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from invoke import Context
+
+from ..archive import catalog
+from ..checks import Check
+from ..hosts import agent
+from ..zfs import commands as zfs
+from ..config.settings import DEFAULTS, Settings
+from ..errors import ClawdieError, DatabaseUnreachable
+from ..output import human_size
+from ..sources.postgres import commands as pg
+
+SEVERITY = {"ok": 0, "warn": 1, "fail": 2}
+
+
+def worst(checks: list[Check]) -> str:
+    return max((ch.status for ch in checks), key=SEVERITY.__getitem__, default="ok")
+
+
+def exit_code(checks: list[Check]) -> int:
+    """0 when all is well, 1 with warnings, 2 with a failure."""
+    return SEVERITY[worst(checks)]
+
+
+def age_text(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _by_age(age_s: float, warn_h: float, fail_h: float) -> str:
+    if age_s > fail_h * 3600:
+        return "fail"
+    if age_s > warn_h * 3600:
+        return "warn"
+    return "ok"
+
+
+def check_env(s: Settings) -> Check:
+    if s.env_file.is_file() and s.env:
+        return Check(".env", "ok", f"{s.env_file} ({len(s.env)} settings)")
+    return Check(".env", "fail", f"{s.env_file} is missing, unreadable or empty",
+                 "restore it from a backup (clawdie-ops restore ARCHIVE --only env)")
+
+
+def check_agent(c: Context, s: Settings) -> Check:
+    try:
+        if agent.running(c, s):
+            return Check("agent", "ok", f"agent {s.agent_name} is running")
+        return Check("agent", "fail", f"agent {s.agent_name} is not running",
+                     f"start it: {s.command('agent_start')}")
+    except ClawdieError as exc:
+        return Check("agent", "fail", exc.message, exc.hint)
+
+
+def check_databases(s: Settings) -> tuple[list[Check], dict[str, pg.ServerInfo], int]:
+    checks, servers, total = [], {}, 0
+    for db in (s.memory, s.skills):
+        name = f"database {db.key}_db"
+        if not s.env or not db.host:
+            checks.append(Check(name, "fail", "no connection details: .env is missing",
+                                "restore .env first"))
+            continue
+        try:
+            with pg.connect(db) as conn:
+                info = pg.server_info(conn)
+                total += pg.scalar(conn, "SELECT pg_database_size(current_database())")
+        except DatabaseUnreachable as exc:
+            checks.append(Check(name, "fail", exc.message, exc.hint))
+            continue
+        servers[db.key] = info
+        checks.append(Check(name, "ok", f"{db.name} at {info.address} as {db.user} "
+                                        f"(PostgreSQL {info.version})"))
+    return checks, servers, total
+
+
+def check_pg_dump(c: Context, s: Settings, servers: dict[str, pg.ServerInfo]) -> Check:
+    try:
+        major, version = pg.client_version(c, s, "pg_dump")
+    except ClawdieError as exc:
+        return Check("pg_dump", "fail", exc.message, exc.hint)
+    newest = max(servers.values(), key=lambda i: i.major, default=None)
+    if newest is None:
+        return Check("pg_dump", "warn", f"pg_dump {version} found; no server reached to "
+                                        "compare its version with", "see the database checks")
+    if major < newest.major:
+        return Check("pg_dump", "fail", f"pg_dump {version} is older than the PostgreSQL "
+                                        f"{newest.version} server at {newest.address}",
+                     f"install pg_dump {newest.major} or newer "
+                     f"({s.command('pg_install_hint')}) or set clawdie.pg_bin")
+    return Check("pg_dump", "ok", f"pg_dump {version} (server {newest.version})")
+
+
+def check_datasets(c: Context, s: Settings) -> tuple[Check, list[str]]:
+    if not s.zfs_prefix:
+        return Check("jail datasets", "warn", "ZFS_PREFIX is not set: datasets not checked",
+                     "add ZFS_PREFIX=... to .env (or set clawdie.zfs_prefix)"), []
+    present = [d for d in s.datasets if zfs.exists(c, s, d)]
+    missing = [d for d in s.datasets if d not in present]
+    if missing:
+        return Check("jail datasets", "fail", f"not found: {', '.join(missing)}",
+                     "check ZFS_POOL / ZFS_PREFIX in .env and clawdie.jails; "
+                     "`zfs list` shows what exists"), present
+    return Check("jail datasets", "ok", f"{len(present)} present under {s.jails_parent}"), present
+
+
+def check_snapshots(c: Context, s: Settings, datasets: list[str],
+                    limits: Mapping[str, Any]) -> Check:
+    if not datasets:
+        return Check("snapshots", "warn", "no jail dataset to look at", "see jail datasets")
+    now = time.time()
+    ages: dict[str, float | None] = {}
+    for ds in datasets:
+        try:
+            snaps = zfs.snapshots(c, s, ds)
+        except ClawdieError as exc:
+            return Check("snapshots", "fail", exc.message, exc.hint)
+        ages[ds] = now - snaps[0].creation if snaps else None
+    fix = ("check that sanoid runs from cron (clawdie-ops sanoid-config) "
+           "or take one now: clawdie-ops snapshot")
+    none = [d for d, a in ages.items() if a is None]
+    if none:
+        return Check("snapshots", "fail", f"no snapshot of {', '.join(none)}", fix)
+    oldest_ds = max(ages, key=lambda d: ages[d] or 0)
+    age = ages[oldest_ds] or 0
+    status = _by_age(age, float(limits["snapshot_warn_hours"]),
+                     float(limits["snapshot_fail_hours"]))
+    detail = (f"newest snapshot is {age_text(age)} old at most ({oldest_ds.rsplit('/', 1)[-1]}; "
+              f"limits {limits['snapshot_warn_hours']}h / {limits['snapshot_fail_hours']}h)")
+    return Check("snapshots", status, detail, "" if status == "ok" else fix)
+
+
+def check_backups(s: Settings, limits: Mapping[str, Any]) -> tuple[Check, Path | None]:
+    d = s.backup_dir
+    fix = f"run clawdie-ops backup --output {d}, and schedule it (README: Backup)"
+    if not d.is_dir():
+        return Check("backups", "fail", f"backup directory {d} does not exist", fix), None
+    newest = catalog.newest(d)
+    if newest is None:
+        return Check("backups", "fail", f"no clawdie-backup-* archive in {d}", fix), None
+    age = time.time() - newest.stat().st_mtime
+    status = _by_age(age, float(limits["backup_warn_hours"]), float(limits["backup_fail_hours"]))
+    return Check("backups", status, f"newest is {newest.name}, {age_text(age)} old "
+                                    f"(limits {limits['backup_warn_hours']}h / "
+                                    f"{limits['backup_fail_hours']}h)",
+                 "" if status == "ok" else fix), newest
+
+
+def check_space(s: Settings, newest: Path | None, db_bytes: int,
+                limits: Mapping[str, Any]) -> Check:
+    d = s.backup_dir
+    if not d.is_dir():
+        return Check("free space", "fail", f"backup directory {d} does not exist",
+                     f"create it: mkdir -p {d}")
+    sqlite = s.sqlite_path.stat().st_size if s.sqlite_path.is_file() else 0
+    files = sum(p.stat().st_size for p in s.groups_dir.rglob("*") if p.is_file()) \
+        if s.groups_dir.is_dir() else 0
+    # The backup spools messages.db and the dumps beside the archive it writes.
+    need = sqlite + db_bytes + (newest.stat().st_size if newest else files)
+    free = shutil.disk_usage(d).free
+    factor = float(limits["space_factor"])
+    detail = f"{human_size(free)} free in {d}; the next backup needs about {human_size(need)}"
+    fix = f"free space in {d} or move backups elsewhere (clawdie.backup_dir)"
+    if free < need:
+        return Check("free space", "fail", detail, fix)
+    if free < need * factor:
+        return Check("free space", "warn", detail + f" (less than {factor:g}x head room)", fix)
+    return Check("free space", "ok", detail)
+
+
+def run_checks(c: Context, s: Settings, limits: Mapping[str, Any] | None = None) -> list[Check]:
+    limits = {**DEFAULTS["doctor"], **dict(limits or {})}
+    checks = [check_env(s), check_agent(c, s)]
+    db_checks, servers, db_bytes = check_databases(s)
+    checks.extend(db_checks)
+    checks.append(check_pg_dump(c, s, servers))
+    ds_check, present = check_datasets(c, s)
+    checks.append(ds_check)
+    checks.append(check_snapshots(c, s, present, limits))
+    backups, newest = check_backups(s, limits)
+    checks.append(backups)
+    checks.append(check_space(s, newest, db_bytes, limits))
+    return checks

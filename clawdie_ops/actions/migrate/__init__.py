@@ -1,0 +1,1 @@
+"""`migrate`: move an installation to new hardware."""

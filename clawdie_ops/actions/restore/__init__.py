@@ -1,0 +1,1 @@
+"""`restore`: put an archive back onto an installation."""

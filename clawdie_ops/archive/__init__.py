@@ -1,0 +1,1 @@
+"""The backup archive: writer, manifest, verification, contents."""

@@ -1,0 +1,1 @@
+"""Settings, the installation's .env, the migration inventory, masking."""

@@ -1,0 +1,1 @@
+"""Hosts: ssh, the remote tool, transfer, install, the agent, host facts."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: commands, roles, set-aside databases, dump files."""

@@ -1,0 +1,1 @@
+"""ZFS: commands, datasets, sanoid, syncoid, replication, rollback."""

@@ -1,0 +1,204 @@
+"""Replication of the jail datasets to another host with syncoid: plan first, then per dataset.
+
+The source is this host (the Context `c`); the target is reached over SSH exactly as the
+operator's ssh config says (ssh.resolve), by syncoid for the stream and by Fabric for the
+few commands run there (parent dataset, jail stop / start, read-only probes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from invoke import Context
+
+from .. import runner
+from ..hosts import agent, ssh
+from . import datasets, syncoid, commands as zfs
+from ..config import inventory
+from ..config.settings import Settings
+from ..errors import ConfigError, DatasetMissing, ZfsError
+from ..output import Reporter, human_size
+
+
+@dataclass(frozen=True)
+class Pair:
+    jail: str | None
+    source: str
+    target: str
+    state: str  # "missing" (full send), "common" (incremental), "diverged" (no common snapshot)
+    common: str | None = None  # newest snapshot both sides hold
+
+
+@dataclass
+class ReplicationPlan:
+    to: str
+    host: ssh.SshHost
+    target_settings: Settings
+    pairs: list[Pair]
+    options: syncoid.SyncOptions
+    syncoid_bin: str
+    local_tools: set[str]
+    remote_tools: set[str]
+    notes: list[str] = field(default_factory=list)
+    conn: Any = field(default=None, repr=False)  # the Fabric Connection to the target
+
+    @property
+    def parents(self) -> list[str]:
+        return sorted({p.target.rsplit("/", 1)[0] for p in self.pairs if "/" in p.target})
+
+    def command(self, pair: Pair) -> runner.Shell:
+        return syncoid.command(self.syncoid_bin, pair.source, pair.target, self.host, self.options)
+
+    def describe(self) -> list[str]:
+        ts = self.target_settings
+        h = self.host
+        via = f" (ssh config {h.config_file})" if h.config_file else ""
+        both = "both ends" if "mbuffer" in self.local_tools & self.remote_tools else "no"
+        pv = "yes (counts the bytes sent)" if "pv" in self.local_tools else "no"
+        who = f"{h.user}@" if h.user else ""
+        lines = [f"target     {self.to} = {who}{h.hostname}:{h.port}{via}",
+                 f"helpers    compression {self.options.compress}; mbuffer {both}; pv {pv}"]
+        for parent in self.parents:
+            lines.append(f"on {self.to:<6} {runner.line(zfs.cmd(ts, 'create', '-p', parent))}")
+        for p in self.pairs:
+            mode = {"missing": "full (first time)",
+                    "common": f"incremental from @{p.common}",
+                    "diverged": "REPLACE: the target shares no snapshot (--replace-existing)"}
+            lines.append(f"dataset    {p.source} -> {p.target}: {mode[p.state]}")
+            if p.jail:
+                lines.append(f"on {self.to:<6} stop jail {p.jail} while it receives: "
+                             f"{ts.command('jail_stop', jail=p.jail)} (started again if it ran)")
+            lines.append(f"run        {runner.line(self.command(p))}")
+        return lines + [f"note       {n}" for n in self.notes]
+
+
+def target_settings(s: Settings, cfg: Mapping[str, Any], to: str) -> tuple[Settings, str]:
+    """The target's settings (commands, jail names, pool) and its ssh alias.
+
+    From the inventory entry `clawdie.hosts[to]` = {ssh, root, overrides} when there is one;
+    otherwise the target is assumed to be laid out like this host."""
+    host = inventory.resolve(cfg, to)  # validated: unknown keys and settings are refused
+    over = dict(host.overrides)
+    changes: dict[str, Any] = {}
+    if host.root:
+        changes["root"] = Path(host.root)
+    if over.get("home"):
+        changes["home"] = Path(str(over["home"]))
+    for key in ("zfs", "zfs_pool", "zfs_prefix", "jail_name"):
+        if over.get(key):
+            changes[key] = str(over[key])
+    if over.get("commands"):
+        changes["commands"] = {**s.commands, **dict(over["commands"])}
+    if over.get("jails"):
+        changes["jails"] = tuple(over["jails"])
+    return dataclasses.replace(s, **changes), host.ssh
+
+
+def map_dataset(s: Settings, ts: Settings, dataset: str) -> str:
+    """The same dataset under the target's pool and prefix."""
+    parent = s.jails_parent
+    if not dataset.startswith(parent + "/"):
+        raise ConfigError(f"{dataset} is not under {parent}, so it has no name on the target",
+                          "replicate the configured jail datasets only")
+    return zfs.check_dataset(ts.jails_parent + dataset[len(parent):])
+
+
+def _probe_pair(conn, ts: Settings, c, s: Settings, jd: datasets.JailDataset,
+                target: str) -> Pair:
+    if not zfs.exists(conn, ts, target):
+        return Pair(jd.jail, jd.dataset, target, "missing")
+    theirs = {x.name for x in zfs.snapshots(conn, ts, target)}
+    common = next((x.name for x in zfs.snapshots(c, s, jd.dataset) if x.name in theirs), None)
+    return Pair(jd.jail, jd.dataset, target, "common" if common else "diverged", common)
+
+
+def make_plan(c: Context, s: Settings, cfg: Mapping[str, Any], to: str,
+              names: list[str] | None = None, target_pool: str = "", target_prefix: str = "",
+              compress: str = "auto", bwlimit: str = "", replace_existing: bool = False,
+              conn: Context | None = None) -> ReplicationPlan:
+    """Resolve the target, probe it read-only, and decide each dataset's transfer."""
+    ssh.check_host(to)
+    ts, alias = target_settings(s, cfg, to)
+    if target_pool:
+        ts = dataclasses.replace(ts, zfs_pool=zfs.check_dataset(target_pool))
+    if target_prefix:
+        ts = dataclasses.replace(ts, zfs_prefix=zfs.check_dataset(target_prefix))
+    chosen = datasets.select(s, names)
+    missing = [jd.dataset for jd in chosen if not zfs.exists(c, s, jd.dataset)]
+    if missing:
+        raise DatasetMissing(f"nothing to replicate: {', '.join(missing)} not found here",
+                             "check ZFS_POOL / ZFS_PREFIX in .env, clawdie.jails, or --dataset")
+    host = ssh.resolve(c, alias, str(cfg.get("ssh_config") or ""))
+    conn = conn or ssh.connect(host)
+    local = syncoid.found_tools(runner.run(c, syncoid.probe_cmd()).stdout)
+    remote = syncoid.found_tools(runner.run(conn, syncoid.probe_cmd(), host=to).stdout)
+    pairs = [_probe_pair(conn, ts, c, s, jd, map_dataset(s, ts, jd.dataset)) for jd in chosen]
+    diverged = [p for p in pairs if p.state == "diverged"]
+    if diverged and not replace_existing:
+        raise ZfsError(
+            f"on {to}, {', '.join(p.target for p in diverged)} exist"
+            f"{'s' if len(diverged) == 1 else ''} but share no snapshot with this host",
+            "an incremental cannot start there: destroy them on the target, or pass "
+            "--replace-existing to let syncoid replace them (what they hold is lost)")
+    chosen_compress = syncoid.choose_compress(local, remote) if compress == "auto" else compress
+    notes = []
+    if "pv" not in local:
+        notes.append("pv is not installed here: bytes sent are syncoid's estimate, if any")
+    return ReplicationPlan(to=to, host=host, target_settings=ts, pairs=pairs,
+                           options=syncoid.SyncOptions(chosen_compress, bwlimit,
+                                                       replace_existing),
+                           syncoid_bin=str(cfg.get("syncoid") or "syncoid"), local_tools=local,
+                           remote_tools=remote, notes=notes, conn=conn)
+
+
+def replicate_one(c: Context, conn: Context, plan: ReplicationPlan, pair: Pair) -> dict[str, Any]:
+    """One dataset: jail on the target stopped while it receives, syncoid, jail back."""
+    ts = plan.target_settings
+    stopped = agent.jail_stop(conn, ts, pair.jail) if pair.jail else False
+    start = time.monotonic()
+    try:
+        res = runner.run(c, plan.command(pair))
+    finally:
+        duration = round(time.monotonic() - start, 3)
+        if stopped and pair.jail:
+            agent.jail_start(conn, ts, pair.jail)
+    report = syncoid.parse_output(res.stdout)
+    if res.exited != 0:
+        reason = report.errors[0] if report.errors else runner.tail(res.stdout)
+        hint = ("pass --replace-existing to let syncoid replace it (its data is lost)"
+                if report.refused_existing else
+                "run the same replicate again: it continues from the newest snapshot both "
+                "sides hold (a full send starts over)")
+        raise ZfsError(f"replicating {pair.source} to {plan.to}:{pair.target} failed "
+                       f"(syncoid exit {res.exited}): {reason}", hint)
+    return {"jail": pair.jail, "source": pair.source, "target": pair.target,
+            "mode": report.kind if report.transfers else "none",
+            "bytes": report.bytes, "bytes_method": report.method,
+            "transfers": [dataclasses.asdict(t) for t in report.transfers],
+            "duration_s": duration, "jail_stopped": stopped, "warnings": report.warnings}
+
+
+def run(c: Context, plan: ReplicationPlan, out: Reporter) -> dict[str, Any]:
+    conn = plan.conn or ssh.connect(plan.host)
+    ts = plan.target_settings
+    start = time.monotonic()
+    for parent in plan.parents:
+        zfs.create_parents(conn, ts, parent)
+    done = []
+    for pair in plan.pairs:
+        with out.step(f"syncoid {pair.source} -> {plan.to}:{pair.target}"):
+            item = replicate_one(c, conn, plan, pair)
+        done.append(item)
+        size = human_size(item["bytes"]) if item["bytes"] is not None else "size unknown"
+        out.err.print(f"{pair.source} -> {plan.to}:{pair.target}: {item['mode']}, {size} "
+                      f"in {item['duration_s']:.1f}s", markup=False)
+    known = [d["bytes"] for d in done if d["bytes"] is not None]
+    return {"to": plan.to, "target": f"{plan.host.user}@{plan.host.hostname}",
+            "compression": plan.options.compress,
+            "mbuffer": "mbuffer" in plan.local_tools & plan.remote_tools,
+            "datasets": done, "bytes": sum(known) if len(known) == len(done) else None,
+            "duration_s": round(time.monotonic() - start, 3)}
