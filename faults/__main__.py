@@ -90,30 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
                                  setup_lock=setup_lock)
         runners.append(runner)
         for cmd in cmds:
-            # a missed case (the command ended before its moment) is replaced by the
-            # command's next one, until its share is injected
-            todo = list(by_cmd[cmd])
-            want, k, draws, errors = len(todo), len(todo), 0, 0
-            while todo and draws < want * args.max_draws:
-                case = todo.pop(0)
-                draws += 1
-                try:
-                    o = runner.run(case)
-                    errors = 0
-                except Exception as e:  # noqa: BLE001 - the rig failed, not the tool
-                    errors += 1
-                    o = campaign.Outcome(asdict(case), injected=False,
-                                         harness_error=f"{type(e).__name__}: {e}"[:500])
-                    if errors >= 3:
-                        outcomes.append(asdict(o))
-                        print(f"[{cmd}] three harness errors in a row: its remaining cases "
-                              f"are not run ({o.harness_error})", flush=True)
-                        break
+            if args.case:
+                for case in by_cmd[cmd]:
+                    outcomes.append(asdict(runner.run(case)))
+                    _say(outcomes[-1])
+                continue
+            for o in campaign.run_command(runner, cmd, len(by_cmd[cmd]), args.max_draws):
                 outcomes.append(asdict(o))
-                _say(o)
-                if not o.injected and not args.case:
-                    k += 1
-                    todo.append(campaign.make_case(args.seed, cmd, k))
+                _say(outcomes[-1])
 
     runners: list[campaign.Runner] = []
     try:
@@ -146,7 +130,8 @@ def _split(name: str) -> tuple[str, int]:
     return cmd, int(k)
 
 
-def _say(o) -> None:
+def _say(d: dict) -> None:
+    o = campaign.Outcome(**d)
     c = o.case
     if o.harness_error:
         print(f"{c['name']:<14} {c['kind']:<14} harness error: {o.harness_error}", flush=True)

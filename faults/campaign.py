@@ -21,13 +21,13 @@ from . import kinds, state as st
 from .scenarios import SCENARIOS, Run, Scenario, Verdict
 
 # Share of the faults per command: the slower commands get fewer (a migrate case costs
-# about ten backup cases), every command gets enough to cover each of its fault kinds.
-WEIGHTS = {"backup": 0.25, "restore": 0.27, "drill": 0.14, "replicate": 0.22, "migrate": 0.12}
+# about ten backup cases: two migrations of 15 s unloaded, 100 s on a loaded machine).
+WEIGHTS = {"backup": 0.33, "restore": 0.25, "drill": 0.15, "replicate": 0.22, "migrate": 0.05}
 CLOCK_STEPS = ("+1h", "+26h", "+3d", "+400d", "-1h", "-26h")
 POLL = 0.04
 # Rough seconds per case on the rig (a faulted run, the checks, the next run), to share the
 # commands out between the workers.
-COST = {"backup": 9, "restore": 16, "drill": 16, "replicate": 14, "migrate": 45}
+COST = {"backup": 9, "restore": 16, "drill": 16, "replicate": 14, "migrate": 60}
 
 
 @dataclass
@@ -253,3 +253,27 @@ class Runner:
         o.lost += bad
         o.violations += bad
         o.survived = not o.violations and not o.lost
+
+
+def run_command(runner: Runner, command: str, count: int, max_draws: float = 1.6):
+    """Yield the outcomes of `count` injected faults into `command` (cases COMMAND-1..):
+    a missed case (the command ended before its moment) is replaced by the next one, up to
+    count x max_draws cases; three harness errors in a row end the command's share."""
+    k, draws, errors, injected = 0, 0, 0, 0
+    while injected < count and draws < count * max_draws:
+        k += 1
+        draws += 1
+        case = make_case(runner.seed, command, k)
+        try:
+            o = runner.run(case)
+            errors = 0
+        except Exception as e:  # noqa: BLE001 - the rig failed, not the tool
+            errors += 1
+            o = Outcome(asdict(case), injected=False,
+                        harness_error=f"{type(e).__name__}: {e}"[:500])
+        injected += o.injected
+        yield o
+        if errors >= 3:
+            runner.log(f"[{command}] three harness errors in a row: its remaining cases are "
+                       "not run")
+            return
