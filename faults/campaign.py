@@ -102,6 +102,7 @@ class Outcome:
     next_run: str = ""
     stderr_tail: str = ""
     harness_error: str = ""  # the rig failed (not counted as injected)
+    phases: dict = field(default_factory=dict)  # seconds: reset, run, checks, next
 
 
 class Runner:
@@ -160,8 +161,10 @@ class Runner:
     def run(self, case: Case) -> Outcome:
         sc = self.scenario(case.command)
         rng = random.Random(f"{self.seed}:{case.name}:start")
+        t_reset = time.monotonic()
         sc.reset(rng)
         before = sc.capture()
+        phases = {"reset": round(time.monotonic() - t_reset, 2)}
         env = sc.env()
         if case.kind == "clock-step":
             env.update(kinds.clock_env(sc.clock_file))
@@ -202,7 +205,8 @@ class Runner:
         kinds.repair(shot)
         o = Outcome(asdict(case), injected=bool(shot.did), did=shot.did,
                     exit=None if hung else code, seconds=round(seconds, 2),
-                    stderr_tail=err[-600:])
+                    stderr_tail=err[-600:], phases=phases)
+        phases["run"] = round(seconds, 2)
         if hung:
             o.violations.append(f"the command hung (killed after {sc.timeout:.0f}s)")
         # children of the tool that outlive it (by pid and start time: not a reused pid)
@@ -221,6 +225,7 @@ class Runner:
 
     def _judge(self, sc: Scenario, case: Case, before: dict, run: Run, o: Outcome,
                since: float) -> None:
+        t_reset0 = time.monotonic() - sum(o.phases.values())
         try:
             after = sc.capture()
         except Exception as e:  # noqa: BLE001 - an unreadable installation is a finding
@@ -240,6 +245,7 @@ class Runner:
         leaked = st.leaks(sc.scan_dirs(), secrets, sc.scan_skip(), since)
         o.violations += [f"secret readable by others: {x}" for x in leaked]
         o.leftovers = sc.leftovers()
+        t_next = time.monotonic()
         try:
             ok, detail, lost = sc.next_run(before, v)
         except Exception as e:  # noqa: BLE001
@@ -249,10 +255,12 @@ class Runner:
         if not ok:
             o.violations.append(f"the next run: {detail}")
         o.lost += lost
+        o.phases["next"] = round(time.monotonic() - t_next, 2)
         bad = self.checker.check(sc.archive_dirs(), env)
         o.lost += bad
         o.violations += bad
         o.survived = not o.violations and not o.lost
+        o.phases["total"] = round(time.monotonic() - t_reset0, 2)
 
 
 def run_command(runner: Runner, command: str, count: int, max_draws: float = 1.6):

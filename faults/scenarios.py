@@ -136,16 +136,16 @@ def ensure_postgres(h: SimHost) -> Callable[[], None]:
 
 def destroy_tree(name: str) -> None:
     """`zfs destroy -r`, patient: zfs-fuse unmounts asynchronously and says busy meanwhile;
-    past 20 s, unmount the datasets (deepest first) and try once more."""
+    past 10 s, unmount the datasets (deepest first) and try once more."""
     try:
-        zfs_retry("destroy", "-r", name, timeout=20)
+        zfs_retry("destroy", "-r", name, timeout=10)
         return
     except RuntimeError:
         pass
     names = sh(ZFS, "list", "-H", "-o", "name", "-r", name, check=False).stdout.split()
     for ds in sorted(names, key=len, reverse=True):
         sh(ZFS, "unmount", "-f", ds, check=False)
-    zfs_retry("destroy", "-r", name, timeout=40)
+    zfs_retry("destroy", "-r", name, timeout=15)
 
 
 def empty_pool(h: SimHost, abandoned: list[Pool]) -> None:
