@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--markdown", type=Path, help="write the report here (RELIABILITY.md)")
     ap.add_argument("--workers", type=int, default=2,
                     help="commands run side by side, each on its own hosts (default 2)")
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help="start no new case after this many minutes (the report says so)")
     ap.add_argument("--max-draws", type=float, default=1.6,
                     help="give up after COUNT x this many cases (missed ones included)")
     args = ap.parse_args(argv)
@@ -84,18 +86,27 @@ def main(argv: list[str] | None = None) -> dict:
         by_cmd.setdefault(c.command, []).append(c)
     lanes = campaign.lanes(by_cmd, args.workers)
     setup_lock = threading.Lock()
+    deadline = t0 + args.budget_minutes * 60 if args.budget_minutes else None
 
     def lane(cmds: list[str]) -> None:
         runner = campaign.Runner(rig, work, args.seed, log=lambda s: print(s, flush=True),
                                  setup_lock=setup_lock)
         runners.append(runner)
-        for cmd in cmds:
-            if args.case:
+        if args.case:
+            for cmd in cmds:
                 for case in by_cmd[cmd]:
                     outcomes.append(asdict(runner.run(case)))
                     _say(outcomes[-1])
-                continue
-            for o in campaign.run_command(runner, cmd, len(by_cmd[cmd]), args.max_draws):
+            return
+        # the lane's commands take turns, one case each, so a time budget cuts them evenly
+        gens = [campaign.run_command(runner, cmd, len(by_cmd[cmd]), args.max_draws, deadline)
+                for cmd in cmds]
+        while gens:
+            for g in list(gens):
+                o = next(g, None)
+                if o is None:
+                    gens.remove(g)
+                    continue
                 outcomes.append(asdict(o))
                 _say(outcomes[-1])
 
@@ -103,8 +114,14 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         rig.setup()
         with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
-            for f in [pool.submit(lane, cmds) for cmds in lanes]:
-                f.result()
+            futures = [pool.submit(lane, cmds) for cmds in lanes]
+            try:
+                for f in futures:
+                    f.result()
+            except KeyboardInterrupt:
+                print("interrupted: each lane ends after its current case", flush=True)
+                campaign.STOP.set()
+                raise
     finally:
         for r in runners:
             r.teardown()
@@ -113,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
         except RuntimeError as e:
             print(f"rig teardown: {e}", flush=True)
         shutil.rmtree(work, ignore_errors=True)
-    meta.update(duration_s=round(time.monotonic() - t0, 1), load_after=load())
+    meta.update(duration_s=round(time.monotonic() - t0, 1), load_after=load(),
+                workers=args.workers, budget_minutes=args.budget_minutes,
+                planned={c: len(v) for c, v in by_cmd.items()})
     if args.json:
         report.write_json(args.json, meta, outcomes)
     if args.markdown and not args.case:

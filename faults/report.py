@@ -69,7 +69,11 @@ def markdown(meta: dict, outcomes: list[dict]) -> str:
         f"({t['missed']} drawn cases ended before their fault's moment and are not counted). "
         f"Commit `{meta['commit']}`, {meta['started']} UTC, {meta['duration_s'] / 60:.1f} min "
         f"on {meta['machine']}; load average {meta['load_before']} before, "
-        f"{meta['load_after']} after (the machine is shared with other test runs).",
+        f"{meta['load_after']} after (the machine is shared with other test runs); "
+        f"{meta.get('workers', 1)} commands side by side."
+        + (f" Planned {meta['count']} faults; the run stopped drawing cases at its time "
+           f"budget of {meta['budget_minutes']:.0f} min."
+           if meta.get("budget_minutes") and t["injected"] < meta["count"] else ""),
         "",
         "## Totals per command",
         "",
@@ -110,7 +114,7 @@ def markdown(meta: dict, outcomes: list[dict]) -> str:
                       for o in outcomes for c in o["orphans"])
     if orphans:
         lines += ["", "Processes that outlived the tool they were started by (killed by the "
-                  "campaign after 5 s): " + ", ".join(f"{n} x{k}" for n, k in
+                  "campaign after 3 s): " + ", ".join(f"{n} x{k}" for n, k in
                                                       orphans.most_common()) + "."]
     lines += ["", INVARIANTS.strip(), "", RERUN.strip().format(seed=meta["seed"]), ""]
     return "\n".join(lines)
@@ -151,7 +155,7 @@ A fault **survived** when all of these hold; it **lost data** when the first or 
    old one.
 
 Also reported, not part of "survived": child processes (pg_dump, psql, zstd, syncoid, a
-drill's PostgreSQL) still running 5 s after the tool ended, and the work files a run left.
+drill's PostgreSQL) still running 3 s after the tool ended, and the work files a run left.
 
 The faults: SIGKILL and SIGTERM to the tool's process (not its children); PostgreSQL
 stopped (`pg_ctl stop -m fast` or `immediate`) while pg_dump or psql runs; the file system

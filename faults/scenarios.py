@@ -247,7 +247,8 @@ class Scenario:
     def proxy_for(self, step: str) -> CuttingProxy:
         raise NotImplementedError
 
-    def remote_pids(self) -> list[int]:
+    def remote_pids(self, table: dict[int, int] | None = None) -> list[int]:
+        """Processes of the target's sshd sessions (the remote side of the run)."""
         return []
 
     def target_sshd(self):
@@ -695,9 +696,9 @@ class Replicate(Scenario):
                        for p in procs)
         return False
 
-    def remote_pids(self) -> list[int]:
+    def remote_pids(self, table: dict[int, int] | None = None) -> list[int]:
         proc = self.target.sshd.proc
-        return descendants(proc.pid) if proc and proc.poll() is None else []
+        return descendants(proc.pid, table) if proc and proc.poll() is None else []
 
     def proxy_for(self, step: str) -> CuttingProxy:
         return self.proxy
@@ -830,9 +831,9 @@ class Migrate(Scenario):
     def full_dirs(self, step: str) -> list[Path]:
         return []
 
-    def remote_pids(self) -> list[int]:
+    def remote_pids(self, table: dict[int, int] | None = None) -> list[int]:
         proc = self.new.sshd.proc
-        return descendants(proc.pid) if proc and proc.poll() is None else []
+        return descendants(proc.pid, table) if proc and proc.poll() is None else []
 
     def proxy_for(self, step: str) -> CuttingProxy:
         return self.proxy if step == "copy" else self.peer_proxy

@@ -127,10 +127,11 @@ def children(pid: int) -> list[int]:
     return [p for p, pp in parents().items() if pp == pid]
 
 
-def descendants(pid: int) -> list[int]:
-    """Children, their children, and so on (one pass over /proc)."""
+def descendants(pid: int, table: dict[int, int] | None = None) -> list[int]:
+    """Children, their children, and so on (one pass over /proc, or over `table`, a
+    parents() already read)."""
     kids: dict[int, list[int]] = {}
-    for p, pp in parents().items():
+    for p, pp in (parents() if table is None else table).items():
         kids.setdefault(pp, []).append(p)
     out, todo = [], [pid]
     while todo:
