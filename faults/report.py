@@ -18,6 +18,20 @@ KINDS = {
 }
 
 
+# Findings already known and routed: a phrase of the finding -> where its fix lies. The
+# campaign reports them like any other; this only says who owns them.
+ROUTED = {
+    "file modes changed: store/messages.db": "open: restored files keep their modes is "
+    "issue 11, item 6 (branch trust-safe)",
+    "neither as before": "open if the fault was SIGTERM: interrupts never lose the rollback "
+    "is issue 11, item 5 (branch trust-safe)",
+}
+
+
+def routed(text: str) -> str:
+    return next((note for phrase, note in ROUTED.items() if phrase in text), "")
+
+
 def totals(outcomes: list[dict]) -> dict:
     inj = [o for o in outcomes if o["injected"]]
     errors = sum(bool(o.get("harness_error")) for o in outcomes)
@@ -47,7 +61,9 @@ def findings(outcomes: list[dict]) -> dict[str, list[dict]]:
     for o in outcomes:
         if o["injected"] and not o["survived"]:
             first = (o["lost"] or o["violations"] or ["?"])[0]
-            key = f"{o['case']['command']} / {o['case']['kind']}: {first.split(':')[0]}"
+            head = first.split(":")[0] if not first.startswith("the next run") else \
+                ": ".join(first.split(":")[:2])[:80]
+            key = f"{o['case']['command']}: {head}"
             out[key].append(o)
     return dict(out)
 
@@ -104,9 +120,13 @@ def markdown(meta: dict, outcomes: list[dict]) -> str:
         lines.append("Every injected fault survived.")
     for key, cases in sorted(found.items()):
         o = cases[0]
+        what = "; ".join((o["lost"] or o["violations"])[:2])[:600]
         lines += [f"- **{key}** ({len(cases)} case(s), e.g. `{o['case']['name']}`: "
-                  f"{o['did']} at {_trigger(o['case'])}, exit {o['exit']})",
-                  f"  - {'; '.join((o['lost'] or o['violations'])[:2])[:600]}",
+                  f"{o['did']} at {_trigger(o['case'])}, exit {o['exit']}; all: "
+                  f"{', '.join(c['case']['name'] for c in cases[:12])}"
+                  f"{' ...' if len(cases) > 12 else ''})",
+                  f"  - {what}",
+                  *([f"  - routing: {routed(what)}"] if routed(what) else []),
                   f"  - next run: {o['next_run'][:300]}",
                   f"  - rerun: `nox -s faults -- --seed {meta['seed']} --case "
                   f"{o['case']['name']}`"]
@@ -185,3 +205,10 @@ A case's fault, moment and parameters come from the seed and its name alone
 (`random.Random("SEED:NAME")`), so a case reruns the same way whatever ran before it;
 moments "by time" are fractions of a clean run measured on the machine at hand.
 """
+
+
+if __name__ == "__main__":
+    # python -m faults.report RESULTS.json RELIABILITY.md: the report again from the results
+    import sys
+    doc = json.loads(Path(sys.argv[1]).read_text())
+    Path(sys.argv[2]).write_text(markdown(doc, doc["cases"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from faults import campaign
 
 SEED = 1129
-SAMPLE = {"backup": 5, "restore": 5}
+SAMPLE = {"backup": 6, "restore": 4}
 
 
 def test_ten_faults_into_backup_and_restore_lose_nothing(rig):
