@@ -845,8 +845,10 @@ class Migrate(Scenario):
         return self.new.pool_name
 
     def capture(self) -> dict:
-        return {"installation": st.installation(self.old),
-                "snapshots": snapshots(self.old)}
+        # syncoid prunes its own older syncoid_ snapshots by design: the others must stay
+        snaps = {j: {n for n in names if not n.startswith("syncoid_")}
+                 for j, names in snapshots(self.old).items()}
+        return {"installation": st.installation(self.old), "snapshots": snaps}
 
     def _moved(self) -> list[str]:
         """Where the new host differs from the old one after a migration that succeeded."""
