@@ -126,6 +126,14 @@ def drop_aside(h: SimHost) -> None:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
+def make_durable(h: SimHost) -> None:
+    """Restart `h`'s PostgreSQL with fsync and synchronous commit on: a fault that crashes
+    it must not lose what it had committed (the rig's speed settings would)."""
+    h.cluster.stop()
+    h.cluster.durable = True
+    h.cluster.start()
+
+
 def ensure_postgres(h: SimHost) -> Callable[[], None]:
     def up() -> None:
         if not (h.cluster.datadir / "postmaster.pid").exists():
@@ -316,6 +324,7 @@ class Backup(Scenario):
 
     def setup(self) -> None:
         h = self.host = self.rig.host("fbackup")
+        make_durable(h)
         self.out = h.home / "backups"
         mount_tmpfs(self.out, "48m")
         mount_tmpfs(self.tmpdir, "48m")
@@ -398,6 +407,7 @@ class Restore(Scenario):
 
     def setup(self) -> None:
         h = self.host = self.rig.host("frestore")
+        make_durable(h)
         mount_tmpfs(h.root, "64m")  # the installation's disk: staging fills it
         mount_tmpfs(self.tmpdir, "64m")
         (h.root / "store" / "messages.db").chmod(0o600)  # as an operator keeps it
@@ -767,6 +777,7 @@ class Migrate(Scenario):
 
     def setup(self) -> None:
         self.old, self.new = two_hosts(self.rig, jails=self.JAILS)
+        make_durable(self.new)  # pg-stop crashes the new host's server mid-restore
         self.host = self.old
         self.alias, self.proxy = through_proxy(self.rig, self.new, port=2223,
                                                alias=f"rig-{self.new.name}-op")
