@@ -80,7 +80,7 @@ def drill(session: nox.Session) -> None:
 @nox.session
 def faults(session: nox.Session) -> None:
     """The fault-injection campaign on the rig: `nox -s faults -- [--count 200] [--seed S]
-    [--case restore-17] [--commands backup,restore] [--workers 2]`.
+    [--case restore-17] [--commands backup,restore] [--workers 3]`.
 
     Writes reliability-results/latest.json and RELIABILITY.md (not for --case). Never part
     of `tests`, apart from its ten-fault sample (tests/integration/test_faults_sample.py)."""

@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="comma-separated commands to include")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--markdown", type=Path, help="write the report here (RELIABILITY.md)")
-    ap.add_argument("--workers", type=int, default=2,
-                    help="commands run side by side, each on its own hosts (default 2)")
+    ap.add_argument("--workers", type=int, default=3,
+                    help="commands run side by side, each on its own hosts (default 3: "
+                         "much of a case is waiting on PostgreSQL, zfs-fuse and sshd)")
     ap.add_argument("--budget-minutes", type=float, default=None,
                     help="start no new case after this many minutes (the report says so)")
     ap.add_argument("--max-draws", type=float, default=1.6,

@@ -82,7 +82,9 @@ def markdown(meta: dict, outcomes: list[dict]) -> str:
         "",
         f"**Latest run**: seed {meta['seed']}, {t['injected']} faults injected, "
         f"**{t['survived']} survived, {t['lost']} lost data** "
-        f"({t['missed']} drawn cases ended before their fault's moment and are not counted). "
+        f"({t['missed']} drawn cases ended before their fault's moment and are not counted"
+        + (f"; in {t['harness_errors']} the rig itself failed (see the JSON's harness_error)"
+           if t.get("harness_errors") else "") + "). "
         f"Commit `{meta['commit']}`, {meta['started']} UTC, {meta['duration_s'] / 60:.1f} min "
         f"on {meta['machine']}; load average {meta['load_before']} before, "
         f"{meta['load_after']} after (the machine is shared with other test runs); "
@@ -93,18 +95,22 @@ def markdown(meta: dict, outcomes: list[dict]) -> str:
         "",
         "## Totals per command",
         "",
-        "| command | injected | survived | data lost | children outlived the tool | missed |",
-        "|---|---|---|---|---|---|",
+        "| command | injected | survived | data lost | children outlived the tool | missed "
+        "| median s per case (run / whole case) |",
+        "|---|---|---|---|---|---|---|",
     ]
     per_cmd: dict[str, list[dict]] = defaultdict(list)
     for o in outcomes:
         per_cmd[o["case"]["command"]].append(o)
     for cmd, os_ in per_cmd.items():
         c = totals(os_)
+        runs = [o["phases"].get("run", 0) for o in os_ if o["injected"] and o.get("phases")]
+        whole = [o["phases"].get("total", 0) for o in os_ if o["injected"] and o.get("phases")]
         lines.append(f"| {cmd} | {c['injected']} | {c['survived']} | {c['lost']} | "
-                     f"{c['orphans']} | {c['missed']} |")
+                     f"{c['orphans']} | {c['missed']} | {_median(runs):.1f} / "
+                     f"{_median(whole):.1f} |")
     lines.append(f"| **all** | **{t['injected']}** | **{t['survived']}** | **{t['lost']}** | "
-                 f"{t['orphans']} | {t['missed']} |")
+                 f"{t['orphans']} | {t['missed']} | |")
     lines += ["", "## Per fault kind", ""]
     for kind, cmds in table(outcomes).items():
         lines += [f"### {KINDS.get(kind, kind)} (`{kind}`)", "",
@@ -138,6 +144,11 @@ def markdown(meta: dict, outcomes: list[dict]) -> str:
                                                       orphans.most_common()) + "."]
     lines += ["", INVARIANTS.strip(), "", RERUN.strip().format(seed=meta["seed"]), ""]
     return "\n".join(lines)
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else 0.0
 
 
 def _trigger(case: dict) -> str:
