@@ -23,7 +23,8 @@ from .scenarios import SCENARIOS, Run, Scenario, Verdict
 
 # Share of the faults per command: the slower commands get fewer (a migrate case costs
 # about ten backup cases: two migrations of 15 s unloaded, 100 s on a loaded machine).
-WEIGHTS = {"backup": 0.40, "restore": 0.22, "drill": 0.12, "replicate": 0.21, "migrate": 0.05}
+WEIGHTS = {"backup": 0.40, "restore": 0.22, "drill": 0.12, "replicate": 0.21, "migrate": 0.05,
+           "prune": 0.08}
 CLOCK_STEPS = ("+1h", "+26h", "+3d", "+400d", "-1h", "-26h")
 POLL = 0.02
 STOP = threading.Event()  # set on Ctrl-C: every lane ends after its current case
@@ -31,7 +32,7 @@ SCAN = 0.1
 ORPHAN_WAIT = 3.0  # seconds a child may take to notice its parent is gone
 # Rough seconds per case on the rig (a faulted run, the checks, the next run), to share the
 # commands out between the workers.
-COST = {"backup": 9, "restore": 16, "drill": 16, "replicate": 14, "migrate": 60}
+COST = {"backup": 9, "restore": 16, "drill": 16, "replicate": 14, "migrate": 60, "prune": 6}
 
 
 @dataclass

@@ -5,9 +5,10 @@ Hosts are reused across the faults of a command: `reset` brings them back to the
 starting state (files copied back, databases recreated from templates, datasets destroyed
 or snapshots removed), which costs a second where building a host costs several.
 
-Adding a command (prune, once it exists): subclass Scenario, fill `faults` with the kinds
-that apply and the steps they may wait for, and add it to SCENARIOS (and to WEIGHTS in
-plan.py). A scenario whose command the installed clawdie-ops lacks is left out of the plan.
+Adding a command: subclass Scenario, fill `faults` with the kinds that apply and the steps
+they may wait for, and add it to SCENARIOS (and to WEIGHTS and COST in campaign.py). A
+scenario whose command the installed clawdie-ops lacks is left out of the plan: `prune`
+(branch operate) joins by itself once it is merged.
 """
 from __future__ import annotations
 
@@ -911,6 +912,73 @@ class Migrate(Scenario):
         return [self.old.home / "backups", self.new.home / "backups"]
 
 
+class Prune(Scenario):
+    """prune --keep-last 3 over six real archives of six days (made under faketime).
+
+    Joins the campaign once the installed clawdie-ops has `prune` (branch operate); until
+    then it is left out of the plan, and it has not run against the real command yet."""
+    command = "prune"
+    KEEP = 3
+    faults = {"sigkill": ("", "verify"), "sigterm": ("", "verify"), "clock-step": ("",)}
+
+    def setup(self) -> None:
+        h = self.host = self.rig.host("fprune")
+        self.out = h.home / "backups"
+        self.saved = self.work / "archives"
+        self.saved.mkdir(exist_ok=True)
+        self.tmpdir.mkdir(exist_ok=True)
+        names = []
+        for day in range(1, 7):  # oldest first
+            e = h.proc_env()
+            e.update(RIG_PATH)
+            res = subprocess.run(["faketime", f"2026-11-0{day} 02:00:00", CLI, "backup",
+                                  "--json", "--no-snapshot", "--output", str(self.saved)],
+                                 env=e, capture_output=True, text=True, cwd=h.root)
+            assert res.returncode == 0, res.stderr
+            names.append(Path(json.loads(res.stdout)["archive"]).name)
+        self.keep = set(names[-self.KEEP:])
+
+    def reset(self, rng: random.Random) -> None:
+        empty(self.out)
+        empty(self.tmpdir)
+        sh("cp", "-a", f"{self.saved}/.", str(self.out))
+
+    def argv(self, rng: random.Random) -> list[str]:
+        return ["prune", "--output", str(self.out), "--keep-last", str(self.KEEP), "--json"]
+
+    def step_seen(self, step: str, procs: list[str]) -> bool:
+        return step == "verify" and any("zstd" in p for p in procs)
+
+    def capture(self) -> dict:
+        return {"archives": {p.name: tree_digest(p.parent)[p.name]
+                             for p in self.out.iterdir() if st.COMPLETE.match(p.name)}}
+
+    def judge(self, before: dict, after: dict, run: Run) -> Verdict:
+        v = Verdict("before" if before == after else "pruned")
+        gone = sorted(self.keep - set(after["archives"]))
+        if gone:
+            v.lost.append(f"archives the policy keeps were removed: {gone}")
+        changed = [n for n, d in after["archives"].items() if before["archives"].get(n) != d]
+        if changed:
+            v.lost.append(f"archives changed in place: {changed}")
+        v.violations += v.lost
+        return v
+
+    def next_run(self, before: dict, verdict: Verdict) -> tuple[bool, str, list[str]]:
+        assert self.host is not None
+        res = cli(self.host, *self.argv(random.Random(0)),
+                  env={**RIG_PATH, "TMPDIR": str(self.tmpdir)})
+        left = {p.name for p in self.out.iterdir() if st.COMPLETE.match(p.name)}
+        if res.returncode:
+            return False, _last(res.stderr), []
+        if left != self.keep:
+            return False, f"after prune the directory holds {sorted(left)}", []
+        return True, "pruned", []
+
+    def archive_dirs(self) -> list[Path]:
+        return [self.out]
+
+
 def _cmd_args(pid: int) -> list[str]:
     try:
         raw = (Path("/proc") / str(pid) / "cmdline").read_bytes()
@@ -933,5 +1001,5 @@ def _last(text: str) -> str:
 
 SCENARIOS: dict[str, type[Scenario]] = {
     "backup": Backup, "restore": Restore, "drill": Drill, "replicate": Replicate,
-    "migrate": Migrate,
+    "migrate": Migrate, "prune": Prune,
 }
