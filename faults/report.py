@@ -168,8 +168,11 @@ A fault **survived** when all of these hold; it **lost data** when the first or 
    success, the archive's state. A restore is given an archive of state A over an
    installation in state B; after a fault it must be B or A, never a mix. A restore ended
    by SIGKILL cannot roll back by itself: a mix there is a violation, and data is counted
-   lost only if the next run cannot bring the archive's state; a mix after any other
-   ending (a reported failure, SIGTERM, a full disk, a stopped server) is lost data. For
+   lost only if the next run cannot bring the archive's state. A restore that failed and
+   says what it COULD NOT roll back and where the pre-restore copies are (a stopped server
+   cannot take its databases back) is a violation when those copies are there (the dumps
+   in `before/` or the databases set aside), lost data when they are not. Any other mix
+   (a report that claims a rollback, SIGTERM, success with the wrong data) is lost data. For
    `replicate`, the source datasets and their snapshots are unchanged and each target
    dataset holds its old content or the source's, nothing half-received; for `migrate`, the
    old host is unchanged and, when migrate reported success, the new host equals it.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -526,9 +527,13 @@ class Restore(Scenario):
             msg = (f"installation is neither as before ({'; '.join(diff_b)}) nor the "
                    f"archive ({'; '.join(diff_a)})")
             v = Verdict("mixed", [msg])
+            kept = self._reported_copies(run, diff_b, now)
             # SIGKILL cannot be caught: the next run must finish the job (checked there).
-            # Any other ending promised a rollback (or success): a mixed state lost data.
-            if run.code != -9:
+            # A failure that says what it could not undo and where the pre-restore copies
+            # are (and they are there) is a violation; any other mix lost data.
+            if kept:
+                v.violations.append(f"rollback incomplete, reported: {kept}")
+            elif run.code != -9:
                 v.lost.append(msg)
             modes = []
         if modes:
@@ -537,6 +542,31 @@ class Restore(Scenario):
             v.violations.append(f"databases left aside after a rolled-back restore: "
                                 f"{now['aside']}")
         return v
+
+    @staticmethod
+    def _reported_copies(run: Run, diff_b: list[str], now: dict) -> str:
+        """When the error says what it COULD NOT roll back and where the pre-restore state
+        is: which copies of the differing parts are really there ("" if any is missing)."""
+        m = re.search(r"COULD NOT roll back: .*pre-restore state is in (\S+)", run.err, re.S)
+        if not run.reported or run.code == 0 or not m:
+            return ""
+        before = Path(m.group(1))
+        found = []
+        for part in diff_b:
+            name = part.split(":")[0]
+            if name == "db":
+                dumps = [before / f"{k}_db.sql" for k in ("memory", "skills")]
+                if not all(p.exists() for p in dumps) and not now["aside"]:
+                    return ""
+                found.append("databases: " + (", ".join(now["aside"]) or
+                                              ", ".join(p.name for p in dumps)))
+            elif name in ("files", "sqlite"):
+                if not before.is_dir() or not any(before.iterdir()):
+                    return ""
+                found.append(f"{name}: {before}")
+            else:
+                return ""
+        return "; ".join(found)
 
     def next_run(self, before: dict, verdict: Verdict) -> tuple[bool, str, list[str]]:
         assert self.host is not None
