@@ -290,7 +290,7 @@ def run_command(runner: Runner, command: str, count: int, max_draws: float = 1.6
         except Exception as e:  # noqa: BLE001 - the rig failed, not the tool
             errors += 1
             o = Outcome(asdict(case), injected=False,
-                        harness_error=f"{type(e).__name__}: {e}"[:500])
+                        harness_error=f"{type(e).__name__}: {str(e)[-500:]}")
         injected += o.injected
         yield o
         if errors >= 3:

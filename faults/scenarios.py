@@ -334,7 +334,7 @@ class Backup(Scenario):
         start_agent(h)
         # an archive from before the campaign: it must verify after every fault
         res = cli(h, "backup", "--json", env=RIG_PATH)
-        assert res.returncode == 0, res.stderr
+        assert res.returncode == 0, res.stderr[-800:]
         self.first = Path(json.loads(res.stdout)["archive"])
 
     def teardown(self) -> None:
@@ -415,7 +415,7 @@ class Restore(Scenario):
         (h.root / "store" / "messages.db").chmod(0o600)  # as an operator keeps it
         start_agent(h)
         res = cli(h, "backup", "--json", "--no-snapshot", "--output", str(self.work), env=RIG_PATH)
-        assert res.returncode == 0, res.stderr
+        assert res.returncode == 0, res.stderr[-800:]
         self.archive = Path(json.loads(res.stdout)["archive"])
         self.archive_state = st.installation(h)
         self._change_to_b(h)
@@ -609,7 +609,7 @@ class Drill(Scenario):
         self.archives.mkdir(exist_ok=True)
         res = cli(h, "backup", "--json", "--no-snapshot", "--output", str(self.archives),
                   env=RIG_PATH)
-        assert res.returncode == 0, res.stderr
+        assert res.returncode == 0, res.stderr[-800:]
         self.archive = Path(json.loads(res.stdout)["archive"])
         start_agent(h)
 
@@ -964,7 +964,7 @@ class Prune(Scenario):
             res = subprocess.run(["faketime", f"2026-11-0{day} 02:00:00", CLI, "backup",
                                   "--json", "--no-snapshot", "--output", str(self.saved)],
                                  env=e, capture_output=True, text=True, cwd=h.root)
-            assert res.returncode == 0, res.stderr
+            assert res.returncode == 0, res.stderr[-800:]
             names.append(Path(json.loads(res.stdout)["archive"]).name)
         self.keep = set(names[-self.KEEP:])
 
