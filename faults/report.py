@@ -142,7 +142,8 @@ def markdown(meta: dict, outcomes: list[dict]) -> str:
         lines += ["", "Processes that outlived the tool they were started by (killed by the "
                   "campaign after 3 s): " + ", ".join(f"{n} x{k}" for n, k in
                                                       orphans.most_common()) + "."]
-    lines += ["", INVARIANTS.strip(), "", RERUN.strip().format(seed=meta["seed"]), ""]
+    lines += ["", INVARIANTS.strip(), "", RIG.strip(), "", RERUN.strip().format(seed=meta["seed"]),
+              ""]
     return "\n".join(lines)
 
 
@@ -203,6 +204,31 @@ process or file appearing, then 0 to 0.3 s) or a time (3% to 95% of a clean run'
 duration, measured at the start of the campaign). A case whose command ended before its
 moment is counted as missed, not injected, and the campaign draws more cases until the
 count is reached.
+"""
+
+RIG = """
+## The rig, and what it cannot show
+
+- Hosts are built once per command and reset between faults: files copied back, the
+  databases recreated from templates, the datasets' extra snapshots destroyed; `restore`
+  gets an admin login (databases renamed aside) in half of its faults and not in the other
+  half (databases dumped as the rollback copy). `replicate` moves two of the four jail
+  datasets (db, git), from scratch in 40% of the faults and incrementally otherwise;
+  `migrate` moves one (db), over two proxied SSH links (the operator's and the old host's
+  to the new one).
+- The backup directory, the restore host's installation and every TMPDIR are small tmpfs
+  file systems (48 to 160 MB), so that "disk full" fills a real file system.
+- PostgreSQL of the hosts a fault can crash runs with fsync and synchronous commit on (the
+  rest of the rig turns them off for speed, and then `pg_ctl stop -m immediate` loses
+  committed transactions: the first campaign counted that loss of the rig against the tool).
+- The clock steps through libfaketime in the tool and its children as root; the drill's
+  throwaway PostgreSQL, run as the postgres user, keeps the real clock (libfaketime's shared
+  memory, created by root, is closed to that user).
+- zfs-fuse now and then keeps a received dataset "busy" for good (nothing open, no
+  process); the campaign then gives the target host a fresh pool. OpenZFS has no such hold.
+- `prune` (branch operate) has a scenario (`--keep-last 3` over six archives of six days)
+  that joins the plan once the installed clawdie-ops has the command; it has not run in
+  this report.
 """
 
 RERUN = """
