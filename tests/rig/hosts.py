@@ -107,7 +107,7 @@ class SimHost:
         try:
             os.kill(int(pidfile.read_text()), 0)
             return True
-        except (ProcessLookupError, ValueError):
+        except (ProcessLookupError, ValueError, FileNotFoundError):  # it stopped meanwhile
             return False
 
 
