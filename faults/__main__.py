@@ -26,11 +26,13 @@ from tests.rig.hosts import Rig  # noqa: E402
 DEFAULT_SEED = 1129
 
 
-def available(command: str) -> bool:
-    """The installed clawdie-ops has this command (prune joins once it exists)."""
+def installed_commands() -> set[str]:
+    """The commands the installed clawdie-ops has (prune joins once it exists)."""
     from tests.conftest import CLI
     res = subprocess.run([CLI, "--list"], capture_output=True, text=True)
-    return any(line.split()[:1] == [command] for line in res.stdout.splitlines())
+    # a task's line starts with two spaces and its name; wrapped help is indented further
+    return {line.split()[0] for line in res.stdout.splitlines()
+            if line.startswith("  ") and not line.startswith("   ")}
 
 
 def commit() -> str:
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [c for c in commands if c not in SCENARIOS]
     if unknown:
         ap.error(f"no scenario for {unknown}; known: {sorted(SCENARIOS)}")
-    commands = [c for c in commands if available(c)]
+    have = installed_commands()
+    commands = [c for c in commands if c in have]
     if args.case:
         cases = [campaign.make_case(args.seed, *_split(n)) for n in args.case]
     else:
