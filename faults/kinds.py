@@ -145,7 +145,9 @@ def wait_gone(pids: dict[int, int | None], timeout: float) -> dict[int, str]:
     from tests.helpers import start_time
     deadline = time.monotonic() + timeout
     while True:
-        alive = {q: cmdline(q) for q, st in pids.items() if st and start_time(q) == st}
+        # an empty command line is a zombie: ended, only not reaped yet
+        alive = {q: c for q, st in pids.items()
+                 if st and start_time(q) == st and (c := cmdline(q))}
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
