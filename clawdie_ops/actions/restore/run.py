@@ -598,12 +598,14 @@ def _safety_dump(c: Context, db: DbSpec, dump: list[str]) -> None:
 
 
 def _replay_old(c: Context, s: Settings, db: DbSpec, before: Path) -> None:
-    """Back to the pre-restore dump: drop what the restore made, replay, in one transaction."""
-    drop = before / f"{db.key}_db.drop.sql"
-    drop.write_text(f"DROP OWNED BY {quote(db.user)};\n")
-    with pg.passfile(db) as env:
-        pg.run_checked(c, pg.psql_cmd(s, db, [drop, before / f"{db.key}_db.sql"]), env,
-                       f"rollback of {db.name} from its pre-restore dump")
+    """Back to the pre-restore dump: drop what the restore made, replay, in one transaction.
+
+    It writes no file (not even a passfile): a rollback must work on a full disk, which is
+    often why the restore failed. The password goes to psql in its environment."""
+    pg.run_checked(c, pg.psql_cmd(s, db, [before / f"{db.key}_db.sql"],
+                                  first=f"DROP OWNED BY {quote(db.user)}"),
+                   {"PGPASSWORD": db.password},
+                   f"rollback of {db.name} from its pre-restore dump")
 
 
 def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None]) -> None:
