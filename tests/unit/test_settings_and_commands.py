@@ -165,3 +165,29 @@ def test_an_unknown_setting_is_refused_naming_the_key():
         config.section(Config(overrides={"clawdie": {"commands": {"agent_stpo": "x"}}}))
     assert config.section(Config(overrides={"clawdie": {"shell": "/bin/dash"}}))["shell"] == \
         "/bin/dash"
+
+
+def test_backup_steps_carry_the_argv_they_run(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    s = load(tmp_path, {"home": str(home), "backup_dir": str(home)})
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "messages.db").write_bytes(b"")
+    c = MockContext(run={"zfs list -H -o name zroot/clawdie/jails": Result("", exited=1)},
+                    repeat=True)
+    plan = backup.make_plan(c, s, backup.BackupOptions(), now=datetime(2026, 3, 16, 11, 30))
+    kinds = [st.kind for st in plan.steps]
+    assert kinds == [backup.Kind.SNAPSHOT, backup.Kind.COPY, backup.Kind.DUMP, backup.Kind.DUMP]
+    snap, copy, memory, skills = plan.steps
+    assert [runner.line(cmd) for cmd in snap.commands] == \
+        ["zfs snapshot -r zroot/clawdie/jails@clawdie-backup-16.mar.2026-1130"]
+    assert copy.commands == [] and copy.together  # SQLite's backup API, in-process
+    assert memory.commands == [["pg_dump", "--clean", "--if-exists", "-h", "10.0.0.3", "-p",
+                                "5432", "-U", "memory_user", "--no-password", "-f",
+                                "<spool>/memory_db.sql", "--snapshot=<exported-snapshot>",
+                                "memory_db"]]
+    assert memory.together and skills.together and skills.item == "skills_db.sql"
+    # the run fills the placeholders of the very argv the plan shows
+    from clawdie_ops.steps import fill
+    assert fill(memory.commands[0], {"<spool>": "/s", "<exported-snapshot>": "3-1"})[-3:] == \
+        ["/s/memory_db.sql", "--snapshot=3-1", "memory_db"]
