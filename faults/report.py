@@ -28,10 +28,13 @@ ROUTED = {
     "rollback wrote a passfile and a drop script; tests/integration/test_restore_disk_full.py)",
     "reported a failure but the archive's state": "open: SIGTERM after the last step, the "
     "report says failed while everything was restored; issue 11, item 5 (branch trust-safe)",
-    "target differs from the source": "open, not explained yet: after a zfs receive killed or "
-    "sshd restarted mid-stream, the next replicate exits 0 while the target's files differ; "
-    "zfs-fuse may leave the received dataset unmounted (as it leaves some busy), which would "
-    "make this the rig's: rerun the case and look at `zfs get mounted` on the target",
+    "target differs from the source": "open, outside issue 11 (replication): reproduced "
+    "with --case replicate-30 and replicate-31 after this run: once a zfs receive was killed "
+    "(or sshd dropped its session) mid-stream, the next replicate exits 0 with every snapshot "
+    "received but the target dataset left unmounted (`zfs get mounted` says no), so the "
+    "target jail would start on an empty folder. zfs-fuse's, or OpenZFS's too? On OpenZFS a "
+    "receive mounts what it receives; replicate could check `mounted` on the target after "
+    "each dataset and mount it (or fail naming it)",
 }
 
 

@@ -788,7 +788,10 @@ class Replicate(Scenario):
         if res.returncode:
             return False, _last(res.stderr), []
         if self._target_digests() != dataset_state(self.host, self.JAILS):
-            return False, "replicate succeeded but the target differs from the source", []
+            mounted = sh(ZFS, "get", "-H", "-o", "name,value", "-r", "mounted",
+                         f"{self.target.pool_name}/{PREFIX}", check=False).stdout.split("\n")
+            return False, ("replicate succeeded but the target differs from the source "
+                           f"(zfs get mounted: {'; '.join(m for m in mounted if m)})"), []
         return True, "replicated", []
 
 
