@@ -25,7 +25,8 @@ ROUTED = {
     "issue 11, item 6 (branch trust-safe)",
     "neither as before": "open if the fault was SIGTERM: interrupts never lose the rollback "
     "is issue 11, item 5 (branch trust-safe); a full disk: fixed after this run (the "
-    "rollback wrote a passfile and a drop script; tests/integration/test_restore_disk_full.py)",
+    "rollback wrote a passfile and a drop script; tests/integration/test_restore_disk_full.py; "
+    "restore-10 and restore-58 rerun on the fix: rolled back, state as before)",
     "reported a failure but the archive's state": "open: SIGTERM after the last step, the "
     "report says failed while everything was restored; issue 11, item 5 (branch trust-safe)",
     "target differs from the source": "open, outside issue 11 (replication): reproduced "
