@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (everything, on the rig), unit, lint (ruff, mypy), drill, bench."""
+"""Sessions: `nox -s tests` (all, on the rig), unit, lint (ruff, mypy), drill, bench, faults."""
 import nox
 
 nox.options.reuse_existing_virtualenvs = True
@@ -23,7 +23,7 @@ def unit(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff on everything, and mypy on the package (settings in pyproject.toml)."""
     session.install("-e", ".[test]")
-    session.run("ruff", "check", "clawdie_ops", "tests", "tasks.py", "noxfile.py")
+    session.run("ruff", "check", "clawdie_ops", "tests", "faults", "tasks.py", "noxfile.py")
     session.run("mypy")
 
 
@@ -75,3 +75,18 @@ def drill(session: nox.Session) -> None:
         return
     report = os.environ.get("DRILL_REPORT", "drill-report.xml")
     session.run("clawdie-ops", "drill", "--latest", backup_dir, "--junit", report, *args)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """The fault-injection campaign on the rig: `nox -s faults -- [--count 200] [--seed S]
+    [--case restore-17] [--commands backup,restore] [--workers 3]`.
+
+    Writes reliability-results/latest.json and RELIABILITY.md (not for --case). Never part
+    of `tests`, apart from its ten-fault sample (tests/integration/test_faults_sample.py)."""
+    session.install("-e", ".[test]")  # the rig's helpers come from tests/
+    args = list(session.posargs)
+    if not any(a == "--case" or a.startswith("--case=") for a in args):
+        args = ["--json", "reliability-results/latest.json", "--markdown", "RELIABILITY.md",
+                *args]
+    session.run("python", "-m", "faults", *args)

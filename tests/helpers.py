@@ -98,3 +98,59 @@ def tree_digest(top: Path) -> dict[str, str]:
 def leftovers(directory: Path) -> list[str]:
     """Anything a failed backup could have left: archives, partial files, spool folders."""
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def tree_modes(top: Path) -> dict[str, str]:
+    """Every file's and folder's permission bits below `top` (and top's own), as octal."""
+    if not top.exists():
+        return {}
+    return {str(p.relative_to(top)) or ".": oct(p.stat().st_mode & 0o7777)
+            for p in [top, *sorted(top.rglob("*"))] if not p.is_symlink()}
+
+
+# -- processes, from /proc (no process-name matching) --------------------------------------
+def parents() -> dict[int, int]:
+    """Every process's parent, in one pass over /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process."""
+    return [p for p, pp in parents().items() if pp == pid]
+
+
+def descendants(pid: int, table: dict[int, int] | None = None) -> list[int]:
+    """Children, their children, and so on (one pass over /proc, or over `table`, a
+    parents() already read)."""
+    kids: dict[int, list[int]] = {}
+    for p, pp in (parents() if table is None else table).items():
+        kids.setdefault(pp, []).append(p)
+    out, todo = [], [pid]
+    while todo:
+        found = kids.get(todo.pop(), [])
+        out += found
+        todo += found
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def start_time(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot): with the pid, who it is."""
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None

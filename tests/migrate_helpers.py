@@ -125,18 +125,18 @@ def files_state(h: SimHost, skip_env_keys: tuple[str, ...] = ()) -> dict:
             "allowlist": allow.read_bytes() if allow.exists() else None}
 
 
-def dataset_state(h: SimHost) -> dict:
+def dataset_state(h: SimHost, jails: tuple[str, ...] = JAILS) -> dict:
     """Each jail dataset's files (jail.conf, fstab) and its `root` child's, by content."""
     out = {}
-    for j in JAILS:
+    for j in jails:
         out[j] = tree_digest(h.pool.mount_of(h.dataset(j)))
         out[f"{j}/root"] = tree_digest(h.jail_files(j))
     return out
 
 
-def snapshots(h: SimHost) -> dict[str, set[str]]:
+def snapshots(h: SimHost, jails: tuple[str, ...] = JAILS) -> dict[str, set[str]]:
     out = {}
-    for j in JAILS:
+    for j in jails:
         res = subprocess.run(["/usr/sbin/zfs", "list", "-H", "-o", "name", "-t", "snapshot",
                               "-r", h.dataset(j)], capture_output=True, text=True)
         out[j] = {n.split("@", 1)[1] for n in res.stdout.split() if "@" in n}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI, cli
-from tests.helpers import tree_digest, wait_until
+from tests.helpers import children, cmdline, descendants, tree_digest, wait_until
 from tests.integration.test_zfs_snapshots import RIG_PATH, configure, zfs_snapshots
 from tests.rig.services import ZFS, sh
 
@@ -126,36 +126,6 @@ def test_replicate_refuses_an_unknown_host_key(rig, host, target, tmp_path):
 
 def zfs_datasets(pool: str) -> list[str]:
     return sh(ZFS, "list", "-H", "-o", "name", "-r", pool).stdout.split()
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of a process, from /proc (no process-name matching)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = children(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 STREAM_READERS = ("mbuffer", "zstd", "lzop")

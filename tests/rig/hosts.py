@@ -147,7 +147,7 @@ class SimHost:
         try:
             os.kill(int(pidfile.read_text()), 0)
             return True
-        except (ProcessLookupError, ValueError):
+        except (ProcessLookupError, ValueError, FileNotFoundError):  # it stopped meanwhile
             return False
 
 

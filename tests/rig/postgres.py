@@ -53,6 +53,9 @@ class Cluster:
     address: str
     port: int = 5432
     bindir: Path = DEBIAN_BIN
+    # fsync and synchronous commit off make the rig fast, and make a crash (pg_ctl stop
+    # -m immediate) lose committed transactions; `durable` keeps PostgreSQL's defaults
+    durable: bool = False
 
     @property
     def major(self) -> int:
@@ -79,9 +82,10 @@ class Cluster:
             raise RuntimeError(f"initdb failed for {self.datadir}: {res.stderr}")
 
     def start(self) -> None:
+        fast = "" if self.durable else \
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
         opts = (f"-c listen_addresses={self.address} -c port={self.port} "
-                f"-c unix_socket_directories={self.socket_dir} -c fsync=off "
-                f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=40")
+                f"-c unix_socket_directories={self.socket_dir} {fast}-c max_connections=40")
         res = _as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-o", opts,
                            "-l", str(self.datadir.parent / "server.log"), "-w", "-t", "60",
                            "start", check=False)

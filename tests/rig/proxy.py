@@ -43,6 +43,17 @@ class CuttingProxy:
         for s in list(self._socks):
             self._close(s)
 
+    def cut_now(self) -> int:
+        """Close every open connection at once (the link drops); new ones still pass."""
+        with self._lock:
+            socks = [s for s in self._socks if s.fileno() != -1]
+            self._socks = []
+            if socks:
+                self.cut_count += 1
+        for s in socks:
+            self._close(s)
+        return len(socks) // 2
+
     def _accept(self) -> None:
         while True:
             try:
@@ -102,10 +113,12 @@ class CuttingProxy:
             self._close(dst)
 
 
-def through_proxy(rig: Rig, h: SimHost, port: int = SSH_PORT + 1, **kw) -> tuple[str, CuttingProxy]:
-    """A proxy on h's address and `port`, and an ssh alias `rig-NAME-cut` that goes through it."""
+def through_proxy(rig: Rig, h: SimHost, port: int = SSH_PORT + 1, alias: str = "",
+                  **kw) -> tuple[str, CuttingProxy]:
+    """A proxy on h's address and `port`, and an ssh alias (`rig-NAME-cut` unless given)
+    that goes through it."""
     proxy = CuttingProxy(h.address, port, (h.address, SSH_PORT), **kw).start()
-    alias = f"rig-{h.name}-cut"
+    alias = alias or f"rig-{h.name}-cut"
     assert h.sshd is not None, "the host needs ssh=True"
     with open(rig.known_hosts, "a") as fh:
         fh.write(f"[{h.address}]:{port} ssh-ed25519 {h.sshd.host_pubkey}\n")

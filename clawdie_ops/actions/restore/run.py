@@ -769,20 +769,24 @@ def _back_messages(p: RestorePlan, kept: list[Path]) -> None:
         _move(p.before / "store" / f.name, f)
 
 
-def _safety_dump(c: Context, db: DbSpec, dump: list[str]) -> None:
+def _safety_dump(c: Context, db: DbSpec, dump: list[str], before: Path) -> None:
+    """The pre-restore dump, made ready for its replay now (extension statements as
+    comments), so that a rollback writes nothing."""
     with pg.passfile(db) as env:
         pg.run_checked(c, dump, env, f"pre-restore pg_dump of {db.name} at {db.host}:{db.port}")
+    rewrite_owners(before / f"{db.key}_db.sql", {}, skip_extensions=True)
 
 
 def _replay_old(c: Context, s: Settings, db: DbSpec, before: Path) -> None:
     """Back to the pre-restore dump: drop what the restore made, replay, in one transaction.
-    The extensions stay in place (the app user may not drop or make them)."""
-    rewrite_owners(before / f"{db.key}_db.sql", {}, skip_extensions=True)
-    drop = before / f"{db.key}_db.drop.sql"
-    drop.write_text(f"DROP OWNED BY {quote(db.user)};\n")
-    with pg.passfile(db) as env:
-        pg.run_checked(c, pg.psql_cmd(s, db, [drop, before / f"{db.key}_db.sql"]), env,
-                       f"rollback of {db.name} from its pre-restore dump")
+    The extensions stay in place (the app user may not drop or make them: _safety_dump
+    made their statements comments). It writes no file (not even a passfile): a rollback
+    must work on a full disk, which is often why the restore failed. The password goes to
+    psql in its environment (a local process of this user's, never its command line)."""
+    pg.run_checked(c, pg.psql_cmd(s, db, [before / f"{db.key}_db.sql"],
+                                  first=f"DROP OWNED BY {quote(db.user)}"),
+                   {"PGPASSWORD": db.password},
+                   f"rollback of {db.name} from its pre-restore dump")
 
 
 def _admin_do(s: Settings, db: DbSpec, action: Callable[[Any], None],
@@ -848,7 +852,7 @@ def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
                   lambda: _admin_do(s, t.db, lambda conn: pgaside.put_back(
                       conn, t.db.name, t.aside)))  # type: ignore[arg-type]
     elif keep is not None:
-        _safety_dump(c, t.db, keep)
+        _safety_dump(c, t.db, keep, p.before)
     if t.create_role:
         _admin_do(s, t.db, lambda conn: pgroles.create_login_role(conn, t.db.user, t.db.password))
         undo.push(f"role {t.db.user} (created)",
@@ -890,7 +894,7 @@ def _regen(c: Context, p: RestorePlan, db: DbSpec, undo: Undo, keep: list[str] |
            regen: Shell) -> None:
     s = p.settings
     if keep is not None:
-        _safety_dump(c, db, keep)
+        _safety_dump(c, db, keep, p.before)
         undo.push(f"{db.name} (from its pre-restore dump)",
                   lambda: _replay_old(c, s, db, p.before))
     res = runner.run(c, regen)

@@ -139,11 +139,13 @@ def pg_dump_cmd(s: Settings, db: DbSpec, out: Path, snapshot: str | None = None)
 
 
 def psql_cmd(s: Settings, db: DbSpec, script: Path | list[Path],
-             single_transaction: bool = True) -> list[str]:
-    """psql running one or more scripts in order (with --single-transaction: all or nothing)."""
+             single_transaction: bool = True, first: str = "") -> list[str]:
+    """psql running one or more scripts in order (with --single-transaction: all or nothing);
+    `first`: one SQL statement run before them (-c), for a caller that must write no file."""
     scripts = script if isinstance(script, list) else [script]
     args = [s.pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *_conn_args(db),
-            dbname_arg(db.name), *[a for f in scripts for a in ("-f", str(f))]]
+            dbname_arg(db.name), *(("-c", first) if first else ()),
+            *[a for f in scripts for a in ("-f", str(f))]]
     if single_transaction:
         args.insert(3, "--single-transaction")
     return args

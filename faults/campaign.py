@@ -1,0 +1,299 @@
+"""The campaign: a seeded plan of cases, each run as reset, fault, repair, invariants, next run.
+
+A case is named COMMAND-K (restore-17). Everything it does (fault kind, trigger, timing,
+parameters, the variations of the starting state) comes from `random.Random("SEED:NAME")`,
+so `--seed S --case restore-17` replays exactly that case, whatever ran before it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tests.conftest import CLI
+from tests.helpers import cmdline, descendants, parents, start_time
+
+from . import kinds, state as st
+from .scenarios import SCENARIOS, Run, Scenario, Verdict
+
+# Share of the faults per command: the slower commands get fewer (a migrate case costs
+# about ten backup cases: two migrations of 15 s unloaded, 100 s on a loaded machine).
+WEIGHTS = {"backup": 0.40, "restore": 0.22, "drill": 0.12, "replicate": 0.21, "migrate": 0.05,
+           "prune": 0.08}
+CLOCK_STEPS = ("+1h", "+26h", "+3d", "+400d", "-1h", "-26h")
+POLL = 0.02
+STOP = threading.Event()  # set on Ctrl-C: every lane ends after its current case
+SCAN = 0.1
+ORPHAN_WAIT = 3.0  # seconds a child may take to notice its parent is gone
+# Rough seconds per case on the rig (a faulted run, the checks, the next run), to share the
+# commands out between the workers.
+COST = {"backup": 9, "restore": 16, "drill": 16, "replicate": 14, "migrate": 60, "prune": 6}
+
+
+@dataclass
+class Case:
+    name: str  # COMMAND-K
+    command: str
+    kind: str
+    step: str  # "" when by time
+    frac: float  # by time: the moment, as a fraction of a clean run's duration
+    delay: float  # by step: seconds after the step is seen
+    param: dict = field(default_factory=dict)
+
+    @property
+    def trigger(self) -> str:
+        return f"step {self.step} +{self.delay:.2f}s" if self.step else \
+            f"time {self.frac:.0%} of a clean run"
+
+
+def make_case(seed: int, command: str, k: int) -> Case:
+    name = f"{command}-{k}"
+    rng = random.Random(f"{seed}:{name}")
+    faults = SCENARIOS[command].faults
+    kind = rng.choice(sorted(faults))
+    step = rng.choice(faults[kind])
+    param: dict = {}
+    if kind == "pg-stop":
+        param["mode"] = rng.choice(["fast", "immediate"])
+    elif kind == "sshd-restart":
+        param.update(down_s=round(rng.uniform(0.2, 3.0), 2), drop_sessions=rng.random() < 0.5)
+    elif kind == "clock-step":
+        param["offset"] = rng.choice(CLOCK_STEPS)
+    return Case(name, command, kind, step, round(rng.uniform(0.03, 0.95), 3),
+                round(rng.uniform(0.0, 0.3), 3), param)
+
+
+def plan(seed: int, count: int, commands: list[str]) -> list[Case]:
+    """`count` cases shared out by WEIGHTS (largest remainder), in command order."""
+    w = {c: WEIGHTS[c] for c in commands}
+    total = sum(w.values())
+    exact = {c: count * w[c] / total for c in commands}
+    n = {c: int(exact[c]) for c in commands}
+    short = count - sum(n.values())
+    for c in sorted(commands, key=lambda c: exact[c] - n[c], reverse=True)[:short]:
+        n[c] += 1
+    return [make_case(seed, c, k) for c in commands for k in range(1, n[c] + 1)]
+
+
+def lanes(by_cmd: dict[str, list[Case]], workers: int) -> list[list[str]]:
+    """Commands shared out between `workers` lanes, the costliest first, each to the lane
+    with the least work so far."""
+    load = [[0.0, []] for _ in range(max(1, min(workers, len(by_cmd))))]
+    for cmd in sorted(by_cmd, key=lambda c: -COST.get(c, 20) * len(by_cmd[c])):
+        lane = min(load, key=lambda x: x[0])
+        lane[0] += COST.get(cmd, 20) * len(by_cmd[cmd])
+        lane[1].append(cmd)
+    return [cmds for _, cmds in load]
+
+
+@dataclass
+class Outcome:
+    case: dict
+    injected: bool
+    did: str = ""
+    exit: int | None = None
+    seconds: float = 0.0
+    state: str = ""
+    survived: bool = False
+    lost: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    next_run: str = ""
+    stderr_tail: str = ""
+    harness_error: str = ""  # the rig failed (not counted as injected)
+    phases: dict = field(default_factory=dict)  # seconds: reset, run, checks, next
+
+
+class Runner:
+    def __init__(self, rig, work: Path, seed: int, log=print, setup_lock=None) -> None:
+        self.rig, self.work, self.seed, self.log = rig, work, seed, log
+        self.setup_lock = setup_lock or threading.Lock()
+        self.scenarios: dict[str, Scenario] = {}
+        self.clean_s: dict[str, float] = {}
+        self.checker = st.ArchiveChecker()
+
+    def scenario(self, command: str) -> Scenario:
+        if command not in self.scenarios:
+            t = time.monotonic()
+            sc = SCENARIOS[command](self.rig, self.work)
+            with self.setup_lock:  # the rig hands out host names and addresses in turn
+                sc.setup()
+            self.scenarios[command] = sc
+            # a clean run: proves the scenario works and times the "by time" moments
+            sc.reset(random.Random(f"{self.seed}:{command}:calibrate"))
+            res = self._launch(sc, sc.argv(random.Random(0)), sc.env())
+            code, out, err = self._finish(res)
+            if code != 0:
+                raise RuntimeError(f"a clean {command} fails on the rig: {err[-2000:]}")
+            self.clean_s[command] = time.monotonic() - res[1]
+            self.log(f"[{command}] set up in {time.monotonic() - t:.1f}s; a clean run takes "
+                     f"{self.clean_s[command]:.1f}s")
+        return self.scenarios[command]
+
+    def teardown(self) -> None:
+        for sc in self.scenarios.values():
+            try:
+                sc.teardown()
+            except Exception as e:  # noqa: BLE001 - teardown goes on with the others
+                self.log(f"teardown of {sc.command}: {e}")
+
+    def _launch(self, sc: Scenario, argv: list[str], env: dict):
+        out = open(sc.work / "stdout", "w+")
+        err = open(sc.work / "stderr", "w+")
+        t0 = time.monotonic()
+        proc = subprocess.Popen([CLI, *argv], env=env, cwd=sc.cwd(), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err, start_new_session=True)
+        return proc, t0, out, err
+
+    @staticmethod
+    def _finish(launched) -> tuple[int, str, str]:
+        proc, _, out, err = launched
+        code = proc.wait()
+        out.seek(0)
+        err.seek(0)
+        text = out.read(), err.read()
+        out.close()
+        err.close()
+        return code, *text
+
+    def run(self, case: Case) -> Outcome:
+        sc = self.scenario(case.command)
+        rng = random.Random(f"{self.seed}:{case.name}:start")
+        t_reset = time.monotonic()
+        sc.reset(rng)
+        before = sc.capture()
+        phases = {"reset": round(time.monotonic() - t_reset, 2)}
+        env = sc.env()
+        if case.kind == "clock-step":
+            env.update(kinds.clock_env(sc.clock_file))
+        shot = kinds.Shot(case.kind, case.step, dict(case.param))
+        at = case.frac * self.clean_s[case.command]
+        wall0 = time.time() - 1  # files changed from here on are this run's
+        launched = self._launch(sc, sc.argv(rng), env)
+        proc, t0 = launched[0], launched[1]
+        seen: dict[int, int | None] = {}
+        step_at = None
+        fired = False
+        hung = False
+        scanned = -1.0
+        while proc.poll() is None:
+            now = time.monotonic() - t0
+            if now > sc.timeout:
+                hung = True
+                proc.kill()
+                break
+            # /proc is read every SCAN s (it costs CPU the tool needs); the clock every POLL
+            if now - scanned >= SCAN:
+                scanned = now
+                table = parents()
+                pids = descendants(proc.pid, table)
+                for q in pids:
+                    if q not in seen:
+                        seen[q] = start_time(q)
+                if not fired and case.step and step_at is None:
+                    procs = [cmdline(q) for q in pids + sc.remote_pids(table)]
+                    if sc.step_seen(case.step, procs):
+                        step_at = now
+            if not fired:
+                go = (step_at is not None and now >= step_at + case.delay) if case.step \
+                    else now >= at
+                if go:
+                    fired = True
+                    shot.did = kinds.fire(shot, proc.pid, sc) or ""
+            time.sleep(POLL)
+        code, out, err = self._finish(launched)
+        seconds = time.monotonic() - t0
+        kinds.repair(shot)
+        o = Outcome(asdict(case), injected=bool(shot.did), did=shot.did,
+                    exit=None if hung else code, seconds=round(seconds, 2),
+                    stderr_tail=err[-600:], phases=phases)
+        phases["run"] = round(seconds, 2)
+        if hung:
+            o.violations.append(f"the command hung (killed after {sc.timeout:.0f}s)")
+        # children of the tool that outlive it (by pid and start time: not a reused pid)
+        alive = kinds.wait_gone({q: s for q, s in seen.items()}, timeout=ORPHAN_WAIT)
+        for q, cmd in alive.items():
+            o.orphans.append(cmd[:200])
+            try:
+                os.kill(q, 9)
+            except ProcessLookupError:
+                pass
+        o.orphans += [f"(left running) {cmdline(q)[:200]}" for q in sc.strays()]
+        if not o.injected:
+            return o
+        self._judge(sc, case, before, Run(o.exit, out, err, seconds), o, wall0)
+        return o
+
+    def _judge(self, sc: Scenario, case: Case, before: dict, run: Run, o: Outcome,
+               since: float) -> None:
+        t_reset0 = time.monotonic() - sum(o.phases.values())
+        try:
+            after = sc.capture()
+        except Exception as e:  # noqa: BLE001 - an unreadable installation is a finding
+            after = {"error": f"{type(e).__name__}: {e}"}
+        v: Verdict = sc.judge(before, after, run)
+        o.state, o.lost, o.violations = v.state, list(v.lost), o.violations + v.violations
+        if case.kind == "clock-step" and run.code != 0:
+            # a stepped clock breaks nothing the command needs: it must still succeed
+            tail = [ln for ln in run.err.strip().splitlines() if ln.strip()][-2:]
+            o.violations.append(f"failed under a clock step ({case.param['offset']}): "
+                                f"{' / '.join(tail)[:300]}")
+        env = {**sc.env(), "TMPDIR": str(sc.tmpdir)}
+        secrets = st.secrets_of(*sc.hosts())
+        leaked = st.leaks(sc.scan_dirs(), secrets, sc.scan_skip(), since)
+        o.violations += [f"secret readable by others: {x}" for x in leaked]
+        o.leftovers = sc.leftovers()
+        t_next = time.monotonic()
+        try:
+            ok, detail, lost = sc.next_run(before, v)
+        except Exception as e:  # noqa: BLE001
+            ok, detail, lost = False, f"{type(e).__name__}: {e}", []
+            detail += " " + traceback.format_exc(limit=2)[-300:]
+        o.next_run = ("ok: " if ok else "FAILED: ") + detail
+        if not ok:
+            o.violations.append(f"the next run: {detail}")
+        o.lost += lost
+        o.phases["next"] = round(time.monotonic() - t_next, 2)
+        # the faulted run's archives and the next run's, checked once (inspect reads all)
+        bad = self.checker.check(sc.archive_dirs(), env)
+        o.lost += bad
+        o.violations += bad
+        o.survived = not o.violations and not o.lost
+        o.phases["total"] = round(time.monotonic() - t_reset0, 2)
+
+
+def run_command(runner: Runner, command: str, count: int, max_draws: float = 1.6,
+                deadline: float | None = None):
+    """Yield the outcomes of `count` injected faults into `command` (cases COMMAND-1..):
+    a missed case (the command ended before its moment) is replaced by the next one, up to
+    count x max_draws cases; three harness errors in a row end the command's share, and no
+    case starts after `deadline` (time.monotonic())."""
+    k, draws, errors, injected = 0, 0, 0, 0
+    while injected < count and draws < count * max_draws:
+        if STOP.is_set():
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            runner.log(f"[{command}] time budget reached: {injected} of {count} injected")
+            return
+        k += 1
+        draws += 1
+        case = make_case(runner.seed, command, k)
+        try:
+            o = runner.run(case)
+            errors = 0
+        except Exception as e:  # noqa: BLE001 - the rig failed, not the tool
+            errors += 1
+            o = Outcome(asdict(case), injected=False,
+                        harness_error=f"{type(e).__name__}: {str(e)[-500:]}")
+        injected += o.injected
+        yield o
+        if errors >= 3:
+            runner.log(f"[{command}] three harness errors in a row: its remaining cases are "
+                       "not run")
+            return

@@ -1,0 +1,72 @@
+"""A restore whose disk fills up midway still rolls back every database: undoing needs no
+free space (found by the fault campaign: the rollback wrote a small file first, and on a
+full disk reported "COULD NOT roll back", leaving memory_db with the archive's rows)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from faults.scenarios import mount_tmpfs, umount
+from tests.conftest import cli
+from tests.helpers import pg_rows, set_config, tree_digest
+from tests.rig.postgres import DEBIAN_BIN
+
+
+def filling_psql(tmp: Path, *disks: Path) -> Path:
+    """pg tools whose psql, replaying skills_db from the staging copy, first waits for
+    memory_db's replay to end, then takes every free byte of `disks`, then fails."""
+    bindir = tmp / "pgbin-filling"
+    bindir.mkdir()
+    for tool in ("pg_dump", "pg_restore"):
+        (bindir / tool).symlink_to(DEBIAN_BIN / tool)
+    psql = bindir / "psql"
+    psql.write_text("#!/bin/sh\n"
+                    'case "$*" in *staging/skills_db.sql*)\n'
+                    "  sleep 3\n"
+                    + "".join(f'  fallocate -l $(($(stat -f -c "%a*%S" {d}))) {d}/.filler\n'
+                              for d in disks) +
+                    '  echo "psql: ERROR:  could not extend file: No space left on device" >&2\n'
+                    "  exit 3;;\nesac\n"
+                    f'exec {DEBIAN_BIN}/psql "$@"\n')
+    psql.chmod(0o755)
+    os.chmod(tmp, 0o755)
+    return bindir
+
+
+def state(h) -> dict:
+    out = {"files": tree_digest(h.root / "groups"), "env": (h.root / ".env").read_bytes()}
+    for key in ("memory", "skills"):
+        with h.db_connect(key) as conn:
+            out[key] = pg_rows(conn)
+    return out
+
+
+def test_restore_whose_disk_fills_midway_rolls_every_database_back(host, tmp_path):
+    # the installation's disk and TMPDIR's, small enough to fill
+    tmpdir = tmp_path / "tmp"
+    mount_tmpfs(host.root, "48m")
+    mount_tmpfs(tmpdir, "16m")
+    try:
+        res = cli(host, "backup", "--json", "--no-snapshot", "--output", str(tmp_path))
+        assert res.returncode == 0, res.stderr
+        archive = json.loads(res.stdout)["archive"]
+        with host.db_connect("memory") as conn:  # the installation moves on
+            conn.execute("INSERT INTO users (handle) VALUES ('after-backup')")
+        with host.db_connect("skills") as conn:
+            conn.execute("DELETE FROM skill_chunks WHERE id % 3 = 0")
+        before = state(host)
+        set_config(host, pg_bin=str(filling_psql(tmp_path, host.root, tmpdir)))
+
+        res = cli(host, "restore", archive, "--yes", env={"TMPDIR": str(tmpdir)})
+        for disk in (host.root, tmpdir):
+            (disk / ".filler").unlink(missing_ok=True)
+        err = " ".join(res.stderr.split())
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "restore failed at step" in err, err
+        assert "COULD NOT roll back" not in err, err
+        assert "memory_db (from its pre-restore dump)" in err  # it was replayed, then undone
+        assert state(host) == before
+    finally:
+        umount(host.root)
+        umount(tmpdir)
