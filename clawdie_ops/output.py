@@ -6,13 +6,20 @@ import sys
 import time
 from collections import deque
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterator
 
-from rich.console import Console
-from rich.markup import escape
+if TYPE_CHECKING:  # rich's console is imported by the task that prints, not by human_size
+    from rich.console import Console
 
 from .errors import Aborted
+
+
+def escape(text: str) -> str:
+    """`text` shown as it is by rich (a member name may hold `[bold]`)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 # What this process told the operator lately: the body of a monitoring ping.
@@ -21,6 +28,8 @@ RECENT: deque[str] = deque(maxlen=50)
 
 class Reporter:
     def __init__(self, as_json: bool = False, verbose: bool = False) -> None:
+        from rich.console import Console
+
         self.as_json = as_json
         self.verbose = verbose
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -15,14 +15,13 @@ import io
 import json
 import os
 import shlex
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import paramiko
-from fabric import Connection
 from invoke import Context, Result
 from invoke.exceptions import ThreadException
 
@@ -104,8 +103,18 @@ def recording(hook: Recorder) -> Iterator[None]:
         _recorders.remove(hook)
 
 
+# Fabric and paramiko are imported by the code that connects, not here: a local task (and
+# `clawdie-ops --version`) does not pay for them. Where they are not loaded, no context is
+# a Connection and no paramiko error can be raised.
 def _is_remote(c: Context) -> bool:
-    return isinstance(c, Connection)
+    fabric = sys.modules.get("fabric.connection")
+    return fabric is not None and isinstance(c, fabric.Connection)
+
+
+def _ssh_errors() -> tuple[type[BaseException], ...]:
+    """What a refused or dropped SSH session raises."""
+    paramiko = sys.modules.get("paramiko")
+    return (paramiko.SSHException, EOFError, OSError) if paramiko else (EOFError, OSError)
 
 
 def host_label(c: Context) -> str:
@@ -162,7 +171,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
         # sending stdin failed: the command ended before it read its input
         raise HostError(f"{what or 'a command'} on {label} ended before it read its input",
                         f"run it by hand there to see why: {shown}") from None
-    except (paramiko.SSHException, EOFError, OSError) as exc:
+    except _ssh_errors() as exc:
         if not remote:
             raise
         reason = str(exc) or type(exc).__name__
@@ -180,7 +189,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
                         RESUME_HINT) from None
     assert ran is not None  # None only with asynchronous or disowned runs, never used here
     res: Result = ran
-    if isinstance(c, Connection) and res.exited == -1 and not c.is_connected:
+    if remote and res.exited == -1 and not getattr(c, "is_connected", True):
         raise HostError(f"lost the connection to {label} during {what or shown}", RESUME_HINT)
     if check and res.exited not in ok:
         raise failure(res, what or shown, hint, shown, error)

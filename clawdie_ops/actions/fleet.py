@@ -18,8 +18,6 @@ from invoke import Context
 
 from ..config import inventory
 from ..errors import ClawdieError, ConfigError
-from ..hosts import remote
-from ..output import human_size
 
 TASKS = ("backup", "drill", "doctor", "prune")
 WORKERS = 4
@@ -77,6 +75,8 @@ def task_args(task: str, h: inventory.Host, extra: list[str]) -> list[str]:
 
 
 def summary(task: str, data: Mapping[str, Any]) -> str:
+    from ..output import human_size
+
     if task == "backup":
         return (f"{Path(str(data.get('archive', ''))).name} "
                 f"({human_size(float(data.get('size', 0)))}, {data.get('duration_s', 0):.1f}s)")
@@ -94,6 +94,8 @@ def summary(task: str, data: Mapping[str, Any]) -> str:
 def run_one(c: Context, cfg: Mapping[str, Any], h: inventory.Host, task: str,
             extra: list[str], accept_new_host_key: bool = False) -> HostRun:
     """The task on one host; every failure becomes this host's line, never an exception."""
+    from ..hosts import remote  # Fabric, only when there are hosts to reach
+
     started = time.monotonic()
     out = HostRun(h.name)
     ctx: Any = None

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from invoke import Context
 
-from ..actions import backup as action
-from ..actions import copy as copy_action
 from ..config import settings as config
 from ..errors import ClawdieError, HostError
-from ..monitoring import count_archives
-from ..output import Reporter, human_size
 from .base import operator_task, seconds, settings
 from .copy import COPY_HELP, print_copy
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @operator_task(monitor="backup", help={
@@ -39,6 +37,11 @@ def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=Fa
 
     ZFS snapshots of the jail datasets, messages.db, memory_db and skills_db, .env, groups/
     and the mount allowlist, with a manifest of checksums and row counts."""
+    from ..actions import backup as action
+    from ..actions import copy as copy_action
+    from ..monitoring import count_archives
+    from ..output import Reporter, human_size
+
     out = Reporter(as_json=json)
     s = settings(c, root)
     opts = action.BackupOptions(output=Path(output) if output else None,

@@ -5,18 +5,16 @@ import functools
 import os
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
 
 from invoke import Context, task as invoke_task
 from invoke.exceptions import Exit, UnexpectedExit
-from rich.console import Console
-from rich.markup import escape
-
-from .. import monitoring
 from ..config import settings as config
 from ..errors import ClawdieError, Terminated
-from ..output import RECENT
+
+if TYPE_CHECKING:  # rich and the monitoring are imported when a task runs, not to list them
+    from .. import monitoring
 
 
 def settings(c: Context, root: str | None = None, require_env: bool = True) -> config.Settings:
@@ -82,6 +80,8 @@ def _monitor(c: Context, job: str, kw: dict[str, Any]) -> monitoring.Run | None:
     """A monitored run, unless this is a dry run or monitoring is not configured."""
     if not job or kw.get("dry_run"):
         return None
+    from .. import monitoring
+
     mon = monitoring.Run(job, config.section(c.config).get("monitoring"))
     if not mon.active:
         return None
@@ -92,13 +92,23 @@ def _monitor(c: Context, job: str, kw: dict[str, Any]) -> monitoring.Run | None:
 def _finish(mon: monitoring.Run | None, ok: bool, result: Any, error: str = "") -> None:
     if mon is None:
         return
+    from ..output import RECENT
+
     mon.finish(ok, result if isinstance(result, dict) else None, list(RECENT), error)
     for warning in mon.warnings:
         _red(f"[yellow]warning:[/] {warning}")
 
 
 def _red(text: str) -> None:
+    from rich.console import Console
+
     Console(stderr=True, highlight=False, soft_wrap=True).print(text)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

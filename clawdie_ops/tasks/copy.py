@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from ..actions import copy as action
 from ..config import settings as config
-from ..output import Reporter, human_size
 from .base import operator_task
 from .positional import help_requested
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 COPY_HELP = {
     "to": "the inventory host (clawdie.hosts.NAME) whose overrides.backup_dir receives it",
@@ -20,6 +19,8 @@ COPY_HELP = {
 
 
 def print_copy(con: Console, r: dict[str, Any]) -> None:
+    from ..output import human_size
+
     how = ("already there, checksum matches" if r["already_there"] else
            f"sent {human_size(r['bytes_sent'])} in {r['seconds']:.1f}s"
            + (f", resumed from {r['resumed_from']}" if r["resumed_from"] else "")
@@ -42,6 +43,9 @@ def copy(c, archive, to=None, retries=5, accept_new_host_key=False, dry_run=Fals
     Prune that directory with `prune --host NAME`."""
     if help_requested("copy", archive):
         return None
+    from ..actions import copy as action
+    from ..output import Reporter
+
     out = Reporter(as_json=json)
     cfg = config.section(c.config)
     if dry_run:

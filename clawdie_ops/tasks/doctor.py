@@ -1,18 +1,18 @@
 """`inv doctor`: one line per health check; exit code 0 ok, 1 warnings, 2 failures."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke.exceptions import Exit
-from rich.console import Console
 
 from invoke import Context
 
 from ..config import settings as config
-from ..actions import doctor as action
 from ..errors import ClawdieError
-from ..output import Reporter
 from .base import operator_task, settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 UNKNOWN = 3
 MARK = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
@@ -39,6 +39,9 @@ def doctor(c: Context, root=None, json=False):
     clawdie.doctor's thresholds, free space for the next backup.
     Exit code 0 when all is ok, 1 with warnings, 2 with a failure, 3 when doctor itself
     could not run (a bad setting): Nagios' OK / WARNING / CRITICAL / UNKNOWN."""
+    from ..actions import doctor as action
+    from ..output import Reporter
+
     out = Reporter(as_json=json)
     try:
         s = settings(c, root, require_env=False)

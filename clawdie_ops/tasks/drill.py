@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from invoke import Context
 
 from ..config import settings as config
-from ..actions import drill as action
 from ..errors import ConfigError, DrillFailed
-from ..output import Reporter
 from .base import operator_task, settings
 from .positional import help_requested, positional_unless
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MARK = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
 
@@ -48,6 +46,12 @@ def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host
         return
     if bool(archive) == bool(latest):
         raise ConfigError("give either an ARCHIVE or --latest DIR", "see clawdie-ops drill --help")
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..actions import drill as action
+    from ..output import Reporter
+
     out = Reporter(as_json=json)
     s = settings(c, require_env=False)
     opts = action.DrillOptions(archive=Path(archive) if archive else None,
@@ -95,5 +99,7 @@ def drill(c: Context, archive=None, latest=None, json=False, junit=None, pg_host
 def _write_junit(path: Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    from ..actions import drill as action
+
     tmp.write_bytes(action.junit_xml(result))
     os.replace(tmp, path)

@@ -1,22 +1,24 @@
 """`inv fleet TASK --hosts a,b,c`: a table with one line per host; the work is in actions/fleet."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke.exceptions import Exit
-from rich.console import Console
-from rich.table import Table
 
 from ..actions import fleet as action
 from ..config import settings as config
-from ..output import Reporter
 from .base import operator_task
 from .positional import help_requested
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MARK = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "failed": "[bold red]FAILED[/]"}
 
 
 def print_runs(con: Console, task: str, runs: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
     if not con.is_terminal:
         con.width = max(con.width, 200)  # cron logs: one line per host
     table = Table(box=None, pad_edge=False, title=f"fleet {task}", title_justify="left")
@@ -50,6 +52,8 @@ def fleet(c, task, hosts=None, group=None, args=None, workers=action.WORKERS,
     --args='...' passes flags on (the = keeps invoke from reading them as fleet's own)."""
     if help_requested("fleet", task):
         return None
+    from ..output import Reporter
+
     out = Reporter(as_json=json)
     cfg = config.section(c.config)
     targets = action.hosts_for(cfg, hosts, group)

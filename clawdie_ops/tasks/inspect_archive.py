@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from invoke import Context
 
-from ..archive.contents import describe
-from ..output import Reporter, human_size
-from ..archive.verify import keys_for, verify
 from .base import operator_task, settings
 from .positional import help_requested
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @operator_task(help={
@@ -29,6 +26,13 @@ def inspect(c: Context, archive, json=False, allow_unsigned=False):
     manifest, safe member names and types; nothing is extracted."""
     if help_requested("inspect", archive):
         return
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..archive.contents import describe
+    from ..archive.verify import keys_for, verify
+    from ..output import Reporter, human_size
+
     out = Reporter(as_json=json)
     keys = keys_for(settings(c, require_env=False), allow_unsigned)
     with out.step(f"verify {Path(archive).name}"):

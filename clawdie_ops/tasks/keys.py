@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-
-from ..archive import signing
-from ..output import Reporter
 from .base import operator_task, settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @operator_task(help={
@@ -23,6 +23,9 @@ def keys(c, create=False, trust=None, json=False):
     Give the public key line to the hosts that restore or drill this host's backups
     (clawdie.signing.trusted_keys, or `keys --trust` there). Keep a copy of the private
     key apart from the backups."""
+    from ..archive import signing
+    from ..output import Reporter
+
     out = Reporter(as_json=json)
     s = settings(c, require_env=False)
     cfg = dict(s.signing)

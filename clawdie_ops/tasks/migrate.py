@@ -5,22 +5,16 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from invoke import Context
 
-from ..archive import signing
-from ..hosts import agent, facts, transfer
-from ..config import settings as config, envfile, inventory
-from ..actions import schedule
-from ..actions.migrate import run as action
+from ..config import settings as config, inventory
 from ..errors import ConfigError, MigrationFailed
-from ..actions.migrate.report import describe_report
-from ..output import Reporter
-from ..sources.postgres import server
 from .base import operator_task
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @operator_task(help={
@@ -52,6 +46,10 @@ def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=Fal
     if not to:
         raise ConfigError("migrate needs the new host", "pass --to NEWHOST (a name in "
                           "clawdie.hosts, or an ssh alias)")
+    from ..actions.migrate import run as action
+    from ..actions.migrate.report import describe_report
+    from ..output import Reporter
+
     out = Reporter(as_json=json)
     cfg = config.section(c.config)
     s = config.load(c.config, require_env=False)
@@ -109,6 +107,8 @@ def _payload(stdin: bool) -> dict[str, Any]:
 def _schedule(c: Context, s: config.Settings, cfg: dict[str, Any], action: str) -> dict[str, Any]:
     """Comment out (pause) or back in (resume) the scheduled jobs: `schedule`'s own lines and
     hand-written sanoid/syncoid/backup lines, in the crontab of each job's user."""
+    from ..actions import schedule
+
     result = schedule.apply(c, s, cfg, action)
     return {"crontabs": [{k: st[k] for k in ("user", "diff")} for st in result["crontabs"]]}
 
@@ -116,6 +116,10 @@ def _schedule(c: Context, s: config.Settings, cfg: dict[str, Any], action: str) 
 def _env_apply(c: Context, cfg: dict[str, Any]) -> dict[str, Any]:
     """Write this host's own db/pool settings into the restored .env, and say which servers
     the .env alone now reaches (the agent reads the .env, not the tool's config)."""
+    from ..config import envfile
+    from ..hosts import agent
+    from ..sources.postgres import server
+
     s = config.load({"clawdie": cfg})
     values = {env_key: str(cfg[key]) for key, env_key in envfile.ENV_KEY_OF_SETTING.items()
               if cfg.get(key)}
@@ -147,6 +151,10 @@ def migrate_step(c: Context, action, path=None, role="target", stdin=False, json
     if action not in STEP_ACTIONS:
         raise ConfigError(f"unknown migrate-step action {action!r}",
                           f"use one of: {', '.join(STEP_ACTIONS)}")
+    from ..archive import signing
+    from ..hosts import agent, facts, transfer
+    from ..output import Reporter
+
     data = _payload(stdin)
     cfg = inventory.apply(config.section(c.config), dict(data.get("config") or {}))
     s = config.load({"clawdie": cfg}, require_env=False)

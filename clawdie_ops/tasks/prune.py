@@ -3,26 +3,27 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
-from ..actions import prune as action
-from ..archive.verify import keys_for
 from ..config import inventory, settings as config
 from ..errors import ConfigError, OutputError
-from ..hosts import remote
-from ..monitoring import count_archives
-from ..output import Reporter, human_size
 from .base import operator_task, settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..actions import prune as action
 
 
 def _local(s: config.Settings, output: str | None) -> action.LocalStore:
+    from .. import locks
+    from ..actions import prune as action
+    from ..archive.verify import keys_for
+
     directory = Path(output) if output else s.backup_dir
-    # With locks.py (branch trust-safe) merged, the one line that holds the backup folder's
-    # lock while pruning: lock=lambda: locks.hold(locks.backup_dir(s.state_dir, directory))
-    return action.LocalStore(directory, keys=keys_for(s))
+    # the backup folder's lock, which a backup holds while it writes there
+    return action.LocalStore(directory, keys=keys_for(s),
+                             lock=lambda: locks.hold(locks.backup_dir(s.state_dir, directory)))
 
 
 def _store(c, cfg: dict[str, Any], host: str | None, output: str | None,
@@ -35,6 +36,9 @@ def _store(c, cfg: dict[str, Any], host: str | None, output: str | None,
     if h.local:
         return _local(config.load({"clawdie": host_cfg}, require_env=False), output), \
             host_cfg, None
+    from ..actions import prune as action
+    from ..hosts import remote
+
     directory = output or str(h.overrides.get("backup_dir") or "")
     if not directory:
         raise ConfigError(f"no backup directory for host {h.name}",
@@ -48,6 +52,10 @@ def _store(c, cfg: dict[str, Any], host: str | None, output: str | None,
 
 
 def print_result(con: Console, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from ..output import human_size
+
     if not con.is_terminal:
         con.width = max(con.width, 200)  # cron logs: one line per archive
     verb = "would remove" if result["dry_run"] else "removed"
@@ -98,6 +106,11 @@ def prune(c, output=None, keep_last=None, keep_daily=None, keep_weekly=None, kee
     clawdie-backup-DD.mmm.YYYY-HHMM.tar.{gz,zst}. Partial files and spool folders nothing
     has written to for clawdie.retention.stale_partial_hours (24) are swept.
     Without any keep-* flag or setting: the runbook's "keep the last 4"."""
+    from ..actions import prune as action
+    from ..hosts import remote
+    from ..monitoring import count_archives
+    from ..output import Reporter
+
     out = Reporter(as_json=json)
     cfg = config.section(c.config)
     store, host_cfg, conn = _store(c, cfg, host, output, accept_new_host_key)

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from invoke import Context
 
-from ..actions.restore import run as action
-from ..output import Reporter, confirm
 from .base import operator_task, seconds
 from .doctor import print_checks
 from .positional import help_requested
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @operator_task(iterable=["only"], help={
@@ -45,6 +45,9 @@ def restore(c: Context, archive, root=None, only=None, dry_run=False, yes=False,
     allowlist, start the agent, doctor. Any failing step rolls back the steps before it."""
     if help_requested("restore", archive):
         return
+    from ..actions.restore import run as action
+    from ..output import Reporter, confirm
+
     out = Reporter(as_json=json)
     opts = action.RestoreOptions(only=list(only or []), dry_run=dry_run,
                                  start_agent=True if start else (False if no_start else None),

@@ -1,14 +1,16 @@
 """`inv schedule show|install|remove`: the cron jobs of clawdie.schedule, in each user's crontab."""
 from __future__ import annotations
 
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from ..actions import schedule as sched
 from ..config import settings as config
 from ..errors import ConfigError
-from ..output import Reporter
 from .base import operator_task, settings
 from .positional import help_requested
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ACTIONS = ("show", "install", "remove")
 
@@ -33,6 +35,8 @@ def schedule(c, action, root=None, dry_run=False, json=False):
     if action not in ACTIONS:
         raise ConfigError(f"unknown schedule action {action!r}",
                           f"use one of: {', '.join(ACTIONS)}")
+    from ..output import Reporter
+
     out = Reporter(as_json=json)
     s = settings(c, root, require_env=False)
     cfg = config.section(c.config)

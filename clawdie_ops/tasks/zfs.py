@@ -3,22 +3,22 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from datetime import datetime
 from pathlib import Path
-
-from rich.console import Console
 
 from invoke import Context
 
 from ..config import settings as config
-from ..zfs import datasets, replication, sanoid, commands as zfs
+from ..zfs import datasets, sanoid, commands as zfs
 from ..zfs import rollback as rb
 from ..errors import ConfigError, DatasetMissing, OutputError
-from ..output import Reporter, confirm, human_size
 from .. import runner
 from .base import operator_task, settings
 from .positional import help_requested
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ROOT_HELP = "Clawdie checkout whose .env names the pool (default: $CLAWDIE_ROOT, else the cwd)"
 DATASET_HELP = "a jail (db, git, cms, management) or dataset name; repeat it (default: all jails)"
@@ -54,6 +54,8 @@ def snapshot(c: Context, dataset=None, tag="clawdie", root=None, dry_run=False, 
 
     All jails: one atomic `zfs snapshot -r` of their parent. --dataset: `zfs snapshot -r`
     of each (atomic across them where ZFS takes several in one command)."""
+    from ..output import Reporter
+
     out = Reporter(as_json=json)
     s = settings(c, root)
     chosen = [jd.dataset for jd in datasets.select(s, dataset, allow_other=True)]
@@ -99,6 +101,8 @@ def snapshots(c: Context, dataset=None, root=None, json=False):
     """List the snapshots of the jail datasets, newest first, with creation time and size.
 
     `used` is what only that snapshot holds; `refer` what the dataset held at it."""
+    from ..output import Reporter, human_size
+
     out = Reporter(as_json=json)
     s = settings(c, root)
     listing: list[dict[str, Any]] = []
@@ -141,6 +145,8 @@ def rollback(c: Context, target, yes=False, force=False, root=None, dry_run=Fals
         rollback.help = dict(ROLLBACK_HELP)  # invoke used up the texts parsing this call
         help_requested("rollback", target)
         return
+    from ..output import Reporter, confirm
+
     out = Reporter(as_json=json)
     s = settings(c, root)
     plan = rb.make_plan(c, s, target, force=force)
@@ -177,6 +183,8 @@ def sanoid_config(c: Context, write=None, yes=False, root=None, dry_run=False, j
 
     db: 24 hourly, 14 daily, 3 monthly; git, cms, management: 12, 7, 2. Autosnap and
     autoprune on; sanoid's defaults file stays as the package installed it."""
+    from ..output import Reporter, confirm
+
     out = Reporter(as_json=json)
     s = settings(c, root)
     text = sanoid.render(s)
@@ -248,6 +256,9 @@ def replicate(c: Context, to=None, dataset=None, target_pool=None, target_prefix
     stopped while it receives. SSH settings come from your ssh config (clawdie.ssh_config)."""
     if not to:
         raise ConfigError("replicate needs a target host", "pass --to HOST (an ssh alias)")
+    from ..output import Reporter, confirm, human_size
+    from ..zfs import replication
+
     out = Reporter(as_json=json)
     s = settings(c, root)
     cfg = config.section(c.config)
