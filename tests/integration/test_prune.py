@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from clawdie_ops import locks
 from tests import archive_kit
 from tests.conftest import CLI, cli
 from tests.helpers import set_config
@@ -153,15 +154,25 @@ def test_prune_leaves_damaged_partial_and_foreign_files_and_sweeps_stale_partial
         p.write_text("not an archive of ours")
     (d / "clawdie-backup-01.jan.2027-0000.tar.zst").symlink_to(d / NAMES[4])
 
+    # While a backup holds the folder's lock (it may be writing the fresh partial), prune
+    # waits its turn: refused here, naming the holder, and nothing is touched.
+    before = sorted(p.name for p in d.iterdir())
+    with locks.hold(locks.backup_dir(h.state_dir, d)):
+        res = cli(h, "prune", "--keep-last", "1")
+    assert res.returncode == 75 and "busy" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.name for p in d.iterdir()) == before
+
+    # Holding the lock itself, prune knows no backup writes here: every partial is a
+    # killed run's, the fresh one too, and is swept.
     res, done = prune(h, "--keep-last", "1")
     assert res.returncode == 0, res.stderr
-    assert sorted(done["swept"]) == sorted([stale_partial.name, stale_copy.name, spool.name])
+    assert sorted(done["swept"]) == sorted([stale_partial.name, stale_copy.name, spool.name,
+                                            fresh_partial.name])
     left = {x["name"]: x["why"] for x in done["left_alone"]}
-    assert left[fresh_partial.name].startswith("being written")
     assert left[NAMES[2]].startswith("unreadable")
     assert sorted(done["removed"]) == sorted([NAMES[0], NAMES[1], NAMES[3]])
     present = {p.name for p in d.iterdir()}
-    assert {fresh_partial.name, NAMES[2], NAMES[4], "clawdie-backup-01.jan.2027-0000.tar.zst"
+    assert {NAMES[2], NAMES[4], "clawdie-backup-01.jan.2027-0000.tar.zst"
             } | {p.name for p in foreign} == present
 
 
