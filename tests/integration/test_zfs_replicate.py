@@ -146,10 +146,11 @@ def cmdline(pid: int) -> str:
 
 
 def received_bytes(sshd: int) -> int:
-    """Bytes the target's `zfs receive` processes have read so far (/proc/PID/io)."""
+    """Bytes the target's per-connection sshd processes have read so far (/proc/PID/io):
+    the stream as it arrives (`zfs receive` itself reads later, through mbuffer)."""
     total = 0
     for pid in descendants(sshd):
-        if "zfs receive" in cmdline(pid) or "zfs recv" in cmdline(pid):
+        if cmdline(pid).startswith("sshd"):
             try:
                 io = (Path("/proc") / str(pid) / "io").read_text()
             except OSError:
