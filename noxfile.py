@@ -7,9 +7,12 @@ nox.options.sessions = ["tests"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """All tests: unit and integration on real PostgreSQL, zfs-fuse, sanoid/syncoid, sshd."""
+    """All tests: unit and integration on real PostgreSQL, zfs-fuse, sanoid/syncoid, sshd.
+
+    Three workers, a test file each at a time (pytest-xdist): the rig's tests mostly wait
+    on services, and every worker's rig has its own addresses and pools."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-n", "3", "--dist", "loadfile", *session.posargs)
 
 
 @nox.session

@@ -29,6 +29,7 @@ from tests.helpers import descendants, set_config, tree_digest, wait_until
 from tests.migrate_helpers import (NEW_CRONTAB, OLD_CRONTAB, dataset_state, db_state,
                                    files_state, journal_path, snapshots, sqlite_state, two_hosts,
                                    write_inventory)
+from tests.rig.content import VECTOR_DIM
 from tests.rig.hosts import PREFIX, RIG_BIN, Rig, SimHost
 from tests.rig.postgres import DEBIAN_BIN, SUPERPASS
 from tests.rig.proxy import CuttingProxy, through_proxy
@@ -440,8 +441,10 @@ class Restore(Scenario):
         con.commit()
         con.close()
         with h.db_connect("memory") as conn:
+            # a pgvector column on the PostgreSQL 18 hosts, REAL[] on 15
+            embedding = ("[" + ",".join(["0.5"] * VECTOR_DIM) + "]") if h.vector else "{0.5}"
             conn.execute("INSERT INTO memories (user_id, content, embedding) "
-                         "VALUES (1, 'written after the backup', '{0.5}')")
+                         "VALUES (1, 'written after the backup', %s)", (embedding,))
             conn.execute("UPDATE users SET profile = '{\"tz\": \"CET\"}' WHERE id = 2")
         with h.db_connect("skills") as conn:
             conn.execute("DELETE FROM skill_chunks WHERE id % 7 = 0")

@@ -234,6 +234,8 @@ def run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str
 
 
 def _run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[str, Any]:
+    # Long on purpose: the backup's phases in the order they run (plan, snapshot, dumps
+    # beside the writer, seal, name), each with its cleanup, read top to bottom.
     started = time.monotonic()
     with out.step("plan and preflight"):
         plan = make_plan(c, s, opts)

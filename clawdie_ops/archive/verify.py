@@ -302,6 +302,8 @@ def stage(path: Path, target: Path, want: Callable[[str], bool], keys: Keys) -> 
 
 
 def _read(path: Path, staging: _Staging | None, keys: Keys) -> Verified:
+    # One streaming pass over untrusted input: each member's checks sit beside the read that
+    # needs them, so nothing is acted on before it is checked (hence its length).
     p = _Pass(path)
     found: dict[str, Member] = {}
     env_bytes: bytes | None = None

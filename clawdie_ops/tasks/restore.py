@@ -43,6 +43,8 @@ def restore(c: Context, archive, root=None, only=None, dry_run=False, yes=False,
     Verifies the archive first (nothing changes if it fails), then: .env, stop the agent,
     messages.db, memory_db and skills_db (one transaction each), groups/, the mount
     allowlist, start the agent, doctor. Any failing step rolls back the steps before it."""
+    # Long on purpose: the lock, the plan, the question and the report of one restore, in the
+    # order an operator sees them.
     if help_requested("restore", archive):
         return
     from ..actions.restore import run as action

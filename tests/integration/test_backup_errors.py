@@ -65,7 +65,7 @@ def test_wrong_password(host):
 
 
 def test_dataset_missing(host):
-    zfs_retry("destroy", host.dataset("cms"))
+    zfs_retry("destroy", "-r", host.dataset("cms"))  # with its `root` child
     err = fails(host)
     assert host.dataset("cms") in err and "--no-snapshot" in err
     # With --no-snapshot the same installation backs up.

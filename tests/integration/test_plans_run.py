@@ -13,7 +13,13 @@ from tests.rig.postgres import SUPERPASS
 
 # Names a run derives from the clock: a dry run and the real run a moment later may differ.
 _STAMPS = [(re.compile(r"restore-\d{8}-\d{6}(-\d+)?"), "restore-STAMP"),
+           (re.compile(r"pre-migrate-\d{8}-\d{6}"), "pre-migrate-STAMP"),
            (re.compile(r"\d\d\.[a-z]{3}\.\d{4}-\d{4}(-\d+)?"), "DATE")]
+
+
+# pg_dump and psql from PATH or from clawdie.pg_bin (the rig's PostgreSQL 18 tools)
+PG_DUMP = re.compile(r"(\S*/)?pg_dump --clean")
+PSQL_REPLAY = re.compile(r"(\S*/)?psql -X -q --single-transaction")
 
 
 def _steady(line: str) -> str:
@@ -41,11 +47,11 @@ def test_backup_runs_the_commands_its_dry_run_shows(host, tmp_path):
     plan = planned(dry)
     flat = [line for group in plan for line in group]
     assert any(" snapshot -r " in line for line in flat)
-    assert sum(line.startswith("pg_dump --clean") for line in flat) == 2
+    assert sum(bool(PG_DUMP.match(line)) for line in flat) == 2
     ran = run_recorded(host, tmp_path, "backup", "backup", "--json")
     assert in_order(plan, ran) == []
     # the dump ran with the snapshot exported for it, into the spool: placeholders filled
-    dumps = [line for line in ran if line.startswith("pg_dump --clean")]
+    dumps = [line for line in ran if PG_DUMP.match(line)]
     assert len(dumps) == 2 and all("<" not in line for line in dumps)
 
 
@@ -54,10 +60,10 @@ def test_restore_runs_the_commands_its_dry_run_shows(host, tmp_path):
     dry = json.loads(cli(host, "restore", archive, "--dry-run", "--json", check=True).stdout)
     plan = planned(dry)
     flat = [line for group in plan for line in group]
-    assert sum(line.startswith("psql -X -q --single-transaction") for line in flat) == 2
+    assert sum(bool(PSQL_REPLAY.match(line)) for line in flat) == 2
     ran = run_recorded(host, tmp_path, "restore", "restore", archive, "--yes", "--json")
     assert in_order(plan, ran) == []
-    assert len([line for line in ran if line.startswith("psql -X")]) >= 2
+    assert len([line for line in ran if PSQL_REPLAY.match(line)]) >= 2
 
 
 def test_migrate_runs_the_commands_its_dry_run_shows(rig, tmp_path):
@@ -79,7 +85,8 @@ def test_migrate_runs_the_commands_its_dry_run_shows(rig, tmp_path):
     ran = recorded(log)
     assert in_order(plan, ran) == []
     # the placeholders were filled: the restore got the copied archive's path
-    assert any(re.search(r" restore \S+\.tar\.zst --yes --no-start --json$", line)
+    assert any(re.search(r" restore \S+\.tar\.zst --yes --no-start --json --use-archive-server$",
+                         line)
                for line in ran)
     rig.drop(old)
     rig.drop(new)

@@ -566,6 +566,9 @@ def test_restore_onto_a_prepared_host_sets_the_archives_passwords_and_makes_pgve
     original = {k: db_state(host, k) for k in ("memory", "skills")}
     new = prepared_host(rig)
     try:
+        # The new host trusts the old one's signing key, as its operator would set it up.
+        public = json.loads(cli(host, "keys", "--json", check=True).stdout)["signing"]
+        cli(new, "keys", "--trust", public["public"], check=True)
         only = ("--only", "messages.db,memory_db.sql,skills_db.sql")
         # Without db_admin: the role's password differs and nothing may change it.
         res = cli(new, "restore", str(archive), "--yes", *only)

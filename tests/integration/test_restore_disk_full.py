@@ -10,16 +10,16 @@ from pathlib import Path
 from faults.scenarios import mount_tmpfs, umount
 from tests.conftest import cli
 from tests.helpers import pg_rows, set_config, tree_digest
-from tests.rig.postgres import DEBIAN_BIN
 
 
-def filling_psql(tmp: Path, *disks: Path) -> Path:
-    """pg tools whose psql, replaying skills_db from the staging copy, first waits for
-    memory_db's replay to end, then takes every free byte of `disks`, then fails."""
+def filling_psql(tmp: Path, real: Path, *disks: Path) -> Path:
+    """pg tools (those in `real`) whose psql, replaying skills_db from the staging copy,
+    first waits for memory_db's replay to end, then takes every free byte of `disks`, then
+    fails."""
     bindir = tmp / "pgbin-filling"
     bindir.mkdir()
     for tool in ("pg_dump", "pg_restore"):
-        (bindir / tool).symlink_to(DEBIAN_BIN / tool)
+        (bindir / tool).symlink_to(real / tool)
     psql = bindir / "psql"
     psql.write_text("#!/bin/sh\n"
                     'case "$*" in *staging/skills_db.sql*)\n'
@@ -28,7 +28,7 @@ def filling_psql(tmp: Path, *disks: Path) -> Path:
                               for d in disks) +
                     '  echo "psql: ERROR:  could not extend file: No space left on device" >&2\n'
                     "  exit 3;;\nesac\n"
-                    f'exec {DEBIAN_BIN}/psql "$@"\n')
+                    f'exec {real}/psql "$@"\n')
     psql.chmod(0o755)
     os.chmod(tmp, 0o755)
     return bindir
@@ -56,7 +56,13 @@ def test_restore_whose_disk_fills_midway_rolls_every_database_back(host, tmp_pat
         with host.db_connect("skills") as conn:
             conn.execute("DELETE FROM skill_chunks WHERE id % 3 = 0")
         before = state(host)
-        set_config(host, pg_bin=str(filling_psql(tmp_path, host.root, tmpdir)))
+        # clawdie.state_dir on the installation's file system, as the README asks for: the
+        # files go aside and come back by rename, which a full disk cannot stop. (With it on
+        # another file system they are copied back, and on a full disk that fails, said as
+        # "COULD NOT roll back" with the folder that holds them: RELIABILITY.md.)
+        set_config(host, state_dir=str(host.root / ".clawdie-ops-state"))
+        set_config(host, pg_bin=str(filling_psql(tmp_path, host.cluster.bindir, host.root,
+                                                      tmpdir)))
 
         res = cli(host, "restore", archive, "--yes", env={"TMPDIR": str(tmpdir)})
         for disk in (host.root, tmpdir):

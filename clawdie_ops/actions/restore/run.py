@@ -240,6 +240,7 @@ def secrets_of(*envs: Mapping[str, str] | None, extra: tuple[str, ...] = ()) -> 
 
 def _probe(c: Context, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
     """Look at the server a dump goes to; raise before anything changes when it cannot go."""
+    # One server's facts decide one target: split, they would travel as a dozen arguments.
     db = s.memory if item == "memory_db.sql" else s.skills
     entry = v.manifest.files[item]
     facts = v.dumps.get(item)
@@ -428,6 +429,8 @@ def _remove_work(work: Path) -> None:
 
 def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: Reporter,
             v: Verified, current: Settings, work: Path) -> RestorePlan:
+    # Long on purpose: every decision before anything changes, in the order the plan shows
+    # them (items, server, targets, client versions, agent, steps).
     items, regen, notes = select_items(v, opts.only)
     if v.signer is None:
         notes.insert(0, v.unsigned_warning)
