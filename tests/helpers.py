@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import sqlite3
 import tarfile
@@ -154,3 +155,22 @@ def start_time(pid: int) -> int | None:
         return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def psql_failing_on_skills(tmp: Path, real: Path, name: str, prelude: str = "") -> Path:
+    """A folder of pg tools (those in `real`) whose psql, replaying skills_db from a
+    restore's staging copy, runs the shell `prelude` and then fails as on a full disk."""
+    bindir = tmp / name
+    bindir.mkdir()
+    for tool in ("pg_dump", "pg_restore"):
+        (bindir / tool).symlink_to(real / tool)
+    psql = bindir / "psql"
+    psql.write_text("#!/bin/sh\n"
+                    'case "$*" in *staging/skills_db.sql*)\n'
+                    + prelude +
+                    '  echo "psql: ERROR:  could not extend file: No space left on device" >&2\n'
+                    "  exit 3;;\nesac\n"
+                    f'exec {real}/psql "$@"\n')
+    psql.chmod(0o755)
+    os.chmod(tmp, 0o755)
+    return bindir

@@ -170,7 +170,8 @@ def _install_error(host: Host, s: dict[str, Any], code: int, stderr: str) -> Hos
         return HostError(f"pip could not install clawdie-ops into {s['dir']} {where} (the "
                          f"virtualenv stays, the next run completes it): {tail}",
                          "install the dependencies with the system's packages (FreeBSD: pkg "
-                         "install py311-fabric py311-psycopg py311-rich py311-python-dotenv; "
+                         "install py311-fabric py311-psycopg py311-rich py311-python-dotenv "
+                         "py311-cryptography py311-prometheus-client; "
                          "pip cannot build cryptography there) and keep "
                          f"{entry}.system_site_packages true, or set {entry}.pip_args (e.g. "
                          "--no-index --find-links DIR of wheels)")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import CLI, cli
+from tests.helpers import psql_failing_on_skills
 from tests.migrate_helpers import (assert_old_intact, install_entry, journal_path, migrate,
                                    snapshots, two_hosts, whole_state, write_inventory)
 from tests.rig.proxy import through_proxy
@@ -173,19 +174,7 @@ def test_link_down_for_good_rolls_back_and_the_same_command_then_continues(rig):
 def _failing_psql(tmp: Path, real: Path) -> Path:
     """pg tools (those in `real`) whose psql fails replaying skills_db from the restore's
     staging copy."""
-    bindir = tmp / "pgbin-failing"
-    bindir.mkdir()
-    for tool in ("pg_dump", "pg_restore"):
-        (bindir / tool).symlink_to(real / tool)
-    psql = bindir / "psql"
-    psql.write_text("#!/bin/sh\n"
-                    'case "$*" in *staging/skills_db.sql*)\n'
-                    '  echo "psql: ERROR:  could not extend file: No space left on device" >&2\n'
-                    "  exit 3;;\nesac\n"
-                    f'exec {real}/psql "$@"\n')
-    psql.chmod(0o755)
-    os.chmod(tmp, 0o755)
-    return bindir
+    return psql_failing_on_skills(tmp, real, "pgbin-failing")
 
 
 def test_restore_failing_on_the_new_host_rolls_back_and_reports(rig, tmp_path):

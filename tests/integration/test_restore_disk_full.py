@@ -4,34 +4,20 @@ full disk reported "COULD NOT roll back", leaving memory_db with the archive's r
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from faults.scenarios import mount_tmpfs, umount
 from tests.conftest import cli
-from tests.helpers import pg_rows, set_config, tree_digest
+from tests.helpers import pg_rows, psql_failing_on_skills, set_config, tree_digest
 
 
 def filling_psql(tmp: Path, real: Path, *disks: Path) -> Path:
     """pg tools (those in `real`) whose psql, replaying skills_db from the staging copy,
     first waits for memory_db's replay to end, then takes every free byte of `disks`, then
     fails."""
-    bindir = tmp / "pgbin-filling"
-    bindir.mkdir()
-    for tool in ("pg_dump", "pg_restore"):
-        (bindir / tool).symlink_to(real / tool)
-    psql = bindir / "psql"
-    psql.write_text("#!/bin/sh\n"
-                    'case "$*" in *staging/skills_db.sql*)\n'
-                    "  sleep 3\n"
-                    + "".join(f'  fallocate -l $(($(stat -f -c "%a*%S" {d}))) {d}/.filler\n'
-                              for d in disks) +
-                    '  echo "psql: ERROR:  could not extend file: No space left on device" >&2\n'
-                    "  exit 3;;\nesac\n"
-                    f'exec {real}/psql "$@"\n')
-    psql.chmod(0o755)
-    os.chmod(tmp, 0o755)
-    return bindir
+    fill = "".join(f'  fallocate -l $(($(stat -f -c "%a*%S" {d}))) {d}/.filler\n'
+                   for d in disks)
+    return psql_failing_on_skills(tmp, real, "pgbin-filling", "  sleep 3\n" + fill)
 
 
 def state(h) -> dict:
