@@ -54,6 +54,11 @@ class Counts:
     chunks: int
     attachments: int
 
+    def with_vectors(self, dim: int) -> Counts:
+        """Fewer memories where each embedding is a pgvector of `dim` floats, not DIM."""
+        return Counts(self.messages, self.memories * DIM // dim, self.skills, self.chunks,
+                      self.attachments)
+
     @classmethod
     def at(cls, scale: float) -> Counts:
         if scale <= 0:
@@ -90,6 +95,23 @@ def _embeddings(seed: int, n: int) -> np.ndarray:
     return np.hstack([np.frombuffer(head, dtype=np.uint8)[None, :].repeat(n, 0), body])
 
 
+def _vectors(seed: int, n: int, dim: int) -> np.ndarray:
+    """n pgvector vector_send() bodies (int16 dim, int16 0, dim float4), one row each."""
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_normal((n, dim), dtype=np.float32)
+              / np.float32(dim ** 0.5)).astype(">f4")
+    head = np.frombuffer(struct.pack("!hh", dim, 0), dtype=np.uint8)[None, :].repeat(n, 0)
+    return np.hstack([head, np.frombuffer(values.tobytes(), dtype=np.uint8).reshape(n, dim * 4)])
+
+
+def vector_dim(conn) -> int:
+    """memories.embedding's pgvector dimension (PostgreSQL 18 hosts), or 0 for REAL[]."""
+    kind = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                        "WHERE attrelid = 'memories'::regclass AND attname = 'embedding'"
+                        ).fetchone()[0]
+    return int(kind[len("vector("):-1]) if kind.startswith("vector(") else 0
+
+
 def _field(data: bytes) -> bytes:
     return struct.pack("!i", len(data)) + data
 
@@ -115,7 +137,9 @@ def load_memory(conn, n: int, seed: int, start: int = 0) -> None:
         return
     rng = random.Random(f"{seed}-memories-{start}")
     texts = _texts(rng, n, 20, 90)
-    emb = _embeddings(seed * 1000 + 1 + start, n)
+    dim = vector_dim(conn)
+    emb = (_vectors(seed * 1000 + 1 + start, n, dim) if dim
+           else _embeddings(seed * 1000 + 1 + start, n))
     blobs = rng.randbytes(64 * n)
 
     def rows():
@@ -192,6 +216,14 @@ def write_attachments(groups: Path, n: int, seed: int, start: int = 0) -> None:
 def populate(h, scale: float, seed: int = 7, already: float = 0.0) -> None:
     """Bring host `h` (a populated rig host) from `already` to `scale` of bulk data."""
     want, have = Counts.at(scale), Counts.at(already)
+    with h.db_connect("memory") as conn:
+        dim = vector_dim(conn)
+        if dim:
+            # pgvector hosts: as many embedding bytes as REAL[DIM] rows would hold, and no
+            # HNSW index (building it over the bulk takes minutes here; every restore,
+            # by hand or by the tool, would measure pgvector's index build).
+            want, have = want.with_vectors(dim), have.with_vectors(dim)
+            conn.execute("DROP INDEX IF EXISTS memories_embedding")
     load_messages(h.root / "store" / "messages.db", want.messages - have.messages, seed,
                   start=have.messages)
     with h.db_connect("memory") as conn:

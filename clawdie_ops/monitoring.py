@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-from prometheus_client.parser import text_string_to_metric_families
 
 from .archive import catalog
 
@@ -164,6 +162,10 @@ def write_textfile(path: Path, metrics: Mapping[str, tuple[str, list[tuple[dict,
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # here, not atop the module: every backup counts its archives through this module
+        from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+        from prometheus_client.parser import text_string_to_metric_families
+
         registry = CollectorRegistry()
         kept = []
         if path.exists():

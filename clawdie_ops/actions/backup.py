@@ -72,6 +72,7 @@ class BackupPlan:
     steps: list[Step] = field(default_factory=list)  # snapshot, then copy and dumps at once
     spool: Path | None = None  # the private folder of the copy and the dumps, while running
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # item -> manifest entry
+    listed: list[str] = field(default_factory=list)  # file systems under the jails' parent
 
     def describe(self, s: Settings) -> list[str]:
         lines = [f"{step.kind:<10} {line}" for step in self.steps for line in step.lines]
@@ -143,10 +144,10 @@ def make_plan(c: Context, s: Settings, opts: BackupOptions,
     suffix = SUFFIX[compression] + (encryption.SUFFIX if recipients else "")
     existing = {p.name for p in out.iterdir()} if out.exists() else set()
     n = 1
-    taken = set()
-    if opts.snapshot:
-        taken = {snap.name for snap in zfs.snapshots(c, s, s.jails_parent)} \
-            if zfs.exists(c, s, s.jails_parent) else set()
+    taken: set[str] = set()
+    listed = zfs.file_systems(c, s, s.jails_parent) if opts.snapshot else None
+    if listed is not None:  # one `zfs list -r` for what exists, one for the names taken
+        taken = zfs.snapshot_names(c, s, s.jails_parent)
     name = stem
     while f"{name}{suffix}" in existing or name in taken:
         n += 1
@@ -157,7 +158,8 @@ def make_plan(c: Context, s: Settings, opts: BackupOptions,
         snapshot=f"{s.jails_parent}@{name}" if opts.snapshot else None,
         datasets=s.datasets if opts.snapshot else [],
         databases=s.databases(opts.skip_skills), files=files,
-        key=signing.key_path(dict(s.signing), s.home), recipients=recipients, notes=notes)
+        key=signing.key_path(dict(s.signing), s.home), recipients=recipients, notes=notes,
+        listed=listed or [])
     plan.steps = _steps(s, plan, plan.entries)
     return plan
 
@@ -181,7 +183,7 @@ def preflight(c: Context, s: Settings, plan: BackupPlan) -> Preflight:
     if plan.recipients:
         encryption.tool(s.encryption)
     if plan.datasets:
-        zfs.require(c, s, [s.jails_parent, *plan.datasets])
+        zfs.require(c, s, [s.jails_parent, *plan.datasets], plan.listed)
     servers = {}
     for db in plan.databases:
         with pg.connect(db) as conn:
@@ -262,7 +264,7 @@ def _run(c: Context, s: Settings, opts: BackupOptions, out: Reporter) -> dict[st
                 name = plan.snapshot.split("@")[1]
                 # -r: each jail's descendants (bastille's `root`) are in it too
                 snapshots = [plan.snapshot] + [f"{d}@{name}" for ds in plan.datasets
-                                               for d in zfs.descendants(c, s, ds)]
+                                               for d in zfs.descendants_in(plan.listed, ds)]
         with out.step(f"write {plan.archive.name}"):
             writer = ArchiveWriter(plan.archive, plan.top, plan.compression,
                                    encryption.encrypt_cmd(s.encryption, plan.recipients)

@@ -69,8 +69,11 @@ def exists(c: Context, s: Settings, name: str) -> bool:
     return _run(c, s, "list", "-H", "-o", "name", name).exited == 0
 
 
-def require(c: Context, s: Settings, datasets: list[str]) -> None:
-    missing = [d for d in datasets if not exists(c, s, check_dataset(d))]
+def require(c: Context, s: Settings, datasets: list[str],
+            listed: list[str] | None = None) -> None:
+    """Every dataset exists; those in `listed` (one `file_systems` call) need no `zfs list`."""
+    known = set(listed or ())
+    missing = [d for d in datasets if check_dataset(d) not in known and not exists(c, s, d)]
     if missing:
         raise DatasetMissing(
             f"ZFS dataset{'s' if len(missing) > 1 else ''} not found: {', '.join(missing)}",
@@ -204,14 +207,35 @@ def mountpoint(c: Context, s: Settings, dataset: str) -> str:
 
 def descendants(c: Context, s: Settings, dataset: str) -> list[str]:
     """`dataset` and every file system below it (a bastille jail's `root`), parents first."""
+    names = file_systems(c, s, dataset)
+    if names is None:
+        raise DatasetMissing(f"ZFS dataset not found: {dataset}", "check `zfs list`")
+    return descendants_in(names, dataset)
+
+
+def file_systems(c: Context, s: Settings, dataset: str) -> list[str] | None:
+    """`dataset` and everything below it, in one `zfs list -r`; None if it does not exist."""
     res = _run(c, s, "list", "-H", "-o", "name", "-r", check_dataset(dataset))
     if res.exited != 0:
         if "does not exist" in res.stderr:
-            raise DatasetMissing(f"ZFS dataset not found: {dataset}", "check `zfs list`")
+            return None
         raise ZfsError(f"listing {dataset} and its children failed: {res.stderr.strip()}", "")
-    names = [n.strip() for n in res.stdout.splitlines()
-             if n.strip() == dataset or n.strip().startswith(dataset + "/")]
-    return sorted({n for n in names if "@" not in n}, key=lambda n: (n.count("/"), n))
+    return [n.strip() for n in res.stdout.splitlines() if n.strip() and "@" not in n]
+
+
+def descendants_in(names: list[str], dataset: str) -> list[str]:
+    """Of a `file_systems` listing: `dataset` and the file systems below it, parents first."""
+    return sorted({n for n in names if n == dataset or n.startswith(dataset + "/")},
+                  key=lambda n: (n.count("/"), n))
+
+
+def snapshot_names(c: Context, s: Settings, dataset: str) -> set[str]:
+    """The names (after the @) of `dataset`'s own snapshots, without reading their sizes."""
+    res = _run(c, s, "list", "-H", "-o", "name", "-t", "snapshot", "-r", "-d", "1",
+               check_dataset(dataset))
+    if res.exited != 0:
+        raise runner.failure(res, f"listing snapshots of {dataset}", error=ZfsError)
+    return {n.split("@", 1)[1] for n in res.stdout.split("\n") if n.startswith(dataset + "@")}
 
 
 def used(c: Context, s: Settings, datasets: list[str]) -> dict[str, int]:

@@ -162,8 +162,9 @@ def test_plan_lists_every_step_without_secrets(tmp_path):
     s = load(tmp_path, {"home": str(home), "backup_dir": str(home)})
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "messages.db").write_bytes(b"")
-    c = MockContext(run={"zfs list -H -o name zroot/clawdie/jails": Result("", exited=1)},
-                    repeat=True)
+    missing = Result("", stderr="cannot open 'zroot/clawdie/jails': dataset does not exist",
+                     exited=1)
+    c = MockContext(run={"zfs list -H -o name -r zroot/clawdie/jails": missing}, repeat=True)
     plan = backup.make_plan(c, s, backup.BackupOptions(), now=datetime(2026, 3, 16, 11, 30))
     assert plan.archive == home / "clawdie-backup-16.mar.2026-1130.tar.zst"  # zstd: default
     text = "\n".join(plan.describe(s))
@@ -206,8 +207,9 @@ def test_backup_steps_carry_the_argv_they_run(tmp_path):
     s = load(tmp_path, {"home": str(home), "backup_dir": str(home)})
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "messages.db").write_bytes(b"")
-    c = MockContext(run={"zfs list -H -o name zroot/clawdie/jails": Result("", exited=1)},
-                    repeat=True)
+    missing = Result("", stderr="cannot open 'zroot/clawdie/jails': dataset does not exist",
+                     exited=1)
+    c = MockContext(run={"zfs list -H -o name -r zroot/clawdie/jails": missing}, repeat=True)
     plan = backup.make_plan(c, s, backup.BackupOptions(), now=datetime(2026, 3, 16, 11, 30))
     kinds = [st.kind for st in plan.steps]
     assert kinds == [backup.Kind.SNAPSHOT, backup.Kind.COPY, backup.Kind.DUMP, backup.Kind.DUMP]
