@@ -24,6 +24,12 @@ def passfile(h, path: Path) -> Path:
     return path
 
 
+def _tools(h) -> str:
+    """The host's own PostgreSQL client first on PATH (as on a host with its db jail's
+    postgresqlNN-client): Debian's PATH has only 15's, which cannot dump an 18 server."""
+    return f"export PATH={shlex.quote(str(h.cluster.bindir))}:$PATH"
+
+
 def allowlist(h) -> Path:
     return h.home / ".config" / "clawdie-cp" / "mount-allowlist.json"
 
@@ -32,7 +38,7 @@ def backup_script(h, out_dir: Path, name: str, pgpass: Path, snapshot: bool = Tr
     q = shlex.quote
     work = out_dir / f".runbook-{name}"
     top = work / name
-    lines = ["set -euo pipefail", f"export PGPASSFILE={q(str(pgpass))}",
+    lines = ["set -euo pipefail", f"export PGPASSFILE={q(str(pgpass))}", _tools(h),
              f"mkdir -p {q(str(top))}"]
     if snapshot:
         lines.append(f"zfs snapshot -r {q(h.pool.name + '/clawdie/jails@' + name)}")
@@ -62,7 +68,7 @@ def restore_script(h, archive: Path, name: str, pgpass: Path, work: Path) -> str
     pidfile = q(str(h.root / "store" / "clawdie.pid"))
     fill = {"root": q(str(h.root)), "pidfile": pidfile}
     return "\n".join([
-        "set -euo pipefail", f"export PGPASSFILE={q(str(pgpass))}",
+        "set -euo pipefail", f"export PGPASSFILE={q(str(pgpass))}", _tools(h),
         f"mkdir -p {q(str(work))}", f"tar -xzf {q(str(archive))} -C {q(str(work))}",
         f"cp {q(str(top / 'env'))} {q(str(h.root / '.env'))}",
         f"if test -f {pidfile} && kill -0 \"$(cat {pidfile})\" 2>/dev/null; then "

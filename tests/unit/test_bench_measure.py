@@ -37,3 +37,84 @@ def test_zstd_is_the_default_and_uses_every_core():
 def test_measure_kills_a_hung_run_and_its_children():
     run = measure("hung", "sleep 30 & sleep 30; wait", timeout=0.5)
     assert run.exit == -9
+
+
+# -- where the time goes: the migrate window per step, the floor, the targets ------------
+def _report(down_steps):
+    return {"steps": [{"id": i, "phase": ph, "seconds": sec} for i, ph, sec in down_steps],
+            "downtime_s": 1.0}
+
+
+def test_step_seconds_keeps_the_window_and_presync_steps_with_their_phases():
+    from bench.migration import step_seconds
+
+    got = step_seconds(_report([("tools", "preflight", 0.3), ("presync", "presync", 5.0),
+                                ("stop-old-agent", "downtime", 1.5),
+                                ("pause-old-schedule", "cutover", 0.2)]))
+    assert got["presync"] == 5.0 and got["stop-old-agent"] == 1.5
+    assert "tools" not in got and "pause-old-schedule" not in got
+    assert got["_phases"]["stop-old-agent"] == "downtime"
+
+
+def test_median_run_is_the_run_with_the_median_downtime():
+    from bench.migration import median_run
+
+    runs = [(9.0, {"a": 9}), (3.0, {"a": 3}), (5.0, {"a": 5})]
+    assert median_run(runs) == {"a": 5, "_downtime_s": 5.0}
+    assert median_run(runs[:2])["a"] == 3  # even count: the lower middle, a run that happened
+    assert median_run([]) == {}
+
+
+def _pair(name, a, b, **extra):
+    def side(s):
+        return {"label": name, "runs": [], "median": {
+            "wall_s": s, "downtime_s": s, "cpu_s": 0, "tree_rss": 90 << 20, "tree_pss": 80 << 20}}
+    return {"pair": name, "a": side(a), "b": side(b), "ratio": round(a / b, 2), **extra}
+
+
+def test_targets_name_issue_15s_bounds_and_fail_where_missed():
+    from bench.run import targets
+
+    migrate = _pair("migrate", 20.0, 5.0, changed=0.01, floor={"median_s": 2.0},
+                    floor_share=2.5)
+    got = {t["target"]: t for t in targets([
+        _pair("backup", 45.0, 10.0, size_ratio=0.98), _pair("restore", 15.0, 10.0, scale=0.25),
+        _pair("restore", 30.0, 25.0, scale=1.0), migrate,
+        {**_pair("startup", 0.02, 0.06), "version_s": 0.06},
+        {**_pair("small", 0.5, 1.5), "floor_multiple": 3.0}])}
+    assert got["backup speed-up over the runbook"]["met"] is True  # 4.5x exactly
+    assert got["restore speed-up over the manual restore at scale 0.25"]["met"] is True
+    assert got["restore speed-up over the manual restore at scale 1.0"]["met"] is False
+    assert got["migration downtime vs stop-first (1% changed)"]["met"] is False  # 0.25
+    assert got["migration downtime vs stop-first (1% changed)"]["bound"] == "<= 0.2"
+    floor = got["migration downtime vs the physical floor (stop, increment, start, doctor)"]
+    assert floor["met"] is False and floor["bound"] == "<= 2x"
+    assert got["`clawdie-ops --version` start-up (median)"]["met"] is True
+    small = [t for k, t in got.items() if k.startswith("backup of a small")][0]
+    assert small["met"] is False and small["measured"] == "3.00x the floor"
+
+
+def test_the_report_shows_the_window_per_step_beside_the_floor():
+    from bench.run import details
+
+    steps = {"stop-old-agent": 1.5, "final-sync": 2.0, "presync": 9.0,
+             "_phases": {"stop-old-agent": "downtime", "final-sync": "downtime",
+                         "presync": "presync"}, "_downtime_s": 4.0}
+    r = _pair("migrate", 20.0, 4.0, scale=0.5, pg_major=18, steps={"migrate": steps},
+              floor={"runs": [{}], "median": {"stop": 1.0, "send": 0.5}, "median_s": 1.5,
+                     "postgres_in_dataset": True}, floor_share=2.67)
+    text = "\n".join(details([r]))
+    assert "| stop-old-agent | 1.50 s | - |" in text and "presync |" not in text
+    assert "stop 1.00 s, send 0.50 s = 1.50 s" in text and "2.67x" in text
+    assert "PostgreSQL 18 on both hosts" in text
+
+
+def test_the_floor_dumps_with_the_hosts_own_client(tmp_path):
+    from types import SimpleNamespace
+
+    from bench.small import floor_script
+
+    h = SimpleNamespace(cluster=SimpleNamespace(bindir="/opt/pg18/bin"), address="127.0.0.9")
+    script = floor_script(h, "memory", tmp_path / "pgpass", tmp_path / "f.sql")
+    assert "/opt/pg18/bin/pg_dump --clean -h 127.0.0.9 -U memory_user memory_db >" in script
+    assert f"PGPASSFILE={tmp_path / 'pgpass'}" in script and "set -euo pipefail" in script
