@@ -51,7 +51,7 @@ def migrate_pair(rig, args, work: Path, progress, pg_old: int | None = None,
                  sides: tuple[str, ...] = ("stop-first", "migrate")) -> dict:
     """Stop-first against migrate (`sides`), on an old host running PostgreSQL `pg_old`
     (default: the rig's) moving to fresh new hosts with the rig's default major."""
-    scale = args.scale * args.migrate_scale
+    scale = args.migrate_scale
     kw = {"pg": pg_old} if pg_old else {}
     old = rig.host(f"old{pg_old or ''}", rows=200, ssh=True, **kw)
     data.populate(old, scale, args.seed)

@@ -275,19 +275,22 @@ def update_markdown(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--scale", type=float, default=1.0, help="1.0 is about 1 GB of state")
+    p.add_argument("--scale", type=float, default=0.25,
+                   help="1.0 is about 1 GB of state; the default run measures backup, restore "
+                        "and drill at 0.25 and, through the scale pair, restore again at 4x")
     p.add_argument("--runs", type=int, default=3, help="runs per side (medians are reported)")
     p.add_argument("--seed", type=int, default=7, help="seed of the generated data")
     p.add_argument("--pairs", default=",".join(PAIRS),
                    help=f"comma-separated subset of {','.join(PAIRS)}, or the side "
                         f"experiments {','.join(EXPERIMENTS)}")
     p.add_argument("--scale-factor", type=float, default=4.0,
-                   help="the scale pair backs up this many times the data")
+                   help="the scale pair backs up (and, with the restore pair, restores) this "
+                        "many times the data")
     p.add_argument("--changed", type=float, default=0.01,
                    help="migrate: share of the data changed between pre-sync and cut-over")
     p.add_argument("--migrate-scale", type=float, default=0.5,
-                   help="the migration pair moves this share of --scale (each run moves "
-                        "everything to a fresh host)")
+                   help="the migration pairs' own scale (each run moves everything to a "
+                        "fresh host)")
     p.add_argument("--migrate-runs", type=int, default=3, help="runs per side of migrate")
     p.add_argument("--upgrade-runs", type=int, default=2,
                    help="runs of the 15 -> 18 migration (its same-major side is migrate's)")

@@ -10,8 +10,7 @@ from pathlib import Path
 from invoke import Context
 
 from ..config import settings as config
-from ..zfs import datasets, sanoid, commands as zfs
-from ..zfs import rollback as rb
+from ..zfs import commands as zfs
 from ..errors import ConfigError, DatasetMissing, OutputError
 from .. import runner
 from .base import operator_task, settings
@@ -55,6 +54,7 @@ def snapshot(c: Context, dataset=None, tag="clawdie", root=None, dry_run=False, 
     All jails: one atomic `zfs snapshot -r` of their parent. --dataset: `zfs snapshot -r`
     of each (atomic across them where ZFS takes several in one command)."""
     from ..output import Reporter
+    from ..zfs import datasets
 
     out = Reporter(as_json=json)
     s = settings(c, root)
@@ -102,6 +102,7 @@ def snapshots(c: Context, dataset=None, root=None, json=False):
 
     `used` is what only that snapshot holds; `refer` what the dataset held at it."""
     from ..output import Reporter, human_size
+    from ..zfs import datasets
 
     out = Reporter(as_json=json)
     s = settings(c, root)
@@ -146,6 +147,7 @@ def rollback(c: Context, target, yes=False, force=False, root=None, dry_run=Fals
         help_requested("rollback", target)
         return
     from ..output import Reporter, confirm
+    from ..zfs import rollback as rb
 
     out = Reporter(as_json=json)
     s = settings(c, root)
@@ -184,6 +186,7 @@ def sanoid_config(c: Context, write=None, yes=False, root=None, dry_run=False, j
     db: 24 hourly, 14 daily, 3 monthly; git, cms, management: 12, 7, 2. Autosnap and
     autoprune on; sanoid's defaults file stays as the package installed it."""
     from ..output import Reporter, confirm
+    from ..zfs import sanoid
 
     out = Reporter(as_json=json)
     s = settings(c, root)
