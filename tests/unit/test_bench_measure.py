@@ -118,3 +118,21 @@ def test_the_floor_dumps_with_the_hosts_own_client(tmp_path):
     script = floor_script(h, "memory", tmp_path / "pgpass", tmp_path / "f.sql")
     assert "/opt/pg18/bin/pg_dump --clean -h 127.0.0.9 -U memory_user memory_db >" in script
     assert f"PGPASSFILE={tmp_path / 'pgpass'}" in script and "set -euo pipefail" in script
+
+
+def test_pgvector_rows_are_vector_send_bodies_with_the_same_embedding_bytes():
+    import struct
+
+    import numpy as np
+
+    from bench import data
+
+    rows = data._vectors(7, 3, 1024)
+    assert rows.shape == (3, 4 + 1024 * 4)
+    dim, unused = struct.unpack("!hh", rows[0, :4].tobytes())
+    assert (dim, unused) == (1024, 0)
+    values = np.frombuffer(rows[0, 4:].tobytes(), dtype=">f4")
+    assert np.isfinite(values).all() and values.std() > 0
+    plain, vec = data.Counts.at(1.0), data.Counts.at(1.0).with_vectors(1024)
+    assert vec.memories * 1024 == plain.memories * data.DIM  # same embedding bytes
+    assert (vec.messages, vec.chunks) == (plain.messages, plain.chunks)
