@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 
-from .archive import catalog
+from .archive.catalog import count_archives  # noqa: F401 -- prune's and backup's import
 
 JOBS = ("backup", "prune", "drill", "replicate")
 DEFAULTS: dict[str, Any] = {"ping_url": "", "textfile": "", "ping_timeout_s": 5,
@@ -113,13 +113,6 @@ HELP = {
     "last_failure_timestamp_seconds": "Unix time the last failed {job} ended",
     "duration_seconds": "Seconds the last successful {job} took",
 }
-
-
-def count_archives(directory: Path) -> int:
-    try:
-        return len(catalog.archives(directory))
-    except OSError:
-        return 0
 
 
 def job_metrics(job: str, ok: bool, ended: float, result: Mapping[str, Any] | None

@@ -34,6 +34,13 @@ def archives(directory: Path) -> list[Path]:
         "clawdie-backup-") and p.name.endswith(SUFFIXES)] if directory.is_dir() else []
 
 
+def count_archives(directory: Path) -> int:
+    try:
+        return len(archives(directory))
+    except OSError:
+        return 0
+
+
 def name_time(p: Path) -> tuple[datetime, int] | None:
     """(local time, sequence) from the runbook name, or None when the name carries none."""
     m = _STEM.match(p.name)

@@ -38,7 +38,7 @@ def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=Fa
     ZFS snapshots of the jail datasets, messages.db, memory_db and skills_db, .env, groups/
     and the mount allowlist, with a manifest of checksums and row counts."""
     from ..actions import backup as action
-    from ..monitoring import count_archives
+    from ..archive.catalog import count_archives
     from ..output import Reporter, human_size
 
     if copy_to:  # Fabric and paramiko only for an offsite copy

@@ -15,7 +15,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ...actions.migrate.checks import version_tuple
 from .roles import execute
 
 BUILTIN = {"plpgsql"}  # in every database from its template: never recorded, never made
@@ -64,6 +63,9 @@ def wanted(entry: dict[str, Any], from_dump: set[str] | None) -> list[dict[str, 
 
 def unavailable(need: list[dict[str, str]], offer: dict[str, Available]) -> list[str]:
     """Why the server cannot make what `need` names, one reason per extension."""
+    # here: the migration's checks (and rich with them) are not backup's to import
+    from ...actions.migrate.checks import version_tuple
+
     out = []
     for e in need:
         have = offer.get(e["name"])
