@@ -16,6 +16,7 @@ binary size.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import struct
 from dataclasses import dataclass
@@ -90,6 +91,23 @@ def _embeddings(seed: int, n: int) -> np.ndarray:
     return np.hstack([np.frombuffer(head, dtype=np.uint8)[None, :].repeat(n, 0), body])
 
 
+def _vectors(seed: int, n: int, dim: int) -> np.ndarray:
+    """n vector_send() bodies of pgvector's vector(dim) (int16 dim, int16 0, float4s)."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((n, dim), dtype=np.float32) / np.float32(dim ** 0.5)
+    head = struct.pack("!hh", dim, 0)
+    body = np.frombuffer(values.astype(">f4").tobytes(), dtype=np.uint8).reshape(n, dim * 4)
+    return np.hstack([np.frombuffer(head, dtype=np.uint8)[None, :].repeat(n, 0), body])
+
+
+def _vector_dim(conn, table: str) -> int | None:
+    """The dimension of `table`.embedding when it is pgvector's vector (PostgreSQL 18 rig)."""
+    row = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+                       "attrelid = %s::regclass AND attname = 'embedding'", (table,)).fetchone()
+    m = re.fullmatch(r"vector\((\d+)\)", row[0] if row else "")
+    return int(m.group(1)) if m else None
+
+
 def _field(data: bytes) -> bytes:
     return struct.pack("!i", len(data)) + data
 
@@ -115,7 +133,9 @@ def load_memory(conn, n: int, seed: int, start: int = 0) -> None:
         return
     rng = random.Random(f"{seed}-memories-{start}")
     texts = _texts(rng, n, 20, 90)
-    emb = _embeddings(seed * 1000 + 1 + start, n)
+    dim = _vector_dim(conn, "memories")
+    emb = (_vectors(seed * 1000 + 1 + start, n, dim) if dim else
+           _embeddings(seed * 1000 + 1 + start, n))
     blobs = rng.randbytes(64 * n)
 
     def rows():
