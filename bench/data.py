@@ -246,8 +246,7 @@ JAIL_BYTES = {"git": 150_000_000, "cms": 100_000_000, "management": 20_000_000,
 def fill_datasets(h, scale: float, seed: int) -> None:
     """Jail filesystem content (git repositories, CMS uploads, logs) for the migration pair.
 
-    On a real host the db jail's dataset also holds PostgreSQL's data directory; on the rig
-    the cluster lives outside the pool, so the databases travel only as dumps."""
+    The db jail's dataset also holds PostgreSQL's data directory (as on a real host)."""
     rng = random.Random(f"{seed}-datasets")
     for jail, size in JAIL_BYTES.items():
         mnt = h.pool.mount_of(h.dataset(jail))
@@ -304,7 +303,7 @@ def _main(argv: list[str]) -> int:
     st = json.loads(Path(argv[1]).read_text())
     base = Path(st["base"])
     h = SimHost(st["name"], st["address"], base, Pool(st["pool"], Path(), Path()),
-                Cluster(base / "pg" / "data", st["address"]))
+                Cluster(Path(st.get("datadir") or base / "pg" / "data"), st["address"]))
     mutate(h, st["share"], st["seed"])
     return 0
 
