@@ -16,6 +16,7 @@ binary size.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import struct
 from dataclasses import dataclass
@@ -96,20 +97,25 @@ def _embeddings(seed: int, n: int) -> np.ndarray:
 
 
 def _vectors(seed: int, n: int, dim: int) -> np.ndarray:
-    """n pgvector vector_send() bodies (int16 dim, int16 0, dim float4), one row each."""
+    """n vector_send() bodies of pgvector's vector(dim) (int16 dim, int16 0, float4s)."""
     rng = np.random.default_rng(seed)
-    values = (rng.standard_normal((n, dim), dtype=np.float32)
-              / np.float32(dim ** 0.5)).astype(">f4")
-    head = np.frombuffer(struct.pack("!hh", dim, 0), dtype=np.uint8)[None, :].repeat(n, 0)
-    return np.hstack([head, np.frombuffer(values.tobytes(), dtype=np.uint8).reshape(n, dim * 4)])
+    values = rng.standard_normal((n, dim), dtype=np.float32) / np.float32(dim ** 0.5)
+    head = struct.pack("!hh", dim, 0)
+    body = np.frombuffer(values.astype(">f4").tobytes(), dtype=np.uint8).reshape(n, dim * 4)
+    return np.hstack([np.frombuffer(head, dtype=np.uint8)[None, :].repeat(n, 0), body])
+
+
+def _vector_dim(conn, table: str) -> int | None:
+    """The dimension of `table`.embedding when it is pgvector's vector (PostgreSQL 18 rig)."""
+    row = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+                       "attrelid = %s::regclass AND attname = 'embedding'", (table,)).fetchone()
+    m = re.fullmatch(r"vector\((\d+)\)", row[0] if row else "")
+    return int(m.group(1)) if m else None
 
 
 def vector_dim(conn) -> int:
     """memories.embedding's pgvector dimension (PostgreSQL 18 hosts), or 0 for REAL[]."""
-    kind = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                        "WHERE attrelid = 'memories'::regclass AND attname = 'embedding'"
-                        ).fetchone()[0]
-    return int(kind[len("vector("):-1]) if kind.startswith("vector(") else 0
+    return _vector_dim(conn, "memories") or 0
 
 
 def _field(data: bytes) -> bytes:
@@ -137,9 +143,9 @@ def load_memory(conn, n: int, seed: int, start: int = 0) -> None:
         return
     rng = random.Random(f"{seed}-memories-{start}")
     texts = _texts(rng, n, 20, 90)
-    dim = vector_dim(conn)
-    emb = (_vectors(seed * 1000 + 1 + start, n, dim) if dim
-           else _embeddings(seed * 1000 + 1 + start, n))
+    dim = _vector_dim(conn, "memories")
+    emb = (_vectors(seed * 1000 + 1 + start, n, dim) if dim else
+           _embeddings(seed * 1000 + 1 + start, n))
     blobs = rng.randbytes(64 * n)
 
     def rows():
@@ -258,8 +264,7 @@ JAIL_BYTES = {"git": 150_000_000, "cms": 100_000_000, "management": 20_000_000,
 def fill_datasets(h, scale: float, seed: int) -> None:
     """Jail filesystem content (git repositories, CMS uploads, logs) for the migration pair.
 
-    On a real host the db jail's dataset also holds PostgreSQL's data directory; on the rig
-    the cluster lives outside the pool, so the databases travel only as dumps."""
+    The db jail's dataset also holds PostgreSQL's data directory (as on a real host)."""
     rng = random.Random(f"{seed}-datasets")
     for jail, size in JAIL_BYTES.items():
         mnt = h.pool.mount_of(h.dataset(jail))
@@ -316,7 +321,7 @@ def _main(argv: list[str]) -> int:
     st = json.loads(Path(argv[1]).read_text())
     base = Path(st["base"])
     h = SimHost(st["name"], st["address"], base, Pool(st["pool"], Path(), Path()),
-                Cluster(base / "pg" / "data", st["address"]))
+                Cluster(Path(st.get("datadir") or base / "pg" / "data"), st["address"]))
     mutate(h, st["share"], st["seed"])
     return 0
 

@@ -91,6 +91,7 @@ def migrate_pair(rig, args, work: Path, progress, pg_old: int | None = None,
             state.write_text(json.dumps({
                 "calls": 0, "after": len(JAILS), "python": sys.executable, "repo": str(REPO),
                 "name": old.name, "address": old.address, "base": str(old.base),
+                "datadir": str(old.cluster.datadir),
                 "pool": old.pool.name, "share": args.changed, "seed": args.seed + rounds[0]}))
             env["BENCH_MUTATE"] = str(state)
         started = time.monotonic()

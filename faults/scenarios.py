@@ -135,6 +135,8 @@ def make_durable(h: SimHost) -> None:
     h.cluster.stop()
     h.cluster.durable = True
     h.cluster.start()
+    if h.pg_data_dir:  # its db jail's start (bin/rig-jail) keeps the same settings
+        h.write_jail_pg()
 
 
 def ensure_postgres(h: SimHost) -> Callable[[], None]:

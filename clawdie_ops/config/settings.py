@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "db_port": "",  # else DB_PORT in .env, else 5432
     "db_admin": {"user": "", "password": "", "dbname": "postgres"},  # creates missing roles
     "pg_bin": "",  # directory holding pg_dump/psql/pg_restore; empty: PATH
+    # the jail PostgreSQL runs in, and its data directory inside that jail (FreeBSD's
+    # postgresql18-server default); empty: PostgreSQL's files are in no jail's dataset
+    "pg_jail": "db",
+    "pg_data_dir": "/var/db/postgres/data18",
     "zfs": "zfs",
     "shell": "/bin/sh",  # runs every local command (POSIX: FreeBSD has no /bin/bash)
     "backup_dir": "~",
@@ -157,6 +161,8 @@ class Settings:
     signing: Mapping[str, Any] = field(default_factory=dict)
     encryption: Mapping[str, Any] = field(default_factory=dict)
     state_dir: Path = Path("/var/tmp/clawdie-ops")
+    pg_jail: str = "db"
+    pg_data_dir: str = "/var/db/postgres/data18"
 
     @property
     def env_file(self) -> Path:
@@ -354,7 +360,18 @@ def load(config: Any, root: str | os.PathLike[str] | None = None,
         agent_start_timeout=_seconds(cfg, "agent_start_timeout"),
         signing=dict(cfg["signing"]), encryption=dict(cfg["encryption"]),
         state_dir=Path(_home_path(str(cfg.get("state_dir") or DEFAULTS["state_dir"]), home)),
+        pg_jail=str(cfg.get("pg_jail") or DEFAULTS["pg_jail"]),
+        pg_data_dir=_jail_path(cfg, "pg_data_dir"),
     )
+
+
+def _jail_path(cfg: Mapping[str, Any], key: str) -> str:
+    """An absolute path inside a jail (empty allowed), never climbing out of it."""
+    value = str(cfg.get(key) or "")
+    if value and (not value.startswith("/") or ".." in Path(value).parts):
+        raise ConfigError(f"clawdie.{key} {value!r} is not an absolute path inside the jail",
+                          f"write it as the jail sees it, e.g. {DEFAULTS[key]}, or empty")
+    return value
 
 
 def _home_path(value: str, home: Path) -> str:

@@ -3,11 +3,16 @@ free space (found by the fault campaign: the rollback wrote a small file first, 
 full disk reported "COULD NOT roll back", leaving memory_db with the archive's rows)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import sqlite3
 from pathlib import Path
 
+from clawdie_ops.actions.restore import beside
 from faults.scenarios import mount_tmpfs, umount
 from tests.conftest import cli
+from tests.integration.test_restore import rolled_back, stop_agent
 from tests.helpers import pg_rows, psql_failing_on_skills, set_config, tree_digest
 
 
@@ -62,3 +67,57 @@ def test_restore_whose_disk_fills_midway_rolls_every_database_back(host, tmp_pat
     finally:
         umount(host.root)
         umount(tmpdir)
+
+
+def test_rollback_on_a_full_disk_renames_files_back_from_beside_their_targets(host, tmp_path):
+    # clawdie.state_dir on a file system of its own (fault campaign, issue 13): the staged
+    # items are copied in, but what they replace waits beside its target under a hidden
+    # name, so the rollback on the full disk is renames, and messages.db comes back exactly.
+    tmpdir, state_dir = tmp_path / "tmp", tmp_path / "state"
+    mount_tmpfs(host.root, "48m")
+    mount_tmpfs(tmpdir, "16m")
+    mount_tmpfs(state_dir, "64m")
+    try:
+        res = cli(host, "backup", "--json", "--no-snapshot", "--output", str(tmp_path))
+        assert res.returncode == 0, res.stderr
+        archive = json.loads(res.stdout)["archive"]
+        stop_agent(host)  # messages.db then compares byte for byte
+        # messages.db grew since the backup: putting it back needs more room than removing
+        # the restored one frees, which a copy on the full disk cannot find
+        con = sqlite3.connect(host.root / "store" / "messages.db")
+        with con:
+            con.executemany("INSERT INTO router_state VALUES (?, ?)",
+                            [(f"after-backup-{i}", "x" * 4000) for i in range(1000)])
+        con.close()
+        (host.root / "groups" / "main" / "after-backup.md").write_text("new since\n")
+        (host.root / ".env").write_text((host.root / ".env").read_text() + "# edited\n")
+        before = state(host)
+        before["sqlite"] = sqlite_files(host)
+        set_config(host, state_dir=str(state_dir))
+        set_config(host, pg_bin=str(filling_psql(tmp_path, host.cluster.bindir, host.root,
+                                                      tmpdir)))
+
+        res = cli(host, "restore", archive, "--yes", env={"TMPDIR": str(tmpdir)})
+        free_root = shutil.disk_usage(host.root).free  # still full while the rollback ran
+        for disk in (host.root, tmpdir):
+            (disk / ".filler").unlink(missing_ok=True)
+        err = " ".join(res.stderr.split())
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert free_root < 1 << 20, free_root
+        assert "COULD NOT roll back" not in err, err
+        assert {"messages.db", ".env"} <= rolled_back(err), err
+        after = state(host)
+        after["sqlite"] = sqlite_files(host)
+        assert after == before
+        # nothing hidden is left beside the targets
+        assert beside.found([host.root, host.root / "store"]) == []
+    finally:
+        umount(host.root)
+        umount(tmpdir)
+        umount(state_dir)
+
+
+def sqlite_files(h) -> dict[str, str]:
+    store = h.root / "store"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store.iterdir()) if p.name.startswith("messages.db")}

@@ -46,6 +46,9 @@ def digests(h, pool: str | None = None) -> dict[str, dict[str, str]]:
 
 def test_replicate_delivers_every_dataset_then_only_the_increment(rig, host, target):
     tpool = target.pool_name
+    # The source's PostgreSQL lives in its db jail's dataset: stopped here, so the files
+    # compared and the increment's bytes are only what this test wrote
+    host.cluster.stop()
     # The db jail "runs" on the target; its stop and start record what the dataset holds.
     (target.home / ".rig-jails").mkdir()
     (target.home / ".rig-jails" / "db").touch()

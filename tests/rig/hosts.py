@@ -17,8 +17,15 @@ from .services import (ZFS as ZFS_BIN, Pool, Sshd, ensure_zfs_fuse, sh, stale_po
                        without_bash, zfs_retry)
 
 RIG_BIN = Path(__file__).parent / "bin"
+RIG_JAIL = RIG_BIN / "rig-jail"
 FAKE_AGENT = Path(__file__).parent / "fake_agent.py"
 JAILS = ("db", "git", "cms", "management")
+PG_JAIL = "db"
+
+
+def pg_data_dir(major: int) -> str:
+    """Where FreeBSD's postgresqlNN-server keeps its cluster, inside the db jail."""
+    return f"/var/db/postgres/data{major}"
 PREFIX = "clawdie"
 SSH_PORT = 2222
 
@@ -33,11 +40,10 @@ def linux_commands(python: str = sys.executable) -> dict[str, str]:
         "agent_stop": "pid=$(cat {pidfile}) && kill $pid && "
                       "while kill -0 $pid 2>/dev/null; do sleep 0.1; done",
         "jail_status": "test -f {home}/.rig-jails/{jail_name}",
-        # A started jail records its path as the kernel does (jls -j NAME path): the
-        # mountpoint of its root dataset at the time it started.
-        "jail_start": "mkdir -p {home}/.rig-jails && {zfs} get -H -o value mountpoint "
-                      "{root_dataset} > {home}/.rig-jails/{jail_name}",
-        "jail_stop": "rm -f {home}/.rig-jails/{jail_name}",
+        # bin/rig-jail: a started jail records its path as the kernel does (jls -j NAME
+        # path); the db jail starts and stops the PostgreSQL whose data directory it holds
+        "jail_start": f"{RIG_JAIL} start {{jail_name}} {{home}} {{root_dataset}} {{zfs}}",
+        "jail_stop": f"{RIG_JAIL} stop {{jail_name}} {{home}} {{root_dataset}} {{zfs}}",
         "jail_path": "cat {home}/.rig-jails/{jail_name}",
         "skills_regen": "echo regenerate skills > {root}/skills-regenerated",
         "pg_install_hint": "apt-get install postgresql-client-{major}",
@@ -63,6 +69,9 @@ class SimHost:
     env: dict[str, str] = field(default_factory=dict)
     no_bash: bool = False  # its sshd sessions run where bash fails (FreeBSD has none)
     login_shell: str = "/bin/sh"  # root's, for those sessions (bin/csh-like: as csh would)
+    # PostgreSQL's data directory inside the db jail (clawdie.pg_data_dir); empty: the
+    # cluster is outside any jail dataset (a host made without them)
+    pg_data_dir: str = ""
 
     @property
     def root(self) -> Path:
@@ -114,7 +123,23 @@ class SimHost:
                             "user": "root"}}
         if self.cluster.bindir != bindir_for(15):
             cfg["pg_bin"] = str(self.cluster.bindir)
+        cfg["pg_data_dir"] = self.pg_data_dir
         return cfg
+
+    def write_jail_pg(self) -> None:
+        """What bin/rig-jail needs to run this host's PostgreSQL in its db jail (the
+        server binaries, the options, the data directory inside the jail)."""
+        c = self.cluster
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / ".rig-pg").write_text(
+            f"PG_JAIL={PG_JAIL}\nBINDIR='{c.bindir}'\nDATA='{self.pg_data_dir.lstrip('/')}'\n"
+            f"LOG='{c.log}'\nOPTS='{c.options()}'\n")
+
+    def mark_jail_running(self, jail: str) -> None:
+        """The jail runs (its PostgreSQL was started by the rig): as bin/rig-jail start."""
+        marks = self.home / ".rig-jails"
+        marks.mkdir(parents=True, exist_ok=True)
+        (marks / jail).write_text(f"{self.jail_files(jail)}\n")
 
     def invoke_overrides(self) -> dict:
         return {"clawdie": self.clawdie_config()}
@@ -219,14 +244,26 @@ class Rig:
         base.chmod(0o755)
         address = f"{self.net}.{idx}"
         pool = Pool(f"crig{self.tag}{name}", base / "pool.img", base / "mnt")
-        cluster = Cluster(base / "pg" / "data", address, bindir=bindir_for(pg))
+        # As on a Clawdie host, PostgreSQL runs in the db jail, its data directory in the
+        # jail's root dataset; a host made without jail datasets keeps it outside them.
+        cluster = Cluster(base / "pg" / "data", address, bindir=bindir_for(pg),
+                          run_dir=base / "pg")
         h = SimHost(name, address, base, pool, cluster, rows=rows, no_bash=no_bash,
-                    login_shell=login_shell)
+                    login_shell=login_shell, pg_data_dir=pg_data_dir(pg) if datasets else "")
         self.hosts[name] = h
         pool.create()
+        if datasets:
+            sh(ZFS_BIN, "create", "-p", f"{pool.name}/{PREFIX}/jails")
+            for jail in JAILS:
+                content.bastille_create(pool.name, f"{PREFIX}/jails", jail, address,
+                                        populated=populated)
+            cluster.datadir = h.jail_files(PG_JAIL) / h.pg_data_dir.lstrip("/")
         cluster.init()
         cluster.start()
         h.home.mkdir(parents=True, exist_ok=True)
+        if datasets:
+            h.write_jail_pg()
+            h.mark_jail_running(PG_JAIL)
         h.env = {
             "AGENT_NAME": f"clawdie-{name}", "ZFS_POOL": pool.name, "ZFS_PREFIX": PREFIX,
             "WARDEN_DB_IP": address, "DB_PORT": "5432",
@@ -248,11 +285,6 @@ class Rig:
             for key in ("memory", "skills"):
                 with h.db_connect(key, autocommit=False) as conn:
                     content.fill_database(conn, key, rows=rows, vector=h.vector)
-        if datasets:
-            sh(ZFS_BIN, "create", "-p", f"{pool.name}/{PREFIX}/jails")
-            for jail in JAILS:
-                content.bastille_create(pool.name, f"{PREFIX}/jails", jail, address,
-                                        populated=populated)
         (h.home / ".invoke.json").write_text(json.dumps(h.invoke_overrides(), indent=2))
         if ssh:
             self.start_sshd(h, tool_on_path=tool_on_path)

@@ -56,21 +56,39 @@ class Cluster:
     # fsync and synchronous commit off make the rig fast, and make a crash (pg_ctl stop
     # -m immediate) lose committed transactions; `durable` keeps PostgreSQL's defaults
     durable: bool = False
+    # the socket, the log and initdb's password file: beside the data directory unless set
+    # (a db jail's data directory is in its dataset; these stay out of it)
+    run_dir: Path | None = None
 
     @property
     def major(self) -> int:
         return int((self.datadir / "PG_VERSION").read_text().strip())
 
     @property
+    def run_path(self) -> Path:
+        return self.run_dir or self.datadir.parent
+
+    @property
     def socket_dir(self) -> Path:
-        return self.datadir.parent / "sock"
+        return self.run_path / "sock"
+
+    @property
+    def log(self) -> Path:
+        return self.run_path / "server.log"
+
+    def options(self) -> str:
+        """pg_ctl's -o: where it listens, and the rig's speed settings unless durable."""
+        fast = "" if self.durable else \
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        return (f"-c listen_addresses={self.address} -c port={self.port} "
+                f"-c unix_socket_directories={self.socket_dir} {fast}-c max_connections=40")
 
     def init(self) -> None:
         self.datadir.parent.mkdir(parents=True, exist_ok=True)
-        for d in (self.datadir.parent, self.socket_dir):
+        for d in (self.datadir.parent, self.run_path, self.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
             shutil.chown(d, "postgres", "postgres")
-        pwfile = self.datadir.parent / "pw"
+        pwfile = self.run_path / "pw"
         pwfile.write_text(SUPERPASS + "\n")
         shutil.chown(pwfile, "postgres", "postgres")
         pwfile.chmod(0o600)
@@ -82,15 +100,11 @@ class Cluster:
             raise RuntimeError(f"initdb failed for {self.datadir}: {res.stderr}")
 
     def start(self) -> None:
-        fast = "" if self.durable else \
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-        opts = (f"-c listen_addresses={self.address} -c port={self.port} "
-                f"-c unix_socket_directories={self.socket_dir} {fast}-c max_connections=40")
-        res = _as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-o", opts,
-                           "-l", str(self.datadir.parent / "server.log"), "-w", "-t", "60",
+        res = _as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-o",
+                           self.options(), "-l", str(self.log), "-w", "-t", "60",
                            "start", check=False)
         if res.returncode:
-            log = (self.datadir.parent / "server.log")
+            log = self.log
             raise RuntimeError(f"PostgreSQL at {self.address}:{self.port} did not start: "
                                f"{res.stderr}\n{log.read_text() if log.exists() else ''}")
 

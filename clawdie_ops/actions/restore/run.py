@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from invoke import Context
 
 from ... import leftovers, locks, runner, statedir
-from . import fileattrs
+from . import beside, fileattrs
 from ...hosts import agent
 from ...runner import Shell
 from ...config import settings as config
@@ -141,6 +141,8 @@ class RestorePlan:
     staged: bool = False  # the items are in `staging` already (verified while written)
     server: str = ""  # where the database server comes from, for the plan
     restrict: bool = False  # psql knows \restrict: each replay runs under a random key
+    # The files replaced, kept beside their targets until the restore succeeded (beside.py)
+    kept: beside.Kept = field(default_factory=lambda: beside.Kept(""))
 
     @property
     def before(self) -> Path:
@@ -495,6 +497,7 @@ def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: R
                        [], notes, secrets, regen_exists,
                        dict(config.section(cfg)["doctor"]))
     plan.server, plan.restrict = server, restrict
+    plan.kept = beside.Kept(stamp)
     plan.steps = _steps(plan)
     return plan
 
@@ -559,17 +562,22 @@ def _work_dir(s: Settings, create: bool) -> Path:
     return base
 
 
+def _kept_as(p: RestorePlan, target: Path, name: str) -> str:
+    return (f"is renamed to {beside.sibling(target, p.kept.stamp).name} beside it, and moves "
+            f"to {p.before}/{name} once the restore succeeded")
+
+
 def _steps(p: RestorePlan) -> list[Step]:
     """The plan's steps: what each shows, the commands it runs, the work it does."""
     s, st = p.settings, p.staging
     steps = []
     if "env" in p.items:
         steps.append(Step(
-            Kind.ENV, "env", [f"{s.env_file} <- {st}/env (0600); the old one moves to "
-                              f"{p.before}/env"],
+            Kind.ENV, "env", [f"{s.env_file} <- {st}/env (0600); the old one "
+                              f"{_kept_as(p, s.env_file, 'env')}"],
             # Never readable by others, whatever mode the archive recorded.
             action=_atomic(lambda c, undo: _swap_in(
-                st / "env", s.env_file, p.before / "env", undo, ".env",
+                p, st / "env", s.env_file, p.before / "env", undo, ".env",
                 _fixer(p, "env", s.env_file, cap=0o700, default=0o600))),
             undo=".env", title=f"restore .env -> {s.env_file}"))
     stop = Shell(s.command("agent_stop"))
@@ -579,8 +587,8 @@ def _steps(p: RestorePlan) -> list[Step]:
     if "messages.db" in p.items:
         steps.append(Step(
             Kind.MESSAGES, "messages.db",
-            [(f"{s.sqlite_path} <- {st}/messages.db; the old one (with -wal, -shm) moves to "
-              f"{p.before}/store/")],
+            [(f"{s.sqlite_path} <- {st}/messages.db; the old one (with -wal, -shm) "
+              f"{_kept_as(p, s.sqlite_path, 'store/')}")],
             action=_atomic(lambda c, undo: _restore_messages(p, undo)), undo="messages.db",
             title=f"restore messages.db -> {s.sqlite_path}"))
     steps.extend(_database_step(p, t) for t in p.targets)
@@ -590,18 +598,18 @@ def _steps(p: RestorePlan) -> list[Step]:
         n = len(p.verified.item_members("groups/"))
         steps.append(Step(
             Kind.GROUPS, "groups/", [(f"{s.groups_dir}/ <- {st}/groups/ ({n} files); the old "
-                                      f"one moves to {p.before}/groups/")],
+                                      f"one {_kept_as(p, s.groups_dir, 'groups/')}")],
             action=_atomic(lambda c, undo: _swap_in(
-                st / "groups", s.groups_dir, p.before / "groups", undo, "groups/",
+                p, st / "groups", s.groups_dir, p.before / "groups", undo, "groups/",
                 _fixer(p, "groups/", s.groups_dir))),
             undo="groups/", title=f"restore groups/ -> {s.groups_dir}"))
     if "mount-allowlist.json" in p.items:
         steps.append(Step(
             Kind.ALLOWLIST, "mount-allowlist.json",
-            [(f"{s.allowlist} <- {st}/mount-allowlist.json; the old one moves to "
-              f"{p.before}/mount-allowlist.json")],
+            [(f"{s.allowlist} <- {st}/mount-allowlist.json; the old one "
+              f"{_kept_as(p, s.allowlist, 'mount-allowlist.json')}")],
             action=_atomic(lambda c, undo: _swap_in(
-                st / "mount-allowlist.json", s.allowlist, p.before / "mount-allowlist.json",
+                p, st / "mount-allowlist.json", s.allowlist, p.before / "mount-allowlist.json",
                 undo, "mount-allowlist.json", _fixer(p, "mount-allowlist.json", s.allowlist))),
             undo="mount-allowlist.json", title=f"restore mount-allowlist.json -> {s.allowlist}"))
     start = Shell(s.command("agent_start"))
@@ -706,29 +714,21 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _swap_in(new: Path, target: Path, keep: Path, undo: Undo, what: str,
+def _swap_in(p: RestorePlan, new: Path, target: Path, keep: Path, undo: Undo, what: str,
              fix: Callable[[Path], None] | None = None) -> None:
-    """Move `target` aside to `keep` (if it exists) and `new` into its place; `fix` gives
-    it its mode and owner."""
-    had = target.exists() or target.is_symlink()
-    if had:
-        _move(target, keep)
+    """Rename `target` (if it exists) to its hidden sibling and move `new` into its place;
+    `fix` gives it its mode and owner. The sibling goes to `keep` once the restore
+    succeeded (beside.py): putting it back is a rename, whatever file system `new` is on."""
+    side = p.kept.set_aside(target, keep)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         _move(new, target)
         if fix is not None:
             fix(target)
     except BaseException:
-        _remove(target)
-        if had:
-            _move(keep, target)
+        p.kept.put_back(target, side)
         raise
-
-    def back() -> None:
-        _remove(target)
-        if had:
-            _move(keep, target)
-    undo.push(what, back)
+    undo.push(what, lambda: p.kept.put_back(target, side))
 
 
 def _sqlite_files(path: Path) -> list[Path]:
@@ -750,11 +750,11 @@ def _fixer(p: RestorePlan, name: str, target: Path, cap: int = 0o777,
 def _restore_messages(p: RestorePlan, undo: Undo) -> None:
     s = p.settings
     fix = _fixer(p, "messages.db", s.sqlite_path)
-    kept = []
+    kept = []  # (file, its sibling)
     for f in _sqlite_files(s.sqlite_path):
-        if f.exists():
-            _move(f, p.before / "store" / f.name)
-            kept.append(f)
+        side = p.kept.set_aside(f, p.before / "store" / f.name)
+        if side is not None:
+            kept.append((f, side))
     try:
         s.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         _move(p.staging / "messages.db", s.sqlite_path)
@@ -765,11 +765,11 @@ def _restore_messages(p: RestorePlan, undo: Undo) -> None:
     undo.push("messages.db", lambda: _back_messages(p, kept))
 
 
-def _back_messages(p: RestorePlan, kept: list[Path]) -> None:
+def _back_messages(p: RestorePlan, kept: list[tuple[Path, Path]]) -> None:
     for f in _sqlite_files(p.settings.sqlite_path):
         _remove(f)
-    for f in kept:
-        _move(p.before / "store" / f.name, f)
+    for f, side in kept:
+        p.kept.put_back(f, side)
 
 
 def _safety_dump(c: Context, db: DbSpec, dump: list[str], before: Path) -> None:
@@ -1036,6 +1036,7 @@ def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
         _roll_back(c, p, undo, agent_stopped, current, exc)
     with shielded():
         shutil.rmtree(p.staging, ignore_errors=True)
+        p.notes.extend(p.kept.settle())
         (p.work / leftovers.RUNNING).unlink(missing_ok=True)
     with out.step(last.title):
         checks = last.run(c, undo)
