@@ -161,13 +161,18 @@ def _md(rows: list[tuple]) -> list[str]:
 
 def markdown(doc: dict) -> str:
     m = doc["machine"]
-    lines = [f"Measured {doc['finished']} on {m['cpu']}, {m['cores']} cores, "
+    majors = doc.get("majors") or {}
+    lines = [f"Measured {doc.get('finished', doc['started'] + ' (interrupted)')} on "
+             f"{m['cpu']}, {m['cores']} cores, "
              f"{m['memory_gib']} GiB RAM, {m['os']}, kernel {m['kernel']}; {m['postgresql']}, "
              f"{m['zstd']}, {m['pigz']}.",
-             f"Load average before / after: {doc['load_before']} / {doc['load_after']}. "
+             "PostgreSQL majors run: " + (", ".join(f"{k} {v}" for k, v in majors.items())
+                                          or "not recorded") + ".",
+             f"Load average before / after: {doc['load_before']} / "
+             f"{doc.get('load_after', '-')}. "
              f"Scale {doc['scale']}: {_content(doc)}{doc['state_mib']} MiB on disk "
              f"(messages.db, PostgreSQL, groups/); {doc['runs']} runs per side, medians; "
-             f"the whole run took {doc['total_s'] / 60:.1f} min.", ""]
+             f"the whole run took {doc.get('total_s', 0) / 60:.1f} min.", ""]
     if doc["pairs"]:
         lines += table(doc["pairs"]) + [""]
     lines += details(doc["pairs"])
@@ -338,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     rig = Rig(work / "rig")
     try:
         h, sizes = build(rig, "one", args.scale, args.seed)
+        doc["majors"] = {"installation": h.cluster.major}
         doc["state"] = sizes
         doc["state_mib"] = round(sum(sizes.values()) / MiB)
         b = pairs.Backups(h, work)
@@ -409,9 +415,11 @@ def main(argv: list[str] | None = None) -> int:
                     res = migration.migrate_pair(rig, args, work, say)
                     rig.drop(res.pop("_old"))
                     doc["pairs"].append(res)
-                    doc.setdefault("majors", {})["migrate"] = res.get("pg_major")
+                    doc.setdefault("majors", {})["migrate (old and new host)"] = \
+                        res.get("pg_major")
                     if "upgrade" in chosen:
                         say("pair upgrade: migrate 15 -> 18 (dump) vs same major")
+                        doc["majors"]["upgrade"] = "15 -> 18"
                         guard("upgrade", lambda: doc["pairs"].append(
                             migration.upgrade_pair(rig, args, work, res, say)))
                 guard("migrate", migrate)
