@@ -160,8 +160,8 @@ def step_seconds(report: dict) -> dict:
     out: dict = {st["id"]: st.get("seconds") for st in report.get("steps", [])
                  if st.get("phase") in ("downtime", "presync")}
     out["_phases"] = {st["id"]: st.get("phase") for st in report.get("steps", [])}
-    out["_path"] = str(report.get("postgres_path") or report.get("pg_path")
-                       or report.get("databases_moved") or "")
+    pg = report.get("postgres") if isinstance(report.get("postgres"), dict) else {}
+    out["_path"] = f"PostgreSQL by {pg['path']}" if pg.get("path") else ""
     return out
 
 

@@ -53,7 +53,9 @@ def test_step_seconds_keeps_the_window_and_presync_steps_with_their_phases():
                                 ("pause-old-schedule", "cutover", 0.2)]))
     assert got["presync"] == 5.0 and got["stop-old-agent"] == 1.5
     assert "tools" not in got and "pause-old-schedule" not in got
-    assert got["_phases"]["stop-old-agent"] == "downtime"
+    assert got["_phases"]["stop-old-agent"] == "downtime" and got["_path"] == ""
+    moved = step_seconds({**_report([]), "postgres": {"path": "dataset", "why": "same major"}})
+    assert moved["_path"] == "PostgreSQL by dataset"
 
 
 def test_median_run_is_the_run_with_the_median_downtime():
