@@ -125,7 +125,7 @@ def scale_pair(small: Backups, big: Backups, runs: int, factor: float, progress)
 
 
 # -- restore and drill --------------------------------------------------------------------
-def restore_pair(b: Backups, runs: int, with_drill: bool, work: Path, progress) -> dict:
+def restore_pair(b: Backups, runs: int, with_drill: bool, work: Path, progress) -> list[dict]:
     rb_archive, our_archive = b.latest["runbook"], b.latest["clawdie-ops"]
     rb_name = rb_archive.name.removesuffix(".tar.gz")
 

@@ -344,11 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     work.chmod(0o755)  # PostgreSQL runs as its own user below it
     rig = Rig(work / "rig")
     try:
-        h, sizes = build(rig, "one", args.scale, args.seed)
-        doc["majors"] = {"installation": h.cluster.major}
-        doc["state"] = sizes
-        doc["state_mib"] = round(sum(sizes.values()) / MiB)
-        b = pairs.Backups(h, work)
+        doc["majors"], doc["state_mib"] = {}, 0
+        if set(chosen) & {"backup", "restore", "drill", "scale", *EXPERIMENTS}:
+            h, sizes = build(rig, "one", args.scale, args.seed)
+            doc["majors"]["installation"] = h.cluster.major
+            doc["state"] = sizes
+            doc["state_mib"] = round(sum(sizes.values()) / MiB)
+            b = pairs.Backups(h, work)
 
         def guard(name: str, fn) -> None:
             """One pair failing is a note in the report, not the end of the run."""
@@ -417,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                     res = migration.migrate_pair(rig, args, work, say)
                     rig.drop(res.pop("_old"))
                     doc["pairs"].append(res)
-                    doc.setdefault("majors", {})["migrate (old and new host)"] = \
+                    doc["majors"]["migrate (old and new host)"] = \
                         res.get("pg_major")
                     if "upgrade" in chosen:
                         say("pair upgrade: migrate 15 -> 18 (dump) vs same major")
