@@ -160,8 +160,9 @@ def step_seconds(report: dict) -> dict:
     out: dict = {st["id"]: st.get("seconds") for st in report.get("steps", [])
                  if st.get("phase") in ("downtime", "presync")}
     out["_phases"] = {st["id"]: st.get("phase") for st in report.get("steps", [])}
-    pg = report.get("postgres") if isinstance(report.get("postgres"), dict) else {}
-    out["_path"] = f"PostgreSQL by {pg['path']}" if pg.get("path") else ""
+    pg = report.get("postgres")
+    path = pg.get("path") if isinstance(pg, dict) else None
+    out["_path"] = f"PostgreSQL by {path}" if path else ""
     return out
 
 
