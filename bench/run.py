@@ -343,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="clawdie-bench-", dir="/tmp"))
     work.chmod(0o755)  # PostgreSQL runs as its own user below it
     rig = Rig(work / "rig")
+    # PostgreSQL lives in the db jail's dataset: room for the largest installation's
+    # databases, their restores and the snapshots between (sparse, so only what is used)
+    rig.pool_size = f"{max(4, int(16 * args.scale * max(args.scale_factor, 1)))}G"
     try:
         doc["majors"], doc["state_mib"] = {}, 0
         if set(chosen) & {"backup", "restore", "drill", "scale", *EXPERIMENTS}:

@@ -189,6 +189,9 @@ class Rig:
         self.ssh_dir = base / "ssh"
         self._ready = False
         self._count = 0
+        # Each host's pool image (sparse): the bench's larger installations keep PostgreSQL
+        # in the db jail's dataset, with snapshots holding the blocks a restore rewrites.
+        self.pool_size = "1G"
 
     # -- shared pieces --------------------------------------------------------------
     def setup(self) -> None:
@@ -251,7 +254,7 @@ class Rig:
         h = SimHost(name, address, base, pool, cluster, rows=rows, no_bash=no_bash,
                     login_shell=login_shell, pg_data_dir=pg_data_dir(pg) if datasets else "")
         self.hosts[name] = h
-        pool.create()
+        pool.create(self.pool_size)
         if datasets:
             sh(ZFS_BIN, "create", "-p", f"{pool.name}/{PREFIX}/jails")
             for jail in JAILS:
