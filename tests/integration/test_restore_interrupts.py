@@ -92,6 +92,7 @@ def change_after_backup(h) -> None:
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "sighup"])
 def test_interrupt_during_the_database_step_rolls_back_everything(host, tmp_path, how):
+    set_config(host, pg_data_dir="")  # the dump/aside safety: PostgreSQL in no dataset
     archive = slowed(backup(host), tmp_path / "slow.tar.gz")
     change_after_backup(host)
     before, before_modes = state(host), modes(host)
@@ -111,6 +112,7 @@ def test_interrupt_during_the_database_step_rolls_back_everything(host, tmp_path
 
 
 def test_interrupt_with_databases_set_aside_renames_them_back(host, tmp_path):
+    set_config(host, pg_data_dir="")  # the dump/aside safety: PostgreSQL in no dataset
     set_config(host, db_admin={"user": "postgres", "password": SUPERPASS})
     archive = slowed(backup(host), tmp_path / "slow.tar.gz")
     change_after_backup(host)
