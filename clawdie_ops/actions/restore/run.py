@@ -458,8 +458,8 @@ def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: R
     with out.step("check the target servers"):
         db_snap, no_snap = (dbsnap.find(c, s, stamp) if set(items) & set(DB_ITEMS)
                             else (None, ""))
-        targets = [_probe(c, s, v, item, stamp, db_snap and db_snap.system_identifier)
-                   for item in items if item in DB_ITEMS]
+        ident = db_snap.system_identifier if db_snap is not None else None
+        targets = [_probe(c, s, v, item, stamp, ident) for item in items if item in DB_ITEMS]
         db_snap = _snapshot_notes(db_snap, no_snap, targets, s, notes)
         notes.extend(t.aside_note for t in targets if t.aside_note)
         regen_db = s.skills if regen else None
