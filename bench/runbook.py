@@ -43,7 +43,8 @@ def backup_script(h, out_dir: Path, name: str, pgpass: Path, snapshot: bool = Tr
     if snapshot:
         lines.append(f"zfs snapshot -r {q(h.pool.name + '/clawdie/jails@' + name)}")
     for key in ("memory", "skills"):
-        lines.append(f"pg_dump --clean -h {h.address} -U {key}_user {key}_db "
+        lines.append(f"{q(str(h.cluster.bindir / 'pg_dump'))} --clean -h {h.address} "
+                     f"-U {key}_user {key}_db "
                      f"> {q(str(top / f'{key}_db.sql'))}")
     lines += [
         f"cp {q(str(h.root / 'store' / 'messages.db'))} {q(str(top / 'messages.db'))}",
@@ -74,7 +75,8 @@ def restore_script(h, archive: Path, name: str, pgpass: Path, work: Path) -> str
         f"if test -f {pidfile} && kill -0 \"$(cat {pidfile})\" 2>/dev/null; then "
         f"{cmds['agent_stop'].format(**fill)}; fi",
         f"cp {q(str(top / 'messages.db'))} {q(str(h.root / 'store' / 'messages.db'))}",
-        *[f"psql -q -h {h.address} -U {key}_user {key}_db < {q(str(top / f'{key}_db.sql'))}"
+        *[f"{q(str(h.cluster.bindir / 'psql'))} -q -h {h.address} -U {key}_user {key}_db "
+          f"< {q(str(top / f'{key}_db.sql'))}"
           " > /dev/null" for key in ("memory", "skills")],
         f"cp -r {q(str(top / 'groups'))}/. {q(str(h.root / 'groups'))}/",
         f"cp {q(str(top / 'mount-allowlist.json'))} {q(str(allowlist(h)))}",

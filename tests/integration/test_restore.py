@@ -135,18 +135,22 @@ def test_restore_brings_back_a_damaged_installation(host):
     assert state(host) == original
     # The pre-restore state is kept, the staging folder is gone.
     kept = Path(report["safety"]["dir"])
-    assert (kept / "memory_db.sql").is_file() and (kept / "store" / "messages.db").is_file()
+    assert (kept / "store" / "messages.db").is_file()
     assert (kept / "env").read_bytes() == original["files"]["env"]
     assert not (kept.parent / "staging").exists()
-    assert report["safety"]["snapshot"].startswith(host.dataset("db") + "@clawdie-pre-restore-")
+    # PostgreSQL's data directory is in the db jail's dataset: its snapshot is the copy
+    assert not (kept / "memory_db.sql").exists()
+    snap = report["safety"]["db_snapshot"]
+    assert snap.startswith(host.dataset("db") + "@clawdie-pre-restore-")
     snaps = subprocess.run(["/usr/sbin/zfs", "list", "-H", "-o", "name", "-t", "snapshot"],
                            capture_output=True, text=True, check=True).stdout.split()
-    assert report["safety"]["snapshot"] in snaps
+    assert snap in snaps
     # File modes: the secrets stay private.
     assert (host.root / ".env").stat().st_mode & 0o777 == 0o600
 
 
 def test_restore_that_fails_midway_rolls_back_and_restarts_the_agent(host, tmp_path):
+    set_config(host, pg_data_dir="")  # the dump/aside safety: PostgreSQL in no dataset
     archive = backup(host)
     broken = kit.repack(archive, tmp_path / "late-failure.tar.gz",
                         kit.edit_member("skills_db.sql", kit.fail_late))
@@ -187,6 +191,7 @@ def test_restore_that_fails_midway_rolls_back_and_restarts_the_agent(host, tmp_p
 def test_restore_whose_last_step_fails_rolls_back_every_item(host):
     """The agent does not start on the restored installation: every item goes back,
     both databases from their pre-restore dumps, groups/ and the allowlist too."""
+    set_config(host, pg_data_dir="")  # the dump/aside safety: PostgreSQL in no dataset
     archive = backup(host)
     with host.db_connect("skills") as conn:
         conn.execute("DELETE FROM skill_chunks")
@@ -235,6 +240,7 @@ def db_level(h, name: str) -> dict:
 def admin_host(host):
     """The host with clawdie.db_admin set, and database-level details a fresh CREATE DATABASE
     would not have."""
+    set_config(host, pg_data_dir="")  # the dump/aside safety: PostgreSQL in no dataset
     set_config(host, db_admin={"user": "postgres", "password": SUPERPASS})
     with host.cluster.connect() as admin:
         admin.autocommit = True
@@ -400,6 +406,10 @@ def test_dry_run_prints_every_step_and_changes_nothing(victim):
     h, good, _ = victim
     res = cli(h, "restore", str(good), "--dry-run")
     assert res.returncode == 0, res.stderr
+    assert "pg_dump --clean --if-exists" not in res.stdout  # the copy is the db snapshot
+    set_config(h, pg_data_dir="")  # PostgreSQL in no dataset: the copy is a dump, or
+    res = cli(h, "restore", str(good), "--dry-run")  # with db_admin, a rename
+    assert res.returncode == 0, res.stderr
     assert "pg_dump --clean --if-exists" in res.stdout  # no db_admin: the copy is a dump
     set_config(h, db_admin={"user": "postgres", "password": SUPERPASS})
     try:
@@ -424,7 +434,7 @@ def test_dry_run_prints_every_step_and_changes_nothing(victim):
         assert doc["dry_run"] and doc["items"] == ["env", "groups/"]
         assert not any("psql" in line for line in doc["plan"])
     finally:
-        set_config(h, db_admin={"user": "", "password": ""})
+        set_config(h, db_admin={"user": "", "password": ""}, pg_data_dir=h.pg_data_dir)
 
 
 def test_only_restores_the_named_items(victim):

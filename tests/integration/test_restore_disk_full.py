@@ -34,6 +34,7 @@ def state(h) -> dict:
 
 
 def test_restore_whose_disk_fills_midway_rolls_every_database_back(host, tmp_path):
+    set_config(host, pg_data_dir="")  # the dump/aside safety: PostgreSQL in no dataset
     # the installation's disk and TMPDIR's, small enough to fill
     tmpdir = tmp_path / "tmp"
     mount_tmpfs(host.root, "48m")

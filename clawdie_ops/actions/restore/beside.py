@@ -18,8 +18,12 @@ TAG = "clawdie-pre-restore"
 
 def sibling(target: Path, stamp: str) -> Path:
     """The hidden name beside `target` that holds it while the restore runs."""
-    name = target.name if target.name.startswith(".") else f".{target.name}"
-    return target.with_name(f"{name}.{TAG}-{stamp}")
+    return target.with_name(f".{target.name}.{TAG}-{stamp}")
+
+
+def original(side: Path) -> Path:
+    """The target a sibling stands for (`store/.messages.db.TAG-STAMP` -> messages.db)."""
+    return side.with_name(side.name[1:].split(f".{TAG}-")[0])
 
 
 def _remove(path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from invoke import Context
 
 from ... import leftovers, locks, runner, statedir
-from . import beside, fileattrs
+from . import beside, dbsnap, fileattrs
 from ...hosts import agent
 from ...runner import Shell
 from ...config import settings as config
@@ -88,6 +88,8 @@ class DbTarget:
     extensions: list[dict[str, str]] = field(default_factory=list)
     make_extensions: list[dict[str, str]] = field(default_factory=list)
     extension_notes: dict[str, str] = field(default_factory=dict)  # name -> plan wording
+    # The server's files are in the db jail's dataset: its pre-restore copy is the snapshot
+    in_snapshot: bool = False
 
     def report(self) -> dict[str, Any]:
         return {"database": self.db.name, "user": self.db.user,
@@ -113,6 +115,7 @@ class Kind(StrEnum):
 
     ENV = "env"
     AGENT_STOP = "agent-stop"
+    SNAPSHOT = "snapshot"
     MESSAGES = "messages"
     DATABASE = "database"
     REGEN = "regen"
@@ -143,6 +146,7 @@ class RestorePlan:
     restrict: bool = False  # psql knows \restrict: each replay runs under a random key
     # The files replaced, kept beside their targets until the restore succeeded (beside.py)
     kept: beside.Kept = field(default_factory=lambda: beside.Kept(""))
+    db_snapshot: dbsnap.DbSnapshot | None = None  # the databases' pre-restore copy (dbsnap.py)
 
     @property
     def before(self) -> Path:
@@ -240,7 +244,8 @@ def secrets_of(*envs: Mapping[str, str] | None, extra: tuple[str, ...] = ()) -> 
     return secret_values(*envs, extra=extra)
 
 
-def _probe(c: Context, s: Settings, v: Verified, item: str, stamp: str) -> DbTarget:
+def _probe(c: Context, s: Settings, v: Verified, item: str, stamp: str,
+           snap_ident: str | None = None) -> DbTarget:
     """Look at the server a dump goes to; raise before anything changes when it cannot go."""
     # One server's facts decide one target: split, they would travel as a dozen arguments.
     db = s.memory if item == "memory_db.sql" else s.skills
@@ -287,7 +292,9 @@ def _probe(c: Context, s: Settings, v: Verified, item: str, stamp: str) -> DbTar
                             f"{', '.join(missing)}, which {info.address} lacks",
                             "create them, or set clawdie.db_admin so that restore creates them")
     t.extra_roles = missing
-    if t.exists and admin is not None:
+    # The server whose files the snapshot holds (same system identifier): nothing to keep
+    t.in_snapshot = bool(snap_ident) and t.server.system_identifier == snap_ident
+    if t.exists and admin is not None and not t.in_snapshot:
         _choose_aside(t, admin, stamp)
     dump_version = str(entry.get("pg_dump_version") or (facts.pg_dump_version if facts else "")
                        or "")
@@ -395,7 +402,11 @@ def prepare(c: Context, cfg: Any, archive: Path, root: str | None, opts: Restore
         _remove_work(work)
         raise
     plan.staged = True
-    plan.notes[:0] = [f"removed what a killed run left: {line}" for line in swept]
+    plan.notes[:0] = [f"removed what a killed run left: {line}" for line in swept] + [
+        f"a killed restore left {side}, the file it replaced there: rename it back to "
+        f"{beside.original(side)} "
+        "or remove it" for side in beside.found(
+            [current.root, current.sqlite_path.parent, current.allowlist.parent])]
     if os.stat(work).st_dev != os.stat(current.root).st_dev:
         plan.notes.append(f"the staging folder {work} is on another file system than "
                           f"{current.root}: items are copied into place, not renamed (set "
@@ -445,7 +456,11 @@ def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: R
         s = config.load(cfg, root)  # the host's own .env must exist then
     stamp = work.name.removeprefix("restore-")
     with out.step("check the target servers"):
-        targets = [_probe(c, s, v, item, stamp) for item in items if item in DB_ITEMS]
+        db_snap, no_snap = (dbsnap.find(c, s, stamp) if set(items) & set(DB_ITEMS)
+                            else (None, ""))
+        ident = db_snap.system_identifier if db_snap is not None else None
+        targets = [_probe(c, s, v, item, stamp, ident) for item in items if item in DB_ITEMS]
+        db_snap = _snapshot_notes(db_snap, no_snap, targets, s, notes)
         notes.extend(t.aside_note for t in targets if t.aside_note)
         regen_db = s.skills if regen else None
         regen_exists = False
@@ -468,14 +483,15 @@ def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: R
                 notes.append(f"psql {psql_version} lacks \\restrict (15.14, 16.10, 17.6, 18 "
                              "have it): only the line scan keeps psql meta-commands out of "
                              "the replay; upgrade the PostgreSQL client")
-        if any(t.exists and not t.aside for t in targets) or regen_exists:
+        if any(t.exists and not t.aside and not t.in_snapshot for t in targets) or \
+                regen_exists:
             major, version = pg.client_version(c, s, "pg_dump", newest)
             for t in targets:
                 pg.check_dump_compatible(s, major, version, t.server)
     running = agent.running(c, s)
     start = opts.start_agent if opts.start_agent is not None else (running or not opts.only)
     snapshot = None
-    if (targets or regen) and s.zfs_prefix:
+    if (targets or regen) and s.zfs_prefix and db_snap is None:
         ds = s.dataset("db")
         if zfs.exists(c, s, ds):
             snapshot = f"{ds}@clawdie-pre-restore-{work.name.removeprefix('restore-')}"
@@ -498,8 +514,25 @@ def _decide(c: Context, cfg: Any, root: str | None, opts: RestoreOptions, out: R
                        dict(config.section(cfg)["doctor"]))
     plan.server, plan.restrict = server, restrict
     plan.kept = beside.Kept(stamp)
+    plan.db_snapshot = db_snap
     plan.steps = _steps(plan)
     return plan
+
+
+def _snapshot_notes(snap: dbsnap.DbSnapshot | None, why: str, targets: list[DbTarget],
+                    s: Settings, notes: list[str]) -> dbsnap.DbSnapshot | None:
+    """The snapshot when at least one database is in it; notes say where it is not used."""
+    if snap is None:
+        if why and s.pg_data_dir:
+            notes.append(f"the pre-restore copy of the databases is not a ZFS snapshot: {why}")
+        return None
+    for t in targets:
+        if not t.in_snapshot:
+            notes.append(f"{t.db.name} at {t.server.address} (system identifier "
+                         f"{t.server.system_identifier or 'unknown'}) is not the server whose "
+                         f"data directory is {snap.data_dir} ({snap.system_identifier}): its "
+                         "pre-restore copy is not the snapshot")
+    return snap if any(t.in_snapshot for t in targets) else None
 
 
 def _with_server(cfg: Any, root: str | None, current: Settings, v: Verified,
@@ -584,6 +617,8 @@ def _steps(p: RestorePlan) -> list[Step]:
     steps.append(Step(Kind.AGENT_STOP, "", [str(stop) if p.agent_running else "(not running)"],
                       [stop] if p.agent_running else [],
                       action=lambda c, undo: agent.stop(c, s), title="stop the agent"))
+    if p.db_snapshot is not None:
+        steps.append(_snapshot_step(p, p.db_snapshot))
     if "messages.db" in p.items:
         steps.append(Step(
             Kind.MESSAGES, "messages.db",
@@ -632,7 +667,8 @@ def _database_step(p: RestorePlan, t: DbTarget) -> Step:
     lines = []
     admin = pgroles.admin_spec(s, t.db.host, t.db.port)
     who = f"as {admin.user}" if admin else ""
-    keep = pg.pg_dump_cmd(s, t.db, p.before / t.item) if t.exists and not t.aside else None
+    keep = (pg.pg_dump_cmd(s, t.db, p.before / t.item)
+            if t.exists and not t.aside and not t.in_snapshot else None)
     restrict = p.staging / f"restrict-{t.db.key}.sql" if p.restrict else None
     replay = pg.psql_cmd(s, t.db, [restrict, p.staging / t.item] if restrict
                          else [p.staging / t.item])
@@ -674,10 +710,38 @@ def _database_step(p: RestorePlan, t: DbTarget) -> Step:
     lines.append(f"check row counts of {len(t.tables)} tables against the manifest")
     undo = (f"{t.db.name} (renamed back from {t.aside})" if t.aside else
             f"{t.db.name} (from its pre-restore dump)" if keep is not None else "")
+    if t.in_snapshot and p.db_snapshot is not None:
+        lines.insert(0, f"the pre-restore copy is the snapshot {p.db_snapshot.full}")
     return Step(Kind.DATABASE, t.item, lines, [c for c in (keep, replay) if c is not None],
                 action=lambda c, u: _restore_database(c, p, t, u, keep, replay, restrict),
                 undo=undo,
                 title=f"restore {t.item} -> {t.db.name} at {t.server.address}", together=True)
+
+
+def _snapshot_step(p: RestorePlan, snap: dbsnap.DbSnapshot) -> Step:
+    """The databases' pre-restore copy: the db jail's dataset, snapshotted with the agent
+    stopped; on failure the jail is stopped, rolled back to it and started again."""
+    s = p.settings
+    names = " and ".join(t.db.name for t in p.targets if t.in_snapshot)
+    cmd = snap.command(s)
+    return Step(Kind.SNAPSHOT, "", [
+        f"{cmd}  (the pre-restore copy of {names}: PostgreSQL's data directory "
+        f"{snap.data_dir} is in it; their row counts are noted)",
+        f"on failure: {s.command('jail_stop', jail=snap.jail)}; zfs rollback -r of "
+        f"{snap.dataset} and each child to @{snap.name}; "
+        f"{s.command('jail_start', jail=snap.jail)}; the row counts checked",
+        f"kept after the restore as {snap.full}"], [cmd],
+        action=_atomic(lambda c, undo: _snapshot_databases(c, p, snap, undo)),
+        undo=f"{names} (ZFS rollback to @{snap.name})", title=f"snapshot {snap.dataset}")
+
+
+def _snapshot_databases(c: Context, p: RestorePlan, snap: dbsnap.DbSnapshot,
+                        undo: Undo) -> None:
+    dbs = [t.db for t in p.targets if t.in_snapshot]
+    dbsnap.take(c, p.settings, snap, dbs)
+    undo.push(f"{' and '.join(db.name for db in dbs)} (ZFS rollback to @{snap.name}: jail "
+              f"{snap.jail} restarted, row counts as before)",
+              lambda: dbsnap.roll_back(c, p.settings, snap, dbs))
 
 
 def _regen_step(p: RestorePlan, db: DbSpec) -> Step:
@@ -983,6 +1047,10 @@ def _roll_back(c: Context, p: RestorePlan, undo: Undo, agent_stopped: bool, curr
         raise RestoreFailed(msg + f"; COULD NOT roll back: {', '.join(could_not)}",
                             f"the pre-restore state is in {p.before}"
                             + (f" and ZFS snapshot {p.snapshot}" if p.snapshot else "")
+                            + (f"; the databases' state before the restore is the ZFS "
+                               f"snapshot {p.db_snapshot.full} (`clawdie-ops rollback "
+                               f"{p.db_snapshot.full}` stops the jail and rolls it back)"
+                               if p.db_snapshot else "")
                             + ": put those back by hand"
                             + "".join(f"; {t.howto()}" for t in stuck)
                             + f" (also in {p.before / HOWTO})" * bool(stuck)) from None
@@ -1044,6 +1112,7 @@ def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
             "regenerated": ["skills_db"] if p.regen is not None else [],
             "connections": {t.item: t.report() for t in p.targets},
             "safety": {"dir": str(p.before), "snapshot": p.snapshot,
+                       "db_snapshot": p.db_snapshot.full if p.db_snapshot else None,
                        "databases": {t.item: {"database": t.aside, "address": t.server.address}
                                      for t in _asides(p)}},
             "agent": {"was_running": p.agent_running, "started": p.start_agent},
