@@ -78,6 +78,9 @@ def report(m: Migration, status: str, failed: Step | None = None, error: str = "
         "restore": {k: v for k, v in j.result("restore").items()
                     if k in ("items", "connections", "safety", "duration_s")},
         "env_changes": j.result("point-env").get("changed", {}),
+        # messages.db and the files by what changed (delta.py): bytes, pages, files, seconds
+        "delta": {sid: j.result(sid) for sid in ("presync-files", "final-files", "install-files")
+                  if j.done(sid)},
         "tools": j.result("tools"),
         "doctor": j.result("doctor").get("status"),
         "checks": [ch.as_dict() for ch in m.checks],

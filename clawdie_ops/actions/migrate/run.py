@@ -34,7 +34,7 @@ from ...hosts import remote, install as toolinstall, transfer
 from ...errors import Aborted, ClawdieError, MigrationFailed, Terminated
 from ...config.inventory import Host
 from ...config.masking import masked
-from . import outcome, rollback
+from . import delta, outcome, rollback
 from .session import HostSession
 from .plan import (ALONGSIDE_SYNC, DOWNTIME, Options, Plan, Step, StepId, make_plan)
 from ...output import Reporter, confirm
@@ -72,6 +72,7 @@ class Migration(HostSession):
             StepId.RESTORE: self.do_restore,
             StepId.POINT_ENV: self.do_point_env, StepId.DOCTOR: self.do_doctor,
             StepId.START_NEW_JAILS: self.do_start_new_jails,
+            **delta.actions(self),
         }
 
     # -- helpers -------------------------------------------------------------------------
