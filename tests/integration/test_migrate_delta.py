@@ -115,6 +115,7 @@ def test_the_window_sends_only_what_changed_and_the_new_host_ends_as_the_old(rig
     steps = {s["id"]: s for s in report["steps"]}
     for sid in ("presync-files", "final-files", "install-files"):
         assert steps[sid]["status"] == "done" and steps[sid]["seconds"] > 0
+    assert "messages.db" not in report["moved"]["tables"]  # not in the final archive
     print(f"\nwindow delta: {fin['bytes_sent']} of {fin['db_bytes']} bytes of messages.db "
           f"({fin['pages_sent']}/{fin['pages_total']} pages) in "
           f"{steps['final-files']['seconds']:.2f}s; "
@@ -201,3 +202,12 @@ def test_a_hostile_file_list_sent_to_the_old_host_is_refused(host):
     assert not list((statedir.installation_dir(host.state_dir, host.root) /
                      "migrate-delta-out").glob("*.delta"))
     os.sync()
+
+
+def test_backup_databases_only_leaves_messages_db_and_the_files_out(host):
+    res = cli(host, "backup", "--databases-only", "--no-snapshot", "--json", check=True)
+    out = json.loads(res.stdout)
+    assert sorted(out["items"]) == ["env", "memory_db.sql", "skills_db.sql"]
+    assert "messages.db" not in out["tables"] and out["tables"]["memory_db.sql"]
+    shown = cli(host, "inspect", out["archive"], "--json", check=True)
+    assert "--databases-only" in shown.stdout

@@ -158,3 +158,23 @@ def test_staged_path_refuses_a_planted_symlink(tmp_path):
     (top / "groups" / "evil").symlink_to(tmp_path)
     with pytest.raises(wire.DeltaRefused, match="symbolic link"):
         wire.staged_path(top, "groups/evil/x")
+
+
+def test_the_plan_moves_messages_db_and_the_files_in_steps_of_their_own():
+    from clawdie_ops.actions.migrate import plan as migrate
+    from tests.unit.test_migrate_plan import plan
+
+    p = plan()
+    ids = [s.id for s in p.steps]
+    assert ids.index("presync") < ids.index("presync-files") < ids.index("stop-old-agent") \
+        < ids.index("final-files") < ids.index("final-backup") < ids.index("restore") \
+        < ids.index("install-files") < ids.index("point-env")
+    assert next(s for s in p.steps if s.id == "presync-files").phase == "presync"
+    assert {"final-files", "install-files"} <= set(migrate.DOWNTIME)
+    restore = next(s for s in p.steps if s.id == "restore")
+    assert restore.args[-2:] == ("--only", "env,memory_db,skills_db")
+    assert restore.command.endswith("--only env,memory_db,skills_db")
+    text = "\n".join(p.describe())
+    for sid in ("presync-files", "final-files", "install-files"):
+        assert f"[{sid}]" in text
+    assert "migrate-delta install --stdin --json" in text and "wal_checkpoint(TRUNCATE)" in text

@@ -61,7 +61,9 @@ def report(m: Migration, status: str, failed: Step | None = None, error: str = "
         "downtime_s": round(healthy - stopped, 3) if stopped and healthy else None,
         "agent_stopped_at": _iso(stopped), "healthy_at": _iso(healthy),
         "moved": {
-            "items": backup.get("items", []),
+            "items": backup.get("items", []) + (
+                ["messages.db", "groups/", "mount-allowlist.json"]  # by final-files
+                if j.done("install-files") else []),
             "archive": {"old": backup.get("archive"), "size": backup.get("size"),
                         "sha256": backup.get("sha256"),
                         "new": (j.result("copy-archive").get("dest") or "").split(":", 1)[-1]

@@ -324,6 +324,12 @@ def with_delta(old: Host, new: Host, steps: list[Step]) -> list[Step]:
                    "`migrate-delta undo` if the window fails)")
     out: list[Step] = []
     for s in steps:
+        if s.id == StepId.FINAL_BACKUP:
+            args = (*s.args, "--databases-only")
+            s = Step(s.id, s.phase, s.where, remote.tool_command(
+                old, *args, config_file=CONFIG_PLACEHOLDER if s.config else None),
+                "snapshot, both databases, .env (messages.db and the files: final-files)",
+                args, s.config, s.on)
         if s.id == StepId.RESTORE:
             args = (*s.args, "--only", ARCHIVE_ITEMS)
             s = Step(s.id, s.phase, s.where, remote.tool_command(
