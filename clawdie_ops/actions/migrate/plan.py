@@ -114,6 +114,7 @@ class Options:
     accept_new_host_key: bool = False
     retries: int = 5
     install: bool = True  # install clawdie-ops where it is missing
+    delta: bool = True  # messages.db and the files by what changed (False: in the archive)
     # the new host's own jail datasets are renamed to NAME.<aside_suffix> (kept, not reused)
     aside_suffix: str = field(default_factory=lambda: f"pre-migrate-{datetime.now():%Y%m%d-%H%M%S}")
 
@@ -232,7 +233,7 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
 
     checksum = _on(StepId.COPY_ARCHIVE, "downtime", "here", new,
                    ["migrate-step", "checksum", "--path", "<path>", "--stdin", "--json"], "")
-    return with_delta(old, new, [
+    return (with_delta if opts.delta else _as_is)(old, new, [
         Step(StepId.CONNECT, "preflight", "here",
              f"ssh {old.ssh if not old.local else '(local)'} and ssh {new.ssh}: host keys must "
              "be known" + (" (new keys accepted: --accept-new-host-key)"
@@ -291,6 +292,10 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
              "scheduled backups and snapshots stop there: one live host"),
         step(StepId.RESUME_NEW_SCHEDULE, "cutover", "new", "schedule-resume", ""),
     ])
+
+
+def _as_is(old: Host, new: Host, steps: list[Step]) -> list[Step]:
+    return steps
 
 
 # Restored from the archive when messages.db and the files move by what changed: the .env
