@@ -178,3 +178,14 @@ def test_the_plan_moves_messages_db_and_the_files_in_steps_of_their_own():
     for sid in ("presync-files", "final-files", "install-files"):
         assert f"[{sid}]" in text
     assert "migrate-delta install --stdin --json" in text and "wal_checkpoint(TRUNCATE)" in text
+
+
+def test_no_delta_keeps_the_plan_of_before():
+    from clawdie_ops.actions.migrate import plan as migrate
+    from tests.unit.test_migrate_plan import plan
+
+    ids = [s.id for s in plan(migrate.Options(to="newbox", delta=False)).steps]
+    assert not {"presync-files", "final-files", "install-files"} & set(ids)
+    restore = next(s for s in plan(migrate.Options(to="newbox", delta=False)).steps
+                   if s.id == "restore")
+    assert "--only" not in restore.args

@@ -176,7 +176,8 @@ def test_each_step_runs_the_argv_the_plan_shows_with_its_placeholders_filled():
     assert trust.argv(p.new, None)[-4:] == ["migrate-step", "trust-key", "--stdin", "--json"]
     assert trust.stdin and p.steps.index(trust) == p.steps.index(restore) - 1
     backup = steps[migrate.StepId.FINAL_BACKUP]
-    assert backup.argv(p.old, None) == [sys.executable, "-m", "clawdie_ops", "backup", "--json"]
+    assert backup.argv(p.old, None) == [sys.executable, "-m", "clawdie_ops", "backup", "--json",
+                                        "--databases-only"]  # the rest: final-files
     assert steps[migrate.StepId.CHECK_NEW].stdin and not backup.stdin
     checksum = steps[migrate.StepId.COPY_ARCHIVE]
     assert checksum.where == "here" and checksum.host_key == "new"
