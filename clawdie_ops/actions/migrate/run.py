@@ -300,6 +300,8 @@ class Migration(HostSession):
                 sync = pool.submit(self.run_step, self.step("final-sync"), quiet=True)
                 try:
                     for step_id in ALONGSIDE_SYNC:
+                        if not any(s.id == step_id for s in self.plan.steps):
+                            continue  # final-files with --no-delta
                         current = self.step(step_id)
                         self.run_step(current)
                 finally:
