@@ -25,7 +25,7 @@ from invoke import Context
 
 from ... import statedir
 from ...config.settings import Settings
-from ...errors import AgentError, ArchiveCorrupt, MigrationFailed, SourceError
+from ...errors import AgentError, ArchiveCorrupt, ClawdieError, MigrationFailed, SourceError
 from ...hosts import agent, delta as wire, transfer
 from ...sources import files as file_source, sqlite
 from ..restore import fileattrs
@@ -395,11 +395,11 @@ def sync(m: Migration, final: bool) -> dict[str, Any]:
     t3 = time.monotonic()
     try:
         applied = _tool(m, "new", "apply", "--path", dest)
-    except Exception as exc:
+    except ClawdieError as exc:
         raise MigrationFailed(f"the {'window' if final else 'pre-sync'} copy of messages.db "
                               f"and the files on {m.plan.new.label} failed its checks: "
-                              f"{getattr(exc, 'message', exc)}",
-                              "run the same migrate command again") from None
+                              f"{exc.message}", exc.hint or "run the same migrate command "
+                              "again") from None
     _tool(m, "old", "remove-bundle", "--path", made["bundle"])
     t4 = time.monotonic()
     return {"bytes_sent": copied.bytes_sent, "bundle_bytes": made["size"],
