@@ -78,7 +78,7 @@ def test_the_window_sends_only_what_changed_and_the_new_host_ends_as_the_old(rig
         f"chmod 640 {q(str(g / 'new one' / 'n.md'))}",
         f"chmod 600 {q(str(g / 'work' / 'team alpha' / 'CLAUDE.md'))}", ""]))
 
-    res, report = migrate(old, new)
+    res, report = migrate(old, new, timeout=900)  # the shared machine can be slow
     assert res.returncode == 0, res.stderr + res.stdout
     assert report["status"] == "done"
     assert new.agent_running() and not old.agent_running()
@@ -138,7 +138,7 @@ def test_a_damaged_staged_copy_fails_the_window_and_the_old_host_runs_on(rig, da
     else:
         _before_stop(old, f"truncate -s 100000 {q}\n")
     before, snaps = whole_state(old), snapshots(old)
-    res, report = migrate(old, new)
+    res, report = migrate(old, new, timeout=900)
     assert res.returncode != 0
     assert report["status"] == "failed" and report["stopped_at"] == "final-files"
     assert "does not match the old host's" in res.stderr
@@ -150,7 +150,7 @@ def test_a_damaged_staged_copy_fails_the_window_and_the_old_host_runs_on(rig, da
     assert not (new.root / "store" / "messages.db").exists()
     assert not staged.exists()
     if damage == "truncated":  # the same command again sends it whole and succeeds
-        res, report = migrate(old, new)
+        res, report = migrate(old, new, timeout=900)
         assert res.returncode == 0, res.stderr + res.stdout
         assert report["delta"]["final-files"]["pages_sent"] == \
             report["delta"]["final-files"]["pages_total"]
