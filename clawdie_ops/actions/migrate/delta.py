@@ -403,6 +403,7 @@ def sync(m: Migration, final: bool) -> dict[str, Any]:
     _tool(m, "old", "remove-bundle", "--path", made["bundle"])
     t4 = time.monotonic()
     return {"bytes_sent": copied.bytes_sent, "bundle_bytes": made["size"],
+            "attempts": copied.attempts, "resumed_from": copied.resumed_from,
             "db_bytes": made["db_bytes"], "pages_sent": made["pages_sent"],
             "pages_total": made["pages_total"], "files_sent": made["files_sent"],
             "deleted": made["deleted"], "tables": applied.get("tables"),
