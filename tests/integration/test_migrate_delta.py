@@ -211,3 +211,29 @@ def test_backup_databases_only_leaves_messages_db_and_the_files_out(host):
     assert "messages.db" not in out["tables"] and out["tables"]["memory_db.sql"]
     shown = cli(host, "inspect", out["archive"], "--json", check=True)
     assert "--databases-only" in shown.stdout
+
+
+def test_connection_cut_during_the_presync_bundle_copy_is_resumed(rig):
+    import random
+
+    from tests.rig.proxy import through_proxy
+
+    old, new = two_hosts(rig, jails=("db",))
+    video = old.root / "groups" / "main" / "attachments" / "video.bin"
+    video.write_bytes(random.Random(5).randbytes(1_000_000))  # incompressible, 1 MB
+    alias, proxy = through_proxy(rig, new, cut_after=300_000, cuts=1)
+    try:
+        write_inventory(rig, old, new, ssh=alias, peer_ssh=new.alias)
+        res, report = migrate(old, new, timeout=900)
+    finally:
+        proxy.stop()
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert proxy.cut_count == 1
+    pre = report["delta"]["presync-files"]
+    assert pre["attempts"] == 2 and pre["resumed_from"] and pre["resumed_from"][0] > 0
+    assert pre["bytes_sent"] < 2 * pre["bundle_bytes"]
+    assert (new.root / "groups" / "main" / "attachments" / "video.bin").read_bytes() == \
+        video.read_bytes()
+    assert sqlite_state(new) == sqlite_state(old)
+    rig.drop(old)
+    rig.drop(new)
