@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from collections.abc import Iterable, Iterator
 
+from ..archive.writer import sha256_stream
 from ..errors import ArchiveCorrupt
 
 MAGIC = b"CLAWDIE-DELTA-1\n"
@@ -110,11 +111,7 @@ def safe_name(name: Any) -> str:
 
 def file_entry(name: str, path: Path) -> FileEntry:
     st = os.lstat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while buf := fh.read(CHUNK):
-            digest.update(buf)
-    return FileEntry(name, st.st_size, st.st_mtime_ns, st.st_mode & 0o777, digest.hexdigest())
+    return FileEntry(name, st.st_size, st.st_mtime_ns, st.st_mode & 0o777, sha256_of(path))
 
 
 def entries_from(raw: Iterable[Any]) -> dict[str, FileEntry]:
@@ -261,8 +258,5 @@ def staged_path(top: Path, name: str) -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while buf := fh.read(CHUNK):
-            digest.update(buf)
-    return digest.hexdigest()
+        return sha256_stream(fh)[1]

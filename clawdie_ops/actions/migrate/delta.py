@@ -12,6 +12,7 @@ Operator side: `sync` (state -> make -> copy the bundle -> apply), `install`, `u
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -166,8 +167,6 @@ def _apply_db(top: Path, fh: Any, db: dict[str, Any]) -> dict[str, Any]:
 
 def _write_staged(top: Path, e: wire.FileEntry, fh: Any) -> None:
     """One file of the bundle into staging: written aside, hashed, then renamed in."""
-    import hashlib
-
     path = wire.staged_path(top, e.name)
     path.parent.mkdir(parents=True, exist_ok=True)  # plain folders (staging's top is 0700)
     wire.staged_path(top, e.name)  # checked again now that its folders exist
