@@ -63,7 +63,10 @@ DOWNTIME = (StepId.STOP_OLD_AGENT, StepId.FINAL_SYNC, StepId.FINAL_FILES, StepId
 # final-sync runs alongside these two: ZFS streams on one side, PostgreSQL, SQLite and the
 # archive on the other, so the window is as long as the slower of the two, not their sum.
 # (The datasets themselves go one after the other: parallel receives failed on zfs-fuse.)
-ALONGSIDE_SYNC = (StepId.FINAL_FILES, StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE)
+ALONGSIDE_SYNC = (StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE)
+# ... and these in a thread of their own beside both (when the plan has them): the old
+# host's page hashing and the new host's checks need neither the archive nor the datasets.
+BESIDE_SYNC = (StepId.FINAL_FILES,)
 CONFIG_PLACEHOLDER = "<tmp>/config.json"
 
 
