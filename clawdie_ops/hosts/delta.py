@@ -49,14 +49,21 @@ def page_size(path: Path) -> int:
 
 def page_hashes(path: Path, size: int) -> list[str]:
     """One short hash per page of the file at `path`, in page order."""
+    return scan(path, size)[0]
+
+
+def scan(path: Path, size: int) -> tuple[list[str], str]:
+    """The page hashes and the whole file's sha256, in one read."""
     out = []
+    whole = hashlib.sha256()
     with open(path, "rb") as fh:
         while True:
             page = fh.read(size)
             if not page:
                 break
+            whole.update(page)
             out.append(hashlib.blake2b(page, digest_size=HASH_HEX // 2).hexdigest())
-    return out
+    return out, whole.hexdigest()
 
 
 def changed_pages(ours: list[str], theirs: list[str]) -> list[int]:

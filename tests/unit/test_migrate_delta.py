@@ -189,3 +189,10 @@ def test_no_delta_keeps_the_plan_of_before():
     restore = next(s for s in plan(migrate.Options(to="newbox", delta=False)).steps
                    if s.id == "restore")
     assert "--only" not in restore.args
+
+
+def test_one_read_gives_the_page_hashes_and_the_sha256(tmp_path):
+    src = tmp_path / "old.db"
+    _db(src, 300)
+    ps = wire.page_size(src)
+    assert wire.scan(src, ps) == (wire.page_hashes(src, ps), wire.sha256_of(src))

@@ -307,13 +307,13 @@ def _make(c: Context, s: Settings, have: dict[str, Any], theirs_files: dict[str,
         source = copy
         files = _copy_files(live_files(s), out / FILES)
     ps = wire.page_size(source)
-    hashes = wire.page_hashes(source, ps)
+    hashes, digest = wire.scan(source, ps)
     theirs_db = have.get("db") or {}
     theirs = wire.unpack_hashes(theirs_db.get("hashes", "")) \
         if theirs_db.get("page_size") == ps else []
     pages = wire.changed_pages(hashes, theirs)
     length = source.stat().st_size
-    db = {"page_size": ps, "length": length, "pages": pages, "sha256": wire.sha256_of(source),
+    db = {"page_size": ps, "length": length, "pages": pages, "sha256": digest,
           "tables": sqlite.table_counts(source), "mode": s.sqlite_path.stat().st_mode & 0o777}
     ours = {name: wire.file_entry(name, path) for name, path in files.items()}
     send, deleted = wire.file_changes(ours, theirs_files)
