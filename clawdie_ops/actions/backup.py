@@ -45,6 +45,9 @@ class BackupOptions:
     compression: str | None = None
     dry_run: bool = False
     wait: float = 0  # seconds to wait for another run holding the installation or folder
+    # the databases and .env only: migrate's window, where messages.db and the files move by
+    # what changed (actions/migrate/delta.py); .env stays, restore reads the servers from it
+    databases_only: bool = False
 
 
 class Kind(StrEnum):
@@ -73,6 +76,7 @@ class BackupPlan:
     spool: Path | None = None  # the private folder of the copy and the dumps, while running
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # item -> manifest entry
     listed: list[str] = field(default_factory=list)  # file systems under the jails' parent
+    sqlite: bool = True  # messages.db in the archive (not with --databases-only)
 
     def describe(self, s: Settings) -> list[str]:
         lines = [f"{step.kind:<10} {line}" for step in self.steps for line in step.lines]
@@ -107,10 +111,11 @@ def _steps(s: Settings, plan: BackupPlan, entries: dict[str, dict[str, Any]]) ->
         steps.append(Step(Kind.SNAPSHOT, "", [f"{snap}  (covers {', '.join(plan.datasets)})"],
                           [snap], action=lambda c, undo: zfs.run_snapshot(c, snap, parent, name),
                           title=f"snapshot {plan.snapshot}"))
-    steps.append(Step(Kind.COPY, "messages.db", [
-        f"{s.sqlite_path} via SQLite's online backup API, integrity_check"],
-        action=lambda c, undo: entries.update({"messages.db": _copy_sqlite(s, plan)}),
-        title="copy messages.db", together=True))
+    if plan.sqlite:
+        steps.append(Step(Kind.COPY, "messages.db", [
+            f"{s.sqlite_path} via SQLite's online backup API, integrity_check"],
+            action=lambda c, undo: entries.update({"messages.db": _copy_sqlite(s, plan)}),
+            title="copy messages.db", together=True))
     for db in plan.databases:
         dump = pg.pg_dump_cmd(s, db, Path(SPOOL) / db.item, EXPORTED)
         steps.append(Step(Kind.DUMP, db.item, [f"{runner.line(dump)}  (PGPASSFILE, 0600)"],
@@ -153,13 +158,16 @@ def make_plan(c: Context, s: Settings, opts: BackupOptions,
         n += 1
         name = f"{stem}-{n}"
     files, notes = file_source.items(s)
+    if opts.databases_only:
+        files = [f for f in files if f.name == "env"]
+        notes = ["--databases-only: messages.db, groups/ and the mount allowlist are left out"]
     plan = BackupPlan(
         archive=out / f"{name}{suffix}", top=name, compression=compression,
         snapshot=f"{s.jails_parent}@{name}" if opts.snapshot else None,
         datasets=s.datasets if opts.snapshot else [],
         databases=s.databases(opts.skip_skills), files=files,
         key=signing.key_path(dict(s.signing), s.home), recipients=recipients, notes=notes,
-        listed=listed or [])
+        listed=listed or [], sqlite=not opts.databases_only)
     plan.steps = _steps(s, plan, plan.entries)
     return plan
 
@@ -192,7 +200,8 @@ def preflight(c: Context, s: Settings, plan: BackupPlan) -> Preflight:
     major, version = pg.client_version(c, s, "pg_dump", newest)
     for info in servers.values():
         pg.check_dump_compatible(s, major, version, info)
-    need = s.sqlite_path.stat().st_size + sum(f.source.stat().st_size for f in plan.files)
+    need = (s.sqlite_path.stat().st_size if plan.sqlite else 0) + \
+        sum(f.source.stat().st_size for f in plan.files)
     free = shutil.disk_usage(plan.archive.parent).free
     if free < need:
         raise OutputError(f"not enough space in {plan.archive.parent}: {free} bytes free, "
@@ -328,10 +337,11 @@ def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Pref
                         host=socket.gethostname(), tool_version=__version__, snapshots=snapshots)
     # Each file's mode goes into the manifest, so restore gives it back (a 0600 messages.db
     # stays 0600).
-    db_mode = s.sqlite_path.stat().st_mode & 0o777
-    manifest.files["messages.db"] = {**entries.pop("messages.db"), "mode": db_mode,
-                                     **writer.add_file("messages.db", spool / "messages.db",
-                                                       db_mode)}
+    if plan.sqlite:
+        db_mode = s.sqlite_path.stat().st_mode & 0o777
+        manifest.files["messages.db"] = {**entries.pop("messages.db"), "mode": db_mode,
+                                         **writer.add_file("messages.db", spool / "messages.db",
+                                                           db_mode)}
     for db in plan.databases:
         info = pre.servers[db.key]
         manifest.files[db.item] = {
@@ -350,6 +360,9 @@ def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Pref
     manifest.items = _item_list(manifest.files)
     if opts.skip_skills:
         manifest.skipped["skills_db.sql"] = "--skip-skills"
+    if opts.databases_only:
+        for left_out in ("messages.db", "groups/", "mount-allowlist.json"):
+            manifest.skipped[left_out] = "--databases-only"
     manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
                          "servers": {k: v.version for k, v in pre.servers.items()}}
     return manifest

@@ -6,7 +6,7 @@ from ..lifeline import LocalRunner
 from . import backup
 from . import doctor, drill, inspect_archive, keys, restore
 from . import zfs as zfs_tasks
-from . import migrate, positional
+from . import migrate, migrate_delta, positional
 from . import copy, fleet, prune, schedule
 
 namespace = Collection()
@@ -18,6 +18,7 @@ for _task in (restore.restore, drill.drill, doctor.doctor, inspect_archive.inspe
     namespace.add_task(_task)
 namespace.add_task(migrate.migrate)
 namespace.add_task(migrate.migrate_step)
+namespace.add_task(migrate_delta.migrate_delta)
 for _task in (copy.copy, prune.prune, schedule.schedule, fleet.fleet):
     namespace.add_task(_task)
 # run.shell too (the runner passes clawdie.shell on each call): invoke's own default is

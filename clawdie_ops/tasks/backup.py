@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     "root": "Clawdie checkout to back up (default: $CLAWDIE_ROOT, else the current directory)",
     "output": "directory for the archive (default: clawdie.backup_dir, i.e. ~)",
     "skip-skills": "leave out skills_db (large, and regenerable with the setup step)",
+    "databases-only": "only memory_db, skills_db and .env (migrate's window uses it: "
+                      "messages.db and the files move by what changed)",
     "no-snapshot": "do not take ZFS snapshots of the jail datasets first",
     "compression": "gzip (.tar.gz, the runbook's format) or zstd (.tar.zst, faster)",
     "copy-to": "then send the archive to this inventory host's backup_dir (offsite copy: "
@@ -30,7 +32,8 @@ if TYPE_CHECKING:
     "wait": "when another backup or a restore holds the installation or the backup folder, "
             "wait up to this many seconds for it (default 0: refuse at once, naming it)",
 })
-def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=False,
+def backup(c: Context, root=None, output=None, skip_skills=False, databases_only=False,
+           no_snapshot=False,
            compression=None, copy_to=None, retries=5, accept_new_host_key=False,
            dry_run=False, json=False, wait=0):
     """Back up the installation into one archive (mode 0600).
@@ -48,6 +51,7 @@ def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=Fa
     s = settings(c, root)
     opts = action.BackupOptions(output=Path(output) if output else None,
                                 skip_skills=skip_skills, snapshot=not no_snapshot,
+                                databases_only=bool(databases_only),
                                 compression=compression, dry_run=dry_run,
                                 wait=seconds(wait))
     cfg = config.section(c.config)

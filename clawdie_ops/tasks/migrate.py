@@ -33,9 +33,12 @@ if TYPE_CHECKING:
                "version and pip-install it into its own virtualenv there (default; see "
                "clawdie.hosts.NAME.install); --no-install stops the preflight instead",
     "json": "print the report (steps, downtime_s, what moved, rollback) as JSON on stdout",
+    "delta": "move messages.db, .env, groups/ and the allowlist by what changed: a copy staged "
+             "on the new host at the pre-sync, only the changed pages and files in the window "
+             "(default); --no-delta carries them in the final archive instead",
 })
 def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=False, restart=False,
-            accept_new_host_key=False, retries=5, install=True, json=False):
+            accept_new_host_key=False, retries=5, install=True, json=False, delta=True):
     """Move the installation to new hardware: pre-sync live, then a short downtime window.
 
     Preflight on both hosts (read-only; clawdie-ops is installed where missing), syncoid
@@ -55,7 +58,7 @@ def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=Fal
     s = config.load(c.config, require_env=False)
     opts = action.Options(to=to, from_=from_, dry_run=dry_run, yes=yes, force=force,
                           restart=restart, accept_new_host_key=accept_new_host_key,
-                          retries=int(retries), install=bool(install))
+                          retries=int(retries), install=bool(install), delta=bool(delta))
     try:
         report = action.run(c, cfg, opts, out, s.home)
     except MigrationFailed as exc:

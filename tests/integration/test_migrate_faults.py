@@ -122,7 +122,8 @@ def test_connection_cut_during_the_archive_copy_is_resumed(rig):
         # the operator's link to the new host goes through the proxy; syncoid (old -> new)
         # keeps the direct one
         write_inventory(rig, old, new, ssh=alias, peer_ssh=new.alias)
-        res, report = migrate(old, new)
+        # --no-delta: the attachment travels in the archive, whose copy is cut
+        res, report = migrate(old, new, "--no-delta")
     finally:
         proxy.stop()
     assert res.returncode == 0, res.stderr + res.stdout
@@ -146,7 +147,7 @@ def test_link_down_for_good_rolls_back_and_the_same_command_then_continues(rig):
     try:
         write_inventory(rig, old, new, ssh=alias, peer_ssh=new.alias)
         before, snaps = whole_state(old), snapshots(old)
-        res, report = migrate(old, new, "--retries", "2")
+        res, report = migrate(old, new, "--retries", "2", "--no-delta")
         assert res.returncode != 0
         assert report["stopped_at"] == "copy-archive"
         assert "failed after 2 attempts" in res.stderr
@@ -159,7 +160,7 @@ def test_link_down_for_good_rolls_back_and_the_same_command_then_continues(rig):
         assert_old_intact(old, before, snaps)
 
         proxy.cut_after = None  # the link is repaired
-        res, report = migrate(old, new)
+        res, report = migrate(old, new, "--no-delta")
     finally:
         proxy.stop()
     assert res.returncode == 0, res.stderr + res.stdout

@@ -85,7 +85,8 @@ def test_migrate_runs_the_commands_its_dry_run_shows(rig, tmp_path):
     ran = recorded(log)
     assert in_order(plan, ran) == []
     # the placeholders were filled: the restore got the copied archive's path
-    assert any(re.search(r" restore \S+\.tar\.zst --yes --no-start --json --use-archive-server$",
+    assert any(re.search(r" restore \S+\.tar\.zst --yes --no-start --json --use-archive-server"
+                         r" --only env,memory_db,skills_db$",
                          line)
                for line in ran)
     rig.drop(old)

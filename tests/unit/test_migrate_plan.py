@@ -168,14 +168,16 @@ def test_each_step_runs_the_argv_the_plan_shows_with_its_placeholders_filled():
     restore = steps[migrate.StepId.RESTORE]
     assert restore.argv(p.new, "/tmp/clawdie-ops.x/config.json", {"<archive>": "/b/a.tar.zst"}) \
         == ["clawdie-ops", "-f", "/tmp/clawdie-ops.x/config.json", "restore", "/b/a.tar.zst",
-            "--yes", "--no-start", "--json", "--use-archive-server"]
+            "--yes", "--no-start", "--json", "--use-archive-server",
+            "--only", "env,memory_db,skills_db"]  # the rest comes by install-files
     assert restore.command == "clawdie-ops -f '<tmp>/config.json' restore '<archive>' --yes " \
-        "--no-start --json --use-archive-server"
+        "--no-start --json --use-archive-server --only env,memory_db,skills_db"
     trust = steps[migrate.StepId.TRUST_OLD_KEY]
     assert trust.argv(p.new, None)[-4:] == ["migrate-step", "trust-key", "--stdin", "--json"]
     assert trust.stdin and p.steps.index(trust) == p.steps.index(restore) - 1
     backup = steps[migrate.StepId.FINAL_BACKUP]
-    assert backup.argv(p.old, None) == [sys.executable, "-m", "clawdie_ops", "backup", "--json"]
+    assert backup.argv(p.old, None) == [sys.executable, "-m", "clawdie_ops", "backup", "--json",
+                                        "--databases-only"]  # the rest: final-files
     assert steps[migrate.StepId.CHECK_NEW].stdin and not backup.stdin
     checksum = steps[migrate.StepId.COPY_ARCHIVE]
     assert checksum.where == "here" and checksum.host_key == "new"

@@ -61,7 +61,9 @@ def report(m: Migration, status: str, failed: Step | None = None, error: str = "
         "downtime_s": round(healthy - stopped, 3) if stopped and healthy else None,
         "agent_stopped_at": _iso(stopped), "healthy_at": _iso(healthy),
         "moved": {
-            "items": backup.get("items", []),
+            "items": backup.get("items", []) + (
+                ["messages.db", "groups/", "mount-allowlist.json"]  # by final-files
+                if j.done("install-files") else []),
             "archive": {"old": backup.get("archive"), "size": backup.get("size"),
                         "sha256": backup.get("sha256"),
                         "new": (j.result("copy-archive").get("dest") or "").split(":", 1)[-1]
@@ -78,6 +80,9 @@ def report(m: Migration, status: str, failed: Step | None = None, error: str = "
         "restore": {k: v for k, v in j.result("restore").items()
                     if k in ("items", "connections", "safety", "duration_s")},
         "env_changes": j.result("point-env").get("changed", {}),
+        # messages.db and the files by what changed (delta.py): bytes, pages, files, seconds
+        "delta": {sid: j.result(sid) for sid in ("presync-files", "final-files", "install-files")
+                  if j.done(sid)},
         "tools": j.result("tools"),
         "doctor": j.result("doctor").get("status"),
         "checks": [ch.as_dict() for ch in m.checks],

@@ -51,15 +51,22 @@ class StepId(StrEnum):
     DOCTOR = "doctor"
     PAUSE_OLD_SCHEDULE = "pause-old-schedule"
     RESUME_NEW_SCHEDULE = "resume-new-schedule"
+    # messages.db and the files by what changed (actions/migrate/delta.py)
+    PRESYNC_FILES = "presync-files"
+    FINAL_FILES = "final-files"
+    INSTALL_FILES = "install-files"
 
 
-DOWNTIME = (StepId.STOP_OLD_AGENT, StepId.FINAL_SYNC, StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE,
-            StepId.START_NEW_JAILS, StepId.TRUST_OLD_KEY, StepId.RESTORE, StepId.POINT_ENV,
-            StepId.START_NEW_AGENT, StepId.DOCTOR)
+DOWNTIME = (StepId.STOP_OLD_AGENT, StepId.FINAL_SYNC, StepId.FINAL_FILES, StepId.FINAL_BACKUP,
+            StepId.COPY_ARCHIVE, StepId.START_NEW_JAILS, StepId.TRUST_OLD_KEY, StepId.RESTORE,
+            StepId.INSTALL_FILES, StepId.POINT_ENV, StepId.START_NEW_AGENT, StepId.DOCTOR)
 # final-sync runs alongside these two: ZFS streams on one side, PostgreSQL, SQLite and the
 # archive on the other, so the window is as long as the slower of the two, not their sum.
 # (The datasets themselves go one after the other: parallel receives failed on zfs-fuse.)
 ALONGSIDE_SYNC = (StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE)
+# ... and these in a thread of their own beside both (when the plan has them): the old
+# host's page hashing and the new host's checks need neither the archive nor the datasets.
+BESIDE_SYNC = (StepId.FINAL_FILES,)
 CONFIG_PLACEHOLDER = "<tmp>/config.json"
 
 
@@ -110,6 +117,7 @@ class Options:
     accept_new_host_key: bool = False
     retries: int = 5
     install: bool = True  # install clawdie-ops where it is missing
+    delta: bool = True  # messages.db and the files by what changed (False: in the archive)
     # the new host's own jail datasets are renamed to NAME.<aside_suffix> (kept, not reused)
     aside_suffix: str = field(default_factory=lambda: f"pre-migrate-{datetime.now():%Y%m%d-%H%M%S}")
 
@@ -228,7 +236,7 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
 
     checksum = _on(StepId.COPY_ARCHIVE, "downtime", "here", new,
                    ["migrate-step", "checksum", "--path", "<path>", "--stdin", "--json"], "")
-    return [
+    return (with_delta if opts.delta else _as_is)(old, new, [
         Step(StepId.CONNECT, "preflight", "here",
              f"ssh {old.ssh if not old.local else '(local)'} and ssh {new.ssh}: host keys must "
              "be known" + (" (new keys accepted: --accept-new-host-key)"
@@ -286,4 +294,61 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
         step(StepId.PAUSE_OLD_SCHEDULE, "cutover", "old", "schedule-pause",
              "scheduled backups and snapshots stop there: one live host"),
         step(StepId.RESUME_NEW_SCHEDULE, "cutover", "new", "schedule-resume", ""),
-    ]
+    ])
+
+
+def _as_is(old: Host, new: Host, steps: list[Step]) -> list[Step]:
+    return steps
+
+
+# Restored from the archive when messages.db and the files move by what changed: the .env
+# too, as restore chooses the databases' server by it (install-files then puts the delta's
+# copy of the same .env in place; without a restore, it is the only one).
+ARCHIVE_ITEMS = "env,memory_db,skills_db"
+
+
+def with_delta(old: Host, new: Host, steps: list[Step]) -> list[Step]:
+    """The steps that move messages.db and the files by what changed (delta.py), put among
+    the others: a live copy in the pre-sync, the changes in the window, installed after the
+    restore (which then takes only the databases from the archive)."""
+    def tool(h: Host, action: str) -> str:
+        return remote.tool_command(h, "migrate-delta", action, "--stdin", "--json")
+
+    presync = Step(StepId.PRESYNC_FILES, "presync", "here",
+                   f"{tool(new, 'state')}; {tool(old, 'make')} (messages.db by SQLite's "
+                   "backup API, .env, groups/, the allowlist); the bundle sftp'd into the new "
+                   f"host's state_dir staging (sha256 checked); {tool(new, 'apply')}",
+                   "a consistent copy while the agent runs, staged on the new host: its live "
+                   "files are not touched until install-files")
+    final = Step(StepId.FINAL_FILES, "downtime", "here",
+                 "the same with the agent stopped: PRAGMA wal_checkpoint(TRUNCATE) on the old "
+                 "host, then only the pages whose hash differs from the staged copy's, the new "
+                 "length, and the new, changed and deleted files (size+mtime+mode+sha256)",
+                 "checked on the new host: sha256 of the whole file, PRAGMA integrity_check "
+                 "and row counts per table against the old host's")
+    install = Step(StepId.INSTALL_FILES, "downtime", "new", tool(new, "install"),
+                   "messages.db, .env, groups/ and the allowlist from staging into place; the "
+                   "new host's own go to state_dir's migrate-delta/before-STAMP/ (put back by "
+                   "`migrate-delta undo` if the window fails)")
+    out: list[Step] = []
+    for s in steps:
+        if s.id == StepId.FINAL_BACKUP:
+            args = (*s.args, "--databases-only")
+            s = Step(s.id, s.phase, s.where, remote.tool_command(
+                old, *args, config_file=CONFIG_PLACEHOLDER if s.config else None),
+                "snapshot, both databases, .env (messages.db and the files: final-files)",
+                args, s.config, s.on)
+        if s.id == StepId.RESTORE:
+            args = (*s.args, "--only", ARCHIVE_ITEMS)
+            s = Step(s.id, s.phase, s.where, remote.tool_command(
+                new, *args, config_file=CONFIG_PLACEHOLDER if s.config else None),
+                s.why + "; only the databases: messages.db and the files come by "
+                "install-files", args, s.config, s.on)
+        out.append(s)
+        if s.id == StepId.PRESYNC:
+            out.append(presync)
+        elif s.id == StepId.FINAL_SYNC:
+            out.append(final)
+        elif s.id == StepId.RESTORE:
+            out.append(install)
+    return out

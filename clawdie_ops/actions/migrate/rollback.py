@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import ClawdieError, MigrationFailed, Terminated
 from . import outcome
+from . import delta
 from .plan import DOWNTIME, Step
 
 if TYPE_CHECKING:
@@ -43,6 +44,13 @@ def roll_back(m: Migration, failed: Step, exc: BaseException) -> None:
             undone.append("stopped the agent on the new host")
         except ClawdieError as err:
             problems.append(f"could not stop the agent on the new host: {err.message}")
+    if m.journal.done("install-files") or failed.id == "install-files":
+        try:
+            delta.undo_on_new(m)
+            undone.append("put back the new host's own messages.db and files")
+        except ClawdieError as err:
+            problems.append(f"could not put back the new host's own files: {err.message}; "
+                            "run there: clawdie-ops migrate-delta undo")
     ran = m.journal.window.get("agent_was_running", m.journal.data.get("old_agent_ran", True))
     if ran:
         try:

@@ -34,9 +34,10 @@ from ...hosts import remote, install as toolinstall, transfer
 from ...errors import Aborted, ClawdieError, MigrationFailed, Terminated
 from ...config.inventory import Host
 from ...config.masking import masked
-from . import outcome, rollback
+from . import delta, outcome, rollback
 from .session import HostSession
-from .plan import (ALONGSIDE_SYNC, DOWNTIME, Options, Plan, Step, StepId, make_plan)
+from .plan import (ALONGSIDE_SYNC, BESIDE_SYNC, DOWNTIME, Options, Plan, Step, StepId,
+                   make_plan)
 from ...output import Reporter, confirm
 
 
@@ -72,6 +73,7 @@ class Migration(HostSession):
             StepId.RESTORE: self.do_restore,
             StepId.POINT_ENV: self.do_point_env, StepId.DOCTOR: self.do_doctor,
             StepId.START_NEW_JAILS: self.do_start_new_jails,
+            **delta.actions(self),
         }
 
     # -- helpers -------------------------------------------------------------------------
@@ -295,18 +297,26 @@ class Migration(HostSession):
         current = self.step(DOWNTIME[0])
         try:
             self.run_step(current)
-            with ThreadPoolExecutor(max_workers=1) as pool:
+            beside = [s for s in self.plan.steps if s.id in BESIDE_SYNC]
+            with ThreadPoolExecutor(max_workers=1 + len(beside)) as pool:
                 sync = pool.submit(self.run_step, self.step("final-sync"), quiet=True)
+                others = [(s, pool.submit(self.run_step, s, quiet=True)) for s in beside]
                 try:
                     for step_id in ALONGSIDE_SYNC:
                         current = self.step(step_id)
                         self.run_step(current)
                 finally:
-                    wait([sync])  # never roll back while syncoid still reads the old host
+                    # never roll back while syncoid (or the final-files pass) still reads
+                    # the old host
+                    wait([sync, *(f for _, f in others)])
                 current = self.step("final-sync")
                 sync.result()
+                for step, future in others:
+                    current = step  # the step a failure names
+                    future.result()
             for step in self.steps_of("downtime"):
-                if step.id not in ("stop-old-agent", "final-sync", *ALONGSIDE_SYNC):
+                if step.id not in ("stop-old-agent", "final-sync", *ALONGSIDE_SYNC,
+                                   *BESIDE_SYNC):
                     current = step
                     self.run_step(step)
         except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - whatever it was,
