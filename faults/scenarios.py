@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,17 +292,22 @@ class Scenario:
                                                          h.base / "pool.img"))
 
     def leftovers(self) -> list[str]:
-        """Work files a run left (reported, and must not stop the next run)."""
+        """Work files a run left (reported, and must not stop the next run): TMPDIR's, and
+        each installation's folders in clawdie.state_dir (restore's staging and copies)."""
         out = [str(p) for p in self.tmpdir.iterdir()] if self.tmpdir.exists() else []
         for h in self.hosts():
-            work = h.root / ".clawdie-ops"
-            if work.exists():
-                out += [str(p) for p in work.iterdir()]
+            out += [str(p) for p in state_dir_of(h).glob("installs/*/*")]
         return out
 
     def strays(self) -> list[int]:
         """Processes of this run that are not the tool's descendants (daemonized)."""
         return []
+
+
+def state_dir_of(h: SimHost) -> Path:
+    """The host's clawdie.state_dir as its config says (a scenario may move it)."""
+    cfg = json.loads((h.home / ".invoke.json").read_text())["clawdie"]
+    return Path(cfg.get("state_dir") or h.state_dir)
 
 
 def _installation_verdict(before: dict, after: dict, label: str = "installation") -> Verdict:
@@ -413,6 +419,10 @@ class Restore(Scenario):
         make_durable(h)
         mount_tmpfs(h.root, "64m")  # the installation's disk: staging fills it
         mount_tmpfs(self.tmpdir, "64m")
+        # clawdie.state_dir (staging, the pre-restore copies) on the installation's file
+        # system, as the README asks: a full disk there fills both
+        self.state = h.root / ".clawdie-ops-state"
+        set_config(h, state_dir=str(self.state))
         (h.root / "store" / "messages.db").chmod(0o600)  # as an operator keeps it
         start_agent(h)
         res = cli(h, "backup", "--json", "--no-snapshot", "--output", str(self.work), env=RIG_PATH)
@@ -493,8 +503,8 @@ class Restore(Scenario):
 
     def step_seen(self, step: str, procs: list[str]) -> bool:
         assert self.host is not None
-        if step == "staging":
-            return any((self.host.root / ".clawdie-ops").glob("restore-*/staging"))
+        if step == "staging":  # STATE_DIR/installs/ROOT-SLUG/RUN/staging
+            return any(self.state.glob("installs/*/*/staging"))
         if step == "psql":
             return any("psql" in p and "staging" in p for p in procs)
         if step == "safety-dump":
@@ -580,7 +590,7 @@ class Restore(Scenario):
         if res.returncode or diff:
             detail = _last(res.stderr) if res.returncode else f"state differs: {diff}"
             lost = [f"after a killed run the next restore could not finish: {detail}"] \
-                if verdict.state == "mixed" else []
+                if verdict.state in ("mixed", "unreadable") else []
             return False, detail, lost
         modes = st.mode_changes(self.archive_state, now)
         if modes and verdict.state != "archive":  # else the faulted run reported them
@@ -949,13 +959,17 @@ class Migrate(Scenario):
 
 
 class Prune(Scenario):
-    """prune --keep-last 3 over six real archives of six days (made under faketime).
+    """prune --keep-last 3 over six real archives of six days (made under faketime), and a
+    stale partial file a killed backup left three days ago (prune sweeps it).
 
-    Joins the campaign once the installed clawdie-ops has `prune` (branch operate); until
-    then it is left out of the plan, and it has not run against the real command yet."""
+    Invariants: the three newest archives are there and verify (every complete archive
+    is inspected), nothing else changed in place, and the next prune succeeds and leaves
+    exactly those three (no partial or lock of the faulted run stops it)."""
     command = "prune"
     KEEP = 3
-    faults = {"sigkill": ("", "verify"), "sigterm": ("", "verify"), "clock-step": ("",)}
+    STALE = ".clawdie-backup-01.11.2026-0100.tar.zst.partial"
+    faults = {"sigkill": ("", "remove"), "sigterm": ("", "remove"),
+              "clock-step": ("", "remove")}
 
     def setup(self) -> None:
         h = self.host = self.rig.host("fprune")
@@ -972,22 +986,30 @@ class Prune(Scenario):
                                  env=e, capture_output=True, text=True, cwd=h.root)
             assert res.returncode == 0, res.stderr[-800:]
             names.append(Path(json.loads(res.stdout)["archive"]).name)
+        self.all = set(names)
         self.keep = set(names[-self.KEEP:])
 
     def reset(self, rng: random.Random) -> None:
         empty(self.out)
         empty(self.tmpdir)
         sh("cp", "-a", f"{self.saved}/.", str(self.out))
+        stale = self.out / self.STALE
+        stale.write_bytes(rng.randbytes(4096))
+        old = time.time() - 3 * 86400
+        os.utime(stale, (old, old))
 
     def argv(self, rng: random.Random) -> list[str]:
         return ["prune", "--output", str(self.out), "--keep-last", str(self.KEEP), "--json"]
 
     def step_seen(self, step: str, procs: list[str]) -> bool:
-        return step == "verify" and any("zstd" in p for p in procs)
+        # the first old archive (or the stale partial) gone: prune is removing
+        return step == "remove" and (
+            not (self.out / self.STALE).exists()
+            or len([p for p in self.out.iterdir() if st.COMPLETE.match(p.name)]) < len(self.all))
 
     def capture(self) -> dict:
-        return {"archives": {p.name: tree_digest(p.parent)[p.name]
-                             for p in self.out.iterdir() if st.COMPLETE.match(p.name)}}
+        digests = tree_digest(self.out)  # once: it hashes every file of the folder
+        return {"archives": {n: d for n, d in digests.items() if st.COMPLETE.match(n)}}
 
     def judge(self, before: dict, after: dict, run: Run) -> Verdict:
         v = Verdict("before" if before == after else "pruned")
@@ -998,6 +1020,9 @@ class Prune(Scenario):
         if changed:
             v.lost.append(f"archives changed in place: {changed}")
         v.violations += v.lost
+        if run.code == 0 and set(after["archives"]) != self.keep:
+            v.violations.append(f"prune reported success but the directory holds "
+                                f"{sorted(after['archives'])}")
         return v
 
     def next_run(self, before: dict, verdict: Verdict) -> tuple[bool, str, list[str]]:
@@ -1009,6 +1034,9 @@ class Prune(Scenario):
             return False, _last(res.stderr), []
         if left != self.keep:
             return False, f"after prune the directory holds {sorted(left)}", []
+        partial = [p.name for p in self.out.iterdir() if p.name.endswith(".partial")]
+        if partial:
+            return False, f"the next prune left partial files: {partial}", []
         return True, "pruned", []
 
     def archive_dirs(self) -> list[Path]:
