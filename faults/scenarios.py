@@ -685,6 +685,13 @@ class Drill(Scenario):
                   env={**RIG_PATH, "TMPDIR": str(self.tmpdir)})
         if res.returncode:
             return False, _last(res.stderr), []
+        # what the killed drill left (folders, its PostgreSQL) the next one must sweep
+        running = [cmdline_of(q) for q in self.strays()]
+        left = [p.name for p in self.tmpdir.glob("clawdie-drill-*")]
+        if running or left:
+            return False, (f"the next drill passed but left the killed one's "
+                           f"{'PostgreSQL running: ' + '; '.join(running) if running else ''}"
+                           f"{' folders: ' + ', '.join(left) if left else ''}"), []
         return True, "drill passed", []
 
     def archive_dirs(self) -> list[Path]:
@@ -1049,6 +1056,10 @@ def _cmd_args(pid: int) -> list[str]:
     except OSError:
         return []
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def cmdline_of(pid: int) -> str:
+    return " ".join(_cmd_args(pid))[:200]
 
 
 def _kill(pid: int) -> None:
