@@ -837,8 +837,16 @@ class Migrate(Scenario):
                                                alias=f"rig-{self.new.name}-op")
         self.peer, self.peer_proxy = through_proxy(self.rig, self.new, port=2224,
                                                    alias=f"rig-{self.new.name}-peer")
-        write_inventory(self.rig, self.old, self.new, ssh=self.alias, peer_ssh=self.peer)
+        self._inventory()
         self.tmpdir.mkdir(exist_ok=True)
+
+    def _inventory(self) -> None:
+        """The new host in the old one's inventory: through the proxies, with an admin
+        login there (migrate creates pgvector's extension in memory_db with it)."""
+        write_inventory(self.rig, self.old, self.new, ssh=self.alias, peer_ssh=self.peer,
+                        overrides={"db_host": self.new.address, "zfs_pool": self.new.pool_name,
+                                   "db_admin": {"user": "postgres", "password": SUPERPASS}})
+        (self.old.home / ".invoke.json").chmod(0o600)  # it holds the admin's password
 
     def hosts(self) -> list[SimHost]:
         return [h for h in (getattr(self, "old", None), getattr(self, "new", None)) if h]
@@ -859,7 +867,7 @@ class Migrate(Scenario):
         pool = new.pool_name
         empty_pool(new, self.abandoned)
         if new.pool_name != pool:  # the inventory names the new host's pool
-            write_inventory(self.rig, old, new, ssh=self.alias, peer_ssh=self.peer)
+            self._inventory()
         drop_aside(new)
         for key in ("memory", "skills"):
             recreate_db(new, f"{key}_db", f"{key}_user", None)
