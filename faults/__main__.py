@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="give a command up after its share x this many cases (missed "
                          "ones and retries included); its faults still owed go to another")
     args = ap.parse_args(argv)
+    # Ctrl-C or SIGTERM (even when started in the background, where SIGINT is ignored):
+    # each lane ends after its current case and the rig is torn down
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     commands = [c for c in args.commands.split(",") if c]
     unknown = [c for c in commands if c not in SCENARIOS]

@@ -773,8 +773,10 @@ class Replicate(Scenario):
     def _target_digests(self) -> dict:
         have = set(sh(ZFS, "list", "-H", "-o", "name", "-r", self.target.pool_name,
                       check=False).stdout.split())
-        return {j: tree_digest(self.target.pool.mount_of(self._tds(j)))
-                if self._tds(j) in have else None for j in self.JAILS}
+        # keyed as dataset_state is: each jail dataset and its `root` child (bastille's)
+        names = [n for j in self.JAILS for n in (j, f"{j}/root")]
+        return {n: tree_digest(self.target.pool.mount_of(self._tds(n)))
+                if self._tds(n) in have else None for n in names}
 
     def capture(self) -> dict:
         assert self.host is not None
@@ -810,8 +812,11 @@ class Replicate(Scenario):
         if self._target_digests() != dataset_state(self.host, self.JAILS):
             mounted = sh(ZFS, "get", "-H", "-o", "name,value", "-r", "mounted",
                          f"{self.target.pool_name}/{PREFIX}", check=False).stdout.split("\n")
-            return False, ("replicate succeeded but the target differs from the source "
-                           f"(zfs get mounted: {'; '.join(m for m in mounted if m)})"), []
+            diff = [n for n, d in self._target_digests().items()
+                    if d != dataset_state(self.host, self.JAILS).get(n)]
+            return False, (f"replicate succeeded but the target differs from the source in "
+                           f"{', '.join(diff)} (zfs get mounted: "
+                           f"{'; '.join(m for m in mounted if m and '@' not in m)})"), []
         return True, "replicated", []
 
 
