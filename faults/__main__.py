@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                 except KeyboardInterrupt:
                     print("interrupted: each lane ends after its current case", flush=True)
                     campaign.STOP.set()
-                    raise
+                    meta["interrupted"] = True  # the figures so far are still written
     finally:
         runner.teardown()
         try:

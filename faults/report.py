@@ -92,7 +92,10 @@ def markdown(meta: dict, outcomes: list[dict]) -> str:
         f"{meta.get('workers', 1)} worker lanes on one shared queue."
         + (f" Planned {meta['count']} faults; the run stopped drawing cases at its time "
            f"budget of {meta['budget_minutes']:.0f} min."
-           if meta.get("budget_minutes") and t["injected"] < meta["count"] else ""),
+           if meta.get("budget_minutes") and t["injected"] < meta["count"] else "")
+        + (f" Planned {meta['count']} faults; the run was interrupted (Ctrl-C or SIGTERM) "
+           "and these are the figures of the cases it finished."
+           if meta.get("interrupted") else ""),
         "",
         "The goal is 200 faults in under 30 minutes on this 2-core machine: "
         + ("met." if meta["duration_s"] <= 1800 and t["injected"] >= 200 else
