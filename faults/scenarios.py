@@ -354,7 +354,6 @@ class Backup(Scenario):
         assert h is not None
         empty(self.out, keep=(self.first.name,))
         empty(self.tmpdir)
-        shutil.rmtree(h.root / ".clawdie-ops", ignore_errors=True)
         destroy_snapshots(f"{h.pool_name}/{PREFIX}/jails", "clawdie-backup-")
         ensure_postgres(h)()
         start_agent(h)
