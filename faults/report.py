@@ -21,6 +21,15 @@ KINDS = {
 # Findings already known and routed: a phrase of the finding -> where its fix lies. The
 # campaign reports them like any other; this only says who owns them.
 ROUTED: dict[str, str] = {
+    "rollback incomplete, reported": "open, restore's rollback (branch restorefast's area): "
+    "with PostgreSQL stopped mid-replay the rollback cannot reach the server, so restore "
+    "says what it could not roll back and where the pre-restore dumps are (they are there: "
+    "a violation, no data lost) and the next restore succeeds. Waiting for the server to "
+    "come back before rolling the databases back would make these cases survive",
+    "target differs from the source": "replicate now mounts each received dataset that "
+    "should be mounted, or fails naming it (clawdie_ops/zfs/mounts.py; "
+    "tests/integration/test_zfs_replicate.py, the unmounted-target test); a case here is "
+    "a new finding",
 }
 
 
