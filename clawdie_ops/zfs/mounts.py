@@ -40,22 +40,48 @@ def should_mount(props: dict[str, str]) -> bool:
 
 def ensure_mounted(c: Context, s: Settings, dataset: str, where: str) -> list[str]:
     """Mount `dataset` and every file system below it that should be mounted and is not,
-    parents first; return those mounted. Raises ZfsError naming the dataset when one
-    cannot be mounted."""
+    parents first; return those mounted. A child left mounted inside an unmounted parent's
+    folder would make that folder non-empty and the parent's mount fail, so such children
+    are unmounted first (deepest first) and mounted again after their parent. Raises
+    ZfsError naming the dataset when one cannot be mounted or unmounted."""
+    names = zfs.descendants(c, s, dataset)
+    props = {n: state(c, s, n) for n in names}
+    need = [n for n in names if should_mount(props[n])]
+    if not need:
+        return []
+    inside = [n for n in names if props[n].get("mounted") == "yes"
+              and any(n.startswith(p + "/") for p in need)]
+    for name in reversed(inside):
+        res = runner.run(c, zfs.cmd(s, "unmount", name))
+        if res.exited != 0:
+            raise _failed(where, name, props[name], "unmount", res,
+                          f"is mounted inside {_parent_in(name, need)}, which is not")
+        # its empty mountpoint folder would still keep the parent's folder non-empty
+        # (ZFS on Linux refuses that mount; rmdir removes nothing that holds a file)
+        runner.run(c, ["rmdir", props[name].get("mountpoint", "")])
     mounted = []
-    for name in zfs.descendants(c, s, dataset):
-        props = state(c, s, name)
-        if not should_mount(props):
+    for name in names:
+        if name not in need and name not in inside:
             continue
         res = runner.run(c, zfs.cmd(s, "mount", name))
         if res.exited != 0 or state(c, s, name).get("mounted") != "yes":
-            why = (res.stderr or res.stdout).strip().splitlines()
-            raise ZfsError(
-                f"on {where}, {name} was received but is not mounted (mountpoint "
-                f"{props.get('mountpoint')}), and `zfs mount {name}` failed: "
-                f"{why[-1] if why else 'still not mounted'}",
-                f"on {where}, check that nothing holds {props.get('mountpoint')} (a shell, a "
-                f"running jail, files already in it), run `zfs mount {name}`, then replicate "
-                "again before starting the jail there")
-        mounted.append(name)
+            raise _failed(where, name, props[name], "mount", res, "is not mounted")
+        if name in need:
+            mounted.append(name)
     return mounted
+
+
+def _parent_in(name: str, need: list[str]) -> str:
+    return next(p for p in need if name.startswith(p + "/"))
+
+
+def _failed(where: str, name: str, props: dict[str, str], verb: str, res, state_: str
+            ) -> ZfsError:
+    why = (res.stderr or res.stdout).strip().splitlines()
+    point = props.get("mountpoint")
+    return ZfsError(
+        f"on {where}, {name} was received but {state_} (mountpoint {point}), and "
+        f"`zfs {verb} {name}` failed: {why[-1] if why else 'still not mounted'}",
+        f"on {where}, check that nothing holds {point} (a shell, a running jail, files "
+        f"already in it), run `zfs {verb} {name}`, then replicate again before starting "
+        "the jail there")

@@ -265,3 +265,17 @@ def test_a_target_left_unmounted_by_a_cut_receive_is_mounted_by_the_next_replica
     # mounted as it should be: the run after that has nothing to mount
     again = json.loads(cli(host, *args, env=RIG_PATH, check=True).stdout)
     assert again["datasets"][0]["remounted"] == []
+
+    # the campaign's replicate-7: the jail's root left mounted inside db's folder while db
+    # is not, so that folder is not empty and `zfs mount db` alone fails
+    sh(ZFS, "unmount", troot)
+    sh(ZFS, "unmount", tdb)
+    sh(ZFS, "mount", troot)
+    assert _mounted(tdb) == "no" and _mounted(troot) == "yes"
+    (host.jail_files("db") / "later.bin").write_bytes(os.urandom(50_000))
+    res = cli(host, *args, env=RIG_PATH, check=True)
+    assert _mounted(tdb) == "yes" and _mounted(troot) == "yes"
+    assert json.loads(res.stdout)["datasets"][0]["remounted"] == [tdb]
+    assert tree_digest(target.pool.mount_of(troot)) == tree_digest(host.jail_files("db"))
+    assert tree_digest(target.pool.mount_of(tdb)) == tree_digest(host.pool.mount_of(
+        host.dataset("db")))

@@ -42,3 +42,24 @@ def test_a_mount_that_fails_names_the_dataset_its_mountpoint_and_what_to_do(tmp_
     assert "on newhost, tank/clawdie/jails/db/root was received but is not mounted" in msg
     assert "/j/db/root" in msg and "directory is not empty" in msg
     assert "zfs mount tank/clawdie/jails/db/root" in hint and "replicate again" in hint
+
+
+def test_a_child_mounted_inside_an_unmounted_parent_is_unmounted_first_then_both_mounted(
+        tmp_path):
+    """The campaign's replicate-7: db/root stayed mounted in db's folder while db was not,
+    so `zfs mount db` failed (the folder not empty)."""
+    s = config.load(Config(overrides={"clawdie": {}}), root=tmp_path, require_env=False)
+    ok = Result(stdout="")
+    c = MockContext(run=[
+        Result(stdout="tank/j/db\ntank/j/db/root\n"),
+        Result(stdout=props("no", mountpoint="/j/db")),
+        Result(stdout=props("yes", mountpoint="/j/db/root")),
+        ok, ok,  # zfs unmount tank/j/db/root, rmdir of its empty mountpoint
+        ok, Result(stdout=props("yes", mountpoint="/j/db")),  # zfs mount tank/j/db, state
+        ok, Result(stdout=props("yes", mountpoint="/j/db/root")),  # and its root again
+    ])
+    assert mounts.ensure_mounted(c, s, "tank/j/db", "newhost") == ["tank/j/db"]
+    ran = [str(call.args[0]) for call in c.run.call_args_list]
+    acts = [r.split(" ", 1)[1] for r in ran if " get " not in r and " list " not in r]
+    assert acts == ["unmount tank/j/db/root", "/j/db/root", "mount tank/j/db",
+                    "mount tank/j/db/root"]
