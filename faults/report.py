@@ -21,11 +21,26 @@ KINDS = {
 # Findings already known and routed: a phrase of the finding -> where its fix lies. The
 # campaign reports them like any other; this only says who owns them.
 ROUTED: dict[str, str] = {
+    "neither as before (files": "SIGKILL cannot be caught: the installation is a mix until "
+    "the next restore, which brought the archive's state (no data lost)",
     "rollback incomplete, reported": "open, restore's rollback (branch restorefast's area): "
     "with PostgreSQL stopped mid-replay the rollback cannot reach the server, so restore "
     "says what it could not roll back and where the pre-restore dumps are (they are there: "
     "a violation, no data lost) and the next restore succeeds. Waiting for the server to "
     "come back before rolling the databases back would make these cases survive",
+    "directory is not empty": "fixed after this run (commit 'replicate: a child left "
+    "mounted inside an unmounted parent's folder'): the jail's root stayed mounted inside "
+    "the unmounted db folder, so `zfs mount db` failed; replicate now unmounts the child, "
+    "removes its empty mountpoint folder, mounts the parent, then the child "
+    "(tests/integration/test_zfs_replicate.py, the unmounted-target test, second half)",
+    "holds neither its old content nor the source": "a killed `zfs receive` leaves the target "
+    "dataset unmounted (its folder empty), which the faulted run reports as a failure; the "
+    "next replicate must mount it (see the entry above for what it did on this commit)",
+    "reported a failure but the archive's state is in place": "open, restore's interrupt "
+    "report (clawdie_ops/actions/restore/run.py, branch restorefast's file): a SIGTERM after "
+    "the last step prints 'interrupted: stopped; what was under way was cleaned up or rolled "
+    "back' and exits 130 while the archive's state is fully in place, so the operator is "
+    "told the opposite of what happened; the next restore succeeds",
     "target differs from the source": "replicate now mounts each received dataset that "
     "should be mounted, or fails naming it (clawdie_ops/zfs/mounts.py; "
     "tests/integration/test_zfs_replicate.py, the unmounted-target test); a case here is "
