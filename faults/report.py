@@ -32,7 +32,8 @@ ROUTED: dict[str, str] = {
     "mounted inside an unmounted parent's folder'): the jail's root stayed mounted inside "
     "the unmounted db folder, so `zfs mount db` failed; replicate now unmounts the child, "
     "removes its empty mountpoint folder, mounts the parent, then the child "
-    "(tests/integration/test_zfs_replicate.py, the unmounted-target test, second half)",
+    "(tests/integration/test_zfs_replicate.py, the unmounted-target test, second half); "
+    "replicate-6, -7 and -8 rerun on the fix (`--case`, 14:35 UTC): all three survived",
     "holds neither its old content nor the source": "a killed `zfs receive` leaves the target "
     "dataset unmounted (its folder empty), which the faulted run reports as a failure; the "
     "next replicate must mount it (see the entry above for what it did on this commit)",
