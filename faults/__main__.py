@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,19 +53,26 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--count", type=int, default=200, help="faults to inject (default 200)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--case", action="append", default=[],
-                    help="run only this case (COMMAND-K), e.g. restore-17; repeatable")
+                    help="run only this case (COMMAND-K, or COMMAND-KrN for a missed case's N-th "
+                         "retry), e.g. restore-17; repeatable")
     ap.add_argument("--commands", default=",".join(SCENARIOS),
                     help="comma-separated commands to include")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--markdown", type=Path, help="write the report here (RELIABILITY.md)")
     ap.add_argument("--workers", type=int, default=3,
-                    help="commands run side by side, each on its own hosts (default 3: "
-                         "much of a case is waiting on PostgreSQL, zfs-fuse and sshd)")
+                    help="lanes taking cases from one shared queue, each case on its "
+                         "command's own hosts (default 3: much of a case is waiting on "
+                         "PostgreSQL, zfs-fuse and sshd)")
     ap.add_argument("--budget-minutes", type=float, default=None,
                     help="start no new case after this many minutes (the report says so)")
-    ap.add_argument("--max-draws", type=float, default=1.6,
-                    help="give up after COUNT x this many cases (missed ones included)")
+    ap.add_argument("--max-draws", type=float, default=2.5,
+                    help="give a command up after its share x this many cases (missed "
+                         "ones and retries included); its faults still owed go to another")
     args = ap.parse_args(argv)
+    # Ctrl-C or SIGTERM (even when started in the background, where SIGINT is ignored):
+    # each lane ends after its current case and the rig is torn down
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     commands = [c for c in args.commands.split(",") if c]
     unknown = [c for c in commands if c not in SCENARIOS]
@@ -72,10 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"no scenario for {unknown}; known: {sorted(SCENARIOS)}")
     have = installed_commands()
     commands = [c for c in commands if c in have]
-    if args.case:
-        cases = [campaign.make_case(args.seed, *_split(n)) for n in args.case]
-    else:
-        cases = campaign.plan(args.seed, args.count, commands)
+    quotas = campaign.shares(args.count, commands)
     started = datetime.now(UTC)
     meta = {"seed": args.seed, "commit": commit(), "started": started.strftime("%Y-%m-%d %H:%M"),
             "machine": f"{os.cpu_count()} cores, {platform.release()}",
@@ -85,50 +90,35 @@ def main(argv: list[str] | None = None) -> dict:
     rig = Rig(work / "rig")
     outcomes: list[dict] = []
     t0 = time.monotonic()
-    by_cmd: dict[str, list[campaign.Case]] = {}
-    for c in cases:
-        by_cmd.setdefault(c.command, []).append(c)
-    lanes = campaign.lanes(by_cmd, args.workers)
-    setup_lock = threading.Lock()
     deadline = t0 + args.budget_minutes * 60 if args.budget_minutes else None
+    lock = threading.Lock()
 
-    def lane(cmds: list[str]) -> None:
-        runner = campaign.Runner(rig, work, args.seed, log=lambda s: print(s, flush=True),
-                                 setup_lock=setup_lock)
-        runners.append(runner)
-        if args.case:
-            for cmd in cmds:
-                for case in by_cmd[cmd]:
-                    outcomes.append(asdict(runner.run(case)))
-                    _say(outcomes[-1])
-            return
-        # the lane's commands take turns, one case each, so a time budget cuts them evenly
-        gens = [campaign.run_command(runner, cmd, len(by_cmd[cmd]), args.max_draws, deadline)
-                for cmd in cmds]
-        while gens:
-            for g in list(gens):
-                o = next(g, None)
-                if o is None:
-                    gens.remove(g)
-                    continue
-                outcomes.append(asdict(o))
-                _say(outcomes[-1])
+    def record(o: campaign.Outcome) -> None:
+        with lock:
+            outcomes.append(asdict(o))
+            _say(outcomes[-1])
 
-    runners: list[campaign.Runner] = []
+    # one Runner: every lane shares the commands' hosts (one case per command at a time)
+    runner = campaign.Runner(rig, work, args.seed, log=lambda s: print(s, flush=True))
+    queue = campaign.WorkQueue(args.seed, quotas, args.max_draws, deadline, runner.log)
     try:
         rig.setup()
-        with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
-            futures = [pool.submit(lane, cmds) for cmds in lanes]
-            try:
-                for f in futures:
-                    f.result()
-            except KeyboardInterrupt:
-                print("interrupted: each lane ends after its current case", flush=True)
-                campaign.STOP.set()
-                raise
+        if args.case:
+            for name in args.case:
+                record(runner.run(campaign.make_case(args.seed, *_split(name))))
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+                futures = [pool.submit(campaign.work, runner, queue, record)
+                           for _ in range(max(1, args.workers))]
+                try:
+                    for f in futures:
+                        f.result()
+                except KeyboardInterrupt:
+                    print("interrupted: each lane ends after its current case", flush=True)
+                    campaign.STOP.set()
+                    meta["interrupted"] = True  # the figures so far are still written
     finally:
-        for r in runners:
-            r.teardown()
+        runner.teardown()
         try:
             rig.teardown()
         except RuntimeError as e:
@@ -136,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     meta.update(duration_s=round(time.monotonic() - t0, 1), load_after=load(),
                 workers=args.workers, budget_minutes=args.budget_minutes,
-                planned={c: len(v) for c, v in by_cmd.items()})
+                planned=quotas, owed=queue.quota)
     if args.json:
         report.write_json(args.json, meta, outcomes)
     if args.markdown and not args.case:
@@ -146,11 +136,11 @@ def main(argv: list[str] | None = None) -> dict:
     return {**t, "outcomes": outcomes}
 
 
-def _split(name: str) -> tuple[str, int]:
-    cmd, _, k = name.rpartition("-")
-    if cmd not in SCENARIOS or not k.isdigit():
-        raise SystemExit(f"a case is COMMAND-K (e.g. restore-17), not {name!r}")
-    return cmd, int(k)
+def _split(name: str) -> tuple[str, int, int]:
+    try:
+        return campaign.parse_name(name)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def _say(d: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -37,13 +38,14 @@ COST = {"backup": 9, "restore": 16, "drill": 16, "replicate": 14, "migrate": 60,
 
 @dataclass
 class Case:
-    name: str  # COMMAND-K
+    name: str  # COMMAND-K, or COMMAND-KrN for the N-th retry of a missed COMMAND-K
     command: str
     kind: str
     step: str  # "" when by time
     frac: float  # by time: the moment, as a fraction of a clean run's duration
     delay: float  # by step: seconds after the step is seen
     param: dict = field(default_factory=dict)
+    attempt: int = 0  # 0: as drawn; N: the N-th retry at an earlier moment
 
     @property
     def trigger(self) -> str:
@@ -51,7 +53,15 @@ class Case:
             f"time {self.frac:.0%} of a clean run"
 
 
-def make_case(seed: int, command: str, k: int) -> Case:
+RETRIES = 2  # a missed case is retried this many times at earlier moments, then replaced
+
+
+def make_case(seed: int, command: str, k: int, attempt: int = 0) -> Case:
+    """Case COMMAND-K (attempt 0) or its retry COMMAND-KrN: all from the seed and the name.
+
+    A retry keeps the fault and its parameters and moves the moment where the run reaches
+    it: by time in the first 95%/2^N of a clean run when the kind has a "by time" form,
+    else the kind's step (drawn again) with no delay."""
     name = f"{command}-{k}"
     rng = random.Random(f"{seed}:{name}")
     faults = SCENARIOS[command].faults
@@ -64,12 +74,28 @@ def make_case(seed: int, command: str, k: int) -> Case:
         param.update(down_s=round(rng.uniform(0.2, 3.0), 2), drop_sessions=rng.random() < 0.5)
     elif kind == "clock-step":
         param["offset"] = rng.choice(CLOCK_STEPS)
-    return Case(name, command, kind, step, round(rng.uniform(0.03, 0.95), 3),
-                round(rng.uniform(0.0, 0.3), 3), param)
+    frac, delay = round(rng.uniform(0.03, 0.95), 3), round(rng.uniform(0.0, 0.3), 3)
+    if attempt:
+        name = f"{name}r{attempt}"
+        rng = random.Random(f"{seed}:{name}")
+        if "" in faults[kind]:
+            step, frac = "", round(rng.uniform(0.03, 0.95 / 2 ** attempt), 3)
+        else:
+            step, delay = rng.choice(faults[kind]), 0.0
+    return Case(name, command, kind, step, frac, delay, param, attempt)
 
 
-def plan(seed: int, count: int, commands: list[str]) -> list[Case]:
-    """`count` cases shared out by WEIGHTS (largest remainder), in command order."""
+def parse_name(name: str) -> tuple[str, int, int]:
+    """COMMAND-K or COMMAND-KrN -> (command, K, N)."""
+    m = re.fullmatch(r"([a-z]+)-(\d+)(?:r(\d+))?", name)
+    if not m or m.group(1) not in SCENARIOS:
+        raise ValueError(f"a case is COMMAND-K or COMMAND-KrN (e.g. restore-17, restore-17r1), "
+                         f"not {name!r}; commands: {', '.join(SCENARIOS)}")
+    return m.group(1), int(m.group(2)), int(m.group(3) or 0)
+
+
+def shares(count: int, commands: list[str]) -> dict[str, int]:
+    """`count` faults shared out by WEIGHTS (largest remainder)."""
     w = {c: WEIGHTS[c] for c in commands}
     total = sum(w.values())
     exact = {c: count * w[c] / total for c in commands}
@@ -77,18 +103,98 @@ def plan(seed: int, count: int, commands: list[str]) -> list[Case]:
     short = count - sum(n.values())
     for c in sorted(commands, key=lambda c: exact[c] - n[c], reverse=True)[:short]:
         n[c] += 1
+    return n
+
+
+def plan(seed: int, count: int, commands: list[str]) -> list[Case]:
+    """The first draw of cases: `count` shared out by WEIGHTS, in command order (misses
+    add retries and further cases as the campaign goes)."""
+    n = shares(count, commands)
     return [make_case(seed, c, k) for c in commands for k in range(1, n[c] + 1)]
 
 
-def lanes(by_cmd: dict[str, list[Case]], workers: int) -> list[list[str]]:
-    """Commands shared out between `workers` lanes, the costliest first, each to the lane
-    with the least work so far."""
-    load = [[0.0, []] for _ in range(max(1, min(workers, len(by_cmd))))]
-    for cmd in sorted(by_cmd, key=lambda c: -COST.get(c, 20) * len(by_cmd[c])):
-        lane = min(load, key=lambda x: x[0])
-        lane[0] += COST.get(cmd, 20) * len(by_cmd[cmd])
-        lane[1].append(cmd)
-    return [cmds for _, cmds in load]
+class WorkQueue:
+    """One queue for every worker lane: each takes the next case of the command furthest
+    behind its share whose hosts no other lane is using (a command's scenario runs one case
+    at a time). A missed case comes back as its retry at an earlier moment, then is
+    replaced by the next case, so the count of INJECTED faults reaches each share."""
+
+    def __init__(self, seed: int, quotas: dict[str, int], max_draws: float = 2.5,
+                 deadline: float | None = None, log=print) -> None:
+        self.seed, self.quota, self.deadline, self.log = seed, dict(quotas), deadline, log
+        self.max_draws = max_draws
+        self.injected = dict.fromkeys(quotas, 0)
+        self.draws = dict.fromkeys(quotas, 0)
+        self.next_k = dict.fromkeys(quotas, 1)
+        self.retry: dict[str, Case | None] = dict.fromkeys(quotas)
+        self.errors = dict.fromkeys(quotas, 0)
+        self.busy: set[str] = set()
+        self.closed: set[str] = set()  # commands given up (harness errors, too many misses)
+        self.cond = threading.Condition()
+
+    def _open(self, c: str) -> bool:
+        return c not in self.closed and self.injected[c] < self.quota[c]
+
+    def take(self) -> Case | None:
+        """The next case for a lane, or None when nothing is left for it."""
+        with self.cond:
+            while True:
+                if STOP.is_set():
+                    return None
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    if not getattr(self, "_said_budget", False):
+                        self._said_budget = True
+                        self.log(f"time budget reached: {sum(self.injected.values())} of "
+                                 f"{sum(self.quota.values())} injected")
+                    return None
+                free = [c for c in self.quota if self._open(c) and c not in self.busy]
+                if free:
+                    # the furthest behind its share first; the costliest on a tie
+                    c = min(free, key=lambda c: (self.injected[c] / max(1, self.quota[c]),
+                                                 -COST.get(c, 20)))
+                    self.busy.add(c)
+                    self.draws[c] += 1
+                    case = self.retry[c]
+                    self.retry[c] = None
+                    if case is None:
+                        case = make_case(self.seed, c, self.next_k[c])
+                        self.next_k[c] += 1
+                    return case
+                if not any(self._open(c) for c in self.quota):
+                    return None
+                self.cond.wait(1.0)  # every open command is busy in another lane
+
+    def done(self, case: Case, o: Outcome) -> None:
+        c = case.command
+        with self.cond:
+            self.busy.discard(c)
+            self.injected[c] += o.injected
+            self.errors[c] = self.errors[c] + 1 if o.harness_error else 0
+            if not o.injected and not o.harness_error and case.attempt < RETRIES:
+                _, k, _ = parse_name(case.name)
+                self.retry[c] = make_case(self.seed, c, k, case.attempt + 1)
+            why = ""
+            if self.errors[c] >= 3:
+                why = "three harness errors in a row"
+            elif self.injected[c] < self.quota[c] and \
+                    self.draws[c] >= self.quota[c] * self.max_draws + RETRIES:
+                why = f"{self.draws[c]} cases drawn"
+            if why:
+                self.closed.add(c)
+                self._hand_on(c, why)
+            self.cond.notify_all()
+
+    def _hand_on(self, c: str, why: str) -> None:
+        """A command given up: its faults still owed go to the cheapest open command."""
+        owed = self.quota[c] - self.injected[c]
+        self.quota[c] = self.injected[c]
+        heirs = sorted((x for x in self.quota if x not in self.closed),
+                       key=lambda x: COST.get(x, 20))
+        if heirs and owed > 0:
+            self.quota[heirs[0]] += owed
+        self.log(f"[{c}] {why}: no more of its cases"
+                 + (f"; its {owed} faults still owed go to {heirs[0]}" if heirs and owed > 0
+                    else ""))
 
 
 @dataclass
@@ -116,21 +222,27 @@ class Runner:
         self.setup_lock = setup_lock or threading.Lock()
         self.scenarios: dict[str, Scenario] = {}
         self.clean_s: dict[str, float] = {}
+        self.broken: dict[str, str] = {}  # commands whose clean run failed: why
         self.checker = st.ArchiveChecker()
 
     def scenario(self, command: str) -> Scenario:
-        if command not in self.scenarios:
+        if command in self.broken:
+            raise RuntimeError(self.broken[command])
+        if command not in self.clean_s:
             t = time.monotonic()
-            sc = SCENARIOS[command](self.rig, self.work)
-            with self.setup_lock:  # the rig hands out host names and addresses in turn
-                sc.setup()
-            self.scenarios[command] = sc
+            sc = self.scenarios.get(command)
+            if sc is None:
+                sc = SCENARIOS[command](self.rig, self.work)
+                self.scenarios[command] = sc  # torn down at the end, whatever happens
+                with self.setup_lock:  # the rig hands out host names and addresses in turn
+                    sc.setup()
             # a clean run: proves the scenario works and times the "by time" moments
             sc.reset(random.Random(f"{self.seed}:{command}:calibrate"))
             res = self._launch(sc, sc.argv(random.Random(0)), sc.env())
             code, out, err = self._finish(res)
             if code != 0:
-                raise RuntimeError(f"a clean {command} fails on the rig: {err[-2000:]}")
+                self.broken[command] = f"a clean {command} fails on the rig: {err[-2000:]}"
+                raise RuntimeError(self.broken[command])
             self.clean_s[command] = time.monotonic() - res[1]
             self.log(f"[{command}] set up in {time.monotonic() - t:.1f}s; a clean run takes "
                      f"{self.clean_s[command]:.1f}s")
@@ -237,7 +349,12 @@ class Runner:
             after = sc.capture()
         except Exception as e:  # noqa: BLE001 - an unreadable installation is a finding
             after = {"error": f"{type(e).__name__}: {e}"}
-        v: Verdict = sc.judge(before, after, run)
+        if "error" in after:
+            # e.g. a database gone: what the next run can or cannot bring back decides
+            v = Verdict("unreadable", [f"the installation cannot be read after the fault: "
+                                       f"{after['error'][:300]}"])
+        else:
+            v = sc.judge(before, after, run)
         o.state, o.lost, o.violations = v.state, list(v.lost), o.violations + v.violations
         if case.kind == "clock-step" and run.code != 0:
             # a stepped clock breaks nothing the command needs: it must still succeed
@@ -268,32 +385,22 @@ class Runner:
         o.phases["total"] = round(time.monotonic() - t_reset0, 2)
 
 
-def run_command(runner: Runner, command: str, count: int, max_draws: float = 1.6,
-                deadline: float | None = None):
-    """Yield the outcomes of `count` injected faults into `command` (cases COMMAND-1..):
-    a missed case (the command ended before its moment) is replaced by the next one, up to
-    count x max_draws cases; three harness errors in a row end the command's share, and no
-    case starts after `deadline` (time.monotonic())."""
-    k, draws, errors, injected = 0, 0, 0, 0
-    while injected < count and draws < count * max_draws:
-        if STOP.is_set():
-            return
-        if deadline is not None and time.monotonic() > deadline:
-            runner.log(f"[{command}] time budget reached: {injected} of {count} injected")
-            return
-        k += 1
-        draws += 1
-        case = make_case(runner.seed, command, k)
+def work(runner: Runner, queue: WorkQueue, on_outcome) -> None:
+    """One lane: take cases from the shared queue until it is empty."""
+    while (case := queue.take()) is not None:
         try:
             o = runner.run(case)
-            errors = 0
         except Exception as e:  # noqa: BLE001 - the rig failed, not the tool
-            errors += 1
             o = Outcome(asdict(case), injected=False,
                         harness_error=f"{type(e).__name__}: {str(e)[-500:]}")
-        injected += o.injected
-        yield o
-        if errors >= 3:
-            runner.log(f"[{command}] three harness errors in a row: its remaining cases are "
-                       "not run")
-            return
+        queue.done(case, o)
+        on_outcome(o)
+
+
+def run_command(runner: Runner, command: str, count: int, max_draws: float = 2.5,
+                deadline: float | None = None) -> list[Outcome]:
+    """`count` injected faults into `command` in this thread (the campaign's sample)."""
+    out: list[Outcome] = []
+    work(runner, WorkQueue(runner.seed, {command: count}, max_draws, deadline, runner.log),
+         out.append)
+    return out

@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,17 +294,22 @@ class Scenario:
                                                          h.base / "pool.img"))
 
     def leftovers(self) -> list[str]:
-        """Work files a run left (reported, and must not stop the next run)."""
+        """Work files a run left (reported, and must not stop the next run): TMPDIR's, and
+        each installation's folders in clawdie.state_dir (restore's staging and copies)."""
         out = [str(p) for p in self.tmpdir.iterdir()] if self.tmpdir.exists() else []
         for h in self.hosts():
-            work = h.root / ".clawdie-ops"
-            if work.exists():
-                out += [str(p) for p in work.iterdir()]
+            out += [str(p) for p in state_dir_of(h).glob("installs/*/*")]
         return out
 
     def strays(self) -> list[int]:
         """Processes of this run that are not the tool's descendants (daemonized)."""
         return []
+
+
+def state_dir_of(h: SimHost) -> Path:
+    """The host's clawdie.state_dir as its config says (a scenario may move it)."""
+    cfg = json.loads((h.home / ".invoke.json").read_text())["clawdie"]
+    return Path(cfg.get("state_dir") or h.state_dir)
 
 
 def _installation_verdict(before: dict, after: dict, label: str = "installation") -> Verdict:
@@ -350,7 +356,6 @@ class Backup(Scenario):
         assert h is not None
         empty(self.out, keep=(self.first.name,))
         empty(self.tmpdir)
-        shutil.rmtree(h.root / ".clawdie-ops", ignore_errors=True)
         destroy_snapshots(f"{h.pool_name}/{PREFIX}/jails", "clawdie-backup-")
         ensure_postgres(h)()
         start_agent(h)
@@ -415,6 +420,10 @@ class Restore(Scenario):
         make_durable(h)
         mount_tmpfs(h.root, "64m")  # the installation's disk: staging fills it
         mount_tmpfs(self.tmpdir, "64m")
+        # clawdie.state_dir (staging, the pre-restore copies) on the installation's file
+        # system, as the README asks: a full disk there fills both
+        self.state = h.root / ".clawdie-ops-state"
+        set_config(h, state_dir=str(self.state))
         (h.root / "store" / "messages.db").chmod(0o600)  # as an operator keeps it
         start_agent(h)
         res = cli(h, "backup", "--json", "--no-snapshot", "--output", str(self.work), env=RIG_PATH)
@@ -495,8 +504,8 @@ class Restore(Scenario):
 
     def step_seen(self, step: str, procs: list[str]) -> bool:
         assert self.host is not None
-        if step == "staging":
-            return any((self.host.root / ".clawdie-ops").glob("restore-*/staging"))
+        if step == "staging":  # STATE_DIR/installs/ROOT-SLUG/RUN/staging
+            return any(self.state.glob("installs/*/*/staging"))
         if step == "psql":
             return any("psql" in p and "staging" in p for p in procs)
         if step == "safety-dump":
@@ -582,7 +591,7 @@ class Restore(Scenario):
         if res.returncode or diff:
             detail = _last(res.stderr) if res.returncode else f"state differs: {diff}"
             lost = [f"after a killed run the next restore could not finish: {detail}"] \
-                if verdict.state == "mixed" else []
+                if verdict.state in ("mixed", "unreadable") else []
             return False, detail, lost
         modes = st.mode_changes(self.archive_state, now)
         if modes and verdict.state != "archive":  # else the faulted run reported them
@@ -677,6 +686,13 @@ class Drill(Scenario):
                   env={**RIG_PATH, "TMPDIR": str(self.tmpdir)})
         if res.returncode:
             return False, _last(res.stderr), []
+        # what the killed drill left (folders, its PostgreSQL) the next one must sweep
+        running = [cmdline_of(q) for q in self.strays()]
+        left = [p.name for p in self.tmpdir.glob("clawdie-drill-*")]
+        if running or left:
+            return False, (f"the next drill passed but left the killed one's "
+                           f"{'PostgreSQL running: ' + '; '.join(running) if running else ''}"
+                           f"{' folders: ' + ', '.join(left) if left else ''}"), []
         return True, "drill passed", []
 
     def archive_dirs(self) -> list[Path]:
@@ -758,8 +774,10 @@ class Replicate(Scenario):
     def _target_digests(self) -> dict:
         have = set(sh(ZFS, "list", "-H", "-o", "name", "-r", self.target.pool_name,
                       check=False).stdout.split())
-        return {j: tree_digest(self.target.pool.mount_of(self._tds(j)))
-                if self._tds(j) in have else None for j in self.JAILS}
+        # keyed as dataset_state is: each jail dataset and its `root` child (bastille's)
+        names = [n for j in self.JAILS for n in (j, f"{j}/root")]
+        return {n: tree_digest(self.target.pool.mount_of(self._tds(n)))
+                if self._tds(n) in have else None for n in names}
 
     def capture(self) -> dict:
         assert self.host is not None
@@ -795,8 +813,11 @@ class Replicate(Scenario):
         if self._target_digests() != dataset_state(self.host, self.JAILS):
             mounted = sh(ZFS, "get", "-H", "-o", "name,value", "-r", "mounted",
                          f"{self.target.pool_name}/{PREFIX}", check=False).stdout.split("\n")
-            return False, ("replicate succeeded but the target differs from the source "
-                           f"(zfs get mounted: {'; '.join(m for m in mounted if m)})"), []
+            diff = [n for n, d in self._target_digests().items()
+                    if d != dataset_state(self.host, self.JAILS).get(n)]
+            return False, (f"replicate succeeded but the target differs from the source in "
+                           f"{', '.join(diff)} (zfs get mounted: "
+                           f"{'; '.join(m for m in mounted if m and '@' not in m)})"), []
         return True, "replicated", []
 
 
@@ -805,7 +826,7 @@ class Migrate(Scenario):
     (Fabric: commands and the archive copy) and the old host's to the new one (syncoid)."""
     command = "migrate"
     JAILS = ("db",)  # one jail dataset: the faults aim at the steps, not at the volume
-    timeout = 240.0
+    timeout = 480.0  # a clean migrate took 180 s on the 2 cores at a load average of 26
     faults = {"sigkill": ("", "syncoid", "copy", "psql"),
               "sigterm": ("", "syncoid", "copy", "psql"),
               "ssh-cut": ("copy", "zfs-recv"),
@@ -822,8 +843,16 @@ class Migrate(Scenario):
                                                alias=f"rig-{self.new.name}-op")
         self.peer, self.peer_proxy = through_proxy(self.rig, self.new, port=2224,
                                                    alias=f"rig-{self.new.name}-peer")
-        write_inventory(self.rig, self.old, self.new, ssh=self.alias, peer_ssh=self.peer)
+        self._inventory()
         self.tmpdir.mkdir(exist_ok=True)
+
+    def _inventory(self) -> None:
+        """The new host in the old one's inventory: through the proxies, with an admin
+        login there (migrate creates pgvector's extension in memory_db with it)."""
+        write_inventory(self.rig, self.old, self.new, ssh=self.alias, peer_ssh=self.peer,
+                        overrides={"db_host": self.new.address, "zfs_pool": self.new.pool_name,
+                                   "db_admin": {"user": "postgres", "password": SUPERPASS}})
+        (self.old.home / ".invoke.json").chmod(0o600)  # it holds the admin's password
 
     def hosts(self) -> list[SimHost]:
         return [h for h in (getattr(self, "old", None), getattr(self, "new", None)) if h]
@@ -844,7 +873,7 @@ class Migrate(Scenario):
         pool = new.pool_name
         empty_pool(new, self.abandoned)
         if new.pool_name != pool:  # the inventory names the new host's pool
-            write_inventory(self.rig, old, new, ssh=self.alias, peer_ssh=self.peer)
+            self._inventory()
         drop_aside(new)
         for key in ("memory", "skills"):
             recreate_db(new, f"{key}_db", f"{key}_user", None)
@@ -951,13 +980,17 @@ class Migrate(Scenario):
 
 
 class Prune(Scenario):
-    """prune --keep-last 3 over six real archives of six days (made under faketime).
+    """prune --keep-last 3 over six real archives of six days (made under faketime), and a
+    stale partial file a killed backup left three days ago (prune sweeps it).
 
-    Joins the campaign once the installed clawdie-ops has `prune` (branch operate); until
-    then it is left out of the plan, and it has not run against the real command yet."""
+    Invariants: the three newest archives are there and verify (every complete archive
+    is inspected), nothing else changed in place, and the next prune succeeds and leaves
+    exactly those three (no partial or lock of the faulted run stops it)."""
     command = "prune"
     KEEP = 3
-    faults = {"sigkill": ("", "verify"), "sigterm": ("", "verify"), "clock-step": ("",)}
+    STALE = ".clawdie-backup-01.11.2026-0100.tar.zst.partial"
+    faults = {"sigkill": ("", "remove"), "sigterm": ("", "remove"),
+              "clock-step": ("", "remove")}
 
     def setup(self) -> None:
         h = self.host = self.rig.host("fprune")
@@ -974,22 +1007,30 @@ class Prune(Scenario):
                                  env=e, capture_output=True, text=True, cwd=h.root)
             assert res.returncode == 0, res.stderr[-800:]
             names.append(Path(json.loads(res.stdout)["archive"]).name)
+        self.all = set(names)
         self.keep = set(names[-self.KEEP:])
 
     def reset(self, rng: random.Random) -> None:
         empty(self.out)
         empty(self.tmpdir)
         sh("cp", "-a", f"{self.saved}/.", str(self.out))
+        stale = self.out / self.STALE
+        stale.write_bytes(rng.randbytes(4096))
+        old = time.time() - 3 * 86400
+        os.utime(stale, (old, old))
 
     def argv(self, rng: random.Random) -> list[str]:
         return ["prune", "--output", str(self.out), "--keep-last", str(self.KEEP), "--json"]
 
     def step_seen(self, step: str, procs: list[str]) -> bool:
-        return step == "verify" and any("zstd" in p for p in procs)
+        # the first old archive (or the stale partial) gone: prune is removing
+        return step == "remove" and (
+            not (self.out / self.STALE).exists()
+            or len([p for p in self.out.iterdir() if st.COMPLETE.match(p.name)]) < len(self.all))
 
     def capture(self) -> dict:
-        return {"archives": {p.name: tree_digest(p.parent)[p.name]
-                             for p in self.out.iterdir() if st.COMPLETE.match(p.name)}}
+        digests = tree_digest(self.out)  # once: it hashes every file of the folder
+        return {"archives": {n: d for n, d in digests.items() if st.COMPLETE.match(n)}}
 
     def judge(self, before: dict, after: dict, run: Run) -> Verdict:
         v = Verdict("before" if before == after else "pruned")
@@ -1000,6 +1041,9 @@ class Prune(Scenario):
         if changed:
             v.lost.append(f"archives changed in place: {changed}")
         v.violations += v.lost
+        if run.code == 0 and set(after["archives"]) != self.keep:
+            v.violations.append(f"prune reported success but the directory holds "
+                                f"{sorted(after['archives'])}")
         return v
 
     def next_run(self, before: dict, verdict: Verdict) -> tuple[bool, str, list[str]]:
@@ -1011,6 +1055,9 @@ class Prune(Scenario):
             return False, _last(res.stderr), []
         if left != self.keep:
             return False, f"after prune the directory holds {sorted(left)}", []
+        partial = [p.name for p in self.out.iterdir() if p.name.endswith(".partial")]
+        if partial:
+            return False, f"the next prune left partial files: {partial}", []
         return True, "pruned", []
 
     def archive_dirs(self) -> list[Path]:
@@ -1023,6 +1070,10 @@ def _cmd_args(pid: int) -> list[str]:
     except OSError:
         return []
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def cmdline_of(pid: int) -> str:
+    return " ".join(_cmd_args(pid))[:200]
 
 
 def _kill(pid: int) -> None:

@@ -234,19 +234,21 @@ def check_space(s: Settings, newest: Path | None, db_bytes: int,
 
 def check_leftovers(s: Settings) -> Check:
     """What killed runs left: partial archives and spools, password files, interrupted
-    restores. Read only: the next backup or restore sweeps them (restore keeps the
-    pre-restore copies)."""
+    restores, killed drills' folders (and their PostgreSQL still running). Read only: the
+    next backup, restore or drill sweeps them (restore keeps the pre-restore copies)."""
     busy = locks.holder_if_held(
         s.state_dir / "locks" / f"backups-{statedir.slug(s.backup_dir)}.lock")
     found = [] if busy else leftovers.in_backup_dir(s.backup_dir)
     found += leftovers.passfiles()
     found += leftovers.restores(s.state_dir / "installs" / statedir.slug(s.root))
+    found += leftovers.drills()
     if not found:
         detail = "none" + (f" (a backup is running: {busy.describe()})" if busy else "")
         return Check("leftovers", "ok", detail)
     more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
     return Check("leftovers", "warn", "; ".join(x.describe() for x in found[:3]) + more,
-                 "the next backup or restore removes them (pre-restore copies stay); an "
+                 "the next backup or restore removes them (pre-restore copies stay), the "
+                 "next drill a killed drill's folder and the PostgreSQL it left running; an "
                  "interrupted restore may have left the installation partly restored: restore "
                  "again, or put its pre-restore copies back by hand")
 

@@ -25,6 +25,7 @@ import psycopg
 
 from invoke import Context
 
+from .. import leftovers
 from ..sources.postgres import extensions, roles as pgroles
 from ..sources.postgres.cluster import Throwaway, find_server_bin, reachable
 from ..archive.writer import sha256_stream
@@ -168,6 +169,7 @@ class Drill:
                 self.cluster_parent = Path(tempfile.mkdtemp(prefix="clawdie-drill-pg-",
                                                             dir=parent))
                 os.chmod(self.cluster_parent, 0o711)
+                leftovers.mark_running(self.cluster_parent)
                 base = self.cluster_parent / "pg"
             self.cluster = Throwaway(self.c, self.s, bindir, base, os_user)
             self.admin = self.cluster.start()
@@ -195,6 +197,7 @@ class Drill:
         # mkdtemp: private (0700), and it stays so: the drilled messages.db and .env are
         # the installation's own.
         self.sandbox = Path(tempfile.mkdtemp(prefix="clawdie-drill-"))
+        leftovers.mark_running(self.sandbox)  # a killed drill's folder: the next one sweeps it
         staged = self.sandbox / STAGED
         staged.mkdir(mode=0o700)
         return stage(archive, staged, lambda name: True, keys)
@@ -338,6 +341,10 @@ def run(c: Context, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out
     archive = opts.archive if opts.archive else newest_archive(
         Path(opts.latest or "."), keys_for(s).decrypt)
     d = Drill(c, s, cfg, opts, out)
+    # what killed drills left: their folders, and a throwaway PostgreSQL still running
+    swept = leftovers.sweep(leftovers.drills())
+    for line in swept:
+        out.warn(f"removed what a killed run left: {line}")
     planned = ["postgres server", "extract", "messages.db", "files"]
     try:
         v = d.step("verify archive", archive.name, lambda: d.verify_and_stage(archive))
@@ -370,6 +377,7 @@ def run(c: Context, s: Settings, cfg: Mapping[str, Any], opts: DrillOptions, out
         d.step("cleanup", "", d.cleanup)
     ok = not d.failed
     return {"archive": str(archive), "ok": ok, "checks": [asdict(ch) for ch in d.checks],
+            "swept": swept,
             "server": ({"address": d.server.address, "version": d.server.version,
                         "throwaway": d.cluster is not None} if d.server else None),
             "duration_s": round(time.monotonic() - started, 3)}

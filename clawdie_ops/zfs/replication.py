@@ -18,7 +18,7 @@ from invoke import Context
 
 from .. import runner
 from ..hosts import agent, ssh
-from . import datasets, syncoid, commands as zfs
+from . import datasets, mounts, syncoid, commands as zfs
 from ..config import inventory
 from ..config.settings import Settings
 from ..errors import ConfigError, DatasetMissing, ZfsError
@@ -224,6 +224,10 @@ def replicate_one(c: Context, conn: Context, plan: ReplicationPlan, pair: Pair) 
         if pair.aside:
             zfs.rename(conn, ts, pair.target, pair.aside)
         res = runner.run(c, plan.command(pair))
+        # before the jail starts again: a receive cut short earlier can leave the target
+        # unmounted, and syncoid's next run succeeds without mounting it
+        remounted = mounts.ensure_mounted(conn, ts, pair.target, plan.to) \
+            if res.exited == 0 else []
     finally:
         duration = round(time.monotonic() - start, 3)
         if stopped and pair.jail:
@@ -242,7 +246,8 @@ def replicate_one(c: Context, conn: Context, plan: ReplicationPlan, pair: Pair) 
             "bytes": report.bytes, "bytes_method": report.method,
             "transfers": [dataclasses.asdict(t) for t in report.transfers],
             "children": list(pair.children), "set_aside": pair.aside,
-            "duration_s": duration, "jail_stopped": stopped, "warnings": report.warnings}
+            "duration_s": duration, "jail_stopped": stopped, "warnings": report.warnings,
+            "remounted": remounted}
 
 
 def run(c: Context, plan: ReplicationPlan, out: Reporter) -> dict[str, Any]:
@@ -259,6 +264,9 @@ def run(c: Context, plan: ReplicationPlan, out: Reporter) -> dict[str, Any]:
         size = human_size(item["bytes"]) if item["bytes"] is not None else "size unknown"
         out.err.print(f"{pair.source} -> {plan.to}:{pair.target}: {item['mode']}, {size} "
                       f"in {item['duration_s']:.1f}s", markup=False)
+        for name in item["remounted"]:
+            out.err.print(f"  {plan.to}:{name} was received but not mounted: mounted it",
+                          markup=False)
     known = [d["bytes"] for d in done if d["bytes"] is not None]
     return {"to": plan.to, "target": f"{plan.host.user}@{plan.host.hostname}",
             "compression": plan.options.compress,

@@ -251,6 +251,68 @@ def test_drill_stopped_by_sigterm_cleans_up(source, tmp_path):
     assert_nothing_left(tmp_path)
 
 
+def _servers_in(folder: Path) -> list[int]:
+    """Postmasters whose data directory is below `folder`."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and args and args[0].endswith(b"/postgres") and any(
+                a.startswith(str(folder).encode()) for a in args):
+            out.append(int(proc.name))
+    return out
+
+
+def test_a_sigkilled_drills_cluster_is_stopped_and_removed_by_doctor_and_the_next_drill(
+        source, tmp_path):
+    """The fault campaign's drill SIGKILLs: pg_ctl daemonizes the throwaway PostgreSQL, so
+    it outlived the killed drill with its folder. doctor names it; the next drill stops it,
+    removes the folders and says so."""
+    h, good, _ = source
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    earlier = set(Path("/tmp").glob("clawdie-drill-pg-*"))
+    env = {**h.proc_env(), "TMPDIR": str(scratch)}
+    proc = subprocess.Popen([CLI, "drill", str(good)], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found: dict = {}
+
+    def started() -> bool:
+        for p in set(Path("/tmp").glob("clawdie-drill-pg-*")) - earlier:
+            if (p / "pid").exists() and (p / "pid").read_text().split()[0] == str(proc.pid) \
+                    and (pids := _servers_in(p)):
+                found.update(folder=p, pids=pids)
+        return bool(found) or proc.poll() is not None
+
+    wait_until(started, 120, "the drill's throwaway PostgreSQL to run")
+    assert found, "the drill ended before its cluster ran: the test proves nothing"
+    proc.kill()
+    proc.wait()
+    time.sleep(1)
+    folder, server = found["folder"], min(found["pids"])
+    assert _servers_in(folder), "the cluster did not outlive the killed drill"
+    sandboxes = list(scratch.glob("clawdie-drill-*"))
+    assert sandboxes and folder.exists()
+
+    doc = cli(h, "doctor", "--json", env={"TMPDIR": str(scratch)})
+    leftover = next(ch for ch in json.loads(doc.stdout)["checks"] if ch["name"] == "leftovers")
+    assert leftover["status"] == "warn" and str(folder) in leftover["detail"]
+    assert f"throwaway PostgreSQL still running, pid {server}" in leftover["detail"]
+
+    res = drill(h, tmp_path, str(good), "--json")
+    assert res.returncode == 0, res.stderr
+    err = " ".join(res.stderr.split())
+    assert f"removed what a killed run left: killed drill's folder {folder}" in err
+    assert f"pid {server}" in err
+    assert _servers_in(folder) == [] and not folder.exists()
+    assert not any(p.exists() for p in sandboxes)
+    assert set(json.loads(res.stdout)["swept"]) >= {
+        f"killed drill's folder {folder} (with its throwaway PostgreSQL still running, "
+        f"pid {', '.join(map(str, sorted(found['pids'])))})"}
+
+
 def test_drill_sandbox_is_private_and_the_cluster_gets_only_its_folder(source, tmp_path):
     """The sandbox (drilled messages.db, .env, dumps) is 0700; the postgres user gets a
     folder of its own holding only the cluster (0711: it may pass, nobody may list)."""
@@ -285,4 +347,5 @@ def test_drill_sandbox_is_private_and_the_cluster_gets_only_its_folder(source, t
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
     assert seen["sandbox"] == 0o700
-    assert seen["cluster"] == (0o711, ["pg"], 0o700, pwd.getpwnam("postgres").pw_uid)
+    # pid: which drill made it, for the sweep after a killed one
+    assert seen["cluster"] == (0o711, ["pg", "pid"], 0o700, pwd.getpwnam("postgres").pw_uid)

@@ -232,3 +232,53 @@ def test_ssh_options_with_spaces_survive_syncoids_shell(tmp_path):
     assert seen["userknownhostsfile"] == [f"{known} /etc/other"]
     assert seen["port"] == ["2222"] and seen["stricthostkeychecking"] == ["true"]
     assert str(key) in seen["identityfile"]
+
+
+def _mounted(dataset: str) -> str:
+    return sh(ZFS, "get", "-H", "-o", "value", "mounted", dataset).stdout.strip()
+
+
+def test_a_target_left_unmounted_by_a_cut_receive_is_mounted_by_the_next_replicate(
+        rig, host, target):
+    """The fault campaign's replicate-30/31: a killed `zfs receive` (or an sshd restart)
+    mid-way through an incremental leaves the target unmounted; the next replicate exited
+    0 with every snapshot received and the target still unmounted (its jail would start
+    on an empty folder)."""
+    point_at(host, target, rig)
+    tpool = target.pool_name
+    args = ("replicate", "--to", target.alias, "--target-pool", tpool, "--dataset", "db",
+            "--json")
+    cli(host, *args, env=RIG_PATH, check=True)
+    troot = f"{tpool}/clawdie/jails/db/root"
+    tdb = f"{tpool}/clawdie/jails/db"
+    # what an incremental receive cut short leaves: it unmounts the target first
+    sh(ZFS, "unmount", troot)
+    sh(ZFS, "unmount", tdb)
+    assert _mounted(troot) == "no" and _mounted(tdb) == "no"
+    (host.jail_files("db") / "after.bin").write_bytes(os.urandom(50_000))
+
+    res = cli(host, *args, env=RIG_PATH, check=True)
+    assert _mounted(tdb) == "yes" and _mounted(troot) == "yes"
+    assert tree_digest(target.pool.mount_of(troot)) == tree_digest(host.jail_files("db"))
+    assert tree_digest(target.pool.mount_of(tdb)) == tree_digest(host.pool.mount_of(
+        host.dataset("db")))
+    item = json.loads(res.stdout)["datasets"][0]
+    assert sorted(item["remounted"]) == sorted([tdb, troot])
+    assert f"{target.alias}:{troot} was received but not mounted: mounted it" in res.stderr
+    # mounted as it should be: the run after that has nothing to mount
+    again = json.loads(cli(host, *args, env=RIG_PATH, check=True).stdout)
+    assert again["datasets"][0]["remounted"] == []
+
+    # the campaign's replicate-7: the jail's root left mounted inside db's folder while db
+    # is not, so that folder is not empty and `zfs mount db` alone fails
+    sh(ZFS, "unmount", troot)
+    sh(ZFS, "unmount", tdb)
+    sh(ZFS, "mount", troot)
+    assert _mounted(tdb) == "no" and _mounted(troot) == "yes"
+    (host.jail_files("db") / "later.bin").write_bytes(os.urandom(50_000))
+    res = cli(host, *args, env=RIG_PATH, check=True)
+    assert _mounted(tdb) == "yes" and _mounted(troot) == "yes"
+    assert json.loads(res.stdout)["datasets"][0]["remounted"] == [tdb]
+    assert tree_digest(target.pool.mount_of(troot)) == tree_digest(host.jail_files("db"))
+    assert tree_digest(target.pool.mount_of(tdb)) == tree_digest(host.pool.mount_of(
+        host.dataset("db")))

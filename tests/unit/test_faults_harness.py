@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 
 from faults import campaign, report, state
 from faults.scenarios import SCENARIOS
@@ -31,13 +32,58 @@ def test_plan_shares_the_count_out_and_every_fault_fits_its_command():
     assert len(kinds) >= sum(len(s.faults) for s in SCENARIOS.values()) - 3
 
 
-def test_lanes_put_every_command_in_exactly_one_lane():
-    by_cmd = {}
-    for c in campaign.plan(1, 100, list(SCENARIOS)):
-        by_cmd.setdefault(c.command, []).append(c)
-    lanes = campaign.lanes(by_cmd, 3)
-    assert len(lanes) == 3
-    assert sorted(c for lane in lanes for c in lane) == sorted(by_cmd)
+def _outcome(case, injected, error=""):
+    return campaign.Outcome(asdict(case), injected=injected, harness_error=error)
+
+
+def test_a_missed_case_is_retried_earlier_then_replaced_until_the_share_is_injected():
+    q = campaign.WorkQueue(7, {"backup": 2})
+    first = q.take()
+    assert first.name == "backup-1"
+    q.done(first, _outcome(first, injected=False))
+    retry = q.take()
+    # the same fault, at an earlier moment, named so that --case reruns it exactly
+    assert retry.name == "backup-1r1" and retry.kind == first.kind and retry.attempt == 1
+    assert retry == campaign.make_case(7, *campaign.parse_name("backup-1r1"))
+    assert retry.step == "" and retry.frac <= 0.95 / 2
+    q.done(retry, _outcome(retry, injected=False))
+    again = q.take()
+    assert again.name == "backup-1r2" and again.frac <= 0.95 / 4
+    q.done(again, _outcome(again, injected=False))
+    nxt = q.take()
+    assert nxt.name == "backup-2"  # after RETRIES the case is replaced
+    q.done(nxt, _outcome(nxt, injected=True))
+    last = q.take()
+    q.done(last, _outcome(last, injected=True))
+    assert q.take() is None and q.injected == {"backup": 2}
+
+
+def test_a_step_only_fault_is_retried_at_its_step_without_delay():
+    k = next(k for k in range(1, 200)
+             if campaign.make_case(3, "replicate", k).kind == "zfs-recv-kill")
+    retry = campaign.make_case(3, "replicate", k, 1)
+    assert retry.step == "zfs-recv" and retry.delay == 0.0
+
+
+def test_lanes_share_one_queue_but_never_run_one_command_twice_at_once():
+    q = campaign.WorkQueue(1, {"backup": 3, "restore": 3, "migrate": 1})
+    taken = [q.take() for _ in range(3)]
+    assert sorted(c.command for c in taken) == ["backup", "migrate", "restore"]
+    # every command is busy: a fourth lane waits; one done frees its command for anyone
+    q.done(taken[0], _outcome(taken[0], injected=False))
+    nxt = q.take()
+    assert nxt.command == taken[0].command and nxt.attempt == 1
+
+
+def test_a_command_given_up_hands_its_faults_on():
+    q = campaign.WorkQueue(1, {"backup": 2, "migrate": 2})
+    for _ in range(3):
+        c = q.take()
+        while c.command != "migrate":
+            q.done(c, _outcome(c, injected=True))
+            c = q.take()
+        q.done(c, _outcome(c, injected=False, error="RuntimeError: rig"))
+    assert "migrate" in q.closed and q.quota == {"backup": 4, "migrate": 0}
 
 
 def test_differences_name_the_part_and_leave_modes_to_mode_changes():
