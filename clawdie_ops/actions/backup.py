@@ -41,6 +41,7 @@ from ..steps import Step, Undo, fill, groups, planned, run_together
 class BackupOptions:
     output: Path | None = None
     skip_skills: bool = False
+    databases: bool = True  # False: no dump, no PostgreSQL (they move in the db jail's dataset)
     snapshot: bool = True
     compression: str | None = None
     dry_run: bool = False
@@ -156,7 +157,7 @@ def make_plan(c: Context, s: Settings, opts: BackupOptions,
         archive=out / f"{name}{suffix}", top=name, compression=compression,
         snapshot=f"{s.jails_parent}@{name}" if opts.snapshot else None,
         datasets=s.datasets if opts.snapshot else [],
-        databases=s.databases(opts.skip_skills), files=files,
+        databases=s.databases(opts.skip_skills) if opts.databases else [], files=files,
         key=signing.key_path(dict(s.signing), s.home), recipients=recipients, notes=notes)
     plan.steps = _steps(s, plan, plan.entries)
     return plan
@@ -186,6 +187,8 @@ def preflight(c: Context, s: Settings, plan: BackupPlan) -> Preflight:
     for db in plan.databases:
         with pg.connect(db) as conn:
             servers[db.key] = pg.server_info(conn)
+    if not plan.databases:
+        return Preflight("", servers)
     newest = max((i.major for i in servers.values()), default=None)
     major, version = pg.client_version(c, s, "pg_dump", newest)
     for info in servers.values():
@@ -346,7 +349,10 @@ def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Pref
             raise SourceError(f"{item.source} vanished during the backup",
                               "run the backup again") from None
     manifest.items = _item_list(manifest.files)
-    if opts.skip_skills:
+    if not opts.databases:
+        for item in ("memory_db.sql", "skills_db.sql"):
+            manifest.skipped[item] = "--no-databases"
+    elif opts.skip_skills:
         manifest.skipped["skills_db.sql"] = "--skip-skills"
     manifest.postgres = {"pg_dump_version": pre.pg_dump_version,
                          "servers": {k: v.version for k, v in pre.servers.items()}}

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     "root": "Clawdie checkout to back up (default: $CLAWDIE_ROOT, else the current directory)",
     "output": "directory for the archive (default: clawdie.backup_dir, i.e. ~)",
     "skip-skills": "leave out skills_db (large, and regenerable with the setup step)",
+    "no-databases": "leave out memory_db and skills_db, and touch no PostgreSQL (migrate's "
+                    "final archive when the databases travel in the db jail's dataset)",
     "no-snapshot": "do not take ZFS snapshots of the jail datasets first",
     "compression": "gzip (.tar.gz, the runbook's format) or zstd (.tar.zst, faster)",
     "copy-to": "then send the archive to this inventory host's backup_dir (offsite copy: "
@@ -30,7 +32,8 @@ if TYPE_CHECKING:
     "wait": "when another backup or a restore holds the installation or the backup folder, "
             "wait up to this many seconds for it (default 0: refuse at once, naming it)",
 })
-def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=False,
+def backup(c: Context, root=None, output=None, skip_skills=False, no_databases=False,
+           no_snapshot=False,
            compression=None, copy_to=None, retries=5, accept_new_host_key=False,
            dry_run=False, json=False, wait=0):
     """Back up the installation into one archive (mode 0600).
@@ -45,7 +48,8 @@ def backup(c: Context, root=None, output=None, skip_skills=False, no_snapshot=Fa
     out = Reporter(as_json=json)
     s = settings(c, root)
     opts = action.BackupOptions(output=Path(output) if output else None,
-                                skip_skills=skip_skills, snapshot=not no_snapshot,
+                                skip_skills=skip_skills, databases=not no_databases,
+                                snapshot=not no_snapshot,
                                 compression=compression, dry_run=dry_run,
                                 wait=seconds(wait))
     cfg = config.section(c.config)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from ... import __version__, runner
 from ...config import inventory
-from . import journal as journal_mod
+from . import journal as journal_mod, pgmove
 from ...hosts import remote, install as toolinstall
 from ...errors import ConfigError
 from ...config.inventory import Host
@@ -51,11 +51,16 @@ class StepId(StrEnum):
     DOCTOR = "doctor"
     PAUSE_OLD_SCHEDULE = "pause-old-schedule"
     RESUME_NEW_SCHEDULE = "resume-new-schedule"
+    # PostgreSQL moving with the db jail's dataset (pgmove.py)
+    PG_COUNT_OLD = "pg-count-old"
+    STOP_OLD_DB = "stop-old-db"
+    CHECK_NEW_DB = "check-new-db"
 
 
 DOWNTIME = (StepId.STOP_OLD_AGENT, StepId.FINAL_SYNC, StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE,
             StepId.START_NEW_JAILS, StepId.TRUST_OLD_KEY, StepId.RESTORE, StepId.POINT_ENV,
-            StepId.START_NEW_AGENT, StepId.DOCTOR)
+            StepId.START_NEW_AGENT, StepId.DOCTOR,
+            StepId.PG_COUNT_OLD, StepId.STOP_OLD_DB, StepId.CHECK_NEW_DB)
 # final-sync runs alongside these two: ZFS streams on one side, PostgreSQL, SQLite and the
 # archive on the other, so the window is as long as the slower of the two, not their sum.
 # (The datasets themselves go one after the other: parallel receives failed on zfs-fuse.)
@@ -110,6 +115,8 @@ class Options:
     accept_new_host_key: bool = False
     retries: int = 5
     install: bool = True  # install clawdie-ops where it is missing
+    pg_dump: bool = False  # move the databases by dump and restore even where a dataset could
+    pg_path: str = ""  # "dataset" or "dump": decided by the preflight (pgmove.decide)
     # the new host's own jail datasets are renamed to NAME.<aside_suffix> (kept, not reused)
     aside_suffix: str = field(default_factory=lambda: f"pre-migrate-{datetime.now():%Y%m%d-%H%M%S}")
 
@@ -228,7 +235,7 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
 
     checksum = _on(StepId.COPY_ARCHIVE, "downtime", "here", new,
                    ["migrate-step", "checksum", "--path", "<path>", "--stdin", "--json"], "")
-    return [
+    return pgmove.shape([
         Step(StepId.CONNECT, "preflight", "here",
              f"ssh {old.ssh if not old.local else '(local)'} and ssh {new.ssh}: host keys must "
              "be known" + (" (new keys accepted: --accept-new-host-key)"
@@ -286,4 +293,4 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
         step(StepId.PAUSE_OLD_SCHEDULE, "cutover", "old", "schedule-pause",
              "scheduled backups and snapshots stop there: one live host"),
         step(StepId.RESUME_NEW_SCHEDULE, "cutover", "new", "schedule-resume", ""),
-    ]
+    ], opts, old, new)

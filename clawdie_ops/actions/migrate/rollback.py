@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...errors import ClawdieError, MigrationFailed, Terminated
-from . import outcome
+from . import outcome, pgmove
 from .plan import DOWNTIME, Step
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def roll_back(m: Migration, failed: Step, exc: BaseException) -> None:
             undone.append("stopped the agent on the new host")
         except ClawdieError as err:
             problems.append(f"could not stop the agent on the new host: {err.message}")
+    pgmove.undo(m, failed, undone, problems)  # the old db jail first: the agent needs it
     ran = m.journal.window.get("agent_was_running", m.journal.data.get("old_agent_ran", True))
     if ran:
         try:

@@ -34,7 +34,7 @@ from ...hosts import remote, install as toolinstall, transfer
 from ...errors import Aborted, ClawdieError, MigrationFailed, Terminated
 from ...config.inventory import Host
 from ...config.masking import masked
-from . import outcome, rollback
+from . import outcome, pgmove, rollback
 from .session import HostSession
 from .plan import (ALONGSIDE_SYNC, DOWNTIME, Options, Plan, Step, StepId, make_plan)
 from ...output import Reporter, confirm
@@ -72,6 +72,7 @@ class Migration(HostSession):
             StepId.RESTORE: self.do_restore,
             StepId.POINT_ENV: self.do_point_env, StepId.DOCTOR: self.do_doctor,
             StepId.START_NEW_JAILS: self.do_start_new_jails,
+            StepId.CHECK_NEW_DB: lambda step: pgmove.check_new(self, step),
         }
 
     # -- helpers -------------------------------------------------------------------------
@@ -180,6 +181,9 @@ class Migration(HostSession):
         for ch in self.checks:
             if ch.status == "warn":
                 self.warnings.append(f"{ch.name}: {ch.detail}")
+        chosen = pgmove.choose(self)
+        if not self.opts.dry_run:
+            self.journal.set("pg_path", {"path": chosen.path, "why": chosen.why})
         if failed:
             raise MigrationFailed(
                 "preflight refused the migration: " + "; ".join(
@@ -255,7 +259,8 @@ class Migration(HostSession):
 
     def do_restore(self, step: Step) -> dict[str, Any]:
         archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]
-        return self.run_plan_step(step, {"<archive>": archive})
+        files_only = pgmove.restore_values(self) if self.opts.pg_path == pgmove.DATASET else {}
+        return self.run_plan_step(step, {"<archive>": archive, **files_only})
 
     def do_point_env(self, step: Step) -> dict[str, Any]:
         result = self.run_plan_step(step)
@@ -293,8 +298,13 @@ class Migration(HostSession):
     def downtime(self) -> None:
         rollback.enter_window(self)
         current = self.step(DOWNTIME[0])
+        # what must be done before the final sync starts: the agent's stop (and, when
+        # PostgreSQL moves with its dataset, the row counts and the db jail's stop)
+        window = self.steps_of("downtime")
+        before = window[:window.index(self.step("final-sync"))]
         try:
-            self.run_step(current)
+            for current in before:
+                self.run_step(current)
             with ThreadPoolExecutor(max_workers=1) as pool:
                 sync = pool.submit(self.run_step, self.step("final-sync"), quiet=True)
                 try:
@@ -306,7 +316,7 @@ class Migration(HostSession):
                 current = self.step("final-sync")
                 sync.result()
             for step in self.steps_of("downtime"):
-                if step.id not in ("stop-old-agent", "final-sync", *ALONGSIDE_SYNC):
+                if step not in before and step.id not in ("final-sync", *ALONGSIDE_SYNC):
                     current = step
                     self.run_step(step)
         except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - whatever it was,
