@@ -350,8 +350,8 @@ def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Pref
                               "run the backup again") from None
     manifest.items = _item_list(manifest.files)
     if not opts.databases:
-        for item in ("memory_db.sql", "skills_db.sql"):
-            manifest.skipped[item] = "--no-databases"
+        for dump in ("memory_db.sql", "skills_db.sql"):
+            manifest.skipped[dump] = "--no-databases"
     elif opts.skip_skills:
         manifest.skipped["skills_db.sql"] = "--skip-skills"
     manifest.postgres = {"pg_dump_version": pre.pg_dump_version,

@@ -41,9 +41,7 @@ def data_dir_facts(c: Context, s: Settings) -> dict[str, Any]:
         root = agent.jail_path(c, s, s.pg_jail) if agent.jail_running(c, s, s.pg_jail) else None
         if root is None and s.zfs_prefix:
             from ...zfs import commands as zfs
-            res = zfs.run(c, zfs.cmd(s, "get", "-H", "-o", "value", "mountpoint",
-                                     s.root_dataset(s.pg_jail)))
-            root = res.stdout.strip() if res.exited == 0 else None
+            root = zfs.mountpoint(c, s, s.root_dataset(s.pg_jail)) or None
     except ClawdieError as exc:
         return {**out, "found": False, "why": exc.message}
     if not root or not root.startswith("/"):
