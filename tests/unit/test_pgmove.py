@@ -49,3 +49,15 @@ def test_the_dataset_window_stops_the_db_before_the_sync_and_checks_rows_after_e
     dump = migrate.make_plan(cfg(newbox=NEWBOX), migrate.Options(to="newbox"),
                              Path("/home/op"))
     assert "--no-databases" not in {a for s in dump.steps for a in s.args}
+
+
+def test_a_continued_window_tolerates_the_old_databases_it_stopped():
+    from clawdie_ops.checks import Check
+    checks = [Check("memory_db on old host", "fail", "connection refused", "check the jail"),
+              Check("ZFS on new host", "fail", "pool missing", "create it")]
+    same = pgmove.stopped_by_us(checks, {"state": "rolled_back"}, True)
+    assert [c.status for c in same] == ["fail", "fail"]
+    relaxed = pgmove.stopped_by_us(checks, {"state": "open"}, True)
+    assert [c.status for c in relaxed] == ["warn", "fail"]
+    assert "stopped the db jail" in relaxed[0].detail
+    assert pgmove.stopped_by_us(checks, {"state": "open"}, False) == checks

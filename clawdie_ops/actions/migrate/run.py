@@ -174,6 +174,8 @@ class Migration(HostSession):
                                               new_name=self.plan.new.name,
                                               force=self.opts.force, ours=ours,
                                               aside_suffix=self.opts.aside_suffix)
+        self.checks = pgmove.stopped_by_us(self.checks, self.journal.window,
+                                           self.journal.done("stop-old-db"))
         failed = migrate_checks.failures(self.checks)
         up = migrate_checks.upgrade(self.facts["old"], self.facts["new"])
         if up and f"PostgreSQL: {up}" not in self.plan.notes:
