@@ -25,16 +25,18 @@ WHEELHOUSE = REPO / ".cache" / "wheelhouse"
 
 def two_hosts(rig: Rig, *, with_roles: bool = True, jails: tuple[str, ...] | None = None,
               new_has_tool: bool = True, old_pg: int = DEFAULT_MAJOR,
-              prepared: bool = False) -> tuple[SimHost, SimHost]:
+              prepared: bool = False, new_jails: bool = False) -> tuple[SimHost, SimHost]:
     """The old host as an operator finds it (populated, agent running, cron active) and a
     new host with Clawdie cloned but empty: no data, no jail datasets.
 
     `jails` narrows clawdie.jails on both hosts (fewer syncoid runs, for the fault tests
     whose point is elsewhere). `new_has_tool=False`: clawdie-ops is not on the new host.
     `old_pg`: the old host's PostgreSQL major (the new one runs 18). `prepared`: the new
-    host's install made the roles with its own passwords, empty databases and pgvector."""
+    host's install made the roles with its own passwords, empty databases and pgvector.
+    `new_jails`: the new host's bastille jails exist (runbook step 1), its own empty
+    PostgreSQL running in its db jail (the pre-sync sets them aside)."""
     old = rig.new_host(ssh=True, pg=old_pg)
-    new = rig.new_host(ssh=True, populated=False, datasets=False,
+    new = rig.new_host(ssh=True, populated=False, datasets=new_jails,
                        with_roles=with_roles and not prepared, tool_on_path=new_has_tool)
     if prepared:
         with new.cluster.connect() as admin:
@@ -126,11 +128,14 @@ def files_state(h: SimHost, skip_env_keys: tuple[str, ...] = ()) -> dict:
 
 
 def dataset_state(h: SimHost, jails: tuple[str, ...] = JAILS) -> dict:
-    """Each jail dataset's files (jail.conf, fstab) and its `root` child's, by content."""
+    """Each jail dataset's files (jail.conf, fstab) and its `root` child's, by content;
+    PostgreSQL's folder in the db jail aside (a running server rewrites its files: the
+    databases are compared by their rows, db_state)."""
     out = {}
     for j in jails:
         out[j] = tree_digest(h.pool.mount_of(h.dataset(j)))
-        out[f"{j}/root"] = tree_digest(h.jail_files(j))
+        out[f"{j}/root"] = {k: v for k, v in tree_digest(h.jail_files(j)).items()
+                            if not k.startswith("var/db/postgres/")}
     return out
 
 

@@ -28,7 +28,7 @@ from ..zfs import commands as zfs
 from ..archive import encryption, signing
 from ..archive.writer import SUFFIX, ArchiveWriter
 from ..config.settings import DbSpec, Settings
-from ..errors import ClawdieError, OutputError, SourceError
+from ..errors import ClawdieError, ConfigError, OutputError, SourceError
 from ..archive.manifest import NAME as MANIFEST, Manifest, archive_stem
 from ..output import Reporter
 from ..sources import files as file_source
@@ -41,6 +41,7 @@ from ..steps import Step, Undo, fill, groups, planned, run_together
 class BackupOptions:
     output: Path | None = None
     skip_skills: bool = False
+    databases: bool = True  # False: no dump, no PostgreSQL (they move in the db jail's dataset)
     snapshot: bool = True
     compression: str | None = None
     dry_run: bool = False
@@ -141,6 +142,9 @@ def _output_dir(s: Settings, opts: BackupOptions) -> Path:
 def make_plan(c: Context, s: Settings, opts: BackupOptions,
               now: datetime | None = None) -> BackupPlan:
     """Decide everything (names, items, order) without changing anything."""
+    if opts.databases_only and not opts.databases:
+        raise ConfigError("--databases-only and --no-databases leave nothing to back up",
+                          "pass one of them")
     out = _output_dir(s, opts)
     compression = opts.compression or s.compression
     when = now or datetime.now()
@@ -165,7 +169,7 @@ def make_plan(c: Context, s: Settings, opts: BackupOptions,
         archive=out / f"{name}{suffix}", top=name, compression=compression,
         snapshot=f"{s.jails_parent}@{name}" if opts.snapshot else None,
         datasets=s.datasets if opts.snapshot else [],
-        databases=s.databases(opts.skip_skills), files=files,
+        databases=s.databases(opts.skip_skills) if opts.databases else [], files=files,
         key=signing.key_path(dict(s.signing), s.home), recipients=recipients, notes=notes,
         listed=listed or [], sqlite=not opts.databases_only)
     plan.steps = _steps(s, plan, plan.entries)
@@ -196,6 +200,8 @@ def preflight(c: Context, s: Settings, plan: BackupPlan) -> Preflight:
     for db in plan.databases:
         with pg.connect(db) as conn:
             servers[db.key] = pg.server_info(conn)
+    if not plan.databases:
+        return Preflight("", servers)
     newest = max((i.major for i in servers.values()), default=None)
     major, version = pg.client_version(c, s, "pg_dump", newest)
     for info in servers.values():
@@ -358,7 +364,10 @@ def _write_items(writer: ArchiveWriter, s: Settings, plan: BackupPlan, pre: Pref
             raise SourceError(f"{item.source} vanished during the backup",
                               "run the backup again") from None
     manifest.items = _item_list(manifest.files)
-    if opts.skip_skills:
+    if not opts.databases:
+        for dump in ("memory_db.sql", "skills_db.sql"):
+            manifest.skipped[dump] = "--no-databases"
+    elif opts.skip_skills:
         manifest.skipped["skills_db.sql"] = "--skip-skills"
     if opts.databases_only:
         for left_out in ("messages.db", "groups/", "mount-allowlist.json"):

@@ -125,6 +125,8 @@ def gather(c: Context, cfg: Mapping[str, Any], role: str, env: Mapping[str, str]
     except ClawdieError as exc:
         facts["jail_paths"] = {"name": "jail paths", "status": "warn", "detail": exc.message,
                                "fix": exc.hint}
+    from ..actions.migrate import pgmove
+    facts["pg_files"] = pgmove.data_dir_facts(c, effective)
     try:
         facts["agent_running"] = agent.running(c, current)
     except ClawdieError as exc:

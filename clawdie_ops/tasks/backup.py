@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     "skip-skills": "leave out skills_db (large, and regenerable with the setup step)",
     "databases-only": "only memory_db, skills_db and .env (migrate's window uses it: "
                       "messages.db and the files move by what changed)",
+    "no-databases": "leave out memory_db and skills_db, and touch no PostgreSQL (migrate's "
+                    "final archive when the databases travel in the db jail's dataset)",
     "no-snapshot": "do not take ZFS snapshots of the jail datasets first",
     "compression": "gzip (.tar.gz, the runbook's format) or zstd (.tar.zst, faster)",
     "copy-to": "then send the archive to this inventory host's backup_dir (offsite copy: "
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
             "wait up to this many seconds for it (default 0: refuse at once, naming it)",
 })
 def backup(c: Context, root=None, output=None, skip_skills=False, databases_only=False,
+           no_databases=False,
            no_snapshot=False,
            compression=None, copy_to=None, retries=5, accept_new_host_key=False,
            dry_run=False, json=False, wait=0):
@@ -52,6 +55,7 @@ def backup(c: Context, root=None, output=None, skip_skills=False, databases_only
     opts = action.BackupOptions(output=Path(output) if output else None,
                                 skip_skills=skip_skills, snapshot=not no_snapshot,
                                 databases_only=bool(databases_only),
+                                databases=not no_databases,
                                 compression=compression, dry_run=dry_run,
                                 wait=seconds(wait))
     cfg = config.section(c.config)

@@ -36,16 +36,27 @@ if TYPE_CHECKING:
     "delta": "move messages.db, .env, groups/ and the allowlist by what changed: a copy staged "
              "on the new host at the pre-sync, only the changed pages and files in the window "
              "(default); --no-delta carries them in the final archive instead",
+    "pg-dump": "move the databases by dump and restore in the downtime window even when both "
+               "hosts run the same PostgreSQL major (by default they then travel inside the "
+               "db jail's dataset: pre-sync live, the increment in the window, row counts "
+               "checked); an upgrade (different majors) always goes by dump",
 })
 def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=False, restart=False,
-            accept_new_host_key=False, retries=5, install=True, json=False, delta=True):
+            accept_new_host_key=False, retries=5, install=True, json=False, delta=True,
+            pg_dump=False):
     """Move the installation to new hardware: pre-sync live, then a short downtime window.
 
     Preflight on both hosts (read-only; clawdie-ops is installed where missing), syncoid
     of the jail datasets while the agent runs, then: stop the agent, final backup, final
     increment, copy the archive (checksum verified), restore on the new host, start it
-    there, doctor. A failure in that window starts the old host's agent again. Running the
-    same command again continues where an interrupted run stopped."""
+    there, doctor. When both hosts run the same PostgreSQL major and its data directory is
+    in the db jail's dataset, the databases travel in that dataset instead of the archive
+    (the db jail stopped in the window, row counts checked on the new host; --pg-dump
+    forces dump and restore). messages.db, .env, groups/ and the allowlist move by what
+    changed: a copy staged at the pre-sync, only the changed pages and files in the window
+    (--no-delta: in the archive). With both, the window has no archive. A failure in that window starts the old host's agent (and db
+    jail) again. Running the same command again continues where an interrupted run
+    stopped."""
     if not to:
         raise ConfigError("migrate needs the new host", "pass --to NEWHOST (a name in "
                           "clawdie.hosts, or an ssh alias)")
@@ -58,7 +69,8 @@ def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=Fal
     s = config.load(c.config, require_env=False)
     opts = action.Options(to=to, from_=from_, dry_run=dry_run, yes=yes, force=force,
                           restart=restart, accept_new_host_key=accept_new_host_key,
-                          retries=int(retries), install=bool(install), delta=bool(delta))
+                          retries=int(retries), install=bool(install), delta=bool(delta),
+                          pg_dump=bool(pg_dump))
     try:
         report = action.run(c, cfg, opts, out, s.home)
     except MigrationFailed as exc:
@@ -90,7 +102,8 @@ def _print(con: Console, lines: list[str]) -> None:
 
 # -- the host side ---------------------------------------------------------------------------
 STEP_ACTIONS = ("check", "agent-status", "agent-stop", "agent-start", "jails-start",
-                "schedule-pause", "schedule-resume", "checksum", "env-apply", "trust-key")
+                "schedule-pause", "schedule-resume", "checksum", "env-apply", "trust-key",
+                "pg-counts", "db-jail-stop", "db-jail-start")
 
 
 def _payload(stdin: bool) -> dict[str, Any]:
@@ -138,6 +151,16 @@ def _env_apply(c: Context, cfg: dict[str, Any]) -> dict[str, Any]:
             "agent_stopped": stopped}
 
 
+def _pg_jail(c: Context, s: config.Settings, action: str, data: dict[str, Any]
+             ) -> dict[str, Any]:
+    """PostgreSQL moving with its jail: its row counts, its jail stopped or started."""
+    from ..actions.migrate import pgmove
+
+    if action == "pg-counts":
+        return {"databases": pgmove.table_counts(s, float(data.get("wait") or 0))}
+    return pgmove.db_jail(c, s, action.rsplit("-", 1)[1])
+
+
 @operator_task(help={
     "action": "one of: " + ", ".join(STEP_ACTIONS),
     "path": "the file for `checksum`",
@@ -183,6 +206,8 @@ def migrate_step(c: Context, action, path=None, role="target", stdin=False, json
                 agent.jail_start(c, s, jail)
                 jails_started.append(jail)
         result = {"started": jails_started, "jails": list(s.jails)}
+    elif action in ("pg-counts", "db-jail-stop", "db-jail-start"):
+        result = _pg_jail(c, s, action, data)
     elif action in ("schedule-pause", "schedule-resume"):
         result = _schedule(c, s, cfg, action.split("-", 1)[1])
     elif action == "checksum":

@@ -179,10 +179,15 @@ def test_migrate_from_postgresql_15_onto_a_host_prepared_on_18_upgrades_it(rig):
     assert plan["preflight"] == "ok", dry.stdout + dry.stderr
     assert any("an upgrade from PostgreSQL 15." in n and "to 18." in n
                for n in plan["plan"]["notes"])
+    # a data directory runs only on its own major: the databases go by dump and restore
+    assert any(n.startswith("PostgreSQL databases: dump and restore") and
+               "an upgrade from PostgreSQL 15 to 18" in n for n in plan["plan"]["notes"])
 
     res, report = migrate(old, new)
     assert res.returncode == 0, res.stderr + res.stdout
     assert report["status"] == "done"
+    assert report["postgres"]["path"] == "dump" and "upgrade" in report["postgres"]["why"]
+    assert {"memory_db.sql", "skills_db.sql"} <= set(report["moved"]["items"])
     versions = next(c for c in report["checks"] if c["name"] == "PostgreSQL versions")
     assert "an upgrade from PostgreSQL 15." in versions["detail"]
     mem = report["restore"]["connections"]["memory_db.sql"]

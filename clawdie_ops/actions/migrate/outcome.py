@@ -87,6 +87,11 @@ def report(m: Migration, status: str, failed: Step | None = None, error: str = "
         "doctor": j.result("doctor").get("status"),
         "checks": [ch.as_dict() for ch in m.checks],
         "steps": steps, "warnings": m.warnings,
+        # how the databases moved (pgmove.py), and each step of the window's seconds
+        "postgres": {**(j.data.get("pg_path") or {}),
+                     "checked": j.result("check-new-db") or None},
+        "downtime_steps": {s["id"]: s["seconds"] for s in steps
+                           if s["phase"] == "downtime" and s["seconds"] is not None},
         "rollback": rollback_howto(m, status),
     }
     if status == "failed":
@@ -109,8 +114,12 @@ def rollback_howto(m: Migration, status: str) -> list[str]:
     if status != "done":
         return [f"the old host {old.label} stays the live one; run the same migrate "
                 "command again to continue"]
+    # the databases moved with the db jail: it was stopped on the old host, and starts first
+    db = ([f"on {new.label}: {new.tool} migrate-step db-jail-stop",
+           f"on {old.label}: {old.tool} migrate-step db-jail-start"]
+          if m.opts.pg_path == "dataset" else [])
     return [f"on {new.label}: {new.tool} migrate-step agent-stop",
-            f"on {new.label}: {new.tool} migrate-step schedule-pause",
+            f"on {new.label}: {new.tool} migrate-step schedule-pause", *db,
             f"on {old.label}: {old.tool} migrate-step schedule-resume",
             f"on {old.label}: {old.tool} migrate-step agent-start",
             "the old host's data was not changed: it is live again as it was at the "

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from ... import __version__, runner
 from ...config import inventory
-from . import journal as journal_mod
+from . import journal as journal_mod, pgmove
 from ...hosts import remote, install as toolinstall
 from ...errors import ConfigError
 from ...config.inventory import Host
@@ -51,6 +51,10 @@ class StepId(StrEnum):
     DOCTOR = "doctor"
     PAUSE_OLD_SCHEDULE = "pause-old-schedule"
     RESUME_NEW_SCHEDULE = "resume-new-schedule"
+    # PostgreSQL moving with the db jail's dataset (pgmove.py)
+    PG_COUNT_OLD = "pg-count-old"
+    STOP_OLD_DB = "stop-old-db"
+    CHECK_NEW_DB = "check-new-db"
     # messages.db and the files by what changed (actions/migrate/delta.py)
     PRESYNC_FILES = "presync-files"
     FINAL_FILES = "final-files"
@@ -59,7 +63,8 @@ class StepId(StrEnum):
 
 DOWNTIME = (StepId.STOP_OLD_AGENT, StepId.FINAL_SYNC, StepId.FINAL_FILES, StepId.FINAL_BACKUP,
             StepId.COPY_ARCHIVE, StepId.START_NEW_JAILS, StepId.TRUST_OLD_KEY, StepId.RESTORE,
-            StepId.INSTALL_FILES, StepId.POINT_ENV, StepId.START_NEW_AGENT, StepId.DOCTOR)
+            StepId.INSTALL_FILES, StepId.POINT_ENV, StepId.START_NEW_AGENT, StepId.DOCTOR,
+            StepId.PG_COUNT_OLD, StepId.STOP_OLD_DB, StepId.CHECK_NEW_DB)
 # final-sync runs alongside these two: ZFS streams on one side, PostgreSQL, SQLite and the
 # archive on the other, so the window is as long as the slower of the two, not their sum.
 # (The datasets themselves go one after the other: parallel receives failed on zfs-fuse.)
@@ -118,6 +123,8 @@ class Options:
     retries: int = 5
     install: bool = True  # install clawdie-ops where it is missing
     delta: bool = True  # messages.db and the files by what changed (False: in the archive)
+    pg_dump: bool = False  # move the databases by dump and restore even where a dataset could
+    pg_path: str = ""  # "dataset" or "dump": decided by the preflight (pgmove.decide)
     # the new host's own jail datasets are renamed to NAME.<aside_suffix> (kept, not reused)
     aside_suffix: str = field(default_factory=lambda: f"pre-migrate-{datetime.now():%Y%m%d-%H%M%S}")
 
@@ -236,7 +243,7 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
 
     checksum = _on(StepId.COPY_ARCHIVE, "downtime", "here", new,
                    ["migrate-step", "checksum", "--path", "<path>", "--stdin", "--json"], "")
-    return (with_delta if opts.delta else _as_is)(old, new, [
+    return _with_delta(opts, old, new, pgmove.shape([
         Step(StepId.CONNECT, "preflight", "here",
              f"ssh {old.ssh if not old.local else '(local)'} and ssh {new.ssh}: host keys must "
              "be known" + (" (new keys accepted: --accept-new-host-key)"
@@ -294,11 +301,13 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
         step(StepId.PAUSE_OLD_SCHEDULE, "cutover", "old", "schedule-pause",
              "scheduled backups and snapshots stop there: one live host"),
         step(StepId.RESUME_NEW_SCHEDULE, "cutover", "new", "schedule-resume", ""),
-    ])
+    ], opts, old, new))
 
 
-def _as_is(old: Host, new: Host, steps: list[Step]) -> list[Step]:
-    return steps
+def _with_delta(opts: Options, old: Host, new: Host, steps: list[Step]) -> list[Step]:
+    if not opts.delta:
+        return steps
+    return with_delta(old, new, steps, archive=opts.pg_path != pgmove.DATASET)
 
 
 # Restored from the archive when messages.db and the files move by what changed: the .env
@@ -307,10 +316,15 @@ def _as_is(old: Host, new: Host, steps: list[Step]) -> list[Step]:
 ARCHIVE_ITEMS = "env,memory_db,skills_db"
 
 
-def with_delta(old: Host, new: Host, steps: list[Step]) -> list[Step]:
+# With the databases in the db jail's dataset as well, nothing is left for an archive.
+NO_ARCHIVE = (StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE, StepId.RESTORE)
+
+
+def with_delta(old: Host, new: Host, steps: list[Step], archive: bool = True) -> list[Step]:
     """The steps that move messages.db and the files by what changed (delta.py), put among
     the others: a live copy in the pre-sync, the changes in the window, installed after the
-    restore (which then takes only the databases from the archive)."""
+    restore (which then takes only the databases from the archive). `archive` False: the
+    databases travel in the db jail's dataset, so the window has no archive at all."""
     def tool(h: Host, action: str) -> str:
         return remote.tool_command(h, "migrate-delta", action, "--stdin", "--json")
 
@@ -332,6 +346,10 @@ def with_delta(old: Host, new: Host, steps: list[Step]) -> list[Step]:
                    "`migrate-delta undo` if the window fails)")
     out: list[Step] = []
     for s in steps:
+        if not archive and s.id in NO_ARCHIVE:
+            continue
+        if not archive and s.id == StepId.POINT_ENV:
+            out.append(install)  # .env from the old host, then pointed at the new server
         if s.id == StepId.FINAL_BACKUP:
             args = (*s.args, "--databases-only")
             s = Step(s.id, s.phase, s.where, remote.tool_command(

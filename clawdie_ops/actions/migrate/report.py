@@ -43,6 +43,17 @@ def describe_report(report: dict[str, Any]) -> list[str]:
         lines.append(f"  downtime: {report['downtime_s']:.1f}s (agent stopped "
                      f"{report['agent_stopped_at']}, healthy on the new host "
                      f"{report['healthy_at']})")
+    if report.get("downtime_steps"):
+        lines.append("  window steps: " + ", ".join(
+            f"{k} {v:.1f}s" for k, v in report["downtime_steps"].items()))
+    pgm = report.get("postgres") or {}
+    if pgm.get("path"):
+        how = "moved with the db jail's dataset" if pgm["path"] == "dataset" else \
+            "dump and restore"
+        checked = pgm.get("checked") or {}
+        lines.append(f"  PostgreSQL: {how} ({pgm.get('why')})" + (
+            f"; row counts of {checked.get('tables')} tables match the old server's"
+            if checked.get("match") else ""))
     moved = report.get("moved") or {}
     if moved.get("items"):
         arch = moved.get("archive") or {}

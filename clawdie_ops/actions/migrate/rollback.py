@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...errors import ClawdieError, MigrationFailed, Terminated
-from . import outcome
+from . import outcome, pgmove
 from . import delta
 from .plan import DOWNTIME, Step
 
@@ -51,6 +51,7 @@ def roll_back(m: Migration, failed: Step, exc: BaseException) -> None:
         except ClawdieError as err:
             problems.append(f"could not put back the new host's own files: {err.message}; "
                             "run there: clawdie-ops migrate-delta undo")
+    pgmove.undo(m, failed, undone, problems)  # the old db jail first: the agent needs it
     ran = m.journal.window.get("agent_was_running", m.journal.data.get("old_agent_ran", True))
     if ran:
         try:

@@ -34,7 +34,7 @@ from ...hosts import remote, install as toolinstall, transfer
 from ...errors import Aborted, ClawdieError, MigrationFailed, Terminated
 from ...config.inventory import Host
 from ...config.masking import masked
-from . import delta, outcome, rollback
+from . import delta, outcome, pgmove, rollback
 from .session import HostSession
 from .plan import (ALONGSIDE_SYNC, BESIDE_SYNC, DOWNTIME, Options, Plan, Step, StepId,
                    make_plan)
@@ -74,6 +74,7 @@ class Migration(HostSession):
             StepId.POINT_ENV: self.do_point_env, StepId.DOCTOR: self.do_doctor,
             StepId.START_NEW_JAILS: self.do_start_new_jails,
             **delta.actions(self),
+            StepId.CHECK_NEW_DB: lambda step: pgmove.check_new(self, step),
         }
 
     # -- helpers -------------------------------------------------------------------------
@@ -175,6 +176,8 @@ class Migration(HostSession):
                                               new_name=self.plan.new.name,
                                               force=self.opts.force, ours=ours,
                                               aside_suffix=self.opts.aside_suffix)
+        self.checks = pgmove.stopped_by_us(self.checks, self.journal.window,
+                                           self.journal.done("stop-old-db"))
         failed = migrate_checks.failures(self.checks)
         up = migrate_checks.upgrade(self.facts["old"], self.facts["new"])
         if up and f"PostgreSQL: {up}" not in self.plan.notes:
@@ -182,6 +185,9 @@ class Migration(HostSession):
         for ch in self.checks:
             if ch.status == "warn":
                 self.warnings.append(f"{ch.name}: {ch.detail}")
+        chosen = pgmove.choose(self)
+        if not self.opts.dry_run:
+            self.journal.set("pg_path", {"path": chosen.path, "why": chosen.why})
         if failed:
             raise MigrationFailed(
                 "preflight refused the migration: " + "; ".join(
@@ -257,7 +263,8 @@ class Migration(HostSession):
 
     def do_restore(self, step: Step) -> dict[str, Any]:
         archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]
-        return self.run_plan_step(step, {"<archive>": archive})
+        files_only = pgmove.restore_values(self) if self.opts.pg_path == pgmove.DATASET else {}
+        return self.run_plan_step(step, {"<archive>": archive, **files_only})
 
     def do_point_env(self, step: Step) -> dict[str, Any]:
         result = self.run_plan_step(step)
@@ -295,15 +302,19 @@ class Migration(HostSession):
     def downtime(self) -> None:
         rollback.enter_window(self)
         current = self.step(DOWNTIME[0])
+        # what must be done before the final sync starts: the agent's stop (and, when
+        # PostgreSQL moves with its dataset, the row counts and the db jail's stop)
+        window = self.steps_of("downtime")
+        before = window[:window.index(self.step("final-sync"))]
         try:
-            self.run_step(current)
+            for current in before:
+                self.run_step(current)
             beside = [s for s in self.plan.steps if s.id in BESIDE_SYNC]
             with ThreadPoolExecutor(max_workers=1 + len(beside)) as pool:
                 sync = pool.submit(self.run_step, self.step("final-sync"), quiet=True)
                 others = [(s, pool.submit(self.run_step, s, quiet=True)) for s in beside]
                 try:
-                    for step_id in ALONGSIDE_SYNC:
-                        current = self.step(step_id)
+                    for current in [s for s in window if s.id in ALONGSIDE_SYNC]:
                         self.run_step(current)
                 finally:
                     # never roll back while syncoid (or the final-files pass) still reads
@@ -315,8 +326,8 @@ class Migration(HostSession):
                     current = step  # the step a failure names
                     future.result()
             for step in self.steps_of("downtime"):
-                if step.id not in ("stop-old-agent", "final-sync", *ALONGSIDE_SYNC,
-                                   *BESIDE_SYNC):
+                if step not in before and step.id not in ("final-sync", *ALONGSIDE_SYNC,
+                                                          *BESIDE_SYNC):
                     current = step
                     self.run_step(step)
         except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - whatever it was,

@@ -19,10 +19,16 @@ def _error(exc: BaseException) -> str:
 
 
 def identity(conn: psycopg.Connection, info: pg.ServerInfo) -> str:
-    """Which server this is: its system identifier, else its start time and address."""
-    if info.system_identifier:
-        return info.system_identifier
+    """Which server this is: its system identifier and when its postmaster started.
+
+    A cluster moved with its jail's dataset keeps the system identifier, so that alone
+    cannot tell the old host's server from the new host's copy; the start time does (a
+    server reached twice, under any address, shows the same one). The address is no part
+    of it: two hosts' db jails may share one private address, and one server may be
+    reached under two."""
     started = pg.scalar(conn, "SELECT pg_postmaster_start_time()::text")
+    if info.system_identifier:
+        return f"{info.system_identifier} started {started}"
     return f"started {started} at {info.address}"
 
 
