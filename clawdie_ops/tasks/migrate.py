@@ -54,8 +54,8 @@ def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=Fal
     (the db jail stopped in the window, row counts checked on the new host; --pg-dump
     forces dump and restore). messages.db, .env, groups/ and the allowlist move by what
     changed: a copy staged at the pre-sync, only the changed pages and files in the window
-    (--no-delta: in the archive). With both, the window has no archive. A failure in that window starts the old host's agent (and db
-    jail) again. Running the same command again continues where an interrupted run
+    (--no-delta: in the archive). With both, the window has no archive. A failure in that
+    window starts the old host's agent (and db jail) again. Running the same command again continues where an interrupted run
     stopped."""
     if not to:
         raise ConfigError("migrate needs the new host", "pass --to NEWHOST (a name in "

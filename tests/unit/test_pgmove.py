@@ -36,7 +36,7 @@ def test_dump_when_asked_for_an_upgrade_or_files_outside_the_jail():
 
 
 def test_the_dataset_window_stops_the_db_before_the_sync_and_checks_rows_after_env():
-    opts = migrate.Options(to="newbox", pg_path="dataset")
+    opts = migrate.Options(to="newbox", pg_path="dataset", delta=False)
     p = migrate.make_plan(cfg(newbox=NEWBOX), opts, Path("/home/op"))
     ids = [s.id for s in p.steps if s.phase == "downtime"]
     assert ids[:4] == ["stop-old-agent", "pg-count-old", "stop-old-db", "final-sync"]
@@ -49,6 +49,22 @@ def test_the_dataset_window_stops_the_db_before_the_sync_and_checks_rows_after_e
     dump = migrate.make_plan(cfg(newbox=NEWBOX), migrate.Options(to="newbox"),
                              Path("/home/op"))
     assert "--no-databases" not in {a for s in dump.steps for a in s.args}
+
+
+def test_with_the_delta_too_the_window_has_no_archive():
+    opts = migrate.Options(to="newbox", pg_path="dataset")
+    p = migrate.make_plan(cfg(newbox=NEWBOX), opts, Path("/home/op"))
+    ids = [s.id for s in p.steps if s.phase == "downtime"]
+    assert not {"final-backup", "copy-archive", "restore"} & set(ids)
+    assert ids.index("final-files") > ids.index("final-sync")
+    assert ids.index("install-files") + 1 == ids.index("point-env")
+    assert ids.index("check-new-db") == ids.index("point-env") + 1
+    assert "trust-old-key" in ids  # the new host can still verify the old host's archives
+    dump = migrate.make_plan(cfg(newbox=NEWBOX), migrate.Options(to="newbox"),
+                             Path("/home/op"))
+    by_id = {s.id: s for s in dump.steps}
+    assert "--databases-only" in by_id["final-backup"].args
+    assert "--no-databases" not in by_id["final-backup"].args
 
 
 def test_a_continued_window_tolerates_the_old_databases_it_stopped():
