@@ -55,8 +55,8 @@ def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=Fal
     forces dump and restore). messages.db, .env, groups/ and the allowlist move by what
     changed: a copy staged at the pre-sync, only the changed pages and files in the window
     (--no-delta: in the archive). With both, the window has no archive. A failure in that
-    window starts the old host's agent (and db jail) again. Running the same command again continues where an interrupted run
-    stopped."""
+    window starts the old host's agent (and db jail) again. Running the same command again
+    continues where an interrupted run stopped."""
     if not to:
         raise ConfigError("migrate needs the new host", "pass --to NEWHOST (a name in "
                           "clawdie.hosts, or an ssh alias)")
