@@ -120,6 +120,15 @@ def _payload(stdin: bool) -> dict[str, Any]:
     return data
 
 
+def host_side(c: Context, stdin: bool) -> tuple[dict[str, Any], dict[str, Any],
+                                                 config.Settings]:
+    """What a host-side step reads: the payload migrate sent on stdin, the settings with the
+    inventory's overrides for this host applied, and those loaded."""
+    data = _payload(stdin)
+    cfg = inventory.apply(config.section(c.config), dict(data.get("config") or {}))
+    return data, cfg, config.load({"clawdie": cfg}, require_env=False)
+
+
 def _schedule(c: Context, s: config.Settings, cfg: dict[str, Any], action: str) -> dict[str, Any]:
     """Comment out (pause) or back in (resume) the scheduled jobs: `schedule`'s own lines and
     hand-written sanoid/syncoid/backup lines, in the crontab of each job's user."""
@@ -181,9 +190,7 @@ def migrate_step(c: Context, action, path=None, role="target", stdin=False, json
     from ..hosts import agent, facts, transfer
     from ..output import Reporter
 
-    data = _payload(stdin)
-    cfg = inventory.apply(config.section(c.config), dict(data.get("config") or {}))
-    s = config.load({"clawdie": cfg}, require_env=False)
+    data, cfg, s = host_side(c, stdin)
     if action == "check":
         if role not in ("source", "target"):
             raise ConfigError(f"--role {role!r}: use source or target", "")

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from invoke import Context
 
-from ..config import settings as config, inventory
 from ..errors import ConfigError
 from .base import operator_task
-from .migrate import _payload
+from .migrate import host_side
 
 ACTIONS = ("state", "make", "apply", "install", "undo", "remove-bundle")
 
@@ -31,9 +30,7 @@ def migrate_delta(c: Context, action, path=None, stdin=False, json=False):
     from ..actions.migrate import delta
     from ..output import Reporter
 
-    data = _payload(stdin)
-    cfg = inventory.apply(config.section(c.config), dict(data.get("config") or {}))
-    s = config.load({"clawdie": cfg}, require_env=False)
+    data, _, s = host_side(c, stdin)
     if action in ("apply", "remove-bundle") and not path:
         raise ConfigError(f"migrate-delta {action} needs --path BUNDLE", "")
     if action == "state":
