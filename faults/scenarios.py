@@ -26,7 +26,7 @@ from pathlib import Path
 from clawdie_ops.config import settings as config
 from clawdie_ops.hosts import agent
 from tests.conftest import CLI, context_for
-from tests.helpers import descendants, set_config, tree_digest, wait_until
+from tests.helpers import descendants, set_config, tree_digest, jail_digest, wait_until
 from tests.migrate_helpers import (NEW_CRONTAB, OLD_CRONTAB, dataset_state, db_state,
                                    files_state, journal_path, snapshots, sqlite_state, two_hosts,
                                    write_inventory)
@@ -142,7 +142,16 @@ def make_durable(h: SimHost) -> None:
 
 def ensure_postgres(h: SimHost) -> Callable[[], None]:
     def up() -> None:
-        if not (h.cluster.datadir / "postmaster.pid").exists():
+        # A postmaster.pid may be a snapshot's (a restore's ZFS rollback brings back the one
+        # of the running server it was taken under): running means a postmaster works there.
+        pidfile = h.cluster.datadir / "postmaster.pid"
+        try:
+            pid = pidfile.read_text().split("\n", 1)[0].strip()
+            running = os.readlink(f"/proc/{pid}/cwd") == str(h.cluster.datadir)
+        except OSError:
+            running = False
+        if not running:
+            pidfile.unlink(missing_ok=True)
             h.cluster.start()
         h.cluster.wait()
     return up
@@ -776,7 +785,7 @@ class Replicate(Scenario):
                       check=False).stdout.split())
         # keyed as dataset_state is: each jail dataset and its `root` child (bastille's)
         names = [n for j in self.JAILS for n in (j, f"{j}/root")]
-        return {n: tree_digest(self.target.pool.mount_of(self._tds(n)))
+        return {n: jail_digest(self.target.pool.mount_of(self._tds(n)))
                 if self._tds(n) in have else None for n in names}
 
     def capture(self) -> dict:

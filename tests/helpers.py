@@ -96,6 +96,12 @@ def tree_digest(top: Path) -> dict[str, str]:
             for p in sorted(top.rglob("*")) if p.is_file()}
 
 
+def jail_digest(top: Path) -> dict[str, str]:
+    """tree_digest of a jail's dataset without PostgreSQL's data directory: a running server
+    rewrites its files (WAL, pg_internal.init) at any time; tests compare its rows instead."""
+    return {k: v for k, v in tree_digest(top).items() if "var/db/postgres/" not in k}
+
+
 def leftovers(directory: Path) -> list[str]:
     """Anything a failed backup could have left: archives, partial files, spool folders."""
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []

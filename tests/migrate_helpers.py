@@ -133,7 +133,8 @@ def dataset_state(h: SimHost, jails: tuple[str, ...] = JAILS) -> dict:
     databases are compared by their rows, db_state)."""
     out = {}
     for j in jails:
-        out[j] = tree_digest(h.pool.mount_of(h.dataset(j)))
+        out[j] = {k: v for k, v in tree_digest(h.pool.mount_of(h.dataset(j))).items()
+                  if not k.startswith("root/var/db/postgres/")}
         out[f"{j}/root"] = {k: v for k, v in tree_digest(h.jail_files(j)).items()
                             if not k.startswith("var/db/postgres/")}
     return out

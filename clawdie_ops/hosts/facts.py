@@ -127,6 +127,7 @@ def gather(c: Context, cfg: Mapping[str, Any], role: str, env: Mapping[str, str]
                                "fix": exc.hint}
     from ..actions.migrate import pgmove
     facts["pg_files"] = pgmove.data_dir_facts(c, effective)
+    facts["signing_public"] = _signing_public(current)
     try:
         facts["agent_running"] = agent.running(c, current)
     except ClawdieError as exc:
@@ -143,3 +144,16 @@ def gather(c: Context, cfg: Mapping[str, Any], role: str, env: Mapping[str, str]
         # stdin: never printed, never journaled (masked there).
         facts["db_env"] = {k: current.env[k] for k in MIGRATION_ENV_KEYS if k in current.env}
     return facts
+
+
+def _signing_public(s: Settings) -> str:
+    """The public line of the key this host signs its backups with ("" when it has none
+    yet): the new host of a migration trusts it, with or without a final archive."""
+    from ..archive import signing
+    path = signing.key_path(dict(s.signing), s.home)
+    if not path.is_file():
+        return ""
+    try:
+        return signing.public_of(signing.load_private(path)).line
+    except ClawdieError:
+        return ""

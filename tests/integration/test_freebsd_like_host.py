@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import cli
-from tests.helpers import tree_digest
+from tests.helpers import jail_digest
 from tests.integration.test_restore import state, stop_agent
 from tests.integration.test_zfs_snapshots import RIG_PATH, configure, zfs_snapshots
 from tests.migrate_helpers import (dataset_state, db_state, files_state, migrate, snapshots,
@@ -75,7 +75,7 @@ def test_backup_restore_replicate_rollback_and_sanoid_without_bash(rig, pair, tm
 
     # rollback: the jail's files (in root) and its jail.conf come back together
     db_files, db_top = old.jail_files("db"), old.pool.mount_of(old.dataset("db"))
-    before = (tree_digest(db_top), tree_digest(db_files))
+    before = (jail_digest(db_top), jail_digest(db_files))
     snap = run_json(old, "snapshot", "--dataset", "db", "--tag", "drill")["name"]
     (db_files / "data.bin").write_bytes(os.urandom(5000))
     (db_files / "etc" / "rc.conf").unlink()
@@ -83,7 +83,7 @@ def test_backup_restore_replicate_rollback_and_sanoid_without_bash(rig, pair, tm
     done = run_json(old, "rollback", f"db@{snap}", "--yes")
     assert [d["dataset"] for d in done["datasets"]] == [old.dataset("db"),
                                                         old.root_dataset("db")]
-    assert (tree_digest(db_top), tree_digest(db_files)) == before
+    assert (jail_digest(db_top), jail_digest(db_files)) == before
 
     # sanoid with the generated config: each jail and its root get the same snapshots
     confdir = tmp_path / "sanoid"
@@ -120,7 +120,7 @@ def test_migrate_onto_a_host_prepared_by_step_1_sets_its_jails_aside_without_bas
             (h.home / "backups").mkdir(exist_ok=True)
             (h.home / "crontab").write_text("0 * * * * sanoid --cron\n")
         assert_no_bash(rig, old, new)
-        theirs = {j: tree_digest(new.jail_files(j)) for j in JAILS}
+        theirs = {j: jail_digest(new.jail_files(j)) for j in JAILS}
         assert all(theirs.values())  # a fresh jail's files, made on the new host
         write_inventory(rig, old, new)
         cli(old, "migrate-step", "agent-start", check=True)
@@ -142,7 +142,7 @@ def test_migrate_onto_a_host_prepared_by_step_1_sets_its_jails_aside_without_bas
             sorted(new.dataset(j) for j in JAILS)
         for j, name in zip(sorted(JAILS), sorted(kept), strict=True):
             # kept whole, root child included, with the files the new host had made
-            assert tree_digest(new.pool.mount_of(f"{name}/root")) == theirs[j]
+            assert jail_digest(new.pool.mount_of(f"{name}/root")) == theirs[j]
         # the old host's datasets and their root children arrived file by file
         assert dataset_state(new) == dataset_state(old)
         assert sqlite_state(new) == sqlite_state(old)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI, cli
-from tests.helpers import children, cmdline, descendants, tree_digest, wait_until
+from tests.helpers import children, cmdline, descendants, jail_digest, wait_until
 from tests.integration.test_zfs_snapshots import RIG_PATH, configure, zfs_snapshots
 from tests.rig.services import ZFS, sh
 
@@ -39,7 +39,7 @@ def digests(h, pool: str | None = None) -> dict[str, dict[str, str]]:
     for jail in JAILS:
         for rel in ("", "/root"):
             ds = (h.dataset(jail) if pool is None else f"{pool}/clawdie/jails/{jail}") + rel
-            out[jail + rel] = tree_digest(h.pool.mount_of(ds))
+            out[jail + rel] = jail_digest(h.pool.mount_of(ds))
     assert all(out[f"{j}/root"] for j in JAILS) and all("jail.conf" in out[j] for j in JAILS)
     return out
 
@@ -203,7 +203,7 @@ def test_replication_killed_midway_completes_when_run_again(rig, host, target):
     again = json.loads(cli(host, "replicate", "--to", target.alias, "--target-pool", tpool,
                            "--dataset", "db", "--json", env=RIG_PATH, check=True).stdout)
     assert again["datasets"][0]["bytes"] >= 3_000_000
-    assert tree_digest(target.pool.mount_of(tdb)) == tree_digest(mnt)
+    assert jail_digest(target.pool.mount_of(tdb)) == jail_digest(mnt)
 
 
 def test_ssh_options_with_spaces_survive_syncoids_shell(tmp_path):
@@ -259,8 +259,8 @@ def test_a_target_left_unmounted_by_a_cut_receive_is_mounted_by_the_next_replica
 
     res = cli(host, *args, env=RIG_PATH, check=True)
     assert _mounted(tdb) == "yes" and _mounted(troot) == "yes"
-    assert tree_digest(target.pool.mount_of(troot)) == tree_digest(host.jail_files("db"))
-    assert tree_digest(target.pool.mount_of(tdb)) == tree_digest(host.pool.mount_of(
+    assert jail_digest(target.pool.mount_of(troot)) == jail_digest(host.jail_files("db"))
+    assert jail_digest(target.pool.mount_of(tdb)) == jail_digest(host.pool.mount_of(
         host.dataset("db")))
     item = json.loads(res.stdout)["datasets"][0]
     assert sorted(item["remounted"]) == sorted([tdb, troot])
@@ -279,6 +279,6 @@ def test_a_target_left_unmounted_by_a_cut_receive_is_mounted_by_the_next_replica
     res = cli(host, *args, env=RIG_PATH, check=True)
     assert _mounted(tdb) == "yes" and _mounted(troot) == "yes"
     assert json.loads(res.stdout)["datasets"][0]["remounted"] == [tdb]
-    assert tree_digest(target.pool.mount_of(troot)) == tree_digest(host.jail_files("db"))
-    assert tree_digest(target.pool.mount_of(tdb)) == tree_digest(host.pool.mount_of(
+    assert jail_digest(target.pool.mount_of(troot)) == jail_digest(host.jail_files("db"))
+    assert jail_digest(target.pool.mount_of(tdb)) == jail_digest(host.pool.mount_of(
         host.dataset("db")))

@@ -44,6 +44,18 @@ def _datasets(syncs: list[dict[str, Any]]) -> dict[str, Any]:
     return datasets
 
 
+def _moved_items(j: Any, backup: dict[str, Any]) -> list[str]:
+    """What reached the new host: the final archive's items, the files final-files moved,
+    and the databases in the db jail's dataset (checked by their row counts)."""
+    items = list(backup.get("items", []))
+    if j.done("install-files"):
+        items += [i for i in ("env", "messages.db", "groups/", "mount-allowlist.json")
+                  if i not in items]
+    if j.done("check-new-db"):
+        items += ["memory_db, skills_db (in the db jail's dataset)"]
+    return items
+
+
 def report(m: Migration, status: str, failed: Step | None = None, error: str = "",
            undone: list[str] | None = None, problems: list[str] | None = None
            ) -> dict[str, Any]:
@@ -61,9 +73,7 @@ def report(m: Migration, status: str, failed: Step | None = None, error: str = "
         "downtime_s": round(healthy - stopped, 3) if stopped and healthy else None,
         "agent_stopped_at": _iso(stopped), "healthy_at": _iso(healthy),
         "moved": {
-            "items": backup.get("items", []) + (
-                ["messages.db", "groups/", "mount-allowlist.json"]  # by final-files
-                if j.done("install-files") else []),
+            "items": _moved_items(j, backup),
             "archive": {"old": backup.get("archive"), "size": backup.get("size"),
                         "sha256": backup.get("sha256"),
                         "new": (j.result("copy-archive").get("dest") or "").split(":", 1)[-1]

@@ -57,9 +57,9 @@ def describe_report(report: dict[str, Any]) -> list[str]:
     moved = report.get("moved") or {}
     if moved.get("items"):
         arch = moved.get("archive") or {}
-        lines.append(f"  moved: {', '.join(moved['items'])} (archive "
-                     f"{human_size(arch.get('size') or 0)}, sha256 "
-                     f"{str(arch.get('sha256'))[:16]}…)")
+        lines.append(f"  moved: {', '.join(moved['items'])} " + (
+            f"(archive {human_size(arch.get('size') or 0)}, sha256 "
+            f"{str(arch.get('sha256'))[:16]}…)" if arch.get("sha256") else "(no archive)"))
     if moved.get("datasets"):
         lines.append(f"  datasets: {len(moved['datasets'])} "
                      f"({human_size(moved.get('dataset_bytes') or 0)} sent)")

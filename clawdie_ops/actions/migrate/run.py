@@ -254,12 +254,17 @@ class Migration(HostSession):
     def do_trust_key(self, step: Step) -> dict[str, Any]:
         """The new host trusts the old host's signing key from now on (its own backups are
         signed by a key of its own): this archive and the old host's earlier ones verify."""
-        signer = self.journal.result("final-backup").get("signed_by") or {}
-        if not signer.get("public"):
+        signer = (self.journal.result("final-backup").get("signed_by")
+                  if self.journal.done("final-backup") else None) or {}
+        public = signer.get("public") or self.facts["old"].get("signing_public", "")
+        if not public and not self.journal.done("final-backup"):
+            return {"trusted": False, "why": "the old host has no signing key yet (it never "
+                    "made a backup), and this window makes no archive"}
+        if not public:
             raise MigrationFailed("the old host's backup names no signing key",
                                   "update clawdie-ops on the old host to a version that "
                                   "signs its archives, and run the same command again")
-        return self.run_plan_step(step, public=signer["public"])
+        return self.run_plan_step(step, public=public)
 
     def do_restore(self, step: Step) -> dict[str, Any]:
         archive = self.journal.result("copy-archive")["dest"].split(":", 1)[1]
