@@ -45,7 +45,8 @@ def describe_report(report: dict[str, Any]) -> list[str]:
                      f"{report['healthy_at']})")
     if report.get("downtime_steps"):
         lines.append("  window steps: " + ", ".join(
-            f"{k} {v:.1f}s" for k, v in report["downtime_steps"].items()))
+            f"{k} {v:.1f}s" if isinstance(v, (int, float)) else f"{k} {v}"  # a stored
+            for k, v in report["downtime_steps"].items()))  # report masks "trust-old-key"
     pgm = report.get("postgres") or {}
     if pgm.get("path"):
         how = "moved with the db jail's dataset" if pgm["path"] == "dataset" else \
