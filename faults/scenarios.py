@@ -208,6 +208,12 @@ class Scenario:
     faults: dict[str, tuple[str, ...]] = {}
     timeout = 180.0
 
+    def clean_run(self) -> subprocess.CompletedProcess:
+        """The same command again, with no fault: the next run every invariant asks for."""
+        assert self.host is not None
+        return cli(self.host, *self.argv(random.Random(0)),
+                   env={**RIG_PATH, "TMPDIR": str(self.tmpdir)})
+
     def __init__(self, rig: Rig, work: Path) -> None:
         self.rig = rig
         self.work = work / self.command
@@ -593,8 +599,7 @@ class Restore(Scenario):
 
     def next_run(self, before: dict, verdict: Verdict) -> tuple[bool, str, list[str]]:
         assert self.host is not None
-        res = cli(self.host, *self.argv(random.Random(0)),
-                  env={**RIG_PATH, "TMPDIR": str(self.tmpdir)})
+        res = self.clean_run()
         now = st.installation(self.host)
         diff = st.differences(self.archive_state, now, st.DATA_ONLY)
         if res.returncode or diff:
@@ -691,8 +696,7 @@ class Drill(Scenario):
 
     def next_run(self, before: dict, verdict: Verdict) -> tuple[bool, str, list[str]]:
         assert self.host is not None
-        res = cli(self.host, *self.argv(random.Random(0)),
-                  env={**RIG_PATH, "TMPDIR": str(self.tmpdir)})
+        res = self.clean_run()
         if res.returncode:
             return False, _last(res.stderr), []
         # what the killed drill left (folders, its PostgreSQL) the next one must sweep
@@ -815,8 +819,7 @@ class Replicate(Scenario):
 
     def next_run(self, before: dict, verdict: Verdict) -> tuple[bool, str, list[str]]:
         assert self.host is not None
-        res = cli(self.host, *self.argv(random.Random(0)),
-                  env={**RIG_PATH, "TMPDIR": str(self.tmpdir)})
+        res = self.clean_run()
         if res.returncode:
             return False, _last(res.stderr), []
         if self._target_digests() != dataset_state(self.host, self.JAILS):
@@ -1057,8 +1060,7 @@ class Prune(Scenario):
 
     def next_run(self, before: dict, verdict: Verdict) -> tuple[bool, str, list[str]]:
         assert self.host is not None
-        res = cli(self.host, *self.argv(random.Random(0)),
-                  env={**RIG_PATH, "TMPDIR": str(self.tmpdir)})
+        res = self.clean_run()
         left = {p.name for p in self.out.iterdir() if st.COMPLETE.match(p.name)}
         if res.returncode:
             return False, _last(res.stderr), []
