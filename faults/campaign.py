@@ -329,7 +329,9 @@ class Runner:
         if hung:
             o.violations.append(f"the command hung (killed after {sc.timeout:.0f}s)")
         # children of the tool that outlive it (by pid and start time: not a reused pid)
-        alive = kinds.wait_gone({q: s for q, s in seen.items()}, timeout=ORPHAN_WAIT)
+        service = sc.services()
+        alive = kinds.wait_gone({q: s for q, s in seen.items() if q not in service},
+                                timeout=ORPHAN_WAIT)
         for q, cmd in alive.items():
             o.orphans.append(cmd[:200])
             try:
@@ -385,6 +387,11 @@ class Runner:
         o.phases["total"] = round(time.monotonic() - t_reset0, 2)
 
 
+def _ends(text: str, keep: int = 400) -> str:
+    """A long error's first and last lines: what failed, and the log's last word."""
+    return text if len(text) <= 2 * keep else f"{text[:keep]} [...] {text[-keep:]}"
+
+
 def work(runner: Runner, queue: WorkQueue, on_outcome) -> None:
     """One lane: take cases from the shared queue until it is empty."""
     while (case := queue.take()) is not None:
@@ -392,7 +399,7 @@ def work(runner: Runner, queue: WorkQueue, on_outcome) -> None:
             o = runner.run(case)
         except Exception as e:  # noqa: BLE001 - the rig failed, not the tool
             o = Outcome(asdict(case), injected=False,
-                        harness_error=f"{type(e).__name__}: {str(e)[-500:]}")
+                        harness_error=f"{type(e).__name__}: {_ends(str(e))}")
         queue.done(case, o)
         on_outcome(o)
 

