@@ -104,6 +104,13 @@ class RestoreFailed(ClawdieError):
     """A restore step failed; the message says what was rolled back."""
 
 
+class InterruptedAfterRestore(ClawdieError):
+    """An interrupt came after the restore had completed (during its closing checks): the
+    archive's state is in place and stays; only what was left to do is named."""
+
+    exit_code = 130
+
+
 class AgentError(CommandFailed):
     """The agent's stop / start / status command failed."""
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from invoke import Context
 
+from ..errors import Terminated
 from .base import operator_task, seconds
 from .doctor import print_checks
 from .positional import help_requested
@@ -85,23 +86,26 @@ def restore(c: Context, archive, root=None, only=None, dry_run=False, yes=False,
             action.discard(plan)  # the staged copy goes; nothing else was changed
             raise
         result = action.execute(c, plan, out)
+        try:
+            out.result(result, lambda con: _print_restored(con, plan, result))
+        except (KeyboardInterrupt, Terminated):
+            raise action.interrupted_after(plan, "its report was not printed") from None
 
-        def human(con: Console) -> None:
-            con.print(f"restored {', '.join(result['items'])} from {plan.verified.path.name} "
-                      f"into {result['root']} ({result['duration_s']:.1f}s)", markup=False)
-            for item, conn in result["connections"].items():
-                con.print(f"  {item} -> {conn['database']} as {conn['user']} at {conn['address']} "
-                          f"(PostgreSQL {conn['version']}, system identifier "
-                          f"{conn['system_identifier']})", markup=False)
-            con.print(f"  pre-restore state kept in {result['safety']['dir']}"
-                      + (f" and ZFS snapshot {result['safety']['snapshot']}"
-                         if result["safety"]["snapshot"] else ""), markup=False)
-            for t in plan.targets:
-                if t.aside:
-                    con.print(f"  {t.howto()}", markup=False)
-            for note in result["notes"]:
-                con.print(f"  note: {note}", markup=False)
-            con.print("doctor:")
-            print_checks(con, result["doctor"])
 
-        out.result(result, human)
+def _print_restored(con: Console, plan: Any, result: dict[str, Any]) -> None:
+    con.print(f"restored {', '.join(result['items'])} from {plan.verified.path.name} "
+              f"into {result['root']} ({result['duration_s']:.1f}s)", markup=False)
+    for item, conn in result["connections"].items():
+        con.print(f"  {item} -> {conn['database']} as {conn['user']} at {conn['address']} "
+                  f"(PostgreSQL {conn['version']}, system identifier "
+                  f"{conn['system_identifier']})", markup=False)
+    con.print(f"  pre-restore state kept in {result['safety']['dir']}"
+              + (f" and ZFS snapshot {result['safety']['snapshot']}"
+                 if result["safety"]["snapshot"] else ""), markup=False)
+    for t in plan.targets:
+        if t.aside:
+            con.print(f"  {t.howto()}", markup=False)
+    for note in result["notes"]:
+        con.print(f"  note: {note}", markup=False)
+    con.print("doctor:")
+    print_checks(con, result["doctor"])

@@ -21,7 +21,7 @@ from ..hosts import agent, ssh
 from . import datasets, mounts, syncoid, commands as zfs
 from ..config import inventory
 from ..config.settings import Settings
-from ..errors import ConfigError, DatasetMissing, ZfsError
+from ..errors import ClawdieError, ConfigError, DatasetMissing, ZfsError
 from ..output import Reporter, human_size
 
 
@@ -228,6 +228,9 @@ def replicate_one(c: Context, conn: Context, plan: ReplicationPlan, pair: Pair) 
         # unmounted, and syncoid's next run succeeds without mounting it
         remounted = mounts.ensure_mounted(conn, ts, pair.target, plan.to) \
             if res.exited == 0 else []
+        # a receive cut short may leave the target's earlier state unmounted: mount it
+        # again before its jail starts, so the jail does not run on an empty folder
+        after_failure = _remount(conn, ts, pair.target, plan.to) if res.exited != 0 else ""
     finally:
         duration = round(time.monotonic() - start, 3)
         if stopped and pair.jail:
@@ -240,7 +243,7 @@ def replicate_one(c: Context, conn: Context, plan: ReplicationPlan, pair: Pair) 
                 "run the same replicate again: it continues from the newest snapshot both "
                 "sides hold, or from where the receive stopped where ZFS keeps resume tokens")
         raise ZfsError(f"replicating {pair.source} to {plan.to}:{pair.target} failed "
-                       f"(syncoid exit {res.exited}): {reason}", hint)
+                       f"(syncoid exit {res.exited}): {reason}{after_failure}", hint)
     return {"jail": pair.jail, "source": pair.source, "target": pair.target,
             "mode": report.kind if report.transfers else "none",
             "bytes": report.bytes, "bytes_method": report.method,
@@ -248,6 +251,18 @@ def replicate_one(c: Context, conn: Context, plan: ReplicationPlan, pair: Pair) 
             "children": list(pair.children), "set_aside": pair.aside,
             "duration_s": duration, "jail_stopped": stopped, "warnings": report.warnings,
             "remounted": remounted}
+
+
+def _remount(conn: Context, ts: Settings, target: str, to: str) -> str:
+    """After a failed receive: what of the target's earlier state had to be mounted again
+    (or could not be), as a clause for the error; "" when all was mounted."""
+    try:
+        if not zfs.exists(conn, ts, target):
+            return ""
+        again = mounts.ensure_mounted(conn, ts, target, to)
+    except ClawdieError as exc:  # the link may be down too: the first error stands
+        return f"; then: {exc.message}"
+    return f"; {', '.join(again)} mounted again (its earlier state)" if again else ""
 
 
 def run(c: Context, plan: ReplicationPlan, out: Reporter) -> dict[str, Any]:

@@ -172,6 +172,30 @@ def test_restore_killed_outright_then_run_again_succeeds(host, tmp_path):
     assert children_of_run(host) == []
 
 
+def test_interrupt_after_the_restore_completed_says_the_archive_stands(host, tmp_path):
+    """SIGTERM during the closing doctor checks (the campaign's restore-16): the restore is
+    complete and stays; the tool says so, not that it rolled anything back."""
+    original = state(host)
+    archive = backup(host)
+    change_after_backup(host)
+    mark = tmp_path / "doctor-started"
+    cmds = json.loads((host.home / ".invoke.json").read_text())["clawdie"]["commands"]
+    # only the doctor asks for a running jail's path during a restore
+    cmds["jail_path"] = f"touch {mark} && sleep 8 && {cmds['jail_path']}"
+    set_config(host, commands=cmds)
+    proc = start_restore(host, archive)
+    wait_until(lambda: mark.exists() or proc.poll() is not None, 180, "the doctor's checks")
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    err = " ".join(err.split())
+    assert proc.returncode == 130, err
+    assert "interrupted after the restore completed" in err and "the doctor's checks did " \
+        "not finish" in err and "clawdie-ops doctor" in err, err
+    assert "rolled back" not in err and "Traceback" not in err
+    assert state(host) == original
+
+
 def test_restore_keeps_modes_and_stages_outside_the_checkout(host):
     (host.root / "store" / "messages.db").chmod(0o600)
     (host.root / "groups" / "main" / "CLAUDE.md").chmod(0o640)

@@ -282,3 +282,33 @@ def test_a_target_left_unmounted_by_a_cut_receive_is_mounted_by_the_next_replica
     assert jail_digest(target.pool.mount_of(troot)) == jail_digest(host.jail_files("db"))
     assert jail_digest(target.pool.mount_of(tdb)) == jail_digest(host.pool.mount_of(
         host.dataset("db")))
+
+
+def test_a_failed_replicate_mounts_the_targets_earlier_state_again(rig, host, target, tmp_path):
+    """The campaign's replicate-8: a `zfs receive` killed mid-way through an incremental
+    left the target unmounted and the run failed; its jail then started on an empty
+    folder. Now the failed run mounts the earlier state again before the jail starts."""
+    point_at(host, target, rig)
+    tpool = target.pool_name
+    args = ("replicate", "--to", target.alias, "--target-pool", tpool, "--dataset", "db",
+            "--json")
+    cli(host, *args, env=RIG_PATH, check=True)
+    troot = f"{tpool}/clawdie/jails/db/root"
+    tdb = f"{tpool}/clawdie/jails/db"
+    earlier = jail_digest(target.pool.mount_of(troot))
+    # the receive cut short: the target unmounted, then syncoid fails
+    failing = tmp_path / "syncoid"
+    failing.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && exec syncoid \"$@\"\n"
+                       f"{ZFS} unmount {troot} && {ZFS} unmount {tdb}\n"
+                       "echo 'CRITICAL ERROR: receive cut short' >&2\nexit 2\n")
+    failing.chmod(0o755)
+    configure(host, syncoid=str(failing))
+    (host.jail_files("db") / "after.bin").write_bytes(os.urandom(50_000))
+
+    res = cli(host, *args, env=RIG_PATH)
+    assert res.returncode == 1, res.stderr
+    err = " ".join(res.stderr.split())
+    assert f"replicating {host.dataset('db')} to {target.alias}" in err
+    assert f"{tdb}, {troot} mounted again (its earlier state)" in err, err
+    assert _mounted(tdb) == "yes" and _mounted(troot) == "yes"
+    assert jail_digest(target.pool.mount_of(troot)) == earlier

@@ -33,7 +33,7 @@ from ...zfs import commands as zfs
 from ...config.settings import DbSpec, Settings
 from ...sources.postgres.dumpfile import quote, rewrite_owners
 from ...errors import (ClawdieError, ConfigError, DatabaseError, DatabaseUnreachable, DumpTooNew,
-                       OutputError, RestoreFailed, Terminated)
+                       InterruptedAfterRestore, OutputError, RestoreFailed, Terminated)
 from ...config.masking import mask_text, secret_values
 from ...interrupts import deferred, shielded
 from ...output import Reporter
@@ -1058,6 +1058,15 @@ def _roll_back(c: Context, p: RestorePlan, undo: Undo, agent_stopped: bool, curr
                              f"are kept in {p.before}") from None
 
 
+def interrupted_after(p: RestorePlan, missing: str) -> InterruptedAfterRestore:
+    """What an interrupt after the point of no return says: the restore stands."""
+    return InterruptedAfterRestore(
+        f"interrupted after the restore completed: the state of {p.verified.path.name} is "
+        f"in place in {p.settings.root}; {missing}",
+        f"run `clawdie-ops doctor` to check the installation; the pre-restore copies are "
+        f"kept in {p.before}")
+
+
 def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
     """Run the plan; on failure roll back and raise RestoreFailed naming what was undone.
 
@@ -1102,12 +1111,16 @@ def execute(c: Context, p: RestorePlan, out: Reporter) -> dict[str, Any]:
                     raise failed_step[1]
     except BaseException as exc:  # noqa: BLE001 -- Ctrl-C midway must roll back too
         _roll_back(c, p, undo, agent_stopped, current, exc)
-    with shielded():
-        shutil.rmtree(p.staging, ignore_errors=True)
-        p.notes.extend(p.kept.settle())
-        (p.work / leftovers.RUNNING).unlink(missing_ok=True)
-    with out.step(last.title):
-        checks = last.run(c, undo)
+    # From here the restore is complete: an interrupt no longer rolls it back.
+    try:
+        with deferred():
+            shutil.rmtree(p.staging, ignore_errors=True)
+            p.notes.extend(p.kept.settle())
+            (p.work / leftovers.RUNNING).unlink(missing_ok=True)
+        with out.step(last.title):
+            checks = last.run(c, undo)
+    except (KeyboardInterrupt, Terminated):
+        raise interrupted_after(p, "the doctor's checks did not finish") from None
     return {"archive": str(p.verified.path), "root": str(s.root), "items": p.items,
             "regenerated": ["skills_db"] if p.regen is not None else [],
             "connections": {t.item: t.report() for t in p.targets},
