@@ -167,9 +167,12 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
     was_connected = bool(getattr(c, "is_connected", False))
     try:
         ran = c.run(text, **kw)
-    except ThreadException:
-        # sending stdin failed: the command ended before it read its input
-        raise HostError(f"{what or 'a command'} on {label} ended before it read its input",
+    except ThreadException as exc:
+        # sending stdin failed: the command ended before it read its input (or the link
+        # failed under it: the writer's own error says which)
+        why = "; ".join(f"{w.type.__name__}: {w.value}" for w in exc.exceptions)[:300]
+        raise HostError(f"{what or 'a command'} on {label} ended before it read its input"
+                        + (f" (sending it: {why})" if why else ""),
                         f"run it by hand there to see why: {shown}") from None
     except _ssh_errors() as exc:
         if not remote:

@@ -360,6 +360,17 @@ def test_a_command_that_ends_before_reading_its_input_is_a_clear_error():
     assert "on newbox (newbox) ended before it read its input" in exc.value.message
     assert "clawdie-ops migrate-step check" in exc.value.hint
 
+    # the stdin writer's own error is named: a closed socket is not a lost link
+    from invoke.util import ExceptionWrapper
+
+    class Closed(MockContext):
+        def run(self, command, **kw):
+            raise ThreadException([ExceptionWrapper({}, OSError, OSError("Socket is closed"),
+                                                    None)])
+    with pytest.raises(HostError) as exc:
+        remote.run_tool(Closed(), NEW, "migrate-step", "check", stdin={"config": {}})
+    assert exc.value.message.endswith("(sending it: OSError: Socket is closed)")
+
 
 def with_vector(f: dict, *, installed: bool, offered: str | None = "0.8.1",
                 superuser_admin: bool | None = None) -> dict:
