@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="comma-separated commands to include")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--markdown", type=Path, help="write the report here (RELIABILITY.md)")
-    ap.add_argument("--workers", type=int, default=3,
+    ap.add_argument("--workers", type=int, default=4,
                     help="lanes taking cases from one shared queue, each case on its "
-                         "command's own hosts (default 3: much of a case is waiting on "
+                         "command's own hosts (default 4: much of a case is waiting on "
                          "PostgreSQL, zfs-fuse and sshd)")
     ap.add_argument("--budget-minutes", type=float, default=None,
                     help="start no new case after this many minutes (the report says so)")
