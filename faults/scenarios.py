@@ -848,12 +848,16 @@ class Replicate(Scenario):
             return False, _last(res.stderr), []
         source = _own_files(dataset_state(self.host, self.JAILS))
         if self._target_digests() != source:
-            mounted = sh(ZFS, "get", "-H", "-o", "name,value", "-r", "mounted",
-                         f"{self.target.pool_name}/{PREFIX}", check=False).stdout.split("\n")
-            diff = [n for n, d in self._target_digests().items() if d != source.get(n)]
+            props = sh(ZFS, "get", "-H", "-o", "name,property,value", "-r",
+                       "mounted,canmount,mountpoint", f"{self.target.pool_name}/{PREFIX}",
+                       check=False).stdout.split("\n")
+            digests = self._target_digests()
+            diff = [n for n, d in digests.items() if d != source.get(n)]
+            files = {n: (sorted(set(source.get(n) or ()) ^ set(digests[n] or ())))[:5]
+                     for n in diff}
             return False, (f"replicate succeeded but the target differs from the source in "
-                           f"{', '.join(diff)} (zfs get mounted: "
-                           f"{'; '.join(m for m in mounted if m and '@' not in m)})"), []
+                           f"{', '.join(diff)} (files not on both sides: {files}; zfs get: "
+                           f"{'; '.join(m for m in props if m and '@' not in m)})"), []
         return True, "replicated", []
 
 

@@ -7,6 +7,8 @@ received and mount the ones whose `canmount` and `mountpoint` say they should be
 """
 from __future__ import annotations
 
+import time
+
 from invoke import Context
 
 from .. import runner
@@ -45,7 +47,7 @@ def ensure_mounted(c: Context, s: Settings, dataset: str, where: str) -> list[st
     are unmounted first (deepest first) and mounted again after their parent. Raises
     ZfsError naming the dataset when one cannot be mounted or unmounted."""
     names = zfs.descendants(c, s, dataset)
-    props = {n: state(c, s, n) for n in names}
+    props = {n: _readable_state(c, s, n, where) for n in names}
     need = [n for n in names if should_mount(props[n])]
     if not need:
         return []
@@ -69,6 +71,21 @@ def ensure_mounted(c: Context, s: Settings, dataset: str, where: str) -> list[st
         if name in need:
             mounted.append(name)
     return mounted
+
+
+def _readable_state(c: Context, s: Settings, name: str, where: str) -> dict[str, str]:
+    """state(), asked once more after a second when ZFS does not answer (a dataset just
+    received may be busy): a mount that cannot be checked is an error, never "fine"."""
+    props = state(c, s, name)
+    if not props:
+        time.sleep(1)
+        props = state(c, s, name)
+    if not props:
+        raise ZfsError(f"on {where}, could not read whether {name} is mounted "
+                       f"(zfs get {','.join(PROPS)} failed twice)",
+                       f"on {where}, run `zfs get mounted {name}` and `zfs mount {name}` "
+                       "if it is not, then replicate again before starting the jail there")
+    return props
 
 
 def _parent_in(name: str, need: list[str]) -> str:

@@ -63,3 +63,24 @@ def test_a_child_mounted_inside_an_unmounted_parent_is_unmounted_first_then_both
     acts = [r.split(" ", 1)[1] for r in ran if " get " not in r and " list " not in r]
     assert acts == ["unmount tank/j/db/root", "/j/db/root", "mount tank/j/db",
                     "mount tank/j/db/root"]
+
+
+def test_a_mount_state_zfs_will_not_give_is_asked_again_then_an_error(tmp_path, monkeypatch):
+    """The campaign's replicate-5: a `zfs get` that failed read as "nothing to mount", and
+    a received jail root stayed unmounted after a replicate that reported success."""
+    monkeypatch.setattr(mounts.time, "sleep", lambda s: None)
+    s = config.load(Config(overrides={"clawdie": {}}), root=tmp_path, require_env=False)
+    busy = Result(stderr="cannot open 'tank/j/git/root': dataset is busy", exited=1)
+    c = MockContext(run=[Result(stdout="tank/j/git\ntank/j/git/root\n"),
+                         Result(stdout=props("yes", mountpoint="/j/git")), busy, busy])
+    with pytest.raises(ZfsError) as e:
+        mounts.ensure_mounted(c, s, "tank/j/git", "newhost")
+    assert "on newhost, could not read whether tank/j/git/root is mounted" in e.value.message
+    assert "zfs mount tank/j/git/root" in e.value.hint
+    # answered the second time: mounted as usual
+    ok = Result(stdout="")
+    c = MockContext(run=[Result(stdout="tank/j/git\ntank/j/git/root\n"),
+                         Result(stdout=props("yes", mountpoint="/j/git")), busy,
+                         Result(stdout=props("no", mountpoint="/j/git/root")),
+                         ok, Result(stdout=props("yes", mountpoint="/j/git/root"))])
+    assert mounts.ensure_mounted(c, s, "tank/j/git", "newhost") == ["tank/j/git/root"]
