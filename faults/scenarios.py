@@ -195,11 +195,14 @@ def end_sessions(h: SimHost) -> None:
 
 
 def destroy_snapshots(dataset_root: str, prefix: str) -> None:
+    """Every snapshot named PREFIX... at or below `dataset_root`, one by one: `zfs destroy
+    -r ROOT@NAME` says "does not exist" (and destroys nothing) on zfs-fuse when only a
+    child holds NAME, as with restore's jails/db@clawdie-pre-restore-STAMP."""
     names = sh(ZFS, "list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset_root,
                check=False).stdout.split()
-    for name in sorted({n.split("@", 1)[1] for n in names if "@" in n}):
-        if name.startswith(prefix):
-            zfs_retry("destroy", "-r", f"{dataset_root}@{name}")
+    for full in sorted(names, key=len, reverse=True):
+        if "@" in full and full.split("@", 1)[1].startswith(prefix):
+            zfs_retry("destroy", full)
 
 
 class Scenario:
