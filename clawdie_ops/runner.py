@@ -106,6 +106,18 @@ def recording(hook: Recorder) -> Iterator[None]:
 # Fabric and paramiko are imported by the code that connects, not here: a local task (and
 # `clawdie-ops --version`) does not pay for them. Where they are not loaded, no context is
 # a Connection and no paramiko error can be raised.
+def _exec_form(c: Context, cmd: Command, text: str, remote: bool) -> str:
+    """An argv run here by the tool's own runner (lifeline.LocalRunner) is `exec`ed: sh
+    forks for a plain `sh -c CMD`, and only the shell would then die with the tool (the
+    parent-death signal is not inherited); exec'd, the command itself is the child that
+    does. Shell text (templates, pipelines) runs as written."""
+    if remote or isinstance(cmd, Shell):
+        return text
+    from .lifeline import LocalRunner
+    runners = getattr(c, "config", {}).get("runners", {}) or {}
+    return f"exec {text}" if runners.get("local") is LocalRunner else text
+
+
 def _is_remote(c: Context) -> bool:
     fabric = sys.modules.get("fabric.connection")
     return fabric is not None and isinstance(c, fabric.Connection)
@@ -166,7 +178,7 @@ def run(c: Context, cmd: Command, *, what: str = "", host: str = "",
     remote = _is_remote(c)
     was_connected = bool(getattr(c, "is_connected", False))
     try:
-        ran = c.run(text, **kw)
+        ran = c.run(_exec_form(c, cmd, text, remote), **kw)
     except ThreadException as exc:
         # sending stdin failed: the command ended before it read its input (or the link
         # failed under it: the writer's own error says which)
