@@ -161,6 +161,8 @@ def load_memory(conn, n: int, seed: int, start: int = 0) -> None:
     for (defn,) in index:
         conn.execute(f"DROP INDEX {defn.split()[2]}")
     _copy(conn, "memories", "user_id, content, embedding, meta, blob", rows())
+    if index:  # the loader's own session: the graph in memory (BENCHMARKS.md, restore)
+        conn.execute("SET maintenance_work_mem = '1GB'")
     for (defn,) in index:
         conn.execute(defn)
 
@@ -226,17 +228,19 @@ def write_attachments(groups: Path, n: int, seed: int, start: int = 0) -> None:
 
 
 # -- the whole installation -------------------------------------------------------------
-def populate(h, scale: float, seed: int = 7, already: float = 0.0) -> None:
-    """Bring host `h` (a populated rig host) from `already` to `scale` of bulk data."""
+def populate(h, scale: float, seed: int = 7, already: float = 0.0, hnsw: bool = False) -> None:
+    """Bring host `h` (a populated rig host) from `already` to `scale` of bulk data; with
+    `hnsw`, memories keeps the HNSW index a Clawdie host has."""
     want, have = Counts.at(scale), Counts.at(already)
     with h.db_connect("memory") as conn:
         dim = vector_dim(conn)
         if dim:
-            # pgvector hosts: as many embedding bytes as REAL[DIM] rows would hold, and no
-            # HNSW index (building it over the bulk takes minutes here; every restore,
-            # by hand or by the tool, would measure pgvector's index build).
+            # pgvector hosts: as many embedding bytes as REAL[DIM] rows would hold, and,
+            # unless `hnsw`, no HNSW index (building it over the bulk takes minutes here;
+            # every restore, by hand or by the tool, would measure pgvector's index build).
             want, have = want.with_vectors(dim), have.with_vectors(dim)
-            conn.execute("DROP INDEX IF EXISTS memories_embedding")
+            if not hnsw:
+                conn.execute("DROP INDEX IF EXISTS memories_embedding")
     load_messages(h.root / "store" / "messages.db", want.messages - have.messages, seed,
                   start=have.messages)
     with h.db_connect("memory") as conn:

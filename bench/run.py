@@ -60,10 +60,10 @@ def machine() -> dict:
             "gzip": version("gzip", "--version"), "pigz": version("pigz", "--version")}
 
 
-def build(rig: Rig, name: str, scale: float, seed: int) -> tuple:
+def build(rig: Rig, name: str, scale: float, seed: int, hnsw: bool = False) -> tuple:
     started = time.monotonic()
     h = rig.host(name, rows=200)
-    data.populate(h, scale, seed)
+    data.populate(h, scale, seed, hnsw=hnsw)
     sizes = data.state_bytes(h)
     say(f"host {name}: {sum(sizes.values()) / MiB:.0f} MiB of state "
         f"({', '.join(f'{k} {v / MiB:.0f}' for k, v in sizes.items())}) "
@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="1.0 is about 1 GB of state; the default run measures backup, restore "
                         "and drill at 0.25 and, through the scale pair, restore again at 4x")
     p.add_argument("--runs", type=int, default=3, help="runs per side (medians are reported)")
+    p.add_argument("--hnsw", action="store_true",
+                   help="memories keeps its HNSW index, as on a Clawdie host: every restore "
+                        "(by hand or by the tool) then builds it; slower to set up")
     p.add_argument("--seed", type=int, default=7, help="seed of the generated data")
     p.add_argument("--pairs", default=",".join(DEFAULT),
                    help=f"comma-separated subset of {','.join(PAIRS)}, or the side "
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     doc: dict = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
                  "machine": machine(), "scale": args.scale, "runs": args.runs,
-                 "seed": args.seed, "load_before": _load(), "pairs": [], "notes": []}
+                 "seed": args.seed, "hnsw": args.hnsw, "load_before": _load(), "pairs": [],
+                 "notes": []}
     say(f"bench: scale {args.scale}, {args.runs} runs per side, load {doc['load_before']}")
     # SIGTERM (and SIGINT, which a shell's background job ignores) tear the rig down too.
     def stop(signum, frame):
@@ -349,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         doc["majors"], doc["state_mib"] = {}, 0
         if set(chosen) & {"backup", "restore", "drill", "scale", *EXPERIMENTS}:
-            h, sizes = build(rig, "one", args.scale, args.seed)
+            h, sizes = build(rig, "one", args.scale, args.seed, args.hnsw)
             doc["majors"]["installation"] = h.cluster.major
             doc["state"] = sizes
             doc["state_mib"] = round(sum(sizes.values()) / MiB)

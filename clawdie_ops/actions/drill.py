@@ -286,7 +286,7 @@ class Drill:
             if pg.knows_restrict(version) else None
         cmd = pg.psql_cmd(self.s, db, [script, dump] if script else [dump])
         with pg.passfile(db) as env:
-            pg.run_checked(self.c, cmd, env, f"{name}: replay")
+            pg.run_checked(self.c, cmd, {**env, **pg.replay_env(self.s)}, f"{name}: replay")
         with pg.connect(db) as conn:
             got = pg.table_counts(conn)
         expected = v.manifest.files[name].get("tables", {})

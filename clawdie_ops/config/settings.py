@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,10 @@ DEFAULTS: dict[str, Any] = {
     # postgresql18-server default); empty: PostgreSQL's files are in no jail's dataset
     "pg_jail": "db",
     "pg_data_dir": "/var/db/postgres/data18",
+    # maintenance_work_mem of restore's and the drill's replay sessions (PGOPTIONS): pgvector
+    # builds an HNSW index far faster when its graph fits (BENCHMARKS.md); it takes only
+    # what the index needs. Empty: the server's own setting.
+    "restore_maintenance_work_mem": "1GB",
     "zfs": "zfs",
     "shell": "/bin/sh",  # runs every local command (POSIX: FreeBSD has no /bin/bash)
     "backup_dir": "~",
@@ -163,6 +168,7 @@ class Settings:
     state_dir: Path = Path("/var/tmp/clawdie-ops")
     pg_jail: str = "db"
     pg_data_dir: str = "/var/db/postgres/data18"
+    restore_maintenance_work_mem: str = "1GB"
 
     @property
     def env_file(self) -> Path:
@@ -362,7 +368,23 @@ def load(config: Any, root: str | os.PathLike[str] | None = None,
         state_dir=Path(_home_path(str(cfg.get("state_dir") or DEFAULTS["state_dir"]), home)),
         pg_jail=str(cfg.get("pg_jail") or DEFAULTS["pg_jail"]),
         pg_data_dir=_jail_path(cfg, "pg_data_dir"),
+        restore_maintenance_work_mem=_memory_size(cfg, "restore_maintenance_work_mem"),
     )
+
+
+_MEMORY = re.compile(r"(\d+)\s*(kB|MB|GB|TB)?")
+
+
+def _memory_size(cfg: Mapping[str, Any], key: str) -> str:
+    """A PostgreSQL memory size (`1GB`, `512MB`, a number of kB) or empty; written without
+    spaces, so it is one word of PGOPTIONS."""
+    value = str(cfg.get(key) if cfg.get(key) is not None else "").strip()
+    m = _MEMORY.fullmatch(value)
+    if value and not m:
+        raise ConfigError(f"clawdie.{key} {value!r} is not a PostgreSQL memory size",
+                          f"write it as PostgreSQL does, e.g. {DEFAULTS[key]} or 512MB (units "
+                          "kB, MB, GB, TB), or empty for the server's own setting")
+    return f"{m.group(1)}{m.group(2) or ''}" if m else ""
 
 
 def _jail_path(cfg: Mapping[str, Any], key: str) -> str:

@@ -226,3 +226,22 @@ def test_backup_steps_carry_the_argv_they_run(tmp_path):
     from clawdie_ops.steps import fill
     assert fill(memory.commands[0], {"<spool>": "/s", "<exported-snapshot>": "3-1"})[-3:] == \
         ["/s/memory_db.sql", "--snapshot=3-1", "--dbname=memory_db"]
+
+
+@pytest.mark.parametrize("value, env", [
+    (None, {"PGOPTIONS": "-c maintenance_work_mem=1GB"}),  # the default
+    ("512 MB", {"PGOPTIONS": "-c maintenance_work_mem=512MB"}),
+    ("65536", {"PGOPTIONS": "-c maintenance_work_mem=65536"}),
+    ("", {}),  # the server's own setting: PGOPTIONS untouched
+])
+def test_replay_environment_sets_maintenance_work_mem(tmp_path, value, env):
+    s = load(tmp_path, {} if value is None else {"restore_maintenance_work_mem": value})
+    assert pg.replay_env(s) == env
+    assert pg.replay_note(s) == (f"; PGOPTIONS {env['PGOPTIONS']}" if env else "")
+
+
+@pytest.mark.parametrize("bad", ["1 GB -c fsync=off", "lots", "-1", "1GB;", "1gb"])
+def test_replay_memory_that_is_no_size_is_refused_naming_the_setting(tmp_path, bad):
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, {"restore_maintenance_work_mem": bad})
+    assert "clawdie.restore_maintenance_work_mem" in str(exc.value) and bad in str(exc.value)

@@ -699,7 +699,7 @@ def _database_step(p: RestorePlan, t: DbTarget) -> Step:
         lines.append("the dump's extension statements are skipped (the app user may not make "
                      "or drop them)" + (f"; {', '.join(present)} present already"
                                         if present else ""))
-    lines.append(f"{runner.line(replay)}  (PGPASSFILE, 0600"
+    lines.append(f"{runner.line(replay)}  (PGPASSFILE, 0600{pg.replay_note(s)}"
                  + ("; the first script holds \\restrict with a random key" if restrict
                     else "") + ")")
     lines.append(f"into {t.db.name} as {t.db.user} at {t.server.address}: PostgreSQL "
@@ -852,7 +852,7 @@ def _replay_old(c: Context, s: Settings, db: DbSpec, before: Path) -> None:
     psql in its environment (a local process of this user's, never its command line)."""
     pg.run_checked(c, pg.psql_cmd(s, db, [before / f"{db.key}_db.sql"],
                                   first=f"DROP OWNED BY {quote(db.user)}"),
-                   {"PGPASSWORD": db.password},
+                   {"PGPASSWORD": db.password, **pg.replay_env(s)},
                    f"rollback of {db.name} from its pre-restore dump")
 
 
@@ -943,7 +943,7 @@ def _restore_database(c: Context, p: RestorePlan, t: DbTarget, undo: Undo,
                   lambda: _replay_old(c, s, t.db, p.before))
     try:
         with pg.passfile(t.db) as env:
-            pg.run_checked(c, replay, env,
+            pg.run_checked(c, replay, {**env, **pg.replay_env(s)},
                            f"restore of {t.item} into {t.db.name} at {t.server.address}")
     except ClawdieError:
         if keep is not None and not undo.stopped():

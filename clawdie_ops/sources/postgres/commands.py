@@ -57,6 +57,21 @@ def passfile(*dbs: DbSpec) -> Iterator[dict[str, str]]:
         os.unlink(path)
 
 
+def replay_env(s: Settings) -> dict[str, str]:
+    """Environment for a replaying psql besides PGPASSFILE: the session's
+    maintenance_work_mem (clawdie.restore_maintenance_work_mem), so pgvector builds an HNSW
+    index in memory instead of row by row on disk; empty setting: none, the server's own.
+    The value is a checked size (settings.py): one word, nothing else reaches PGOPTIONS."""
+    mem = s.restore_maintenance_work_mem
+    return {"PGOPTIONS": f"-c maintenance_work_mem={mem}"} if mem else {}
+
+
+def replay_note(s: Settings) -> str:
+    """How the plan shows replay_env()."""
+    mem = s.restore_maintenance_work_mem
+    return f"; PGOPTIONS -c maintenance_work_mem={mem}" if mem else ""
+
+
 def connect(db: DbSpec, **kw: Any) -> psycopg.Connection:
     try:
         return psycopg.connect(**db.conninfo(), **kw)
