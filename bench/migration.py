@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,12 +40,24 @@ def _agent(h, start: bool) -> None:
     (agent.start if start else agent.stop)(c, s)
 
 
-def _new_host(rig):
-    new = rig.new_host("new", ssh=True, populated=False, datasets=False, with_roles=True)
+def _new_host(rig, jails: bool = True):
+    """The new host as the runbook's step 1 leaves it: bastille's jails created, empty, its
+    own PostgreSQL running in the db jail (so a same-major migration can move PostgreSQL
+    with its dataset, as on a Clawdie host; the tests' new_jails). `jails=False`: no jail
+    datasets at all (the physical floor's syncoid creates them)."""
+    new = rig.new_host("new", ssh=True, populated=False, datasets=jails, with_roles=True)
     new.root.mkdir(parents=True, exist_ok=True)  # runbook step 1: the checkout exists
     (new.home / "backups").mkdir(exist_ok=True)
     (new.home / "crontab").write_text(NEW_CRONTAB)
     return new
+
+
+def _db_jail_up(h) -> None:
+    """The old host's db jail (and the PostgreSQL in it) started, as `bastille start db`."""
+    from tests.rig.hosts import PG_JAIL, RIG_BIN
+    from tests.rig.services import ZFS
+    subprocess.run([str(RIG_BIN / "rig-jail"), "start", PG_JAIL, str(h.home),
+                    f"{h.dataset(PG_JAIL)}/root", ZFS], check=True, capture_output=True)
 
 
 def migrate_pair(rig, args, work: Path, progress, pg_old: int | None = None,
@@ -71,6 +84,7 @@ def migrate_pair(rig, args, work: Path, progress, pg_old: int | None = None,
 
     def prepare(stop_first: bool):
         rounds[0] += 1
+        _db_jail_up(old)  # a migration that moved PostgreSQL with its dataset stopped it
         if stop_first:  # no pre-sync to come: the data changed before the migration
             data.mutate(old, args.changed, args.seed + rounds[0])
         (old.home / "crontab").write_text(OLD_CRONTAB)
@@ -100,12 +114,12 @@ def migrate_pair(rig, args, work: Path, progress, pg_old: int | None = None,
         stopped = time.monotonic() - started
         r = measure(label, [CLI, "migrate", "--to", new.name, "--yes", "--json"],
                     env=env, cwd=old.root, timeout=args.migrate_timeout)
-        if not stop_first and not json.loads(state.read_text()).get("done"):
-            raise RuntimeError("the change after the pre-sync was not applied (the syncoid "
-                               "hook did not run as the old host's clawdie.syncoid)")
         rig.drop(new)
         if r.exit != 0:
             raise RuntimeError(f"migrate exited {r.exit}:\n{r.output[-3000:]}")
+        if not stop_first and not json.loads(state.read_text()).get("done"):
+            raise RuntimeError("the change after the pre-sync was not applied (the syncoid "
+                               "hook did not run as the old host's clawdie.syncoid)")
         report = json.loads(r.output[r.output.index("{"):])
         if stop_first:
             # Down from our stop to the end of the migration, less the cut-over steps after
@@ -188,8 +202,6 @@ def physical_floor(rig, old, args, progress) -> dict:
     On a fresh new host after a full pre-sync, with args.changed of the data changed before
     each run (the agent at work), args.migrate_runs times. The start is on the old host:
     the same commands the new host runs, on the same machine."""
-    import subprocess
-
     from invoke import Context
 
     from clawdie_ops.hosts import ssh
@@ -197,7 +209,8 @@ def physical_floor(rig, old, args, progress) -> dict:
     from tests.rig.hosts import RIG_BIN
     from tests.rig.services import ZFS as ZFS_BIN, sh
 
-    new = _new_host(rig)
+    _db_jail_up(old)  # the last migration moved PostgreSQL with its dataset
+    new = _new_host(rig, jails=False)
     env = {**old.proc_env(), "PATH": f"{RIG_BIN}:{old.proc_env()['PATH']}"}
     host = ssh.resolve(Context(), new.alias, str(rig.ssh_config))
     opts = syncoid.SyncOptions("zstd-fast" if shutil.which("zstd") else "none")
