@@ -238,19 +238,24 @@ def _mounted(dataset: str) -> str:
     return sh(ZFS, "get", "-H", "-o", "value", "mounted", dataset).stdout.strip()
 
 
+def _db_replicated_once(rig, host, target) -> tuple[tuple[str, ...], str, str]:
+    """The db jail replicated to `target` once: the replicate arguments, the target's jail
+    dataset and its `root`."""
+    point_at(host, target, rig)
+    tpool = target.pool_name
+    args = ("replicate", "--to", target.alias, "--target-pool", tpool, "--dataset", "db",
+            "--json")
+    cli(host, *args, env=RIG_PATH, check=True)
+    return args, f"{tpool}/clawdie/jails/db", f"{tpool}/clawdie/jails/db/root"
+
+
 def test_a_target_left_unmounted_by_a_cut_receive_is_mounted_by_the_next_replicate(
         rig, host, target):
     """The fault campaign's replicate-30/31: a killed `zfs receive` (or an sshd restart)
     mid-way through an incremental leaves the target unmounted; the next replicate exited
     0 with every snapshot received and the target still unmounted (its jail would start
     on an empty folder)."""
-    point_at(host, target, rig)
-    tpool = target.pool_name
-    args = ("replicate", "--to", target.alias, "--target-pool", tpool, "--dataset", "db",
-            "--json")
-    cli(host, *args, env=RIG_PATH, check=True)
-    troot = f"{tpool}/clawdie/jails/db/root"
-    tdb = f"{tpool}/clawdie/jails/db"
+    args, tdb, troot = _db_replicated_once(rig, host, target)
     # what an incremental receive cut short leaves: it unmounts the target first
     sh(ZFS, "unmount", troot)
     sh(ZFS, "unmount", tdb)
@@ -288,13 +293,7 @@ def test_a_failed_replicate_mounts_the_targets_earlier_state_again(rig, host, ta
     """The campaign's replicate-8: a `zfs receive` killed mid-way through an incremental
     left the target unmounted and the run failed; its jail then started on an empty
     folder. Now the failed run mounts the earlier state again before the jail starts."""
-    point_at(host, target, rig)
-    tpool = target.pool_name
-    args = ("replicate", "--to", target.alias, "--target-pool", tpool, "--dataset", "db",
-            "--json")
-    cli(host, *args, env=RIG_PATH, check=True)
-    troot = f"{tpool}/clawdie/jails/db/root"
-    tdb = f"{tpool}/clawdie/jails/db"
+    args, tdb, troot = _db_replicated_once(rig, host, target)
     earlier = jail_digest(target.pool.mount_of(troot))
     # the receive cut short: the target unmounted, then syncoid fails
     failing = tmp_path / "syncoid"
