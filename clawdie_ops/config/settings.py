@@ -72,6 +72,9 @@ DEFAULTS: dict[str, Any] = {
     # builds an HNSW index far faster when its graph fits (BENCHMARKS.md); it takes only
     # what the index needs. Empty: the server's own setting.
     "restore_maintenance_work_mem": "1GB",
+    # parallel workers per index build in those sessions (PGOPTIONS): the planner gives a
+    # table whose vectors live in TOAST none, its heap being small; empty: the server's way
+    "restore_index_workers": "2",
     "zfs": "zfs",
     "shell": "/bin/sh",  # runs every local command (POSIX: FreeBSD has no /bin/bash)
     "backup_dir": "~",
@@ -169,6 +172,7 @@ class Settings:
     pg_jail: str = "db"
     pg_data_dir: str = "/var/db/postgres/data18"
     restore_maintenance_work_mem: str = "1GB"
+    restore_index_workers: int | None = 2
 
     @property
     def env_file(self) -> Path:
@@ -369,6 +373,7 @@ def load(config: Any, root: str | os.PathLike[str] | None = None,
         pg_jail=str(cfg.get("pg_jail") or DEFAULTS["pg_jail"]),
         pg_data_dir=_jail_path(cfg, "pg_data_dir"),
         restore_maintenance_work_mem=_memory_size(cfg, "restore_maintenance_work_mem"),
+        restore_index_workers=_workers(cfg, "restore_index_workers"),
     )
 
 
@@ -385,6 +390,18 @@ def _memory_size(cfg: Mapping[str, Any], key: str) -> str:
                           f"write it as PostgreSQL does, e.g. {DEFAULTS[key]} or 512MB (units "
                           "kB, MB, GB, TB), or empty for the server's own setting")
     return f"{m.group(1)}{m.group(2) or ''}" if m else ""
+
+
+def _workers(cfg: Mapping[str, Any], key: str) -> int | None:
+    """A number of parallel workers, 0 to 64, or None (empty) for the server's own way."""
+    value = str(cfg.get(key) if cfg.get(key) is not None else "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) > 64:
+        raise ConfigError(f"clawdie.{key} {value!r} is not a number of workers",
+                          f"write a whole number from 0 to 64 (e.g. {DEFAULTS[key]}; 0: each "
+                          "index built by one process), or empty for the server's own way")
+    return int(value)
 
 
 def _jail_path(cfg: Mapping[str, Any], key: str) -> str:

@@ -228,16 +228,38 @@ def test_backup_steps_carry_the_argv_they_run(tmp_path):
         ["/s/memory_db.sql", "--snapshot=3-1", "--dbname=memory_db"]
 
 
+W2 = "-c max_parallel_maintenance_workers=2 -c min_parallel_table_scan_size=0"
+
+
 @pytest.mark.parametrize("value, env", [
-    (None, {"PGOPTIONS": "-c maintenance_work_mem=1GB"}),  # the default
-    ("512 MB", {"PGOPTIONS": "-c maintenance_work_mem=512MB"}),
-    ("65536", {"PGOPTIONS": "-c maintenance_work_mem=65536"}),
-    ("", {}),  # the server's own setting: PGOPTIONS untouched
+    (None, {"PGOPTIONS": f"-c maintenance_work_mem=1GB {W2}"}),  # the default
+    ("512 MB", {"PGOPTIONS": f"-c maintenance_work_mem=512MB {W2}"}),
+    ("65536", {"PGOPTIONS": f"-c maintenance_work_mem=65536 {W2}"}),
+    ("", {"PGOPTIONS": W2}),  # the server's own maintenance_work_mem
 ])
 def test_replay_environment_sets_maintenance_work_mem(tmp_path, value, env):
     s = load(tmp_path, {} if value is None else {"restore_maintenance_work_mem": value})
     assert pg.replay_env(s) == env
+    assert pg.replay_note(s) == f"; PGOPTIONS {env['PGOPTIONS']}"
+
+
+@pytest.mark.parametrize("value, env", [
+    (4, {"PGOPTIONS": "-c max_parallel_maintenance_workers=4 -c min_parallel_table_scan_size=0"}),
+    ("0", {"PGOPTIONS": "-c max_parallel_maintenance_workers=0"}),  # one process per build
+    ("", {}),  # the server's own way, and its own maintenance_work_mem: PGOPTIONS untouched
+])
+def test_replay_environment_sets_index_workers(tmp_path, value, env):
+    s = load(tmp_path, {"restore_index_workers": value,
+                        "restore_maintenance_work_mem": ""})
+    assert pg.replay_env(s) == env
     assert pg.replay_note(s) == (f"; PGOPTIONS {env['PGOPTIONS']}" if env else "")
+
+
+@pytest.mark.parametrize("bad", ["-1", "2 -c fsync=off", "many", "65", "1.5"])
+def test_index_workers_that_are_no_count_are_refused_naming_the_setting(tmp_path, bad):
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, {"restore_index_workers": bad})
+    assert "clawdie.restore_index_workers" in str(exc.value) and bad in str(exc.value)
 
 
 @pytest.mark.parametrize("bad", ["1 GB -c fsync=off", "lots", "-1", "1GB;", "1gb"])

@@ -57,19 +57,34 @@ def passfile(*dbs: DbSpec) -> Iterator[dict[str, str]]:
         os.unlink(path)
 
 
+def replay_options(s: Settings) -> list[str]:
+    """The replaying sessions' settings (PGOPTIONS), each a checked word (settings.py):
+    - maintenance_work_mem (clawdie.restore_maintenance_work_mem), so pgvector builds an
+      HNSW index in memory instead of row by row on disk;
+    - max_parallel_maintenance_workers (clawdie.restore_index_workers), with
+      min_parallel_table_scan_size=0: the planner sizes an index build's workers by the
+      table's heap, and memories' vectors live in TOAST, so it would give that build none
+      (BENCHMARKS.md, restore)."""
+    opts = []
+    if s.restore_maintenance_work_mem:
+        opts.append(f"maintenance_work_mem={s.restore_maintenance_work_mem}")
+    if s.restore_index_workers is not None:
+        opts.append(f"max_parallel_maintenance_workers={s.restore_index_workers}")
+        if s.restore_index_workers:
+            opts.append("min_parallel_table_scan_size=0")
+    return opts
+
+
 def replay_env(s: Settings) -> dict[str, str]:
-    """Environment for a replaying psql besides PGPASSFILE: the session's
-    maintenance_work_mem (clawdie.restore_maintenance_work_mem), so pgvector builds an HNSW
-    index in memory instead of row by row on disk; empty setting: none, the server's own.
-    The value is a checked size (settings.py): one word, nothing else reaches PGOPTIONS."""
-    mem = s.restore_maintenance_work_mem
-    return {"PGOPTIONS": f"-c maintenance_work_mem={mem}"} if mem else {}
+    """Environment for a replaying psql besides PGPASSFILE; none of the server's own."""
+    opts = replay_options(s)
+    return {"PGOPTIONS": " ".join(f"-c {o}" for o in opts)} if opts else {}
 
 
 def replay_note(s: Settings) -> str:
     """How the plan shows replay_env()."""
-    mem = s.restore_maintenance_work_mem
-    return f"; PGOPTIONS -c maintenance_work_mem={mem}" if mem else ""
+    env = replay_env(s)
+    return f"; PGOPTIONS {env['PGOPTIONS']}" if env else ""
 
 
 def connect(db: DbSpec, **kw: Any) -> psycopg.Connection:
