@@ -139,3 +139,14 @@ def seconds(value: Any) -> float:
     if n < 0:
         raise ConfigError(f"--wait {value!r} is not a number of seconds", "e.g. --wait 600")
     return n
+
+
+def jobs(value: Any, flag: str = "--jobs") -> int:
+    """A count of datasets at once: 1 to 16."""
+    from ..errors import ConfigError
+
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 16:
+        raise ConfigError(f"{flag} {value!r} is not a number of datasets at once",
+                          "pass a whole number from 1 to 16 (1: one after the other)")
+    return int(text)

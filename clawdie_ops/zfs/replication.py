@@ -7,8 +7,10 @@ few commands run there (parent dataset, jail stop / start, read-only probes).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,12 +18,13 @@ from typing import Any
 
 from invoke import Context
 
-from .. import runner
+from .. import lifeline, runner
 from ..hosts import agent, ssh
 from . import datasets, mounts, syncoid, commands as zfs
 from ..config import inventory
 from ..config.settings import Settings
 from ..errors import ClawdieError, ConfigError, DatasetMissing, ZfsError
+from ..interrupts import shielded
 from ..output import Reporter, human_size
 
 
@@ -265,26 +268,78 @@ def _remount(conn: Context, ts: Settings, target: str, to: str) -> str:
     return f"; {', '.join(again)} mounted again (its earlier state)" if again else ""
 
 
-def run(c: Context, plan: ReplicationPlan, out: Reporter) -> dict[str, Any]:
+def run(c: Context, plan: ReplicationPlan, out: Reporter, jobs: int = 1) -> dict[str, Any]:
+    """Every pair, `jobs` at once (each syncoid's fixed cost, its snapshots and SSH
+    sessions, is most of an increment's time: BENCHMARKS.md, migrate)."""
     conn = plan.conn or ssh.connect(plan.host)
     ts = plan.target_settings
     start = time.monotonic()
     for parent in plan.parents:
         zfs.create_parents(conn, ts, parent)
-    done = []
-    for pair in plan.pairs:
-        with out.step(f"syncoid {pair.source} -> {plan.to}:{pair.target}"):
+
+    together = jobs > 1 and len(plan.pairs) > 1
+
+    def one(pair: Pair) -> dict[str, Any]:
+        label = f"syncoid {pair.source} -> {plan.to}:{pair.target}"
+        if together:  # one live status line at a time: none while several run
             item = replicate_one(c, conn, plan, pair)
-        done.append(item)
+            out.timings[label] = item["duration_s"]
+        else:
+            with out.step(label):
+                item = replicate_one(c, conn, plan, pair)
         size = human_size(item["bytes"]) if item["bytes"] is not None else "size unknown"
         out.err.print(f"{pair.source} -> {plan.to}:{pair.target}: {item['mode']}, {size} "
                       f"in {item['duration_s']:.1f}s", markup=False)
         for name in item["remounted"]:
             out.err.print(f"  {plan.to}:{name} was received but not mounted: mounted it",
                           markup=False)
+        return item
+
+    if together:
+        done = _at_once(plan.pairs, one, jobs)
+    else:
+        done = [one(pair) for pair in plan.pairs]
     known = [d["bytes"] for d in done if d["bytes"] is not None]
     return {"to": plan.to, "target": f"{plan.host.user}@{plan.host.hostname}",
             "compression": plan.options.compress,
             "mbuffer": "mbuffer" in plan.local_tools & plan.remote_tools,
             "datasets": done, "bytes": sum(known) if len(known) == len(done) else None,
+            "jobs": max(1, min(jobs, len(plan.pairs))),
             "duration_s": round(time.monotonic() - start, 3)}
+
+
+def _at_once(pairs: list[Pair], one: Callable[[Pair], dict[str, Any]],
+             jobs: int) -> list[dict[str, Any]]:
+    """`one` for each pair, `jobs` threads at a time, results in plan order. After a
+    failure no further pair starts; those running finish, then the first failure (in plan
+    order) is raised. An interrupt (main thread) ends the running syncoids and waits for
+    their threads, which start each jail they stopped again, before it goes on."""
+    stop = threading.Event()
+
+    def guarded(pair: Pair) -> dict[str, Any] | None:
+        if stop.is_set():
+            return None
+        try:
+            return one(pair)
+        except BaseException:
+            stop.set()
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = [pool.submit(guarded, pair) for pair in pairs]
+    try:
+        wait(futures)
+    except BaseException:
+        with shielded():
+            stop.set()
+            while wait(futures, timeout=0.2).not_done:
+                lifeline.terminate_children()
+        raise
+    finally:
+        with shielded():
+            pool.shutdown(wait=True)
+    for f in futures:
+        exc = f.exception()
+        if exc is not None:
+            raise exc
+    return [item for f in futures if (item := f.result()) is not None]

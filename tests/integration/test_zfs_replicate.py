@@ -311,3 +311,67 @@ def test_a_failed_replicate_mounts_the_targets_earlier_state_again(rig, host, ta
     assert f"{tdb}, {troot} mounted again (its earlier state)" in err, err
     assert _mounted(tdb) == "yes" and _mounted(troot) == "yes"
     assert jail_digest(target.pool.mount_of(troot)) == earlier
+
+
+def _logging_syncoid(tmp_path: Path, log: Path, fail: str = "") -> Path:
+    """A syncoid that notes when each dataset's run starts and ends (db's starts a second
+    late, so that the runs overlap when they go at once) and fails for `fail`."""
+    wrapper = tmp_path / "syncoid"
+    wrapper.write_text(f"""#!/bin/sh
+[ "$1" = --version ] && exec syncoid "$@"
+prev=; last=; for a in "$@"; do prev=$last; last=$a; done
+echo "start ${{prev##*/}} $(date +%s.%N)" >> {log}
+case "$prev" in */db) sleep 1 ;; esac
+case "$prev" in */{fail or 'none'}) echo 'CRITICAL ERROR: refused here' >&2; rc=2 ;;
+  *) syncoid "$@"; rc=$? ;; esac
+echo "end ${{prev##*/}} $(date +%s.%N)" >> {log}
+exit $rc
+""")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def _runs(log: Path) -> dict[str, tuple[float, float]]:
+    """Each dataset's (start, end) from the wrapper's log."""
+    seen: dict[str, list[float]] = {}
+    for line in log.read_text().splitlines():
+        _, name, at = line.split()
+        seen.setdefault(name, []).append(float(at))
+    return {name: (t[0], t[-1]) for name, t in seen.items()}
+
+
+def test_replicate_with_jobs_sends_datasets_at_once_and_starts_none_after_a_failure(
+        rig, host, target, tmp_path):
+    host.cluster.stop()  # its files live in the db jail's dataset: compared below
+    point_at(host, target, rig)
+    tpool = target.pool_name
+    log = tmp_path / "runs.log"
+    configure(host, syncoid=str(_logging_syncoid(tmp_path, log)))
+    args = ("replicate", "--to", target.alias, "--target-pool", tpool, "--json")
+    plan = cli(host, *args, "--jobs", "2", "--dry-run", env=RIG_PATH, check=True)
+    assert any(line.startswith("at once    2 of these datasets")
+               for line in json.loads(plan.stdout)["plan"]), plan.stdout
+
+    res = json.loads(cli(host, *args, "--jobs", "2", env=RIG_PATH, check=True).stdout)
+    assert res["jobs"] == 2 and [d["jail"] for d in res["datasets"]] == list(JAILS)
+    assert [d["mode"] for d in res["datasets"]] == ["full"] * 4
+    assert digests(target, tpool) == digests(host)
+    runs = _runs(log)
+    assert runs["git"][0] < runs["db"][1]  # git began while db (a second late) still ran
+
+    # A failure: git refuses at once; db, beside it, finishes; cms and management never start
+    log.unlink()
+    configure(host, syncoid=str(_logging_syncoid(tmp_path, log, fail="git")))
+    (host.jail_files("db") / "after.bin").write_bytes(os.urandom(50_000))
+    failed = cli(host, *args, "--jobs", "2", env=RIG_PATH)
+    assert failed.returncode == 1, failed.stderr
+    err = " ".join(failed.stderr.split())
+    assert f"replicating {host.dataset('git')} to {target.alias}" in err, err
+    assert "refused here" in err
+    runs = _runs(log)
+    assert set(runs) == {"db", "git"}, runs
+    assert runs["db"][1] > runs["git"][1]  # db went on to its end after git had failed
+    assert digests(target, tpool)["db/root"] == digests(host)["db/root"]  # after.bin came
+    bad = cli(host, *args, "--jobs", "0", env=RIG_PATH)
+    assert bad.returncode != 0 and "--jobs '0' is not a number of datasets at once" in \
+        bad.stderr, bad.stderr
