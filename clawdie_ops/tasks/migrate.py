@@ -11,7 +11,7 @@ from invoke import Context
 
 from ..config import settings as config, inventory
 from ..errors import ConfigError, MigrationFailed
-from .base import operator_task
+from .base import jobs, operator_task
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,10 +40,13 @@ if TYPE_CHECKING:
                "hosts run the same PostgreSQL major (by default they then travel inside the "
                "db jail's dataset: pre-sync live, the increment in the window, row counts "
                "checked); an upgrade (different majors) always goes by dump",
+    "sync-jobs": "jail datasets replicated at once, in the pre-sync and in the window "
+                 "(default 2; 1: one after the other); each syncoid's own snapshots and SSH "
+                 "sessions are most of a small increment's time",
 })
 def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=False, restart=False,
             accept_new_host_key=False, retries=5, install=True, json=False, delta=True,
-            pg_dump=False):
+            pg_dump=False, sync_jobs=2):
     """Move the installation to new hardware: pre-sync live, then a short downtime window.
 
     Preflight on both hosts (read-only; clawdie-ops is installed where missing), syncoid
@@ -70,7 +73,7 @@ def migrate(c: Context, to=None, from_=None, dry_run=False, yes=False, force=Fal
     opts = action.Options(to=to, from_=from_, dry_run=dry_run, yes=yes, force=force,
                           restart=restart, accept_new_host_key=accept_new_host_key,
                           retries=int(retries), install=bool(install), delta=bool(delta),
-                          pg_dump=bool(pg_dump))
+                          pg_dump=bool(pg_dump), sync_jobs=jobs(sync_jobs, "--sync-jobs"))
     try:
         report = action.run(c, cfg, opts, out, s.home)
     except MigrationFailed as exc:

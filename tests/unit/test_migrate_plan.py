@@ -59,7 +59,7 @@ def test_the_old_host_here_runs_this_very_clawdie_ops_and_the_new_host_its_own()
         restore.command
     presync = next(s for s in p.steps if s.id == "presync")
     assert "replicate --to newbox --replace-existing --aside-suffix pre-migrate-" in \
-        presync.command and presync.command.endswith("--yes --json")
+        presync.command and presync.command.endswith("--yes --json --jobs 2")  # --sync-jobs
     assert p.journal == Path("/home/op/.clawdie-ops/migrations/local--to--newbox.json")
 
 

@@ -125,6 +125,7 @@ class Options:
     delta: bool = True  # messages.db and the files by what changed (False: in the archive)
     pg_dump: bool = False  # move the databases by dump and restore even where a dataset could
     pg_path: str = ""  # "dataset" or "dump": decided by the preflight (pgmove.decide)
+    sync_jobs: int = 2  # jail datasets replicated at once (pre-sync and final increment)
     # the new host's own jail datasets are renamed to NAME.<aside_suffix> (kept, not reused)
     aside_suffix: str = field(default_factory=lambda: f"pre-migrate-{datetime.now():%Y%m%d-%H%M%S}")
 
@@ -187,11 +188,12 @@ def host_dict(h: Host) -> dict[str, Any]:
             "overrides": masked(dict(h.overrides)), "in_inventory": h.in_inventory}
 
 
-def replicate_args(new_name: str, aside_suffix: str) -> list[str]:
+def replicate_args(new_name: str, aside_suffix: str, jobs: int = 1) -> list[str]:
     # --yes: no terminal there. --replace-existing sets aside (renames) what the new host
-    # made itself: nothing there is destroyed, so it needs no --force
+    # made itself: nothing there is destroyed, so it needs no --force. --jobs: each
+    # syncoid's fixed cost is most of the final increment's time (BENCHMARKS.md, migrate)
     return ["replicate", "--to", new_name, "--replace-existing", "--aside-suffix",
-            aside_suffix, "--yes", "--json"]
+            aside_suffix, "--yes", "--json", *(["--jobs", str(jobs)] if jobs > 1 else [])]
 
 
 def _on(sid: StepId, phase: str, where: str, h: Host, args: list[str], why: str, *,
@@ -235,7 +237,7 @@ def make_steps(cfg: Mapping[str, Any], old: Host, new: Host, opts: Options) -> l
     """Every step of the migration in order. Long on purpose: one table, a row per step,
     reads best whole (the runbook's order is the point)."""
     new_cfg = bool(new.settings_overrides())
-    replicate = replicate_args(new.name, opts.aside_suffix)
+    replicate = replicate_args(new.name, opts.aside_suffix, opts.sync_jobs)
 
     def step(sid: StepId, phase: str, where: str, action: str, why: str) -> Step:
         h = old if where == "old" else new
