@@ -5,8 +5,9 @@ ran), so that the final increment inside the downtime window has something to ca
 
 Set as the old host's `clawdie.syncoid`; does nothing more than syncoid unless the
 benchmark names its state file in BENCH_MUTATE. The change happens during the pre-sync
-step, before the agent stops: it is not downtime.
+step, once its last syncoid has ended, before the agent stops: it is not downtime.
 """
+import fcntl
 import json
 import os
 import subprocess
@@ -15,6 +16,9 @@ import sys
 code = subprocess.call([os.environ.get("BENCH_REAL_SYNCOID", "syncoid"), *sys.argv[1:]])
 state_path = os.environ.get("BENCH_MUTATE")
 if code == 0 and state_path:
+    # replicate --jobs runs several of these at once: one at a time here
+    lock = open(state_path + ".lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     with open(state_path) as fh:
         state = json.load(fh)
     state["calls"] += 1

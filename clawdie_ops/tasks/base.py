@@ -147,6 +147,6 @@ def jobs(value: Any, flag: str = "--jobs") -> int:
 
     text = str(value).strip()
     if not text.isdigit() or not 1 <= int(text) <= 16:
-        raise ConfigError(f"{flag} {value!r} is not a number of datasets at once",
+        raise ConfigError(f"{flag} {text} is not a number of datasets at once",
                           "pass a whole number from 1 to 16 (1: one after the other)")
     return int(text)

@@ -275,8 +275,10 @@ def replicate(c: Context, to=None, dataset=None, target_pool=None, target_prefix
     try:
         lines = plan.describe()
         if jobs > 1:
-            lines.append(f"at once    {min(jobs, len(plan.pairs))} of these datasets; after a "
-                         "failure no further one starts")
+            gap = (f", each started {plan.start_gap:g}s after the one before (syncoid before "
+                   "2.3 names its SSH control socket by the second)" if plan.start_gap else "")
+            lines.append(f"at once    {min(jobs, len(plan.pairs))} of these datasets{gap}; "
+                         "after a failure no further one starts")
         if dry_run:
             out.result({"dry_run": True, "plan": lines},
                        lambda con: _print_plan(con, lines, True))

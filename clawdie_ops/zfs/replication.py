@@ -51,6 +51,9 @@ def default_suffix(now: datetime | None = None) -> str:
     return f"pre-replicate-{(now or datetime.now()):%Y%m%d-%H%M%S}"
 
 
+START_GAP = 2.0  # see ReplicationPlan.start_gap
+
+
 @dataclass
 class ReplicationPlan:
     to: str
@@ -64,6 +67,14 @@ class ReplicationPlan:
     notes: list[str] = field(default_factory=list)
     conn: Any = field(default=None, repr=False)  # the Fabric Connection to the target
     syncoid_version: tuple[int, ...] | None = None  # 2.1 (Debian 12) and 2.3 (FreeBSD) differ
+
+    @property
+    def start_gap(self) -> float:
+        """Seconds between two syncoid starts when several run at once: before 2.3, syncoid
+        names its SSH control socket by the second alone (/tmp/syncoid-HOST-SECONDS), so
+        two runs started within one second share a master connection, and the first to end
+        closes it under the other (ssh exit 255). 2.3 adds its pid and a random number."""
+        return 0.0 if (self.syncoid_version or (0,)) >= (2, 3) else START_GAP
 
     @property
     def parents(self) -> list[str]:
@@ -296,7 +307,7 @@ def run(c: Context, plan: ReplicationPlan, out: Reporter, jobs: int = 1) -> dict
         return item
 
     if together:
-        done = _at_once(plan.pairs, one, jobs)
+        done = _at_once(plan.pairs, one, jobs, plan.start_gap)
     else:
         done = [one(pair) for pair in plan.pairs]
     known = [d["bytes"] for d in done if d["bytes"] is not None]
@@ -309,14 +320,20 @@ def run(c: Context, plan: ReplicationPlan, out: Reporter, jobs: int = 1) -> dict
 
 
 def _at_once(pairs: list[Pair], one: Callable[[Pair], dict[str, Any]],
-             jobs: int) -> list[dict[str, Any]]:
-    """`one` for each pair, `jobs` threads at a time, results in plan order. After a
-    failure no further pair starts; those running finish, then the first failure (in plan
-    order) is raised. An interrupt (main thread) ends the running syncoids and waits for
-    their threads, which start each jail they stopped again, before it goes on."""
+             jobs: int, gap: float) -> list[dict[str, Any]]:
+    """`one` for each pair, `jobs` threads at a time, each start `gap` seconds after the
+    one before, results in plan order. After a failure no further pair starts; those
+    running finish, then the first failure (in plan order) is raised. An interrupt (main
+    thread) ends the running syncoids and waits for their threads, which start each jail
+    they stopped again, before it goes on."""
     stop = threading.Event()
+    starting = threading.Lock()
+    last = [-gap]
 
     def guarded(pair: Pair) -> dict[str, Any] | None:
+        with starting:
+            stop.wait(max(0.0, last[0] + gap - time.monotonic()))
+            last[0] = time.monotonic()
         if stop.is_set():
             return None
         try:

@@ -368,6 +368,17 @@ def test_replication_classes_a_target_holding_a_resume_token_as_resumable():
     assert "receive_resume_token" in "\n".join(plan.describe())
 
 
+def test_syncoid_before_2_3_starts_parallel_runs_seconds_apart():
+    """Its control socket is /tmp/syncoid-HOST-SECONDS before 2.3: two starts within one
+    second would share one master connection."""
+    local, remote = replication_mocks("", token="1-e604ea4bf-e0-789c63a2")
+    plan = replication.make_plan(local, settings(), {}, "newbox", ["db"], conn=remote)
+    assert plan.syncoid_version == (2, 3, 0) and plan.start_gap == 0
+    for old in ((2, 1, 0), (2, 2, 9), None):  # unknown: as careful as the oldest
+        plan.syncoid_version = old
+        assert plan.start_gap == replication.START_GAP >= 1.5
+
+
 def test_zfs_delegation_runs_syncoid_without_privilege_elevation():
     local, remote = replication_mocks(f"{DB}@a\n")
     remote.set_result_for("run", f"zfs get -Hp -o name,property,value creation,used,referenced "
