@@ -275,8 +275,9 @@ def replicate(c: Context, to=None, dataset=None, target_pool=None, target_prefix
     try:
         lines = plan.describe()
         if jobs > 1:
-            gap = (f", each started {plan.start_gap:g}s after the one before (syncoid before "
-                   "2.3 names its SSH control socket by the second)" if plan.start_gap else "")
+            gap = (", each started once the one before has named its SSH control socket and "
+                   "the clock has passed that second (syncoid before 2.3 names it by the "
+                   "second)" if plan.shared_sockets else "")
             lines.append(f"at once    {min(jobs, len(plan.pairs))} of these datasets{gap}; "
                          "after a failure no further one starts")
         if dry_run:

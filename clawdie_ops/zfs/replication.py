@@ -7,6 +7,8 @@ few commands run there (parent dataset, jail stop / start, read-only probes).
 from __future__ import annotations
 
 import dataclasses
+import glob
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -51,7 +53,9 @@ def default_suffix(now: datetime | None = None) -> str:
     return f"pre-replicate-{(now or datetime.now()):%Y%m%d-%H%M%S}"
 
 
-START_GAP = 2.0  # see ReplicationPlan.start_gap
+# syncoid before 2.3: the wait for a run's control socket, then the spacing without one
+SOCKET_WAIT = 5.0
+START_GAP = 2.0
 
 
 @dataclass
@@ -69,12 +73,12 @@ class ReplicationPlan:
     syncoid_version: tuple[int, ...] | None = None  # 2.1 (Debian 12) and 2.3 (FreeBSD) differ
 
     @property
-    def start_gap(self) -> float:
-        """Seconds between two syncoid starts when several run at once: before 2.3, syncoid
-        names its SSH control socket by the second alone (/tmp/syncoid-HOST-SECONDS), so
-        two runs started within one second share a master connection, and the first to end
-        closes it under the other (ssh exit 255). 2.3 adds its pid and a random number."""
-        return 0.0 if (self.syncoid_version or (0,)) >= (2, 3) else START_GAP
+    def shared_sockets(self) -> bool:
+        """Before 2.3, syncoid names its SSH control socket by the second alone
+        (/tmp/syncoid-HOST-SECONDS): two runs started within one second share one master
+        connection, and the first to end closes it under the other (ssh exit 255). 2.3 adds
+        its pid and a random number. Unknown: as careful as the oldest."""
+        return (self.syncoid_version or (0,)) < (2, 3)
 
     @property
     def parents(self) -> list[str]:
@@ -307,7 +311,8 @@ def run(c: Context, plan: ReplicationPlan, out: Reporter, jobs: int = 1) -> dict
         return item
 
     if together:
-        done = _at_once(plan.pairs, one, jobs, plan.start_gap)
+        prefix = syncoid.control_socket_prefix(plan.host) if plan.shared_sockets else ""
+        done = _at_once(plan.pairs, one, jobs, prefix)
     else:
         done = [one(pair) for pair in plan.pairs]
     known = [d["bytes"] for d in done if d["bytes"] is not None]
@@ -320,20 +325,23 @@ def run(c: Context, plan: ReplicationPlan, out: Reporter, jobs: int = 1) -> dict
 
 
 def _at_once(pairs: list[Pair], one: Callable[[Pair], dict[str, Any]],
-             jobs: int, gap: float) -> list[dict[str, Any]]:
-    """`one` for each pair, `jobs` threads at a time, each start `gap` seconds after the
-    one before, results in plan order. After a failure no further pair starts; those
-    running finish, then the first failure (in plan order) is raised. An interrupt (main
-    thread) ends the running syncoids and waits for their threads, which start each jail
-    they stopped again, before it goes on."""
+             jobs: int, sockets: str) -> list[dict[str, Any]]:
+    """`one` for each pair, `jobs` threads at a time, results in plan order. With `sockets`
+    (syncoid before 2.3: its control sockets' prefix) a run starts only once the one before
+    has named its socket and the clock has passed that second. After a failure no further
+    pair starts; those running finish, then the first failure (in plan order) is raised. An
+    interrupt (main thread) ends the running syncoids and waits for their threads, which
+    start each jail they stopped again, before it goes on."""
     stop = threading.Event()
     starting = threading.Lock()
-    last = [-gap]
+    before: list[tuple[float, set[str]]] = []  # the last start: its time, sockets then
 
     def guarded(pair: Pair) -> dict[str, Any] | None:
-        with starting:
-            stop.wait(max(0.0, last[0] + gap - time.monotonic()))
-            last[0] = time.monotonic()
+        if sockets:
+            with starting:
+                if before:
+                    _apart(sockets, *before[-1], stop)
+                before.append((time.monotonic(), set(glob.glob(glob.escape(sockets) + "*"))))
         if stop.is_set():
             return None
         try:
@@ -360,3 +368,20 @@ def _at_once(pairs: list[Pair], one: Callable[[Pair], dict[str, Any]],
         if exc is not None:
             raise exc
     return [item for f in futures if (item := f.result()) is not None]
+
+
+def _apart(prefix: str, started: float, known: set[str], stop: threading.Event) -> None:
+    """Wait until the syncoid started at `started` (monotonic) has made its control socket,
+    one not in `known`, then until the clock is past the second in its name; without one
+    after SOCKET_WAIT, until START_GAP after that start."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+    while not stop.is_set():
+        seconds = [int(m.group(1)) for path in glob.glob(glob.escape(prefix) + "*")
+                   if path not in known and (m := pattern.match(path))]
+        if seconds:
+            stop.wait(max(0.0, max(seconds) + 1.05 - time.time()))
+            return
+        if time.monotonic() - started > SOCKET_WAIT:
+            stop.wait(max(0.0, started + START_GAP - time.monotonic()))
+            return
+        stop.wait(0.05)

@@ -31,6 +31,12 @@ def target_spec(h: SshHost, dataset: str) -> str:
     return f"{h.user}@{h.hostname}:{dataset}" if h.user else f"{h.hostname}:{dataset}"
 
 
+def control_socket_prefix(h: SshHost) -> str:
+    """Where syncoid before 2.3 puts its SSH master's socket: this prefix and the second it
+    started (`/tmp/syncoid-root@HOST-1796000000`); 2.3 adds its pid and a random number."""
+    return f"/tmp/syncoid-{h.user}@{h.hostname}-" if h.user else f"/tmp/syncoid-{h.hostname}-"
+
+
 def ssh_args(h: SshHost) -> list[str]:
     """The resolved ssh settings as syncoid flags (it cannot take `ssh -F FILE`)."""
     args = [f"--sshport={h.port}"] if h.port != 22 else []

@@ -373,10 +373,34 @@ def test_syncoid_before_2_3_starts_parallel_runs_seconds_apart():
     second would share one master connection."""
     local, remote = replication_mocks("", token="1-e604ea4bf-e0-789c63a2")
     plan = replication.make_plan(local, settings(), {}, "newbox", ["db"], conn=remote)
-    assert plan.syncoid_version == (2, 3, 0) and plan.start_gap == 0
+    assert plan.syncoid_version == (2, 3, 0) and not plan.shared_sockets
     for old in ((2, 1, 0), (2, 2, 9), None):  # unknown: as careful as the oldest
         plan.syncoid_version = old
-        assert plan.start_gap == replication.START_GAP >= 1.5
+        assert plan.shared_sockets
+    assert syncoid.control_socket_prefix(plan.host).startswith("/tmp/syncoid-")
+
+
+def test_the_next_start_waits_for_the_sockets_second_to_pass(tmp_path):
+    import threading
+    import time
+
+    prefix = str(tmp_path / "syncoid-root@h-")
+    stale = prefix + "1000"  # an earlier run's, known before this start
+    open(stale, "w").close()
+    started = time.monotonic()
+
+    def make_socket() -> None:
+        time.sleep(0.3)
+        open(prefix + str(int(time.time())), "w").close()
+    threading.Thread(target=make_socket).start()
+    replication._apart(prefix, started, {stale}, threading.Event())
+    made = max(int(p.rsplit("-", 1)[1]) for p in map(str, tmp_path.iterdir()))
+    assert time.time() >= made + 1 and time.monotonic() - started >= 0.3
+
+    # no socket at all (syncoid failed first): START_GAP after that start, never forever
+    started = time.monotonic() - replication.SOCKET_WAIT
+    replication._apart(str(tmp_path / "none-"), started, set(), threading.Event())
+    assert time.monotonic() - started < replication.SOCKET_WAIT + 1
 
 
 def test_zfs_delegation_runs_syncoid_without_privilege_elevation():
