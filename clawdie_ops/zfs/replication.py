@@ -54,7 +54,7 @@ def default_suffix(now: datetime | None = None) -> str:
 
 
 # syncoid before 2.3: the wait for a run's control socket, then the spacing without one
-SOCKET_WAIT = 5.0
+SOCKET_WAIT = 3.0
 START_GAP = 2.0
 
 
@@ -334,14 +334,17 @@ def _at_once(pairs: list[Pair], one: Callable[[Pair], dict[str, Any]],
     start each jail they stopped again, before it goes on."""
     stop = threading.Event()
     starting = threading.Lock()
-    before: list[tuple[float, set[str]]] = []  # the last start: its time, sockets then
+    # the last start: its time, the sockets there before it, and whether it has ended
+    before: list[tuple[float, set[str], threading.Event]] = []
 
     def guarded(pair: Pair) -> dict[str, Any] | None:
+        ended = threading.Event()
         if sockets:
             with starting:
                 if before:
                     _apart(sockets, *before[-1], stop)
-                before.append((time.monotonic(), set(glob.glob(glob.escape(sockets) + "*"))))
+                before.append((time.monotonic(), set(glob.glob(glob.escape(sockets) + "*")),
+                               ended))
         if stop.is_set():
             return None
         try:
@@ -349,6 +352,8 @@ def _at_once(pairs: list[Pair], one: Callable[[Pair], dict[str, Any]],
         except BaseException:
             stop.set()
             raise
+        finally:
+            ended.set()
 
     pool = ThreadPoolExecutor(max_workers=jobs)
     futures = [pool.submit(guarded, pair) for pair in pairs]
@@ -370,12 +375,14 @@ def _at_once(pairs: list[Pair], one: Callable[[Pair], dict[str, Any]],
     return [item for f in futures if (item := f.result()) is not None]
 
 
-def _apart(prefix: str, started: float, known: set[str], stop: threading.Event) -> None:
+def _apart(prefix: str, started: float, known: set[str], ended: threading.Event,
+           stop: threading.Event) -> None:
     """Wait until the syncoid started at `started` (monotonic) has made its control socket,
-    one not in `known`, then until the clock is past the second in its name; without one
-    after SOCKET_WAIT, until START_GAP after that start."""
+    one not in `known`, then until the clock is past the second in its name. No wait once
+    that run has ended (its master is closed); without a socket after SOCKET_WAIT, until
+    START_GAP after that start."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)$")
-    while not stop.is_set():
+    while not stop.is_set() and not ended.is_set():
         seconds = [int(m.group(1)) for path in glob.glob(glob.escape(prefix) + "*")
                    if path not in known and (m := pattern.match(path))]
         if seconds:

@@ -393,14 +393,21 @@ def test_the_next_start_waits_for_the_sockets_second_to_pass(tmp_path):
         time.sleep(0.3)
         open(prefix + str(int(time.time())), "w").close()
     threading.Thread(target=make_socket).start()
-    replication._apart(prefix, started, {stale}, threading.Event())
+    replication._apart(prefix, started, {stale}, threading.Event(), threading.Event())
     made = max(int(p.rsplit("-", 1)[1]) for p in map(str, tmp_path.iterdir()))
     assert time.time() >= made + 1 and time.monotonic() - started >= 0.3
 
     # no socket at all (syncoid failed first): START_GAP after that start, never forever
     started = time.monotonic() - replication.SOCKET_WAIT
-    replication._apart(str(tmp_path / "none-"), started, set(), threading.Event())
+    replication._apart(str(tmp_path / "none-"), started, set(), threading.Event(),
+                       threading.Event())
     assert time.monotonic() - started < replication.SOCKET_WAIT + 1
+    # that run has ended already (its master closed): no wait at all
+    ended = threading.Event()
+    ended.set()
+    started = time.monotonic()
+    replication._apart(str(tmp_path / "none-"), started, set(), ended, threading.Event())
+    assert time.monotonic() - started < 0.5
 
 
 def test_zfs_delegation_runs_syncoid_without_privilege_elevation():
