@@ -11,7 +11,7 @@ import re
 import shlex
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -84,6 +84,19 @@ def groups(steps: Sequence[Step]) -> list[list[Step]]:
     return out
 
 
+def wait_all(futures: Sequence[Future], stop: threading.Event) -> None:
+    """Wait for every future. An interrupt (in the main thread) sets `stop`, ends the
+    commands running now and waits for their threads before it goes on."""
+    try:
+        wait(futures)
+    except BaseException:
+        with shielded():
+            stop.set()
+            while wait(futures, timeout=0.2).not_done:
+                lifeline.terminate_children()
+        raise
+
+
 def run_together(c: Context, group: Sequence[Step], undo: Undo
                  ) -> tuple[Step, BaseException] | None:
     """Run the steps of a group at once, each in its thread; wait for all of them, then the
@@ -99,13 +112,7 @@ def run_together(c: Context, group: Sequence[Step], undo: Undo
     pool = ThreadPoolExecutor(max_workers=len(group))
     futures = [pool.submit(step.run, c, u) for step, u in zip(group, undos, strict=True)]
     try:
-        wait(futures)
-    except BaseException:
-        with shielded():
-            stop.set()
-            while wait(futures, timeout=0.2).not_done:
-                lifeline.terminate_children()
-        raise
+        wait_all(futures, stop)
     finally:
         with shielded():
             pool.shutdown(wait=True)

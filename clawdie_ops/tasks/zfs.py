@@ -247,7 +247,7 @@ def _write_atomic(path: Path, text: str) -> None:
     "aside-suffix": "the SUFFIX of datasets set aside (default pre-replicate-YYYYmmdd-HHMMSS)",
     "yes": "do not ask before setting target datasets aside",
     "jobs": "replicate this many jail datasets at once (default 1); each syncoid's fixed "
-            "cost, snapshots and SSH sessions, is most of a small increment's time. "
+            "cost, snapshots and SSH sessions, is most of a small increment's time; "
             "each stream gets the whole bandwidth limit",
     "root": ROOT_HELP,
     "dry-run": "resolve and probe the target, print every command, change nothing",

@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 
 from invoke import Context
 
-from .. import lifeline, runner
+from .. import runner
 from ..hosts import agent, ssh
 from . import datasets, mounts, syncoid, commands as zfs
 from ..config import inventory
@@ -28,6 +28,7 @@ from ..config.settings import Settings
 from ..errors import ClawdieError, ConfigError, DatasetMissing, ZfsError
 from ..interrupts import shielded
 from ..output import Reporter, human_size
+from ..steps import wait_all
 
 
 @dataclass(frozen=True)
@@ -358,13 +359,7 @@ def _at_once(pairs: list[Pair], one: Callable[[Pair], dict[str, Any]],
     pool = ThreadPoolExecutor(max_workers=jobs)
     futures = [pool.submit(guarded, pair) for pair in pairs]
     try:
-        wait(futures)
-    except BaseException:
-        with shielded():
-            stop.set()
-            while wait(futures, timeout=0.2).not_done:
-                lifeline.terminate_children()
-        raise
+        wait_all(futures, stop)
     finally:
         with shielded():
             pool.shutdown(wait=True)
