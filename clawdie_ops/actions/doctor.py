@@ -104,19 +104,32 @@ def check_pg_dump(c: Context, s: Settings, servers: dict[str, pg.ServerInfo]) ->
     return Check("pg_dump", "ok", f"pg_dump {version} (server {newest.version})")
 
 
-def check_datasets(c: Context, s: Settings) -> tuple[Check, list[str]]:
+def _listing(c: Context, s: Settings) -> dict[str, str]:
+    """Every file system under the jails' parent with its mountpoint, in one `zfs list -r`
+    ({} when the parent does not exist)."""
+    return zfs.mountpoints(c, s, s.jails_parent) or {}
+
+
+def check_datasets(c: Context, s: Settings, listed: dict[str, str] | None = None
+                   ) -> tuple[Check, list[str]]:
     """Each jail dataset and its `root` child (bastille keeps the jail's files there);
-    returns every dataset present, descendants included, for the snapshot check."""
+    returns every dataset present, descendants included, for the snapshot check. `listed`:
+    the `_listing` already read."""
     if not s.zfs_prefix:
         return Check("jail datasets", "warn", "ZFS_PREFIX is not set: datasets not checked",
                      "add ZFS_PREFIX=... to .env (or set clawdie.zfs_prefix)"), []
+    if listed is None:
+        try:
+            listed = _listing(c, s)
+        except ClawdieError as exc:
+            return Check("jail datasets", "fail", exc.message, exc.hint), []
     present: list[str] = []
     missing: list[str] = []
     for jail in s.jails:
-        if not zfs.exists(c, s, s.dataset(jail)):
+        if s.dataset(jail) not in listed:
             missing.append(s.dataset(jail))
             continue
-        tree = zfs.descendants(c, s, s.dataset(jail))
+        tree = zfs.descendants_in(list(listed), s.dataset(jail))
         present += tree
         if s.root_dataset(jail) not in tree:
             missing.append(s.root_dataset(jail))
@@ -129,7 +142,7 @@ def check_datasets(c: Context, s: Settings) -> tuple[Check, list[str]]:
                                         f"{len(present)} datasets with their children"), present
 
 
-def check_jail_paths(c: Context, s: Settings) -> Check:
+def check_jail_paths(c: Context, s: Settings, listed: dict[str, str] | None = None) -> Check:
     """A running jail's path (`jls -j NAME path`) is the mountpoint of its `root` dataset:
     otherwise the snapshots, replication and rollback act on files the jail does not use."""
     if not s.zfs_prefix:
@@ -140,10 +153,12 @@ def check_jail_paths(c: Context, s: Settings) -> Check:
         if not agent.jail_running(c, s, jail):
             continue
         path = agent.jail_path(c, s, jail)
-        try:
-            mount = zfs.mountpoint(c, s, s.root_dataset(jail))
-        except ClawdieError:
-            mount = None
+        if listed is None:
+            try:
+                listed = _listing(c, s)
+            except ClawdieError:
+                listed = {}
+        mount = listed.get(s.root_dataset(jail))
         if not path:
             unread.append(f"{s.name_of(jail)} (jail_path printed no path)")
         elif mount is None:
@@ -170,14 +185,13 @@ def check_snapshots(c: Context, s: Settings, datasets: list[str],
                     limits: Mapping[str, Any]) -> Check:
     if not datasets:
         return Check("snapshots", "warn", "no jail dataset to look at", "see jail datasets")
+    try:  # one `zfs get -r` for every dataset's newest snapshot
+        newest = zfs.newest_snapshots(c, s, s.jails_parent)
+    except ClawdieError as exc:
+        return Check("snapshots", "fail", exc.message, exc.hint)
     now = time.time()
-    ages: dict[str, float | None] = {}
-    for ds in datasets:
-        try:
-            snaps = zfs.snapshots(c, s, ds)
-        except ClawdieError as exc:
-            return Check("snapshots", "fail", exc.message, exc.hint)
-        ages[ds] = now - snaps[0].creation if snaps else None
+    ages: dict[str, float | None] = {ds: now - newest[ds] if ds in newest else None
+                                     for ds in datasets}
     fix = ("check that sanoid runs from cron with recursive = zfs (clawdie-ops sanoid-config) "
            "or take one now: clawdie-ops snapshot")
     none = [d for d, a in ages.items() if a is None]
@@ -259,9 +273,13 @@ def run_checks(c: Context, s: Settings, limits: Mapping[str, Any] | None = None)
     db_checks, servers, db_bytes = check_databases(s)
     checks.extend(db_checks)
     checks.append(check_pg_dump(c, s, servers))
-    ds_check, present = check_datasets(c, s)
+    try:
+        listed: dict[str, str] | None = _listing(c, s) if s.zfs_prefix else None
+    except ClawdieError:
+        listed = None  # check_datasets reads it again and reports why it failed
+    ds_check, present = check_datasets(c, s, listed)
     checks.append(ds_check)
-    checks.append(check_jail_paths(c, s))
+    checks.append(check_jail_paths(c, s, listed))
     checks.append(check_snapshots(c, s, present, limits))
     backups, newest = check_backups(s, limits)
     checks.append(backups)

@@ -223,6 +223,35 @@ def file_systems(c: Context, s: Settings, dataset: str) -> list[str] | None:
     return [n.strip() for n in res.stdout.splitlines() if n.strip() and "@" not in n]
 
 
+def mountpoints(c: Context, s: Settings, dataset: str) -> dict[str, str] | None:
+    """`dataset` and every file system below it, with its mountpoint, in one `zfs list -r`
+    (parents first); None if it does not exist."""
+    res = _run(c, s, "list", "-H", "-o", "name,mountpoint", "-r", check_dataset(dataset))
+    if res.exited != 0:
+        if "does not exist" in res.stderr:
+            return None
+        raise ZfsError(f"listing {dataset} and its children failed: {res.stderr.strip()}", "")
+    rows = (line.split("\t") for line in res.stdout.splitlines())
+    return {r[0].strip(): r[1].strip() for r in rows if len(r) == 2 and "@" not in r[0]}
+
+
+def newest_snapshots(c: Context, s: Settings, dataset: str) -> dict[str, int]:
+    """The creation time (epoch seconds) of the newest snapshot of `dataset` and of each file
+    system below it, in one `zfs get -r`; a file system without snapshots is absent."""
+    res = _run(c, s, "get", "-rHp", "-o", "name,value", "creation", check_dataset(dataset))
+    if res.exited != 0:
+        if "does not exist" in res.stderr:
+            raise DatasetMissing(f"ZFS dataset not found: {dataset}", "check `zfs list`")
+        raise runner.failure(res, f"listing snapshots of {dataset}", error=ZfsError)
+    newest: dict[str, int] = {}
+    for line in res.stdout.splitlines():
+        name, _, value = line.partition("\t")
+        fs, at, _ = name.partition("@")
+        if at and value.strip().isdigit():
+            newest[fs] = max(newest.get(fs, 0), int(value))
+    return newest
+
+
 def descendants_in(names: list[str], dataset: str) -> list[str]:
     """Of a `file_systems` listing: `dataset` and the file systems below it, parents first."""
     return sorted({n for n in names if n == dataset or n.startswith(dataset + "/")},

@@ -67,6 +67,28 @@ def test_with_the_delta_too_the_window_has_no_archive():
     assert "--no-databases" not in by_id["final-backup"].args
 
 
+def test_install_files_runs_beside_the_jails_start_only_where_no_restore_comes_first():
+    from clawdie_ops.actions.migrate.run import after_sync
+
+    def runs(pg_path: str) -> list[list[str]]:
+        p = migrate.make_plan(cfg(newbox=NEWBOX), migrate.Options(to="newbox", pg_path=pg_path),
+                              Path("/home/op"))
+        window = [s for s in p.steps if s.phase == "downtime"]
+        after = window[window.index(next(s for s in window if s.id == "final-sync")) + 1:]
+        return [[s.id for s in run] for run in after_sync(
+            [s for s in after if s.id not in migrate.ALONGSIDE_SYNC + migrate.BESIDE_SYNC])]
+
+    dataset = runs("dataset")
+    assert dataset[0] == ["start-new-jails", "install-files"]
+    assert [r for r in dataset if len(r) > 1] == [dataset[0]]
+    assert [r[0] for r in dataset[1:]] == ["trust-old-key", "point-env", "check-new-db",
+                                           "start-new-agent", "doctor"]
+    dump = runs("dump")  # the restore writes .env first, install-files after it
+    assert all(len(r) == 1 for r in dump)
+    assert [r[0] for r in dump].index("install-files") == \
+        [r[0] for r in dump].index("restore") + 1
+
+
 def test_a_continued_window_tolerates_the_old_databases_it_stopped():
     from clawdie_ops.checks import Check
     checks = [Check("memory_db on old host", "fail", "connection refused", "check the jail"),

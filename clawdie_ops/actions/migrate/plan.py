@@ -72,6 +72,9 @@ ALONGSIDE_SYNC = (StepId.FINAL_BACKUP, StepId.COPY_ARCHIVE)
 # ... and these in a thread of their own beside both (when the plan has them): the old
 # host's page hashing and the new host's checks need neither the archive nor the datasets.
 BESIDE_SYNC = (StepId.FINAL_FILES,)
+# ... and after it, beside start-new-jails when no restore comes between them (the databases
+# moved with the db jail's dataset): files put into place on the host, not in a jail.
+BESIDE_JAILS = (StepId.INSTALL_FILES,)
 CONFIG_PLACEHOLDER = "<tmp>/config.json"
 
 
@@ -351,7 +354,9 @@ def with_delta(old: Host, new: Host, steps: list[Step], archive: bool = True) ->
         if not archive and s.id in NO_ARCHIVE:
             continue
         if not archive and s.id == StepId.POINT_ENV:
-            out.append(install)  # .env from the old host, then pointed at the new server
+            # .env from the old host, then pointed at the new server
+            out.append(Step(install.id, install.phase, install.where, install.command,
+                            install.why + "; at once with start-new-jails"))
         if s.id == StepId.FINAL_BACKUP:
             args = (*s.args, "--databases-only")
             s = Step(s.id, s.phase, s.where, remote.tool_command(

@@ -36,9 +36,20 @@ from ...config.inventory import Host
 from ...config.masking import masked
 from . import delta, outcome, pgmove, rollback
 from .session import HostSession
-from .plan import (ALONGSIDE_SYNC, BESIDE_SYNC, DOWNTIME, Options, Plan, Step, StepId,
-                   make_plan)
+from .plan import (ALONGSIDE_SYNC, BESIDE_JAILS, BESIDE_SYNC, DOWNTIME, Options, Plan, Step,
+                   StepId, make_plan)
 from ...output import Reporter, confirm
+
+
+def after_sync(steps: list[Step]) -> list[list[Step]]:
+    """The window's steps after the final sync, in runs: each alone, but start-new-jails with
+    BESIDE_JAILS when no restore comes before them."""
+    ids = [s.id for s in steps]
+    if StepId.START_NEW_JAILS not in ids or StepId.RESTORE in ids:
+        return [[s] for s in steps]
+    beside = [s for s in steps if s.id in BESIDE_JAILS]
+    return [[s, *beside] if s.id == StepId.START_NEW_JAILS else [s]
+            for s in steps if s not in beside]
 
 
 def _summary(facts: dict[str, Any]) -> dict[str, Any]:
@@ -338,11 +349,19 @@ class Migration(HostSession):
                 for step, future in others:
                     current = step  # the step a failure names
                     future.result()
-            for step in self.steps_of("downtime"):
-                if step not in before and step.id not in ("final-sync", *ALONGSIDE_SYNC,
-                                                          *BESIDE_SYNC):
+            after = [s for s in window if s not in before and s.id not in (
+                "final-sync", *ALONGSIDE_SYNC, *BESIDE_SYNC)]
+            for group in after_sync(after):
+                current = group[0]
+                if len(group) == 1:
+                    self.run_step(current)
+                    continue
+                with ThreadPoolExecutor(max_workers=len(group)) as pool:
+                    futures = [(s, pool.submit(self.run_step, s, quiet=True)) for s in group]
+                    wait([f for _, f in futures])  # both done before any rollback
+                for step, future in futures:
                     current = step
-                    self.run_step(step)
+                    future.result()
         except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - whatever it was,
             rollback.roll_back(self, current, exc)  # the old host's agent comes back
 
