@@ -223,6 +223,54 @@ def file_systems(c: Context, s: Settings, dataset: str) -> list[str] | None:
     return [n.strip() for n in res.stdout.splitlines() if n.strip() and "@" not in n]
 
 
+@dataclass
+class Tree:
+    """The file systems under a dataset, each one's snapshots (name -> creation, in the order
+    ZFS lists them) and any receive_resume_token: what replication probes, read at once."""
+    filesystems: list[str]
+    snapshots: dict[str, dict[str, int]]
+    tokens: dict[str, str]
+
+    def newest_first(self, fs: str) -> list[str]:
+        snaps = self.snapshots.get(fs, {})
+        order = list(snaps)
+        return sorted(order, key=lambda n: (snaps[n], order.index(n)), reverse=True)
+
+
+TREE_PROPS = ("creation", "receive_resume_token")
+
+
+def tree(c: Context, s: Settings, dataset: str) -> Tree | None:
+    """`dataset`, every file system below it and all their snapshots, in one `zfs get -r`
+    (two where ZFS has no resumable receives, such as zfs-fuse); None if it does not exist."""
+    check_dataset(dataset)
+    res = None
+    for props in (TREE_PROPS, TREE_PROPS[:1]):
+        res = _run(c, s, "get", "-rHp", "-o", "name,property,value", ",".join(props), dataset)
+        if res.exited == 0 or "does not exist" in res.stderr:
+            break
+    assert res is not None
+    if res.exited != 0:
+        if "does not exist" in res.stderr:
+            return None
+        raise runner.failure(res, f"listing {dataset} and its snapshots", error=ZfsError)
+    out = Tree([], {}, {})
+    for line in res.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        name, prop, value = (x.strip() for x in parts)
+        fs, at, snap = name.partition("@")
+        if prop == "creation" and value.isdigit():
+            if at:
+                out.snapshots.setdefault(fs, {})[snap] = int(value)
+            else:
+                out.filesystems.append(name)
+        elif prop == "receive_resume_token" and not at and value not in ("", "-"):
+            out.tokens[name] = value
+    return out
+
+
 def mountpoints(c: Context, s: Settings, dataset: str) -> dict[str, str] | None:
     """`dataset` and every file system below it, with its mountpoint, in one `zfs list -r`
     (parents first); None if it does not exist."""

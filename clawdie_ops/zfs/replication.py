@@ -151,24 +151,24 @@ def map_dataset(s: Settings, ts: Settings, dataset: str) -> str:
     return zfs.check_dataset(ts.jails_parent + dataset[len(parent):])
 
 
-def _probe_pair(conn, ts: Settings, c, s: Settings, jd: datasets.JailDataset,
-                target: str, suffix: str) -> Pair:
-    """The target side of one jail dataset and every descendant: what syncoid -r will meet."""
-    children = tuple(zfs.descendants(c, s, jd.dataset)[1:])
+def _probe_pair(mine: zfs.Tree, theirs: zfs.Tree, jd: datasets.JailDataset, target: str,
+                suffix: str) -> Pair:
+    """The target side of one jail dataset and every descendant: what syncoid -r will meet
+    (`mine` and `theirs`: this host's and the target's listings of the jails' parent)."""
+    children = tuple(zfs.descendants_in(mine.filesystems, jd.dataset)[1:])
     names = [(jd.dataset, target)] + [(child, target + child[len(jd.dataset):])
                                        for child in children]
     common = None
     for index, (src, tgt) in enumerate(names):
-        if not zfs.exists(conn, ts, tgt):
+        if tgt not in theirs.filesystems:
             if index == 0:
                 return Pair(jd.jail, jd.dataset, target, "missing", children=children)
             continue  # a child not there yet: syncoid sends it in full
-        token = zfs.resume_token(conn, ts, tgt)
-        if token:
+        if tgt in theirs.tokens:
             return Pair(jd.jail, jd.dataset, target, "resumable", children=children,
                         why=f"{tgt} holds a receive_resume_token")
-        theirs = {x.name for x in zfs.snapshots(conn, ts, tgt)}
-        shared = next((x.name for x in zfs.snapshots(c, s, src) if x.name in theirs), None)
+        held = set(theirs.snapshots.get(tgt, {}))
+        shared = next((n for n in mine.newest_first(src) if n in held), None)
         if shared is None:
             return Pair(jd.jail, jd.dataset, target, "diverged", children=children,
                         aside=aside_name(target, suffix),
@@ -195,7 +195,10 @@ def make_plan(c: Context, s: Settings, cfg: Mapping[str, Any], to: str,
     if target_prefix:
         ts = dataclasses.replace(ts, zfs_prefix=zfs.check_dataset(target_prefix))
     chosen = datasets.select(s, names)
-    missing = [jd.dataset for jd in chosen if not zfs.exists(c, s, jd.dataset)]
+    # Each side read once: one `zfs get -r` of the jails' parent (every dataset, snapshot
+    # and resume token) instead of several zfs calls per dataset, each an ssh round trip.
+    mine = zfs.tree(c, s, s.jails_parent) or zfs.Tree([], {}, {})
+    missing = [jd.dataset for jd in chosen if jd.dataset not in mine.filesystems]
     if missing:
         raise DatasetMissing(f"nothing to replicate: {', '.join(missing)} not found here",
                              "check ZFS_POOL / ZFS_PREFIX in .env, clawdie.jails, or --dataset")
@@ -203,7 +206,8 @@ def make_plan(c: Context, s: Settings, cfg: Mapping[str, Any], to: str,
     conn = conn or ssh.connect(host)
     local = syncoid.found_tools(runner.run(c, syncoid.probe_cmd()).stdout)
     remote = syncoid.found_tools(runner.run(conn, syncoid.probe_cmd(), host=to).stdout)
-    pairs = [_probe_pair(conn, ts, c, s, jd, map_dataset(s, ts, jd.dataset), suffix)
+    theirs = zfs.tree(conn, ts, ts.jails_parent) or zfs.Tree([], {}, {})
+    pairs = [_probe_pair(mine, theirs, jd, map_dataset(s, ts, jd.dataset), suffix)
              for jd in chosen]
     diverged = [p for p in pairs if p.state == "diverged"]
     if diverged and not replace_existing:
@@ -212,7 +216,7 @@ def make_plan(c: Context, s: Settings, cfg: Mapping[str, Any], to: str,
             "an incremental cannot start there: pass --replace-existing to set "
             f"{'them' if len(diverged) > 1 else 'it'} aside (renamed to NAME.{suffix}, "
             "kept until you drop it) and send in full")
-    taken = [p.aside for p in diverged if p.aside and zfs.exists(conn, ts, p.aside)]
+    taken = [p.aside for p in diverged if p.aside and p.aside in theirs.filesystems]
     if taken:
         raise ZfsError(f"on {to}, {', '.join(taken)} already exist",
                        "drop them (zfs destroy -r) once you no longer need them, or run "

@@ -317,26 +317,48 @@ def test_target_pool_and_inventory_overrides_map_the_dataset_names():
     assert alias2 == "other" and replication.map_dataset(s, ts2, DB) == DB
 
 
+PARENT = "zroot/clawdie/jails"
+TREE = f"zfs get -rHp -o name,property,value creation,receive_resume_token {PARENT}"
+
+
+def tree(filesystems: list[str], snaps: list[str], token: str = "-") -> Result:
+    """What `zfs get -r` of the jails' parent prints (creation, receive_resume_token)."""
+    lines = [f"{fs}\tcreation\t1" for fs in filesystems]
+    lines += [f"{fs}\treceive_resume_token\t{token if fs == DB else '-'}" for fs in filesystems]
+    lines += [f"{snap}\tcreation\t{i + 2}" for i, snap in enumerate(snaps)]
+    lines += [f"{snap}\treceive_resume_token\t-" for snap in snaps]
+    return ok("\n".join(lines) + "\n")
+
+
 def replication_mocks(remote_snaps: str, token: str = "-") -> tuple[MockContext, MockContext]:
     local = MockContext(run={
-        f"zfs list -H -o name {DB}": ok(DB),
-        f"zfs list -H -o name -r {DB}": ok(f"{DB}\n{DB}/root\n"),
+        TREE: tree([PARENT, DB, f"{DB}/root"], [f"{DB}@a"]),
         "ssh -G newbox": ok(ALIAS_G), "ssh -G -F /dev/null 10.1.2.3": ok(DEFAULT_G),
         runner.line(syncoid.probe_cmd()): ok("/usr/bin/zstd\n"),
-        runner.line(syncoid.version_cmd("syncoid")): ok("/usr/local/bin/syncoid version 2.3.0\n"),
-        LIST: ok(f"{DB}@a\n"),
-        f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@a":
-            ok(f"{DB}@a\tcreation\t1\n")})
+        runner.line(syncoid.version_cmd("syncoid")): ok("/usr/local/bin/syncoid version 2.3.0\n")})
     remote = MockContext(run={
         runner.line(syncoid.probe_cmd()): ok("/usr/bin/zstd\n"),
-        f"zfs list -H -o name {DB}": ok(DB),
-        f"zfs list -H -o name {DB}.pre-test": ok(stderr="does not exist", exited=1),
-        f"zfs list -H -o name {DB}/root": ok(stderr="does not exist", exited=1),
-        f"zfs get -H -o value receive_resume_token {DB}": ok(token + "\n"),
-        LIST: ok(remote_snaps),
-        f"zfs get -Hp -o name,property,value creation,used,referenced {DB}@other":
-            ok(f"{DB}@other\tcreation\t1\n")})
+        TREE: tree([PARENT, DB], remote_snaps.split(), token)})
     return local, remote
+
+
+def test_the_probe_reads_each_side_once_and_knows_zfs_without_resume_tokens():
+    """One `zfs get -r` per host, whatever the number of datasets; zfs-fuse, which has no
+    receive_resume_token, is asked again for the creation times alone."""
+    local, remote = replication_mocks(f"{DB}@a\n")
+    remote.set_result_for("run", TREE, ok(
+        stderr="bad property list: invalid property 'receive_resume_token'", exited=2))
+    remote.set_result_for("run", f"zfs get -rHp -o name,property,value creation {PARENT}",
+                          ok(f"{PARENT}\tcreation\t1\n{DB}\tcreation\t1\n{DB}@b\tcreation\t5"
+                             f"\n{DB}@a\tcreation\t3\n"))
+    plan = replication.make_plan(local, settings(), {}, "newbox", ["db"], conn=remote)
+    assert (plan.pairs[0].state, plan.pairs[0].common) == ("common", "a")
+    assert plan.pairs[0].children == (f"{DB}/root",)  # not on the target yet: sent in full
+    zfs_calls = [c.args[0] for c in local.run.call_args_list if c.args[0].startswith("zfs ")]
+    assert zfs_calls == [TREE]
+    gone = MockContext(run={TREE: ok(stderr=f"cannot open '{PARENT}': dataset does not exist",
+                                     exited=1)})
+    assert zfs.tree(gone, settings(), PARENT) is None
 
 
 def test_replication_sets_aside_a_target_that_shares_no_snapshot_and_never_destroys_it():
@@ -412,8 +434,6 @@ def test_the_next_start_waits_for_the_sockets_second_to_pass(tmp_path):
 
 def test_zfs_delegation_runs_syncoid_without_privilege_elevation():
     local, remote = replication_mocks(f"{DB}@a\n")
-    remote.set_result_for("run", f"zfs get -Hp -o name,property,value creation,used,referenced "
-                                 f"{DB}@a", ok(f"{DB}@a\tcreation\t1\n"))
     plan = replication.make_plan(local, settings(), {"zfs_delegation": True}, "newbox", ["db"],
                                  conn=remote)
     assert plan.pairs[0].state == "common"
