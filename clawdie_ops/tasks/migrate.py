@@ -189,12 +189,14 @@ def migrate_step(c: Context, action, path=None, role="target", stdin=False, json
     if action not in STEP_ACTIONS:
         raise ConfigError(f"unknown migrate-step action {action!r}",
                           f"use one of: {', '.join(STEP_ACTIONS)}")
-    from ..archive import signing
-    from ..hosts import agent, facts, transfer
+    # Each action imports what it uses: a step's process starts for it alone, inside the
+    # downtime window (the preflight's facts bring psycopg, the checksum paramiko).
+    from ..hosts import agent
     from ..output import Reporter
 
     data, cfg, s = host_side(c, stdin)
     if action == "check":
+        from ..hosts import facts
         if role not in ("source", "target"):
             raise ConfigError(f"--role {role!r}: use source or target", "")
         env = data.get("env") if role == "target" else None
@@ -221,6 +223,7 @@ def migrate_step(c: Context, action, path=None, role="target", stdin=False, json
     elif action in ("schedule-pause", "schedule-resume"):
         result = _schedule(c, s, cfg, action.split("-", 1)[1])
     elif action == "checksum":
+        from ..hosts import transfer
         if not path:
             raise ConfigError("migrate-step checksum needs --path FILE", "")
         try:
@@ -230,6 +233,7 @@ def migrate_step(c: Context, action, path=None, role="target", stdin=False, json
                               "check the path on this host") from None
         result = {"path": str(Path(path)), "sha256": digest, "size": size}
     elif action == "trust-key":
+        from ..archive import signing
         key = signing.parse_public(str(data.get("public") or ""), "migrate-step trust-key")
         tfile = signing.trusted_file(dict(s.signing), s.home)
         result = {"fingerprint": key.fingerprint, "file": str(tfile),
