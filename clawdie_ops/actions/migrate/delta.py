@@ -27,7 +27,7 @@ from invoke import Context
 from ... import statedir
 from ...config.settings import Settings
 from ...errors import AgentError, ArchiveCorrupt, ClawdieError, MigrationFailed, SourceError
-from ...hosts import agent, delta as wire, transfer
+from ...hosts import agent, delta as wire
 from ...sources import files as file_source, sqlite
 from ..restore import fileattrs
 
@@ -324,7 +324,7 @@ def _make(c: Context, s: Settings, have: dict[str, Any], theirs_files: dict[str,
     fd = os.open(bundle, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         size = wire.write_bundle(fh, header, source, files)
-    digest, _ = transfer.local_sha256(str(bundle))
+    digest = wire.sha256_of(bundle)
     return {"bundle": str(bundle), "size": size, "sha256": digest,
             "pages_sent": len(pages), "pages_total": len(hashes), "db_bytes": length,
             "files_sent": len(send), "deleted": len(deleted), "tables": db["tables"],
@@ -375,6 +375,7 @@ def _tool(m: Migration, where: str, action: str, *args: str, **extra: Any) -> di
 def sync(m: Migration, final: bool) -> dict[str, Any]:
     """New host's state -> the old host's bundle of the difference -> copied over (checksum
     verified on arrival) -> applied and checked on the new host. Timed part by part."""
+    from ...hosts import transfer  # the operator's side only: paramiko's sftp
     t0 = time.monotonic()
     have = _tool(m, "new", "state", fresh=not final)
     t1 = time.monotonic()
