@@ -26,7 +26,7 @@ from typing import IO
 from . import encryption, signing
 from .writer import CHUNK, ArchiveReader
 from ..config.settings import Settings, parse_env
-from ..sources.postgres.dumpfile import DumpFacts, Scanner
+from ..sources.postgres.dumpfile import DumpFacts, Scanner, blocks
 from ..errors import ArchiveCorrupt, ArchiveUnsafe, OutputError
 from .manifest import NAME as MANIFEST
 from .manifest import Manifest
@@ -113,12 +113,6 @@ def check_member(path: Path, info: tarfile.TarInfo, top: str | None) -> tuple[st
 def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
     while chunk := fh.read(CHUNK):
         yield chunk
-
-
-def _lines(fh: IO[bytes]) -> Iterator[bytes]:
-    # Lines longer than CHUNK come in pieces; Scanner knows a piece from a line start.
-    while line := fh.readline(CHUNK):
-        yield line
 
 
 class _Pass:
@@ -225,11 +219,11 @@ def _hash_member(rel: str, fh: IO[bytes], scanner: Scanner | None,
     sha = hashlib.sha256()
     size = 0
     kept = io.BytesIO() if keep else None
-    source = _lines(fh) if scanner is not None else _chunks(fh)
+    source = blocks(fh, CHUNK) if scanner is not None else _chunks(fh)
     for chunk in source:
         sha.update(chunk)
         size += len(chunk)
-        written = scanner.feed(chunk) if scanner is not None else chunk
+        written = scanner.feed_block(chunk) if scanner is not None else chunk
         if kept is not None:
             if size > MAX_ENV:
                 raise ArchiveCorrupt(f"archived {rel} is larger than {MAX_ENV} bytes",

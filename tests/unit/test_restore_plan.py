@@ -69,6 +69,37 @@ def test_owner_mapping_ignores_the_rest_of_a_long_line():
     assert sc.feed(piece) == b'ALTER TABLE y OWNER TO "x";\n'
 
 
+BIG_DUMP = (b"\\restrict abc123\n" + DUMP +
+            b"COPY public.memories (id, embedding) FROM stdin;\n" +
+            b"".join(b"%d\t[%s]\n" % (i, b",".join(b"0.%d" % (i * j % 997) for j in range(300)))
+                     for i in range(200)) +
+            b"7\tGRANT ALL ON x TO memory_user;\n\\.\nCOPY public.e (x) FROM stdin;\n\\.\n"
+            b"\\! echo hostile\nALTER TABLE public.memories OWNER TO memory_user;\n"
+            b"\\unrestrict abc123\n")
+
+
+@pytest.mark.parametrize("size", [128, 1000, 4096, 1 << 20])
+def test_feeding_blocks_is_feeding_lines(size):
+    """feed_block (COPY data in one slice) gives what feed gives line by line, whatever the
+    read size above a statement's length: COPY rows in pieces, a terminator at a block's
+    edge, EOF."""
+    import io
+
+    from clawdie_ops.sources.postgres.dumpfile import blocks
+
+    one = Scanner({"memory_user": "Mem"}, skip_extensions=True)
+    expected = b"".join(one.feed(line) for line in lines(BIG_DUMP))
+    many = Scanner({"memory_user": "Mem"}, skip_extensions=True)
+    got = b"".join(many.feed_block(b) for b in blocks(io.BytesIO(BIG_DUMP), size))
+    assert got == expected
+    assert (many.line, many.facts, many.in_copy) == (one.line, one.facts, one.in_copy)
+    assert many.facts.meta == [(len(lines(DUMP)) + 207, "\\! echo hostile")]
+    tail = Scanner()
+    assert tail.feed_block(b"COPY t (x) FROM stdin;\n1\n\\.") == \
+        b"COPY t (x) FROM stdin;\n1\n\\."
+    assert not tail.in_copy and tail.line == 3
+
+
 def info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
     ti.type, ti.linkname = kind, link
