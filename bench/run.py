@@ -436,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                 guard("migrate", migrate)
         if "scale" in chosen:
             def scale() -> None:
-                big, big_sizes = build(rig, "four", args.scale * args.scale_factor, args.seed)
+                # with --hnsw the larger host keeps the index too: its restore pair builds it
+                big, big_sizes = build(rig, "four", args.scale * args.scale_factor, args.seed,
+                                       args.hnsw)
                 doc["state_scaled"] = big_sizes
                 say(f"pair scale: clawdie-ops backup at 1x vs {args.scale_factor:g}x")
                 big_b = pairs.Backups(big, work)
