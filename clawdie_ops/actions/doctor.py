@@ -104,25 +104,28 @@ def check_pg_dump(c: Context, s: Settings, servers: dict[str, pg.ServerInfo]) ->
     return Check("pg_dump", "ok", f"pg_dump {version} (server {newest.version})")
 
 
-def _listing(c: Context, s: Settings) -> dict[str, str]:
+Listing = tuple[dict[str, str], ClawdieError | None]
+
+
+def _listing(c: Context, s: Settings) -> Listing:
     """Every file system under the jails' parent with its mountpoint, in one `zfs list -r`
-    ({} when the parent does not exist)."""
-    return zfs.mountpoints(c, s, s.jails_parent) or {}
+    ({} when the parent does not exist), and the error when it could not be read."""
+    try:
+        return zfs.mountpoints(c, s, s.jails_parent) or {}, None
+    except ClawdieError as exc:
+        return {}, exc
 
 
-def check_datasets(c: Context, s: Settings, listed: dict[str, str] | None = None
+def check_datasets(c: Context, s: Settings, listing: Listing | None = None
                    ) -> tuple[Check, list[str]]:
     """Each jail dataset and its `root` child (bastille keeps the jail's files there);
-    returns every dataset present, descendants included, for the snapshot check. `listed`:
-    the `_listing` already read."""
+    returns every dataset present, descendants included, for the snapshot check."""
     if not s.zfs_prefix:
         return Check("jail datasets", "warn", "ZFS_PREFIX is not set: datasets not checked",
                      "add ZFS_PREFIX=... to .env (or set clawdie.zfs_prefix)"), []
-    if listed is None:
-        try:
-            listed = _listing(c, s)
-        except ClawdieError as exc:
-            return Check("jail datasets", "fail", exc.message, exc.hint), []
+    listed, error = listing or _listing(c, s)
+    if error is not None:
+        return Check("jail datasets", "fail", error.message, error.hint), []
     present: list[str] = []
     missing: list[str] = []
     for jail in s.jails:
@@ -142,7 +145,7 @@ def check_datasets(c: Context, s: Settings, listed: dict[str, str] | None = None
                                         f"{len(present)} datasets with their children"), present
 
 
-def check_jail_paths(c: Context, s: Settings, listed: dict[str, str] | None = None) -> Check:
+def check_jail_paths(c: Context, s: Settings, listing: Listing | None = None) -> Check:
     """A running jail's path (`jls -j NAME path`) is the mountpoint of its `root` dataset:
     otherwise the snapshots, replication and rollback act on files the jail does not use."""
     if not s.zfs_prefix:
@@ -153,12 +156,8 @@ def check_jail_paths(c: Context, s: Settings, listed: dict[str, str] | None = No
         if not agent.jail_running(c, s, jail):
             continue
         path = agent.jail_path(c, s, jail)
-        if listed is None:
-            try:
-                listed = _listing(c, s)
-            except ClawdieError:
-                listed = {}
-        mount = listed.get(s.root_dataset(jail))
+        listing = listing or _listing(c, s)
+        mount = listing[0].get(s.root_dataset(jail))
         if not path:
             unread.append(f"{s.name_of(jail)} (jail_path printed no path)")
         elif mount is None:
@@ -185,13 +184,17 @@ def check_snapshots(c: Context, s: Settings, datasets: list[str],
                     limits: Mapping[str, Any]) -> Check:
     if not datasets:
         return Check("snapshots", "warn", "no jail dataset to look at", "see jail datasets")
-    try:  # one `zfs get -r` for every dataset's newest snapshot
-        newest = zfs.newest_snapshots(c, s, s.jails_parent)
+    try:  # one `zfs get -r` for every dataset's snapshots
+        tree = zfs.tree(c, s, s.jails_parent)
     except ClawdieError as exc:
         return Check("snapshots", "fail", exc.message, exc.hint)
+    if tree is None:
+        return Check("snapshots", "fail", f"ZFS dataset not found: {s.jails_parent}",
+                     "check `zfs list`")
     now = time.time()
-    ages: dict[str, float | None] = {ds: now - newest[ds] if ds in newest else None
-                                     for ds in datasets}
+    newest = {ds: tree.newest(ds) for ds in datasets}
+    ages: dict[str, float | None] = {ds: None if t is None else now - t
+                                     for ds, t in newest.items()}
     fix = ("check that sanoid runs from cron with recursive = zfs (clawdie-ops sanoid-config) "
            "or take one now: clawdie-ops snapshot")
     none = [d for d, a in ages.items() if a is None]
@@ -273,13 +276,10 @@ def run_checks(c: Context, s: Settings, limits: Mapping[str, Any] | None = None)
     db_checks, servers, db_bytes = check_databases(s)
     checks.extend(db_checks)
     checks.append(check_pg_dump(c, s, servers))
-    try:
-        listed: dict[str, str] | None = _listing(c, s) if s.zfs_prefix else None
-    except ClawdieError:
-        listed = None  # check_datasets reads it again and reports why it failed
-    ds_check, present = check_datasets(c, s, listed)
+    listing = _listing(c, s) if s.zfs_prefix else None  # read once for both checks
+    ds_check, present = check_datasets(c, s, listing)
     checks.append(ds_check)
-    checks.append(check_jail_paths(c, s, listed))
+    checks.append(check_jail_paths(c, s, listing))
     checks.append(check_snapshots(c, s, present, limits))
     backups, newest = check_backups(s, limits)
     checks.append(backups)

@@ -236,24 +236,31 @@ class Tree:
         order = list(snaps)
         return sorted(order, key=lambda n: (snaps[n], order.index(n)), reverse=True)
 
+    def newest(self, fs: str) -> int | None:
+        """The creation time of `fs`'s newest snapshot; None when it has none."""
+        return max(self.snapshots.get(fs, {}).values(), default=None)
+
 
 TREE_PROPS = ("creation", "receive_resume_token")
 
 
-def tree(c: Context, s: Settings, dataset: str) -> Tree | None:
+def tree(c: Context, s: Settings, dataset: str, where: str = "") -> Tree | None:
     """`dataset`, every file system below it and all their snapshots, in one `zfs get -r`
-    (two where ZFS has no resumable receives, such as zfs-fuse); None if it does not exist."""
-    check_dataset(dataset)
-    res = None
-    for props in (TREE_PROPS, TREE_PROPS[:1]):
-        res = _run(c, s, "get", "-rHp", "-o", "name,property,value", ",".join(props), dataset)
-        if res.exited == 0 or "does not exist" in res.stderr:
-            break
-    assert res is not None
+    (two where ZFS has no resumable receives, such as zfs-fuse); None if it does not exist.
+    `where`: the host `c` runs on, for the error."""
+    def get(*props: str) -> Result:
+        return _run(c, s, "get", "-rHp", "-o", "name,property,value", ",".join(props),
+                    check_dataset(dataset))
+    res = get(*TREE_PROPS)
+    if res.exited != 0 and "does not exist" not in res.stderr:
+        res = get(*TREE_PROPS[:1])  # no receive_resume_token here
     if res.exited != 0:
         if "does not exist" in res.stderr:
             return None
-        raise runner.failure(res, f"listing {dataset} and its snapshots", error=ZfsError)
+        on = f" on {where}" if where else ""
+        raise runner.failure(res, f"listing {dataset} and its snapshots{on}", error=ZfsError,
+                             hint=f"check that `zfs list -r {dataset}` works there as this "
+                                  "user (ZFS running, the pool imported)")
     out = Tree([], {}, {})
     for line in res.stdout.splitlines():
         parts = line.split("\t")
@@ -278,26 +285,11 @@ def mountpoints(c: Context, s: Settings, dataset: str) -> dict[str, str] | None:
     if res.exited != 0:
         if "does not exist" in res.stderr:
             return None
-        raise ZfsError(f"listing {dataset} and its children failed: {res.stderr.strip()}", "")
+        raise ZfsError(f"listing {dataset} and its children failed: {res.stderr.strip()}",
+                       f"check that `zfs list -r {dataset}` works as this user (ZFS running, "
+                       "the pool imported)")
     rows = (line.split("\t") for line in res.stdout.splitlines())
     return {r[0].strip(): r[1].strip() for r in rows if len(r) == 2 and "@" not in r[0]}
-
-
-def newest_snapshots(c: Context, s: Settings, dataset: str) -> dict[str, int]:
-    """The creation time (epoch seconds) of the newest snapshot of `dataset` and of each file
-    system below it, in one `zfs get -r`; a file system without snapshots is absent."""
-    res = _run(c, s, "get", "-rHp", "-o", "name,value", "creation", check_dataset(dataset))
-    if res.exited != 0:
-        if "does not exist" in res.stderr:
-            raise DatasetMissing(f"ZFS dataset not found: {dataset}", "check `zfs list`")
-        raise runner.failure(res, f"listing snapshots of {dataset}", error=ZfsError)
-    newest: dict[str, int] = {}
-    for line in res.stdout.splitlines():
-        name, _, value = line.partition("\t")
-        fs, at, _ = name.partition("@")
-        if at and value.strip().isdigit():
-            newest[fs] = max(newest.get(fs, 0), int(value))
-    return newest
 
 
 def descendants_in(names: list[str], dataset: str) -> list[str]:

@@ -206,7 +206,7 @@ def make_plan(c: Context, s: Settings, cfg: Mapping[str, Any], to: str,
     conn = conn or ssh.connect(host)
     local = syncoid.found_tools(runner.run(c, syncoid.probe_cmd()).stdout)
     remote = syncoid.found_tools(runner.run(conn, syncoid.probe_cmd(), host=to).stdout)
-    theirs = zfs.tree(conn, ts, ts.jails_parent) or zfs.Tree([], {}, {})
+    theirs = zfs.tree(conn, ts, ts.jails_parent, where=to) or zfs.Tree([], {}, {})
     pairs = [_probe_pair(mine, theirs, jd, map_dataset(s, ts, jd.dataset), suffix)
              for jd in chosen]
     diverged = [p for p in pairs if p.state == "diverged"]

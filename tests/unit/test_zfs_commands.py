@@ -472,3 +472,12 @@ def test_fabric_connections_hand_every_command_to_sh_c():
     r.send_start_message('mktemp -d "${TMPDIR:-/tmp}/x.XXXX"')
     r.channel.exec_command.assert_called_once_with(
         "/bin/sh -c 'mktemp -d \"${TMPDIR:-/tmp}/x.XXXX\"'")
+
+
+def test_a_listing_that_fails_names_the_host_and_what_to_check():
+    broken = MockContext(run={TREE: ok(stderr="permission denied", exited=1),
+                              f"zfs get -rHp -o name,property,value creation {PARENT}":
+                                  ok(stderr="permission denied", exited=1)})
+    with pytest.raises(ZfsError, match="snapshots on newbox failed: permission denied") as err:
+        zfs.tree(broken, settings(), PARENT, where="newbox")
+    assert f"zfs list -r {PARENT}" in err.value.hint

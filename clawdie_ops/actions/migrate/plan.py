@@ -5,6 +5,7 @@ only when the preflight finds where clawdie-ops runs on a host (make_steps).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -355,8 +356,8 @@ def with_delta(old: Host, new: Host, steps: list[Step], archive: bool = True) ->
             continue
         if not archive and s.id == StepId.POINT_ENV:
             # .env from the old host, then pointed at the new server
-            out.append(Step(install.id, install.phase, install.where, install.command,
-                            install.why + "; at once with start-new-jails"))
+            out.append(dataclasses.replace(install,
+                                           why=install.why + "; at once with start-new-jails"))
         if s.id == StepId.FINAL_BACKUP:
             args = (*s.args, "--databases-only")
             s = Step(s.id, s.phase, s.where, remote.tool_command(
