@@ -6,6 +6,7 @@ import sys
 import time
 from collections import deque
 from contextlib import contextmanager
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterator
 
@@ -28,15 +29,26 @@ RECENT: deque[str] = deque(maxlen=50)
 
 class Reporter:
     def __init__(self, as_json: bool = False, verbose: bool = False) -> None:
-        from rich.console import Console
-
         self.as_json = as_json
         self.verbose = verbose
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.out = Console(highlight=False, soft_wrap=True, record=True)
-        # Progress only for a person at a terminal; scripts and cron get the summary alone.
-        self.interactive = self.err.is_terminal and not as_json
         self.timings: dict[str, float] = {}
+
+    # The consoles are made (and rich imported) on first use: a --json run that prints no
+    # warning never needs them, and the migration's steps on each host are such runs.
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+
+    @cached_property
+    def out(self) -> Console:
+        from rich.console import Console
+        return Console(highlight=False, soft_wrap=True, record=True)
+
+    @cached_property
+    def interactive(self) -> bool:
+        """Progress only for a person at a terminal; scripts and cron get the summary alone."""
+        return not self.as_json and self.err.is_terminal
 
     @contextmanager
     def step(self, label: str) -> Iterator[None]:
