@@ -16,10 +16,22 @@ REPO = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "clawdie-ops")
 
 
+# The longest test files (seconds in one worker, measured on the 2-core machine) run first:
+# the workers take files in the order collected, and one of these started last would run
+# alone at the end while the other workers wait.
+LONGEST_FIRST = ("test_migrate_faults", "test_migrate_delta", "test_migrate",
+                 "test_zfs_replicate", "test_freebsd_like_host", "test_restore",
+                 "test_migrate_pgmove", "test_restore_interrupts", "test_backup_errors",
+                 "test_backup", "test_faults_sample", "test_trust")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank))
+               if "/integration/" in str(item.fspath) else len(rank))
 
 
 @pytest.fixture(scope="session")

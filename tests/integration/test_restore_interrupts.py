@@ -47,9 +47,10 @@ def sleeping(h, db: str = "memory_db") -> bool:
             " AND query LIKE 'SELECT pg_sleep%%'", [db]).fetchone()[0])
 
 
-def start_restore(h, archive: Path, *args: str) -> subprocess.Popen:
+def start_restore(h, archive: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([CLI, "restore", str(archive), "--yes", "--no-start", *args],
-                            env=h.proc_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            env=env or h.proc_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=h.root,
                             start_new_session=True)  # its own group: Ctrl-C reaches it all
 
@@ -69,10 +70,11 @@ def interrupt(proc: subprocess.Popen, how: str) -> None:
                           "sigkill": signal.SIGKILL}[how])
 
 
-def interrupted_restore(h, archive: Path, how: str) -> tuple[int, str, int]:
+def interrupted_restore(h, archive: Path, how: str, env: dict | None = None
+                        ) -> tuple[int, str, int]:
     """Start a restore of a slowed archive, interrupt it once memory_db's replay is under
     way; (exit code, stderr on one line, its pid)."""
-    proc = start_restore(h, archive)
+    proc = start_restore(h, archive, env=env)
     wait_until(lambda: sleeping(h) or proc.poll() is not None, 120,
                "the memory_db replay to be under way")
     assert proc.poll() is None, proc.communicate()
@@ -137,20 +139,25 @@ def test_restore_killed_outright_then_run_again_succeeds(host, tmp_path):
     change_after_backup(host)
     env_then = (host.root / ".env").read_bytes()
 
-    code, _, pid = interrupted_restore(host, archive, "sigkill")
+    # Its temporary folder its own: any clawdie-ops run on this machine sweeps the password
+    # files that dead processes left in /tmp, another test worker's as well.
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**host.proc_env(), "TMPDIR": str(tmpdir)}
+    code, _, pid = interrupted_restore(host, archive, "sigkill", env=env)
     assert code == -signal.SIGKILL
     # The psql replaying the dump dies with the tool (parent-death signal).
     wait_until(lambda: children_of_run(host) == [], 10, "the killed run's psql to end")
     (first,) = work_dirs(host)
     # doctor names the interrupted restore (and where its pre-restore copies are).
-    doc = subprocess.run([CLI, "doctor", "--json"], env=host.proc_env(), capture_output=True,
+    doc = subprocess.run([CLI, "doctor", "--json"], env=env, capture_output=True,
                          text=True, timeout=120, stdin=subprocess.DEVNULL, cwd=host.root)
     left = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}["leftovers"]
     assert left["status"] == "warn" and f"interrupted restore {work_base(host) / first}" in \
         left["detail"] and "restore again" in left["fix"], left
 
     res = subprocess.run([CLI, "restore", str(archive), "--yes", "--no-start", "--json"],
-                         env=host.proc_env(), capture_output=True, text=True, timeout=300,
+                         env=env, capture_output=True, text=True, timeout=300,
                          stdin=subprocess.DEVNULL, cwd=host.root)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
@@ -167,7 +174,7 @@ def test_restore_killed_outright_then_run_again_succeeds(host, tmp_path):
     assert any(f"a killed restore left {side}" in n for n in report["notes"]), report["notes"]
     passfiles = [n for n in swept if "password file" in n]
     assert passfiles and all(f"clawdie-pgpass-{pid}-" in n for n in passfiles)
-    assert not list(Path("/tmp").glob(f"clawdie-pgpass-{pid}-*"))
+    assert not list(tmpdir.glob(f"clawdie-pgpass-{pid}-*"))
     assert first not in work_dirs(host)
     assert children_of_run(host) == []
 
