@@ -335,13 +335,17 @@ Host {h.alias}
         # sessions outlive their sshd: a killed test's remote step (a slow jail start)
         # would otherwise write into the host's folders after they are removed
         subprocess.run(["pkill", "-f", f"{h.base}/"], check=False)
-        try:
-            zfs_retry("destroy", "-r", f"{h.pool.name}/{PREFIX}")
-        except RuntimeError as exc:
-            # zfs-fuse under load may keep a dataset "busy" for good (nothing holds it; the
-            # pool stays until zfs-fuse restarts): a leak of the rig, not a test's result
-            warnings.warn(f"rig: {exc}; pool {h.pool.name} left behind", stacklevel=1)
-        h.pool.destroy()
+        # `zpool destroy -f` unmounts and destroys every dataset at once (0.2 to 0.6 s);
+        # destroying the datasets first, waiting out zfs-fuse's asynchronous unmounts, took
+        # 3.6 s of every host's drop. That way remains for a pool that refuses.
+        if not h.pool.destroy(tries=3):
+            try:
+                zfs_retry("destroy", "-r", f"{h.pool.name}/{PREFIX}")
+            except RuntimeError as exc:
+                # zfs-fuse under load may keep a dataset "busy" for good (nothing holds it;
+                # the pool stays until zfs-fuse restarts): a leak of the rig, not a test's
+                warnings.warn(f"rig: {exc}; pool {h.pool.name} left behind", stacklevel=1)
+            h.pool.destroy()
         self.hosts.pop(h.name, None)
         shutil.rmtree(h.base, ignore_errors=True)
 

@@ -61,13 +61,15 @@ class Pool:
         sh(ZPOOL, "create", "-f", "-O", "atime=off", "-m", str(self.mountpoint), self.name,
            str(self.image))
 
-    def destroy(self) -> None:
-        for _ in range(20):
+    def destroy(self, tries: int = 20) -> bool:
+        """The pool and its image gone (True), or the pool still there after `tries`."""
+        for _ in range(tries):
             res = sh(ZPOOL, "destroy", "-f", self.name, check=False)
             if res.returncode == 0 or "no such pool" in res.stderr:
-                break
+                self.image.unlink(missing_ok=True)
+                return True
             time.sleep(0.3)
-        self.image.unlink(missing_ok=True)
+        return False
 
     def mount_of(self, dataset: str) -> Path:
         return Path(sh(ZFS, "get", "-H", "-o", "value", "mountpoint", dataset).stdout.strip())
