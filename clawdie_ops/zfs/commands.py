@@ -244,6 +244,12 @@ class Tree:
 TREE_PROPS = ("creation", "receive_resume_token")
 
 
+def _listing_hint(dataset: str, there: str = "") -> str:
+    """What to check when a recursive listing of `dataset` fails (`there`: on another host)."""
+    return (f"check that `zfs list -r {dataset}` works {there}as this user (ZFS running, the "
+            "pool imported)")
+
+
 def tree(c: Context, s: Settings, dataset: str, where: str = "") -> Tree | None:
     """`dataset`, every file system below it and all their snapshots, in one `zfs get -r`
     (two where ZFS has no resumable receives, such as zfs-fuse); None if it does not exist.
@@ -259,8 +265,7 @@ def tree(c: Context, s: Settings, dataset: str, where: str = "") -> Tree | None:
             return None
         on = f" on {where}" if where else ""
         raise runner.failure(res, f"listing {dataset} and its snapshots{on}", error=ZfsError,
-                             hint=f"check that `zfs list -r {dataset}` works there as this "
-                                  "user (ZFS running, the pool imported)")
+                             hint=_listing_hint(dataset, "there " if where else ""))
     out = Tree([], {}, {})
     for line in res.stdout.splitlines():
         parts = line.split("\t")
@@ -286,8 +291,7 @@ def mountpoints(c: Context, s: Settings, dataset: str) -> dict[str, str] | None:
         if "does not exist" in res.stderr:
             return None
         raise ZfsError(f"listing {dataset} and its children failed: {res.stderr.strip()}",
-                       f"check that `zfs list -r {dataset}` works as this user (ZFS running, "
-                       "the pool imported)")
+                       _listing_hint(dataset))
     rows = (line.split("\t") for line in res.stdout.splitlines())
     return {r[0].strip(): r[1].strip() for r in rows if len(r) == 2 and "@" not in r[0]}
 
